@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Build the test control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl), KWOK and Helm from their upstream Go modules into a
+# version-keyed cache folder outside the repo. Reuses the folder when complete.
+# Prints the bin folder on stdout.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+# The cache key covers every input that changes the binaries: the pinned
+# versions and the go.mod/go.sum files of the three build modules.
+key="k8s-${KUBE_VERSION}-kwok-${KWOK_VERSION}-helm-${HELM_VERSION}-$(
+  cat "$here/go.mod" "$here/go.sum" "$here"/kwok/go.* "$here"/helm/go.* | sha256sum | cut -c1-12)"
+cache_root="${AGENTPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentpool}/testcluster"
+bin="$cache_root/$key/bin"
+stamp="$bin/.complete"
+
+if [[ -f "$stamp" ]]; then
+  echo "$bin"
+  exit 0
+fi
+
+mkdir -p "$bin"
+export CGO_ENABLED=0 GOFLAGS="-buildvcs=false -trimpath" GOTOOLCHAIN=local
+
+minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+ldflags="-s -w"
+for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+  ldflags+=" -X '$pkg.gitVersion=$KUBE_VERSION' -X '$pkg.gitMajor=1' -X '$pkg.gitMinor=$minor'"
+  ldflags+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=1970-01-01T00:00:00Z'"
+done
+
+start=$(date +%s)
+log() { echo "[build $(( $(date +%s) - start ))s] $*" >&2; }
+
+# Build one at a time: parallel links of these binaries need several GiB each.
+for tool in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  if [[ ! -x "$bin/$tool" ]]; then
+    log "building $tool $KUBE_VERSION"
+    (cd "$here" && go build -pgo=off -ldflags "$ldflags" -o "$bin/$tool.tmp" "k8s.io/kubernetes/cmd/$tool")
+    mv "$bin/$tool.tmp" "$bin/$tool"
+  fi
+done
+if [[ ! -x "$bin/etcd" ]]; then
+  log "building etcd"
+  (cd "$here" && go build -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3)
+  mv "$bin/etcd.tmp" "$bin/etcd"
+fi
+if [[ ! -x "$bin/kwok" ]]; then
+  log "building kwok $KWOK_VERSION"
+  (cd "$here/kwok" && go build -ldflags "-s -w -X 'sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION'" \
+     -o "$bin/kwok.tmp" sigs.k8s.io/kwok/cmd/kwok)
+  mv "$bin/kwok.tmp" "$bin/kwok"
+fi
+if [[ ! -x "$bin/helm" ]]; then
+  log "building helm $HELM_VERSION"
+  (cd "$here/helm" && go build -ldflags "-s -w -X 'helm.sh/helm/v3/internal/version.version=$HELM_VERSION'" \
+     -o "$bin/helm.tmp" helm.sh/helm/v3/cmd/helm)
+  mv "$bin/helm.tmp" "$bin/helm"
+fi
+touch "$stamp"
+log "done"
+echo "$bin"
