@@ -1,0 +1,367 @@
+"""A real Kubernetes control plane on 127.0.0.1, from the binaries `hack/testcluster` builds.
+
+etcd, kube-apiserver (with the aggregation layer and a write audit log), kube-controller-manager,
+kube-scheduler and KWOK (which plays the kubelet for fake nodes, so pods become Running and
+Ready). Used by the pytest fixtures (`tests/plugins/cluster.py`) and by people through
+`python -m agentpool_dev cluster up|down|kubeconfig|status`.
+
+Nothing ever connects to pod or service IPs: they are simulated 10.x addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentpool_dev import pki as pki_mod
+from agentpool_dev import procs
+from agentpool_dev.paths import build_script, state_root
+
+SERVICE_CIDR = "10.96.0.0/24"
+POD_CIDR = "10.244.0.0/16"
+FAKE_NODES = ("kwok-node-0", "kwok-node-1")
+
+# Log write requests only: tests count them to prove a quiet steady state.
+_AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+"""
+
+
+def find_binaries() -> Path:
+    """The folder with the control plane binaries, building them first when absent."""
+    override = os.environ.get("AGENTPOOL_TESTCLUSTER_BIN")
+    if override:
+        return Path(override)
+    result = subprocess.run(
+        ["bash", str(build_script())], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Cluster:
+    """A control plane's files and processes; `kubeconfig` is what clients use."""
+
+    state_dir: Path
+    bin_dir: Path
+    kubeconfig: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: list[procs.Proc] = field(default_factory=list)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "logs" / "audit.log"
+
+    def binary(self, name: str) -> str:
+        found = self.bin_dir / name
+        if found.exists():
+            return str(found)
+        on_path = shutil.which(name)
+        if on_path is None:
+            raise FileNotFoundError(f"{name} is neither in {self.bin_dir} nor on PATH")
+        return on_path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; on failure the error carries stderr."""
+        result = subprocess.run(
+            [self.binary("kubectl"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, result.args, result.stdout, result.stderr
+            )
+        return result
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def stop(self) -> None:
+        procs.stop(self.processes)
+        self.processes = []
+
+
+def _state_file(state_dir: Path) -> Path:
+    return state_dir / "cluster.json"
+
+
+def _write_kubeconfig(path: Path, server: str, pki: pki_mod.Pki) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "agentpool-test", "cluster": {
+            "server": server, "certificate-authority": str(pki.ca_crt)}}],
+        "users": [{"name": "admin", "user": {
+            "client-certificate": str(pki.admin_crt), "client-key": str(pki.admin_key)}}],
+        "contexts": [{"name": "agentpool-test", "context": {
+            "cluster": "agentpool-test", "user": "admin", "namespace": "default"}}],
+        "current-context": "agentpool-test",
+    }
+    # JSON is valid YAML, and every kubeconfig reader accepts it.
+    path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
+
+
+def _apiserver_args(c: Cluster, pki: pki_mod.Pki) -> list[str]:
+    p = c.ports
+    return [
+        c.binary("kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={p['apiserver']}",
+        # Without it the apiserver looks for a default route, which this machine may lack.
+        "--advertise-address=127.0.0.1",
+        # Endpoints may not point at loopback: don't let it try to publish itself there.
+        "--endpoint-reconciler-type=none",
+        f"--tls-cert-file={pki.apiserver_crt}",
+        f"--tls-private-key-file={pki.apiserver_key}",
+        f"--client-ca-file={pki.ca_crt}",
+        "--authorization-mode=Node,RBAC",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        f"--service-account-key-file={pki.sa_pub}",
+        "--allow-privileged=true",
+        "--profiling=false",
+        # The aggregation layer, so APIServices (external metrics) work.
+        f"--requestheader-client-ca-file={pki.front_proxy_ca_crt}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.front_proxy_client_crt}",
+        f"--proxy-client-key-file={pki.front_proxy_client_key}",
+        f"--audit-policy-file={c.state_dir / 'audit-policy.yaml'}",
+        f"--audit-log-path={c.audit_log}",
+        "--audit-log-format=json",
+        "--audit-log-maxsize=200",
+    ]
+
+
+def _controller_manager_args(c: Cluster, pki: pki_mod.Pki) -> list[str]:
+    kc = str(c.kubeconfig)
+    return [
+        c.binary("kube-controller-manager"),
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={c.ports['controller-manager']}",
+        "--leader-elect=false",
+        "--controllers=*",
+        f"--service-account-private-key-file={pki.sa_key}",
+        f"--root-ca-file={pki.ca_crt}",
+        f"--cluster-signing-cert-file={pki.ca_crt}",
+        f"--cluster-signing-key-file={pki.ca_key}",
+        # Faster HPA loops than the 15 s default, so autoscaling tests finish quickly.
+        "--horizontal-pod-autoscaler-sync-period=5s",
+        "--concurrent-deployment-syncs=10",
+        "--concurrent-replicaset-syncs=10",
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
+    ]
+
+
+def _scheduler_args(c: Cluster) -> list[str]:
+    kc = str(c.kubeconfig)
+    return [
+        c.binary("kube-scheduler"),
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={c.ports['scheduler']}",
+        "--leader-elect=false",
+    ]
+
+
+def _kwok_args(c: Cluster) -> list[str]:
+    return [
+        c.binary("kwok"),
+        f"--kubeconfig={c.kubeconfig}",
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        f"--cidr={POD_CIDR}",
+        "--node-ip=10.244.255.254",
+        "--node-lease-duration-seconds=40",
+        f"--server-address=127.0.0.1:{c.ports['kwok']}",
+    ]
+
+
+def _node_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "topology.kubernetes.io/zone": f"zone-{name[-1]}",
+            },
+        },
+        "status": {
+            "allocatable": {"cpu": "256", "memory": "1Ti", "pods": "2000"},
+            "capacity": {"cpu": "256", "memory": "1Ti", "pods": "2000"},
+        },
+    }
+
+
+def _start(c: Cluster, name: str, argv: Sequence[str]) -> procs.Proc:
+    proc = procs.start(name, argv, c.state_dir / "logs" / f"{name}.log")
+    c.processes.append(proc)
+    procs.save(_state_file(c.state_dir), c.processes)
+    return proc
+
+
+def _ssl_context(pki: pki_mod.Pki) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca_crt))
+    context.load_cert_chain(str(pki.admin_crt), str(pki.admin_key))
+    return context
+
+
+def _unverified_context() -> ssl.SSLContext:
+    # Controller-manager and scheduler serve health on self-signed certificates.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def up(state_dir: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
+    """Start a fresh control plane in `state_dir` (wiped first) and wait until it works."""
+    if _state_file(state_dir).exists():
+        down(state_dir)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
+    bin_dir = bin_dir or find_binaries()
+    cluster = Cluster(state_dir=state_dir, bin_dir=bin_dir, kubeconfig=state_dir / "kubeconfig")
+    names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
+    cluster.ports = {name: procs.free_port() for name in names}
+    try:
+        _boot(cluster, timeout)
+    except BaseException:
+        cluster.stop()
+        raise
+    _info_file(state_dir).write_text(
+        json.dumps({"bin_dir": str(bin_dir), "ports": cluster.ports}, indent=2)
+    )
+    return cluster
+
+
+def _boot(c: Cluster, timeout: float) -> None:
+    pki = pki_mod.generate(c.state_dir / "pki")
+    (c.state_dir / "audit-policy.yaml").write_text(_AUDIT_POLICY)
+    _write_kubeconfig(c.kubeconfig, c.server, pki)
+    p = c.ports
+
+    etcd = _start(c, "etcd", [
+        c.binary("etcd"),
+        "--name=agentpool-test",
+        f"--data-dir={c.state_dir / 'etcd'}",
+        f"--listen-client-urls=http://127.0.0.1:{p['etcd']}",
+        f"--advertise-client-urls=http://127.0.0.1:{p['etcd']}",
+        f"--listen-peer-urls=http://127.0.0.1:{p['etcd-peer']}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{p['etcd-peer']}",
+        f"--initial-cluster=agentpool-test=http://127.0.0.1:{p['etcd-peer']}",
+        # Test data is disposable: skipping fsync makes every write several times faster.
+        "--unsafe-no-fsync=true",
+        "--quota-backend-bytes=4294967296",
+        "--log-level=warn",
+    ])
+    procs.wait_until("etcd /health",
+                     lambda: procs.http_ok(f"http://127.0.0.1:{p['etcd']}/health"), timeout, etcd)
+
+    apiserver = _start(c, "kube-apiserver", _apiserver_args(c, pki))
+    context = _ssl_context(pki)
+    procs.wait_until("kube-apiserver /readyz",
+                     lambda: procs.http_ok(f"{c.server}/readyz", context), timeout, apiserver)
+
+    insecure = _unverified_context()
+    kcm = _start(c, "kube-controller-manager", _controller_manager_args(c, pki))
+    scheduler = _start(c, "kube-scheduler", _scheduler_args(c))
+    kwok = _start(c, "kwok", _kwok_args(c))
+    procs.wait_until("kube-controller-manager /healthz", lambda: procs.http_ok(
+        f"https://127.0.0.1:{p['controller-manager']}/healthz", insecure), timeout, kcm)
+    procs.wait_until("kube-scheduler /healthz", lambda: procs.http_ok(
+        f"https://127.0.0.1:{p['scheduler']}/healthz", insecure), timeout, scheduler)
+
+    nodes = {"apiVersion": "v1", "kind": "List",
+             "items": [_node_manifest(name) for name in FAKE_NODES]}
+    c.kubectl("apply", "-f", "-", input=json.dumps(nodes))
+
+    def nodes_ready() -> bool:
+        items = c.kubectl_json("get", "nodes")["items"]
+        ready = [
+            n for n in items
+            if any(cond["type"] == "Ready" and cond["status"] == "True"
+                   for cond in n.get("status", {}).get("conditions", []))
+        ]
+        return len(ready) == len(FAKE_NODES)
+
+    procs.wait_until("KWOK nodes Ready", nodes_ready, timeout, kwok)
+    # Pods can only be created once the service-account controller made `default`.
+    procs.wait_until("the default ServiceAccount", lambda: c.kubectl(
+        "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
+        timeout, kcm)
+
+
+def _info_file(state_dir: Path) -> Path:
+    return state_dir / "ports.json"
+
+
+def load(state_dir: Path) -> Cluster | None:
+    """The running cluster recorded in `state_dir`, or None when there is none."""
+    if not _state_file(state_dir).exists() or not _info_file(state_dir).exists():
+        return None
+    info = json.loads(_info_file(state_dir).read_text())
+    return Cluster(
+        state_dir=state_dir,
+        bin_dir=Path(info["bin_dir"]),
+        kubeconfig=state_dir / "kubeconfig",
+        ports={k: int(v) for k, v in info["ports"].items()},
+        processes=procs.load(_state_file(state_dir)),
+    )
+
+
+def down(state_dir: Path) -> None:
+    """Stop every process recorded in `state_dir` and forget them."""
+    procs.stop(procs.load(_state_file(state_dir)))
+    _state_file(state_dir).unlink(missing_ok=True)
+
+
+def default_state_dir() -> Path:
+    return state_root() / "cluster"

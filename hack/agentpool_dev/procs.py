@@ -1,0 +1,144 @@
+"""Start detached processes, wait for them to answer, and stop them without leaks.
+
+Shared by the cluster orchestrator. Every process runs in its own session (so a terminal's
+Ctrl-C or the end of the starting command does not kill it) and is recorded by pid together
+with its executable, so `stop` never signals an unrelated process that reused the pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StartupError(RuntimeError):
+    """A component did not become ready; the message carries its log tail."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A started component: its name, pid, executable and log file."""
+
+    name: str
+    pid: int
+    exe: str
+    log: Path
+
+    def alive(self) -> bool:
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        # A zombie has exited; a different argv[0] means the pid was reused.
+        state = stat.rsplit(")", 1)[1].split()[0]
+        return state != "Z" and cmdline.split(b"\0", 1)[0].decode() == self.exe
+
+
+def start(name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    return Proc(name=name, pid=popen.pid, exe=argv[0], log=log)
+
+
+def _reap(pid: int) -> None:
+    # Only our own children can be reaped; for processes started by an earlier command the
+    # call fails harmlessly and init reaps them.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop(procs: Sequence[Proc], timeout: float = 15.0) -> None:
+    """SIGTERM each process group, then SIGKILL whatever is still alive after `timeout`."""
+    for proc in procs:
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            _reap(proc.pid)
+        if not any(p.alive() for p in procs):
+            return
+        time.sleep(0.1)
+    for proc in procs:
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(proc.pid, 0)
+
+
+def save(path: Path, procs: Sequence[Proc]) -> None:
+    data = [{"name": p.name, "pid": p.pid, "exe": p.exe, "log": str(p.log)} for p in procs]
+    path.write_text(json.dumps(data, indent=2))
+
+
+def load(path: Path) -> list[Proc]:
+    if not path.exists():
+        return []
+    return [
+        Proc(name=d["name"], pid=int(d["pid"]), exe=d["exe"], log=Path(d["log"]))
+        for d in json.loads(path.read_text())
+    ]
+
+
+def wait_until(
+    what: str, check: Callable[[], bool], timeout: float, proc: Proc | None = None
+) -> None:
+    """Poll `check` until it is true; fail early with the log tail if `proc` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and not proc.alive():
+            raise StartupError(
+                f"{proc.name} exited while waiting for {what}:\n{log_tail(proc.log)}"
+            )
+        time.sleep(0.2)
+    tail = f":\n{log_tail(proc.log)}" if proc else ""
+    raise StartupError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            status: int = response.status
+            return status == 200
+    except (urllib.error.URLError, OSError):
+        return False

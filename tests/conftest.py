@@ -1,0 +1,5 @@
+"""Test-suite wiring: each area's fixtures live in a plugin module under tests/plugins/."""
+
+pytest_plugins = [
+    "tests.plugins.cluster",
+]

@@ -1,0 +1,53 @@
+"""pytest fixtures for the real Kubernetes control plane.
+
+`cluster` starts one loopback control plane per test session (see `agentpool_dev.cluster`), or
+uses an existing cluster when `AGENTPOOL_TEST_KUBECONFIG` names its kubeconfig. `namespace`
+gives each test a fresh namespace so tests cannot see each other's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentpool_dev import cluster as cluster_mod
+
+
+def _existing_cluster(kubeconfig: Path, state_dir: Path) -> cluster_mod.Cluster:
+    bin_override = os.environ.get("AGENTPOOL_TESTCLUSTER_BIN")
+    if bin_override:
+        bin_dir = Path(bin_override)
+    else:
+        kubectl = shutil.which("kubectl")
+        bin_dir = Path(kubectl).parent if kubectl else cluster_mod.find_binaries()
+    return cluster_mod.Cluster(state_dir=state_dir, bin_dir=bin_dir, kubeconfig=kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_mod.Cluster]:
+    existing = os.environ.get("AGENTPOOL_TEST_KUBECONFIG")
+    if existing:
+        yield _existing_cluster(Path(existing), tmp_path_factory.mktemp("cluster"))
+        return
+    running = cluster_mod.up(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def namespace(cluster: cluster_mod.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
