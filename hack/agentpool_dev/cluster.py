@@ -25,7 +25,7 @@ from agentpool_dev import procs
 from agentpool_dev.paths import build_script, state_root
 
 SERVICE_CIDR = "10.96.0.0/24"
-POD_CIDR = "10.244.0.0/16"
+POD_CIDR = "10.244.0.1/16"
 FAKE_NODES = ("kwok-node-0", "kwok-node-1")
 
 # Log write requests only: tests count them to prove a quiet steady state.

@@ -1,0 +1,67 @@
+# Entry points for people and CI. `make up` runs the main job locally; `make test` runs the tests.
+# Both work on a fresh machine: they install what is missing first (Python venv, Debian
+# services, and the control plane built from Go modules into a version-keyed cache).
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
+DEV := $(PY) -m agentpool_dev
+
+.PHONY: deps venv services-install binaries up down cluster-up cluster-down kubeconfig \
+        services-up services-down lint typecheck test test-fast clean
+
+deps: venv services-install binaries
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+services-install:
+	bash hack/install-services.sh
+
+# The first build takes 15-30 minutes on 2 cores; later runs reuse the cache and take a second.
+binaries:
+	bash hack/testcluster/build.sh
+
+cluster-up: venv binaries
+	$(DEV) cluster up
+
+cluster-down: venv
+	$(DEV) cluster down
+
+kubeconfig: venv
+	@$(DEV) cluster kubeconfig
+
+services-up: venv services-install
+	$(DEV) services up
+
+services-down: venv
+	$(DEV) services down
+
+up: deps
+	$(DEV) cluster up
+	$(DEV) services up
+
+down: venv
+	-$(DEV) cluster down
+	-$(DEV) services down
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: deps
+	$(VENV)/bin/pytest
+
+# Pure unit tests only: no cluster, no services.
+test-fast: venv
+	$(VENV)/bin/pytest tests/unit
+
+clean: down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
