@@ -1,0 +1,67 @@
+"""The AgentPool API (`agentpool.dev/v1alpha1`): pydantic models, quantities, conditions.
+
+Pure: no Kubernetes client, no I/O. `agentpool_operator.crd` generates the CRD from these
+models; the operator parses live objects with `AgentPoolSpec.model_validate(spec)`.
+"""
+
+from agentpool_operator.api.conditions import (
+    Condition,
+    ConditionType,
+    Reason,
+    find_condition,
+    remove_condition,
+    set_condition,
+)
+from agentpool_operator.api.models import (
+    AgentPoolSpec,
+    AgentPoolStatus,
+    AutoscalingSpec,
+    CacheSpec,
+    DatabaseSpec,
+    MonitoringSpec,
+    PgBouncerSpec,
+    QueueSpec,
+    WorkersSpec,
+)
+from agentpool_operator.api.pod import PodOverrides, ResourceRequirements
+from agentpool_operator.api.quantity import Quantity, QuantityError, parse_quantity
+
+GROUP = "agentpool.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AgentPool"
+PLURAL = "agentpools"
+SINGULAR = "agentpool"
+SHORT_NAMES = ("ap", "apool")
+CATEGORIES = ("agentpool", "all")
+
+__all__ = [
+    "API_VERSION",
+    "CATEGORIES",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "SHORT_NAMES",
+    "SINGULAR",
+    "VERSION",
+    "AgentPoolSpec",
+    "AgentPoolStatus",
+    "AutoscalingSpec",
+    "CacheSpec",
+    "Condition",
+    "ConditionType",
+    "DatabaseSpec",
+    "MonitoringSpec",
+    "PgBouncerSpec",
+    "PodOverrides",
+    "Quantity",
+    "QuantityError",
+    "QueueSpec",
+    "Reason",
+    "ResourceRequirements",
+    "WorkersSpec",
+    "find_condition",
+    "parse_quantity",
+    "remove_condition",
+    "set_condition",
+]

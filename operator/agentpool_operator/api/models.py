@@ -1,0 +1,354 @@
+"""The AgentPool API: spec and status models, the single source of truth for the CRD.
+
+Users write these fields with `kubectl apply`; `crd.py` turns the models into the CRD's
+schema (descriptions come from the attribute docstrings below, so they are what
+`kubectl explain agentpool.spec` prints); the operator reads a live object back with
+`AgentPoolSpec.model_validate(obj["spec"])`. Defaults here and in the CRD are the same values:
+the API server fills them in, so `kubectl get -o yaml` shows the effective configuration.
+
+Required fields are only what the operator cannot guess: `image`, `handler` and
+`queue.redis.urlSecretRef` (plus `database.dsnSecretRef` and `database.connectionBudget` when a
+database is used). Cross-field invariants are CEL rules (`x-kubernetes-validations`) so the
+API server rejects a bad spec with a message saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator
+
+from agentpool_operator.api.common import (
+    ApiModel,
+    SecretKeyRef,
+    cel,
+    immutable,
+    section,
+    validations,
+)
+from agentpool_operator.api.conditions import Condition
+from agentpool_operator.api.pod import PodOverrides, ResourceRequirements
+from agentpool_operator.api.quantity import Quantity
+from agentpool_operator.api.spec_rules import SPEC_RULES
+
+# `package.module:function` or `module:Class.method` (Python dotted identifiers).
+HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # noqa: E501
+IMAGE_PATTERN = r"^[^\s]+$"
+STREAM_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9:._{}]*$"
+DEFAULT_PGBOUNCER_IMAGE = "ghcr.io/cloudnative-pg/pgbouncer:1.24.1"
+_DAY = 86400
+
+
+def _cel_regex(pattern: str) -> str:
+    # A Python regex as a single-quoted CEL string literal (backslashes escaped).
+    return "'" + pattern.replace("\\", "\\\\") + "'"
+
+
+class WorkersSpec(ApiModel):
+    """Worker processes in each pod and their lifecycle (recycling, timeouts, draining)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.drainGracePeriodSeconds >= self.taskTimeoutSeconds",
+                "workers.drainGracePeriodSeconds must be >= workers.taskTimeoutSeconds, so a "
+                "pod being stopped can finish its running tasks; raise the grace period or "
+                "lower the timeout",
+                field_path=".drainGracePeriodSeconds",
+            )
+        )
+    )
+
+    per_pod: int = Field(default=4, ge=1, le=256)
+    """Warm worker processes per pod; each runs the handler (pod capacity = perPod x
+    concurrency tasks)."""
+    concurrency: int = Field(default=1, ge=1, le=1024)
+    """Tasks each worker process runs at once (asyncio concurrency); 1 for CPU-bound or
+    blocking handlers."""
+    max_tasks_per_worker: int = Field(default=0, ge=0, le=10_000_000)
+    """Recycle a worker process after this many tasks, to contain leaks; 0 never recycles."""
+    max_memory_per_worker: Quantity | None = None
+    """Recycle a worker process once its memory use passes this quantity (e.g. 1Gi),
+    before the container limit makes the kernel kill the whole pod; must be below
+    resources.limits.memory. Unset: no per-worker cap."""
+    task_timeout_seconds: int = Field(default=600, ge=1, le=7 * _DAY)
+    """Hard deadline of one task; the worker running it is killed and replaced after it."""
+    drain_grace_period_seconds: int = Field(default=630, ge=1, le=7 * _DAY)
+    """How long a stopping pod may take to finish running tasks before it is killed
+    (becomes terminationGracePeriodSeconds); must be >= taskTimeoutSeconds."""
+
+
+class RedisConnection(ApiModel):
+    """How to reach a Redis server."""
+
+    url_secret_ref: SecretKeyRef
+    """Secret key whose value is the Redis URL (redis://, or rediss:// for TLS), including
+    any username and password."""
+
+
+class QueueSpec(ApiModel):
+    """The Redis Streams work queue the pool consumes tasks from."""
+
+    redis: RedisConnection
+    """The Redis server that holds the queue."""
+    stream: str = Field(
+        default="agentpool:tasks",
+        min_length=1,
+        max_length=200,
+        pattern=STREAM_PATTERN,
+        json_schema_extra=immutable(
+            "queue.stream",
+            "tasks already queued on the old stream would never run; create a new AgentPool "
+            "for a new stream",
+        ),
+    )
+    """Name of the Redis stream producers add tasks to. Pools sharing one Redis need
+    distinct streams. Immutable: changing it would orphan the tasks already queued."""
+    consumer_group: str = Field(
+        default="agentpool",
+        min_length=1,
+        max_length=200,
+        pattern=STREAM_PATTERN,
+        json_schema_extra=immutable(
+            "queue.consumerGroup",
+            "tasks delivered to the old group but not acknowledged would never be retried; "
+            "create a new AgentPool instead",
+        ),
+    )
+    """Redis consumer group the workers read through. Immutable: changing it would strand
+    tasks delivered to the old group and not yet acknowledged."""
+    max_deliveries: int = Field(default=5, ge=1, le=1000)
+    """Deliveries of one task before it is moved to the dead-letter stream
+    (`<stream>:dead`) instead of being retried again."""
+    lease_seconds: int = Field(default=60, ge=5, le=3600)
+    """How long a task stays claimed by a worker without a lease renewal before another
+    worker may take it over (running tasks renew their lease)."""
+
+
+class CacheSpec(ApiModel):
+    """The Redis result and response cache available to handlers."""
+
+    enabled: bool = False
+    """Give handlers a cache client."""
+    redis: RedisConnection | None = None
+    """The Redis server for the cache; unset uses the queue's Redis."""
+    ttl_seconds: int = Field(default=3600, ge=1, le=30 * _DAY)
+    """Default time-to-live of cache entries."""
+
+
+class PgBouncerSpec(ApiModel):
+    """The PgBouncer sidecar in every pod, which pools the workers' database connections."""
+
+    image: str = Field(default=DEFAULT_PGBOUNCER_IMAGE, min_length=1, max_length=512)
+    """PgBouncer container image."""
+    pool_mode: Literal["session", "transaction"] = "transaction"
+    """When a server connection returns to the pool: after each transaction (most sharing;
+    no session state such as SET or advisory locks) or when the client disconnects."""
+    default_pool_size: int = Field(default=5, ge=1, le=10_000)
+    """Server connections each pod's PgBouncer may open to the database. The pool's total is
+    maxReplicas x defaultPoolSize, which must fit in connectionBudget."""
+    max_client_connections: int = Field(default=100, ge=1, le=100_000)
+    """Client connections each pod's PgBouncer accepts from its workers; must be at least
+    workers.perPod x workers.concurrency."""
+
+
+class DatabaseSpec(ApiModel):
+    """The PostgreSQL database handlers use, reached through a PgBouncer sidecar."""
+
+    dsn_secret_ref: SecretKeyRef
+    """Secret key whose value is the PostgreSQL DSN (postgresql://user:password@host/db)."""
+    connection_budget: int = Field(ge=1, le=100_000)
+    """Most server connections this pool may hold on the database across all its pods,
+    typically a share of the server's max_connections. Leave headroom for pods that
+    overlap during a rollout."""
+    pgbouncer: PgBouncerSpec = section(PgBouncerSpec)
+    """PgBouncer sidecar settings."""
+
+
+class ScalingPolicy(ApiModel):
+    """A limit on how much the pool may scale within one period."""
+
+    type: Literal["Pods", "Percent"]
+    """Pods: change by at most `value` pods; Percent: by at most `value` percent."""
+    value: int = Field(ge=1)
+    """Amount of change allowed per period."""
+    period_seconds: int = Field(ge=1, le=1800)
+    """Length of the period the policy applies to."""
+
+
+class ScaleUpRules(ApiModel):
+    """How fast the pool grows (HorizontalPodAutoscaler scaleUp behaviour)."""
+
+    stabilization_window_seconds: int = Field(default=0, ge=0, le=3600)
+    """Look-back window: the pool grows only to the lowest recommendation in it."""
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
+    """Which policy wins when several apply; Disabled never scales up."""
+    policies: list[ScalingPolicy] = Field(
+        default=[
+            ScalingPolicy(type="Percent", value=100, period_seconds=15),
+            ScalingPolicy(type="Pods", value=4, period_seconds=15),
+        ],
+        min_length=1,
+        max_length=10,
+    )
+    """Limits on growth per period."""
+
+
+class ScaleDownRules(ApiModel):
+    """How fast the pool shrinks (HorizontalPodAutoscaler scaleDown behaviour). Slow by
+    default: every removed pod drains its running tasks first."""
+
+    stabilization_window_seconds: int = Field(default=300, ge=0, le=3600)
+    """Look-back window: the pool shrinks only to the highest recommendation in it."""
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
+    """Which policy wins when several apply; Disabled never scales down."""
+    policies: list[ScalingPolicy] = Field(
+        default=[ScalingPolicy(type="Pods", value=1, period_seconds=60)],
+        min_length=1,
+        max_length=10,
+    )
+    """Limits on shrinking per period."""
+
+
+class AutoscalingSpec(ApiModel):
+    """Queue-driven autoscaling between minReplicas and maxReplicas."""
+
+    enabled: bool = False
+    """Let the operator's autoscaler set spec.replicas from the queue backlog; when false,
+    spec.replicas is set by hand or with kubectl scale."""
+    target_backlog_per_worker: int = Field(default=1, ge=1, le=10_000)
+    """Queued plus running tasks the autoscaler aims for per worker process: the pool is
+    sized to backlog / (targetBacklogPerWorker x workers.perPod) pods."""
+    scale_up: ScaleUpRules = section(ScaleUpRules)
+    """Scale-up behaviour."""
+    scale_down: ScaleDownRules = section(ScaleDownRules)
+    """Scale-down behaviour."""
+
+
+class MonitoringSpec(ApiModel):
+    """Metrics endpoints and Prometheus integration."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!self.podMonitor || self.metrics",
+                "monitoring.podMonitor needs monitoring.metrics: enable metrics or disable "
+                "the PodMonitor",
+                field_path=".podMonitor",
+            )
+        )
+    )
+
+    metrics: bool = True
+    """Serve the runtime's Prometheus metrics on metricsPort."""
+    metrics_port: int = Field(default=9090, ge=1024, le=65535)
+    """Container port of the metrics endpoint."""
+    pod_monitor: bool = False
+    """Create a PodMonitor (needs the Prometheus Operator's CRDs in the cluster)."""
+    pgbouncer_exporter: bool = True
+    """Export PgBouncer pool metrics (when a database is configured)."""
+
+
+class AgentPoolSpec(ApiModel):
+    """Desired state of an AgentPool: a warm, autoscaled pool of AI-agent workers."""
+
+    model_config = ConfigDict(json_schema_extra=validations(*SPEC_RULES))
+
+    image: str = Field(
+        max_length=512,
+        json_schema_extra=validations(
+            cel(
+                f"self.matches({_cel_regex(IMAGE_PATTERN)})",
+                "image must be a container image reference without spaces, "
+                "e.g. registry.example.com/team/agent:1.4.2",
+            )
+        ),
+    )
+    """Container image with the agent code and the agentpool runtime."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    """When to pull the image; unset lets Kubernetes decide (Always for :latest)."""
+    handler: str = Field(
+        max_length=256,
+        json_schema_extra=validations(
+            cel(
+                f"self.matches({_cel_regex(HANDLER_PATTERN)})",
+                "handler must be 'module:function' (a Python import path, a colon, then an "
+                "attribute), e.g. myagents.tasks:handle",
+            )
+        ),
+    )
+    """The task handler as `module:function`, imported once per warm worker process."""
+    replicas: int = Field(default=1, ge=0, le=1000)
+    """Desired number of pods, within [minReplicas, maxReplicas]. Set by kubectl scale or,
+    when autoscaling is enabled, by the autoscaler through the scale subresource."""
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    """Lower bound for replicas; 0 allows an idle pool to stop all pods (not with
+    autoscaling, which needs at least one pod)."""
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    """Upper bound for replicas; also sizes the database connection budget."""
+    workers: WorkersSpec = section(WorkersSpec)
+    """Worker processes per pod and their lifecycle."""
+    resources: ResourceRequirements = section(ResourceRequirements)
+    """CPU and memory for the worker container (shared by all its worker processes)."""
+    queue: QueueSpec
+    """Where tasks come from."""
+    cache: CacheSpec = section(CacheSpec)
+    """Optional Redis cache for handlers."""
+    database: DatabaseSpec | None = None
+    """Optional PostgreSQL database, pooled through a PgBouncer sidecar; unset: none."""
+    autoscaling: AutoscalingSpec = section(AutoscalingSpec)
+    """Queue-driven autoscaling."""
+    monitoring: MonitoringSpec = section(MonitoringSpec)
+    """Metrics and Prometheus integration."""
+    pod: PodOverrides = section(PodOverrides)
+    """Scheduling and metadata overrides for the worker pods."""
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_format(cls, value: str) -> str:
+        # Mirrors the CEL rule, for objects that did not come through the API server.
+        if not re.match(HANDLER_PATTERN, value):
+            raise ValueError("handler must be 'module:function', e.g. myagents.tasks:handle")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image_format(cls, value: str) -> str:
+        if not re.match(IMAGE_PATTERN, value):
+            raise ValueError("image must be a container image reference without spaces")
+        return value
+
+
+class AgentPoolStatus(ApiModel):
+    """Observed state of an AgentPool, written by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation the operator last acted on."""
+    replicas: int | None = Field(default=None, ge=0)
+    """Pods that exist (the scale subresource's status replicas)."""
+    ready_replicas: int | None = Field(default=None, ge=0)
+    """Pods whose workers are ready to take tasks."""
+    available_replicas: int | None = Field(default=None, ge=0)
+    """Pods that have been ready for the minimum ready time."""
+    selector: str | None = None
+    """Label selector of the pool's pods, serialized (e.g. `app.kubernetes.io/instance=x`):
+    the scale subresource's selector, which a HorizontalPodAutoscaler needs."""
+    queue_backlog: int | None = Field(default=None, ge=0)
+    """Tasks queued or running on the pool's stream at the last observation."""
+    conditions: list[Condition] | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    """Current state: Ready (summary), Progressing (rolling out or scaling) and Degraded."""
+
+
+AGENTPOOL_DESCRIPTION = (
+    "AgentPool runs a warm, autoscaled pool of AI-agent workers: pods whose worker "
+    "processes take tasks from a Redis stream and run a Python handler, with pooled "
+    "PostgreSQL connections through a PgBouncer sidecar."
+)
