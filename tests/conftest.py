@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "tests.plugins.cluster",
+    "tests.plugins.services",
 ]
