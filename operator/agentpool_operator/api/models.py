@@ -60,11 +60,11 @@ class WorkersSpec(ApiModel):
         )
     )
 
-    per_pod: int = Field(default=4, ge=1, le=256)
+    per_pod: int = Field(default=2, ge=1, le=256)
     """Warm worker processes per pod; each runs the handler (pod capacity = perPod x
     concurrency tasks)."""
-    concurrency: int = Field(default=1, ge=1, le=1024)
-    """Tasks each worker process runs at once (asyncio concurrency); 1 for CPU-bound or
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    """Tasks each worker process runs at once (asyncio concurrency); use 1 for CPU-bound or
     blocking handlers."""
     max_tasks_per_worker: int = Field(default=0, ge=0, le=10_000_000)
     """Recycle a worker process after this many tasks, to contain leaks; 0 never recycles."""
@@ -72,9 +72,9 @@ class WorkersSpec(ApiModel):
     """Recycle a worker process once its memory use passes this quantity (e.g. 1Gi),
     before the container limit makes the kernel kill the whole pod; must be below
     resources.limits.memory. Unset: no per-worker cap."""
-    task_timeout_seconds: int = Field(default=600, ge=1, le=7 * _DAY)
+    task_timeout_seconds: int = Field(default=300, ge=1, le=7 * _DAY)
     """Hard deadline of one task; the worker running it is killed and replaced after it."""
-    drain_grace_period_seconds: int = Field(default=630, ge=1, le=7 * _DAY)
+    drain_grace_period_seconds: int = Field(default=330, ge=1, le=7 * _DAY)
     """How long a stopping pod may take to finish running tasks before it is killed
     (becomes terminationGracePeriodSeconds); must be >= taskTimeoutSeconds."""
 
@@ -90,23 +90,32 @@ class RedisConnection(ApiModel):
 class QueueSpec(ApiModel):
     """The Redis Streams work queue the pool consumes tasks from."""
 
+    # On the object, not on `stream`: a field-level transition rule only runs when the old
+    # and the new object both have the field, so it would let a stream be set or unset.
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.stream) == has(oldSelf.stream) && "
+                "(!has(self.stream) || self.stream == oldSelf.stream)",
+                "queue.stream is immutable (it cannot be set, changed or removed after "
+                "creation): tasks already queued on the old stream would never run; create a "
+                "new AgentPool for a new stream",
+                field_path=".stream",
+                reason="FieldValueForbidden",
+            )
+        )
+    )
+
     redis: RedisConnection
     """The Redis server that holds the queue."""
-    stream: str = Field(
-        default="agentpool:tasks",
-        min_length=1,
-        max_length=200,
-        pattern=STREAM_PATTERN,
-        json_schema_extra=immutable(
-            "queue.stream",
-            "tasks already queued on the old stream would never run; create a new AgentPool "
-            "for a new stream",
-        ),
+    stream: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=STREAM_PATTERN
     )
-    """Name of the Redis stream producers add tasks to. Pools sharing one Redis need
-    distinct streams. Immutable: changing it would orphan the tasks already queued."""
+    """Name of the Redis stream producers add tasks to. Unset: a key unique to this pool,
+    `agentpool:{<pool>}:tasks`. Immutable: changing it would orphan the tasks already
+    queued."""
     consumer_group: str = Field(
-        default="agentpool",
+        default="workers",
         min_length=1,
         max_length=200,
         pattern=STREAM_PATTERN,
@@ -119,11 +128,11 @@ class QueueSpec(ApiModel):
     """Redis consumer group the workers read through. Immutable: changing it would strand
     tasks delivered to the old group and not yet acknowledged."""
     max_deliveries: int = Field(default=5, ge=1, le=1000)
-    """Deliveries of one task before it is moved to the dead-letter stream
-    (`<stream>:dead`) instead of being retried again."""
-    lease_seconds: int = Field(default=60, ge=5, le=3600)
-    """How long a task stays claimed by a worker without a lease renewal before another
-    worker may take it over (running tasks renew their lease)."""
+    """Deliveries of one task (retries and crash redeliveries together) before it is moved
+    to the pool's dead-letter stream instead of being run again."""
+    lease_seconds: int = Field(default=30, ge=5, le=3600)
+    """How long a task stays claimed by a worker without a lease renewal before another pod
+    may take it over; running tasks renew their lease, so long tasks are not stolen."""
 
 
 class CacheSpec(ApiModel):
@@ -133,7 +142,7 @@ class CacheSpec(ApiModel):
     """Give handlers a cache client."""
     redis: RedisConnection | None = None
     """The Redis server for the cache; unset uses the queue's Redis."""
-    ttl_seconds: int = Field(default=3600, ge=1, le=30 * _DAY)
+    ttl_seconds: int = Field(default=300, ge=1, le=30 * _DAY)
     """Default time-to-live of cache entries."""
 
 
