@@ -1,0 +1,75 @@
+"""`agentpool-operator` / `python -m agentpool_operator`: run the operator until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from agentpool_operator import handlers, logs
+from agentpool_operator.health import build_app, serve
+from agentpool_operator.k8s import Kube
+from agentpool_operator.metrics import OperatorMetrics
+from agentpool_operator.reconcile import PoolKey, Reconciler
+from agentpool_operator.resync import Resyncer
+from agentpool_operator.settings import Settings, parse
+from agentpool_operator.workqueue import WorkQueue
+
+log = logging.getLogger("agentpool_operator")
+
+
+async def run(settings: Settings) -> None:
+    conditions: dict[PoolKey, dict[str, str]] = {}
+    metrics = OperatorMetrics(lambda: conditions)
+    kube = Kube.from_environment(count_write=metrics.count_write)
+    reconciler = Reconciler(kube=kube, metrics=metrics, conditions=conditions)
+    queue: WorkQueue[PoolKey] = WorkQueue(reconciler, workers=settings.workers)
+    metrics.queue_depth.set_function(lambda: len(queue))
+    resyncer = Resyncer(kube, queue, reconciler, settings)
+    metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
+
+    registry = handlers.build_registry(queue, resyncer)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        return info or kopf.login_with_kubeconfig(**kwargs)
+
+    kopf_settings = kopf.OperatorSettings()
+    handlers.configure(kopf_settings)
+    runner = await serve(
+        build_app(metrics.registry, live=lambda: not resyncer.stalled,
+                  ready=lambda: resyncer.listed_once),
+        settings.health_host, settings.health_port,
+    )
+    queue.start()
+    resync_task = asyncio.create_task(resyncer.run(), name="resync")
+    log.info("operator started", extra={"namespaces": ",".join(settings.namespaces) or "*"})
+    try:
+        await kopf.operator(
+            registry=registry, settings=kopf_settings, standalone=True,
+            clusterwide=settings.clusterwide, namespaces=settings.namespaces,
+        )
+    finally:
+        resync_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await resync_task
+        await queue.stop()
+        await runner.cleanup()
+        await kube.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse(argv)
+    logs.configure(settings.log_level)
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

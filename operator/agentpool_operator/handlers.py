@@ -1,0 +1,54 @@
+"""kopf wiring only: watch events become work-queue keys; nothing else happens here.
+
+Only raw event handlers are used: they keep no state in the objects (no finalizers, no
+annotations, no status fields of kopf's own), so the operator's only writes are its children,
+the AgentPool status and Events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from agentpool_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.reconcile import PoolKey
+from agentpool_operator.resync import Resyncer
+from agentpool_operator.workqueue import WorkQueue
+
+MANAGED_BY = "app.kubernetes.io/managed-by=agentpool-operator"
+
+
+def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    # kopf passes many keyword arguments; the handlers take the few they need by name.
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def pool_changed(**kwargs: Any) -> None:
+        key = (kwargs["namespace"], kwargs["name"])
+        meta = kwargs["meta"]
+        if kwargs["type"] == "DELETED":
+            queue.forget(key)
+            resyncer.forget(key)
+            return
+        resyncer.observed(key, meta.get("resourceVersion", ""))
+        queue.add(key)
+
+    @kopf.on.event("apps", "v1", "deployments", registry=registry)
+    async def deployment_changed(**kwargs: Any) -> None:
+        for owner in kwargs["meta"].get("ownerReferences") or []:
+            if owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
+                queue.add((kwargs["namespace"], owner["name"]))
+
+    return registry
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf settings for a quiet, level-based operator."""
+    # The reconciler posts its own, specific Events; kopf's log-to-event posting would add
+    # writes on every handler run.
+    settings.posting.enabled = False
+    # Only watch the Deployments we own, filtered by the API server, not in memory.
+    settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60

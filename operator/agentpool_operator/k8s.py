@@ -1,0 +1,203 @@
+"""The operator's only caller of the Kubernetes API (lightkube, asyncio).
+
+Everything else works on plain manifest dicts. Third-party errors are mapped here, in one place,
+to the operator's own: a missing object is `None`, a conflict or an unavailable server is a
+`TransientError` (retried with backoff), anything else is an `ApiFailure` naming the request.
+Every write is counted, so the steady-state "zero writes" promise is observable in metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import httpx2 as httpx
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.core.resource import NamespacedResource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources import apiextensions_v1, apps_v1, autoscaling_v2, core_v1, policy_v1
+from lightkube.types import PatchType
+
+from agentpool_operator.api import GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.errors import ApiFailure, TransientError
+
+FIELD_MANAGER = "agentpool-operator"
+
+AgentPoolResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+PodMonitorResource = create_namespaced_resource(
+    "monitoring.coreos.com", "v1", "PodMonitor", "podmonitors"
+)
+
+_RESOURCES: dict[tuple[str, str], type[NamespacedResource]] = {
+    ("v1", "ConfigMap"): core_v1.ConfigMap,
+    ("v1", "Secret"): core_v1.Secret,
+    ("v1", "Service"): core_v1.Service,
+    ("apps/v1", "Deployment"): apps_v1.Deployment,
+    ("policy/v1", "PodDisruptionBudget"): policy_v1.PodDisruptionBudget,
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): autoscaling_v2.HorizontalPodAutoscaler,
+    ("monitoring.coreos.com/v1", "PodMonitor"): PodMonitorResource,
+    (f"{GROUP}/{VERSION}", KIND): AgentPoolResource,
+}
+_TRANSIENT_CODES = {409, 429, 500, 502, 503, 504}
+
+WriteCounter = Callable[[str, str], None]
+
+
+def resource_for(api_version: str, kind: str) -> type[NamespacedResource]:
+    return _RESOURCES[(api_version, kind)]
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    result: dict[str, Any] = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+    return result
+
+
+def _map_error(error: ApiError, what: str) -> Exception:
+    code = error.status.code or 0
+    message = error.status.message or str(error)
+    if code in _TRANSIENT_CODES:
+        return TransientError(f"{what}: {code} {message}")
+    return ApiFailure(f"{what}: {code} {message}", code=code)
+
+
+class Kube:
+    """Typed-enough access to the few API calls the operator makes."""
+
+    def __init__(self, client: AsyncClient, count_write: WriteCounter | None = None) -> None:
+        self._client = client
+        self._count_write = count_write or (lambda verb, kind: None)
+
+    @classmethod
+    def from_environment(cls, count_write: WriteCounter | None = None) -> Kube:
+        """In-cluster service account, or the kubeconfig from $KUBECONFIG / ~/.kube/config."""
+        return cls(AsyncClient(field_manager=FIELD_MANAGER), count_write)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str
+                  ) -> dict[str, Any] | None:
+        what = f"get {kind} {namespace}/{name}"
+        try:
+            obj = await self._client.get(resource_for(api_version, kind), name,
+                                         namespace=namespace)
+        except ApiError as error:
+            if error.status.code == 404:
+                return None
+            raise _map_error(error, what) from error
+        except httpx.HTTPError as error:
+            raise TransientError(f"{what}: {error}") from error
+        return _as_dict(obj)
+
+    async def list_pools(self, namespace: str | None) -> list[dict[str, Any]]:
+        try:
+            return [_as_dict(obj) async for obj in self._client.list(
+                AgentPoolResource, namespace=namespace or "*")]
+        except ApiError as error:
+            raise _map_error(error, "list agentpools") from error
+        except httpx.HTTPError as error:
+            raise TransientError(f"list agentpools: {error}") from error
+
+    async def list_pods(self, namespace: str, selector: Mapping[str, str]
+                        ) -> list[dict[str, Any]]:
+        try:
+            return [_as_dict(pod) async for pod in self._client.list(
+                core_v1.Pod, namespace=namespace, labels=dict(selector))]
+        except ApiError as error:
+            raise _map_error(error, f"list pods in {namespace}") from error
+        except httpx.HTTPError as error:
+            raise TransientError(f"list pods in {namespace}: {error}") from error
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The decoded data of a Secret, or None if it does not exist."""
+        secret = await self.get("v1", "Secret", namespace, name)
+        if secret is None:
+            return None
+        decoded = {k: base64.b64decode(v).decode("utf-8", "replace")
+                   for k, v in (secret.get("data") or {}).items()}
+        decoded.update(secret.get("stringData") or {})
+        return decoded
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply under our field manager, taking ownership of conflicting fields."""
+        meta = manifest["metadata"]
+        kind = manifest["kind"]
+        what = f"apply {kind} {meta['namespace']}/{meta['name']}"
+        self._count_write("apply", kind)
+        try:
+            obj = await self._client.patch(
+                resource_for(manifest["apiVersion"], kind), meta["name"], manifest,
+                namespace=meta["namespace"], patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER, force=True,
+            )
+        except ApiError as error:
+            raise _map_error(error, what) from error
+        except httpx.HTTPError as error:
+            raise TransientError(f"{what}: {error}") from error
+        return _as_dict(obj)
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        what = f"delete {kind} {namespace}/{name}"
+        self._count_write("delete", kind)
+        try:
+            await self._client.delete(resource_for(api_version, kind), name, namespace=namespace)
+        except ApiError as error:
+            if error.status.code == 404:
+                return
+            raise _map_error(error, what) from error
+        except httpx.HTTPError as error:
+            raise TransientError(f"{what}: {error}") from error
+
+    async def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        what = f"update status of AgentPool {namespace}/{name}"
+        self._count_write("patch-status", KIND)
+        try:
+            await self._client.patch(
+                AgentPoolResource.Status, name, {"status": status}, namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+        except ApiError as error:
+            if error.status.code == 404:
+                return
+            raise _map_error(error, what) from error
+        except httpx.HTTPError as error:
+            raise TransientError(f"{what}: {error}") from error
+
+    async def crd_exists(self, name: str) -> bool:
+        """Whether a CRD is installed (e.g. the Prometheus Operator's PodMonitor)."""
+        try:
+            await self._client.get(apiextensions_v1.CustomResourceDefinition, name)
+        except ApiError as error:
+            if error.status.code == 404:
+                return False
+            raise _map_error(error, f"get CRD {name}") from error
+        except httpx.HTTPError as error:
+            raise TransientError(f"get CRD {name}: {error}") from error
+        return True
+
+    async def post_event(self, pool: dict[str, Any], kind: str, reason: str, message: str
+                         ) -> None:
+        """A core/v1 Event on the AgentPool. Messages never contain secret values."""
+        meta = pool["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        event = cast(core_v1.Event, core_v1.Event.from_dict({
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": pool["apiVersion"], "kind": KIND, "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": kind, "reason": reason, "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
+        }))
+        self._count_write("create", "Event")
+        try:
+            await self._client.create(event)
+        except (ApiError, httpx.HTTPError):
+            # An event is best effort: failing to post one must not fail the reconcile.
+            return

@@ -1,0 +1,80 @@
+"""Periodic resync and watch-stall detection.
+
+Every `resync_seconds` the operator lists the AgentPools it watches and enqueues each one, so
+children that are not watched (ConfigMap, Secret, Service, PDB, HPA) are repaired even without an
+event. The same list checks the watch: when the API server has a newer resourceVersion of a pool
+than the watch has delivered, for longer than `stall_seconds`, the watch is stalled and the
+liveness probe fails so Kubernetes restarts the operator (kopf's known "silent operator" case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from agentpool_operator.errors import OperatorError
+from agentpool_operator.k8s import Kube
+from agentpool_operator.reconcile import PoolKey, Reconciler
+from agentpool_operator.settings import Settings
+from agentpool_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+POD_MONITOR_CRD = "podmonitors.monitoring.coreos.com"
+
+
+class Resyncer:
+    def __init__(self, kube: Kube, queue: WorkQueue[PoolKey], reconciler: Reconciler,
+                 settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._kube = kube
+        self._queue = queue
+        self._reconciler = reconciler
+        self._settings = settings
+        self._clock = clock
+        self._watched: dict[PoolKey, str] = {}
+        self._lagging_since: dict[PoolKey, float] = {}
+        self.listed_once = False
+
+    def observed(self, key: PoolKey, resource_version: str) -> None:
+        """The watch delivered this version of a pool: the stream is alive for it."""
+        self._watched[key] = resource_version
+        self._lagging_since.pop(key, None)
+
+    def forget(self, key: PoolKey) -> None:
+        self._watched.pop(key, None)
+        self._lagging_since.pop(key, None)
+
+    @property
+    def stalled(self) -> bool:
+        now = self._clock()
+        return any(now - since > self._settings.stall_seconds
+                   for since in self._lagging_since.values())
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.once()
+            except OperatorError as error:
+                log.warning("resync failed: %s", error)
+            await asyncio.sleep(self._settings.resync_seconds)
+
+    async def once(self) -> None:
+        self._reconciler.pod_monitor_api = await self._kube.crd_exists(POD_MONITOR_CRD)
+        pools = []
+        for namespace in self._settings.namespaces or (None,):
+            pools += await self._kube.list_pools(namespace)
+        now = self._clock()
+        listed: set[PoolKey] = set()
+        for pool in pools:
+            meta = pool["metadata"]
+            key = (meta["namespace"], meta["name"])
+            listed.add(key)
+            if self._watched.get(key) == meta.get("resourceVersion"):
+                self._lagging_since.pop(key, None)
+            else:
+                self._lagging_since.setdefault(key, now)
+            self._queue.add(key)
+        for key in set(self._lagging_since) - listed:
+            self._lagging_since.pop(key, None)
+        self.listed_once = True

@@ -1,0 +1,158 @@
+"""An AgentPool's status from what the reconcile observed (pure).
+
+Called by `reconcile.py` after applying children. The result is compared with the live status
+and written only when it differs; condition timestamps move only when a status flips
+(`set_condition`), so a steady pool produces identical status and no writes.
+
+Condition reasons, by type:
+- Ready: `MinimumReplicasAvailable` / `MinimumReplicasUnavailable`, or the Degraded reason
+  when the pool cannot be acted on at all (`InvalidSpec`, `SecretMissing`, ...).
+- Progressing: `RollingOut` (new pod template not fully rolled out), `Scaling` (pod count
+  moving towards spec.replicas), `Complete` (nothing in flight).
+- Degraded: `SecretMissing`, `InvalidDatabaseDSN`, `InvalidSpec`, `CrashLooping`,
+  `ApplyFailed`; `AsExpected` when healthy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentpool_operator.api import Condition, ConditionType, Reason, set_condition
+
+
+class Reasons:
+    """Reason strings the operator sets, besides the shared ones in `api.Reason`."""
+
+    MIN_AVAILABLE = "MinimumReplicasAvailable"
+    MIN_UNAVAILABLE = "MinimumReplicasUnavailable"
+    ROLLING_OUT = "RollingOut"
+    SCALING = "Scaling"
+    COMPLETE = "Complete"
+    SECRET_MISSING = "SecretMissing"
+    INVALID_DATABASE_DSN = "InvalidDatabaseDSN"
+    CRASH_LOOPING = "CrashLooping"
+    APPLY_FAILED = "ApplyFailed"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that makes the pool Degraded; `blocking` problems stop the reconcile."""
+
+    reason: str
+    message: str
+    blocking: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one reconcile saw and decided."""
+
+    generation: int
+    min_replicas: int
+    spec_replicas: int
+    selector: str | None
+    deployment: dict[str, Any] | None
+    problems: list[Problem] = field(default_factory=list)
+    queue_backlog: int | None = None
+
+
+def _deployment_counts(deployment: dict[str, Any] | None) -> dict[str, int]:
+    status = (deployment or {}).get("status") or {}
+    return {k: int(status.get(k) or 0) for k in (
+        "replicas", "readyReplicas", "availableReplicas", "updatedReplicas", "observedGeneration")}
+
+
+def _rollout_state(obs: Observation) -> tuple[bool, str, str]:
+    """(in progress, reason, message) of the Deployment's rollout and scaling."""
+    if obs.deployment is None:
+        return True, Reasons.ROLLING_OUT, "creating the Deployment"
+    counts = _deployment_counts(obs.deployment)
+    generation = int((obs.deployment.get("metadata") or {}).get("generation") or 0)
+    if counts["observedGeneration"] < generation or counts["updatedReplicas"] < obs.spec_replicas:
+        return True, Reasons.ROLLING_OUT, (
+            f"{counts['updatedReplicas']} of {obs.spec_replicas} pods run the current template")
+    if counts["replicas"] != obs.spec_replicas or counts["availableReplicas"] < obs.spec_replicas:
+        return True, Reasons.SCALING, (
+            f"{counts['availableReplicas']} of {obs.spec_replicas} pods available")
+    return False, Reasons.COMPLETE, f"{obs.spec_replicas} pods available and up to date"
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str, obs: Observation,
+               now: dt.datetime) -> Condition:
+    return Condition(type=type_, status="True" if ok else "False", reason=reason,
+                     message=message, observed_generation=obs.generation,
+                     last_transition_time=now)
+
+
+def compute_status(obs: Observation, current: dict[str, Any], now: dt.datetime
+                   ) -> dict[str, Any]:
+    """The status to write, as the API's camelCase dict."""
+    conditions = [Condition.model_validate(c) for c in current.get("conditions") or []]
+    counts = _deployment_counts(obs.deployment)
+    blocking = next((p for p in obs.problems if p.blocking), None)
+
+    if blocking is not None:
+        ready = _condition(ConditionType.READY, False, blocking.reason, blocking.message, obs, now)
+    elif counts["availableReplicas"] >= obs.min_replicas:
+        ready = _condition(ConditionType.READY, True, Reasons.MIN_AVAILABLE,
+                           f"{counts['availableReplicas']} pods available "
+                           f"(minReplicas {obs.min_replicas})", obs, now)
+    else:
+        ready = _condition(ConditionType.READY, False, Reasons.MIN_UNAVAILABLE,
+                           f"{counts['availableReplicas']} pods available, "
+                           f"minReplicas is {obs.min_replicas}", obs, now)
+
+    moving, reason, message = _rollout_state(obs)
+    progressing = _condition(ConditionType.PROGRESSING, moving and blocking is None,
+                             reason if blocking is None else blocking.reason,
+                             message if blocking is None else "blocked: see Degraded", obs, now)
+
+    if obs.problems:
+        worst = blocking or obs.problems[0]
+        text = "; ".join(p.message for p in obs.problems)
+        degraded = _condition(ConditionType.DEGRADED, True, worst.reason, text, obs, now)
+    else:
+        degraded = _condition(ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "", obs, now)
+
+    for new in (ready, progressing, degraded):
+        conditions, _ = set_condition(conditions, new)
+
+    status: dict[str, Any] = {
+        "observedGeneration": obs.generation,
+        "replicas": counts["replicas"],
+        "readyReplicas": counts["readyReplicas"],
+        "availableReplicas": counts["availableReplicas"],
+        "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True)
+                       for c in conditions],
+    }
+    if obs.selector is not None:
+        status["selector"] = obs.selector
+    if obs.queue_backlog is not None:
+        status["queueBacklog"] = obs.queue_backlog
+    elif "queueBacklog" in current:
+        status["queueBacklog"] = current["queueBacklog"]
+    return status
+
+
+def status_changed(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether writing `desired` would change anything the operator owns."""
+    return any(current.get(key) != value for key, value in desired.items())
+
+
+def crash_looping(pods: list[dict[str, Any]]) -> Problem | None:
+    """A Degraded problem when any pool container is in CrashLoopBackOff."""
+    looping: list[str] = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        for container in (status.get("containerStatuses") or []) + (
+                status.get("initContainerStatuses") or []):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "CrashLoopBackOff":
+                looping.append(f"{pod['metadata']['name']}/{container['name']}")
+    if not looping:
+        return None
+    shown = ", ".join(sorted(looping)[:5])
+    more = f" and {len(looping) - 5} more" if len(looping) > 5 else ""
+    return Problem(Reasons.CRASH_LOOPING, f"containers crash-looping: {shown}{more}")
