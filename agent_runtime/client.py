@@ -1,0 +1,190 @@
+"""The task SDK's client: submit tasks, await their results, cancel them.
+
+Used by applications and by `cli.py`. Submitting is one XADD (or one Lua call with an
+idempotency key: the same key within `idempotency_ttl_seconds` returns the first task's id
+instead of queuing a duplicate). Each client has a reply list the workers push finished task
+ids to, so waiting is a blocking pop rather than polling; results of tasks submitted elsewhere
+are still found by a periodic read of their result keys. Results are read from Redis, then from
+PostgreSQL when the client has a database (results outlive their Redis TTL there).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from agent_runtime.config import RuntimeConfig, RuntimeSettings
+from agent_runtime.db import ResultStore, create_pool
+from agent_runtime.errors import TaskCancelledError, TaskFailedError, TaskWaitTimeout
+from agent_runtime.keys import Keys
+from agent_runtime.messages import TaskEnvelope, TaskResult, encode_payload, new_task_id
+from agent_runtime.scripts import SUBMIT_IDEMPOTENT
+
+CANCEL_TTL_SECONDS = 86400
+RECHECK_SECONDS = 1.0
+Progress = Callable[[int, int, dict[str, TaskResult]], None]
+
+
+class TaskClient:
+    def __init__(self, redis: Redis, config: RuntimeConfig, *, store: ResultStore | None = None,
+                 closers: Sequence[Callable[[], Any]] = ()) -> None:
+        self._redis = redis
+        self._config = config
+        self._store = store
+        self._closers = list(closers)
+        self.keys = Keys.for_config(config)
+        self.reply_key = self.keys.reply(uuid.uuid4().hex)
+
+    @classmethod
+    async def connect(cls, redis_url: str, config: RuntimeConfig,
+                      database_url: str | None = None) -> TaskClient:
+        redis = Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5.0)
+        closers: list[Callable[[], Any]] = [redis.aclose]
+        store = None
+        if database_url:
+            pool = await create_pool(database_url, config, max_size=2)
+            store = ResultStore(pool, config.pool)
+            closers.append(pool.close)
+        return cls(redis, config, store=store, closers=closers)
+
+    @classmethod
+    async def from_settings(cls, settings: RuntimeSettings) -> TaskClient:
+        db = settings.secrets.database_url
+        return await cls.connect(settings.secrets.redis_url.get_secret_value(), settings.config,
+                                 db.get_secret_value() if db else None)
+
+    async def close(self) -> None:
+        for close in reversed(self._closers):
+            await close()
+
+    async def __aenter__(self) -> TaskClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def _envelope(self, payload: Any, handler: str, task_id: str | None,
+                  idempotency_key: str | None) -> TaskEnvelope:
+        return TaskEnvelope(
+            task_id=task_id or new_task_id(), handler=handler,
+            payload_json=encode_payload(payload, self._config.max_payload_bytes),
+            enqueued_at=time.time(), reply_to=self.reply_key,
+            idempotency_key=idempotency_key or "")
+
+    async def submit(self, payload: Any, *, handler: str = "default", task_id: str | None = None,
+                     idempotency_key: str | None = None) -> str:
+        """Queue a task; returns its id (the earlier task's id for a repeated idempotency key).
+        Raises PayloadTooLargeError / InvalidPayloadError before touching Redis."""
+        envelope = self._envelope(payload, handler, task_id, idempotency_key)
+        fields: dict[Any, Any] = envelope.to_fields()
+        if not idempotency_key:
+            await self._redis.xadd(self.keys.stream, fields)
+            return envelope.task_id
+        flat = [item for pair in fields.items() for item in pair]
+        existing = await self._redis.eval(
+            SUBMIT_IDEMPOTENT, 2, self.keys.stream, self.keys.idempotency(idempotency_key),
+            self._config.idempotency_ttl_seconds, envelope.task_id, *flat)
+        return str(existing)
+
+    async def submit_many(self, payloads: Iterable[Any], *, handler: str = "default") -> list[str]:
+        """Queue many tasks in pipelined round trips (no idempotency keys)."""
+        envelopes = [self._envelope(p, handler, None, None) for p in payloads]
+        for start in range(0, len(envelopes), 1000):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for envelope in envelopes[start:start + 1000]:
+                    fields: dict[Any, Any] = envelope.to_fields()
+                    pipe.xadd(self.keys.stream, fields)
+                await pipe.execute()
+        return [e.task_id for e in envelopes]
+
+    async def cancel(self, task_id: str) -> None:
+        """Ask for cancellation: a queued task is recorded cancelled instead of running, a
+        running one is cancelled (async handlers) within about half a second."""
+        await self._redis.set(self.keys.cancel(task_id), "1", ex=CANCEL_TTL_SECONDS)
+
+    # -- results ----------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskResult | None:
+        """The final result, or None while the task is queued or running."""
+        raw = await self._redis.get(self.keys.result(task_id))
+        if raw is not None:
+            return TaskResult.from_json(raw)
+        if self._store is not None:
+            return await self._store.fetch(task_id)
+        return None
+
+    async def _get_many(self, task_ids: list[str]) -> dict[str, TaskResult]:
+        found: dict[str, TaskResult] = {}
+        for start in range(0, len(task_ids), 500):
+            chunk = task_ids[start:start + 500]
+            raws = await self._redis.mget([self.keys.result(t) for t in chunk])
+            for task_id, raw in zip(chunk, raws, strict=True):
+                if raw is not None:
+                    found[task_id] = TaskResult.from_json(raw)
+        return found
+
+    async def wait_many(self, task_ids: Iterable[str], max_wait: float | None = None,
+                        on_progress: Progress | None = None) -> dict[str, TaskResult]:
+        """Wait until every task has a final result; raises TaskWaitTimeout (with what is
+        done so far in `.args[1]`) if `max_wait` seconds pass first."""
+        wanted = list(dict.fromkeys(task_ids))
+        done: dict[str, TaskResult] = {}
+        deadline = None if max_wait is None else time.monotonic() + max_wait
+        next_recheck = 0.0
+        while len(done) < len(wanted):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TaskWaitTimeout(f"{len(wanted) - len(done)} of {len(wanted)} tasks not "
+                                      f"finished after {max_wait:g}s", done)
+            if now >= next_recheck:
+                missing = [t for t in wanted if t not in done]
+                done.update(await self._get_many(missing))
+                next_recheck = now + RECHECK_SECONDS
+            else:
+                block = RECHECK_SECONDS if deadline is None else min(RECHECK_SECONDS,
+                                                                     deadline - now)
+                popped = await self._redis.blpop([self.reply_key], timeout=max(block, 0.01))
+                if popped is not None:
+                    more = await self._redis.lpop(self.reply_key, 1000) or []
+                    ids = [t for t in [popped[1], *more] if t not in done]
+                    done.update(await self._get_many(ids))
+            if on_progress is not None:
+                on_progress(len(done), len(wanted), done)
+        return {t: done[t] for t in wanted}
+
+    async def wait(self, task_id: str, max_wait: float | None = None) -> TaskResult:
+        results = await self.wait_many([task_id], max_wait)
+        return results[task_id]
+
+    async def result(self, task_id: str, max_wait: float | None = None) -> Any:
+        """The task's return value; raises TaskFailedError / TaskCancelledError otherwise."""
+        outcome = await self.wait(task_id, max_wait)
+        if outcome.status == "cancelled":
+            raise TaskCancelledError(outcome)
+        if outcome.status != "succeeded":
+            raise TaskFailedError(outcome)
+        return outcome.result
+
+    async def run(self, payload: Any, *, handler: str = "default",
+                  max_wait: float | None = None) -> Any:
+        """Submit and wait for the value in one call."""
+        return await self.result(await self.submit(payload, handler=handler), max_wait)
+
+    async def dead_letters(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        """The most recent dead-lettered entries, newest first (with `dead_reason`)."""
+        rows: Any = await self._redis.xrevrange(self.keys.dead, count=count)
+        return [(str(entry_id), dict(fields)) for entry_id, fields in rows or []]
+
+    async def queue_depth(self) -> int:
+        """Entries in the work stream (queued plus running) and retries waiting."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.keys.stream)
+            pipe.zcard(self.keys.delayed)
+            stream, delayed = await pipe.execute()
+        return int(stream) + int(delayed)

@@ -1,0 +1,88 @@
+"""The supervisor's record of one worker process, updated from the worker's messages.
+
+Owned by `supervisor.py`; this module only keeps the facts (what runs where since when, last
+sign of life) and derives the worker's state from them, so the decisions stay in one place.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+
+@dataclass
+class RunningEntry:
+    task_id: str
+    handler: str
+    started_at: float  # Unix time, from the worker (same host clock)
+
+
+@dataclass
+class WorkerHandle:
+    slot: int
+    generation: int
+    consumer: str
+    process: BaseProcess
+    conn: Connection
+    max_tasks: int | None
+    spawned_at: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    running: dict[str, RunningEntry] = field(default_factory=dict)
+    retiring: str | None = None  # why we asked it to drain
+    retire_deadline: float = 0.0
+    kill_reason: str | None = None  # why we killed it (it is about to exit)
+    exited: bool = False
+    uss: int | None = None
+    db_pool: list[int] | None = None
+    boot_error: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def state(self) -> str:
+        """One of metrics.WORKER_STATES."""
+        if self.kill_reason is not None:
+            return "unhealthy"
+        if self.retiring is not None:
+            return "draining"
+        if not self.ready:
+            return "starting"
+        return "busy" if self.running else "idle"
+
+    def apply_heartbeat(self, message: dict[str, Any]) -> None:
+        """A heartbeat carries the full list of running tasks: resynchronise with it, so a
+        lost start/done message cannot leave a phantom task that looks hung forever."""
+        running = {}
+        for row in message.get("running", []):
+            try:
+                entry_id, task_id, handler, started_at = row
+                running[str(entry_id)] = RunningEntry(str(task_id), str(handler),
+                                                      float(started_at))
+            except (TypeError, ValueError):
+                continue
+        self.running = running
+        db = message.get("db")
+        self.db_pool = [int(x) for x in db] if isinstance(db, list) and len(db) == 3 else None
+
+    def oldest_task_age(self, now: float) -> float:
+        if not self.running:
+            return 0.0
+        return now - min(entry.started_at for entry in self.running.values())
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,52 @@
+"""Redis key names of one pool, derived from its config (pure).
+
+Every key carries the pool's hash tag (`agentpool:{pool}:...`), so the multi-key transactions and
+Lua scripts in `queue.py` and `maintenance.py` work unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent_runtime.config import RuntimeConfig
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+    stream: str
+    group: str
+    dead: str
+
+    @classmethod
+    def for_config(cls, config: RuntimeConfig) -> Keys:
+        return cls(prefix=config.key_prefix, stream=config.stream_key, group=config.group,
+                   dead=config.dead_letter_key)
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of envelopes waiting for their retry time (score: due Unix time)."""
+        return f"{self.prefix}:delayed"
+
+    def result(self, task_id: str) -> str:
+        return f"{self.prefix}:result:{task_id}"
+
+    def cancel(self, task_id: str) -> str:
+        return f"{self.prefix}:cancel:{task_id}"
+
+    def last_error(self, task_id: str) -> str:
+        """Why the last execution of a task died with its worker (hang, crash, OOM)."""
+        return f"{self.prefix}:lasterr:{task_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def reply(self, client_id: str) -> str:
+        return f"{self.prefix}:reply:{client_id}"
+
+    def cache(self, cache_name: str, key: str) -> str:
+        return f"{self.prefix}:cache:{cache_name}:{key}"
+
+    @property
+    def cache_invalidation_channel(self) -> str:
+        return f"{self.prefix}:cache-invalidate"

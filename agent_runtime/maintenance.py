@@ -1,0 +1,129 @@
+"""The supervisor's side of the work queue: leases, hand-over, delayed retries, trimming.
+
+Called from `supervisor.py`'s periodic loop. None of this runs inside workers, so a worker whose
+event loop is blocked still has its leases renewed until the supervisor decides to kill it -
+and a pod that dies stops renewing, which is exactly what lets other pods reclaim its tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from agent_runtime.config import RuntimeConfig
+from agent_runtime.keys import Keys
+from agent_runtime.queue import LAST_ERROR_TTL_SECONDS, ensure_group, is_nogroup
+from agent_runtime.scripts import HAND_BACK, PROMOTE_DUE, RENEW_LEASES, TRANSFER_PENDING
+
+
+class QueueMaintenance:
+    def __init__(self, redis: Redis, config: RuntimeConfig) -> None:
+        self._redis = redis
+        self._config = config
+        self.keys = Keys.for_config(config)
+
+    async def _script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._redis.eval(script, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            await ensure_group(self._redis, self.keys)
+            return 0
+
+    async def ensure_group(self) -> None:
+        await ensure_group(self._redis, self.keys)
+
+    async def renew_leases(self, consumers: list[str]) -> int:
+        """Reset the idle time of every entry the given consumers hold (renew each lease once a
+        third of it has passed, so a delayed tick still renews in time)."""
+        if not consumers:
+            return 0
+        threshold_ms = int(self._config.lease_seconds * 1000 / 3)
+        renewed = await self._script(RENEW_LEASES, [self.keys.stream],
+                                     [self.keys.group, threshold_ms, *consumers])
+        return int(renewed)
+
+    async def transfer(self, from_consumer: str, to_consumer: str) -> int:
+        """Move a dead worker's entries to the consumer of its replacement."""
+        moved = await self._script(TRANSFER_PENDING, [self.keys.stream],
+                                   [self.keys.group, from_consumer, to_consumer])
+        return int(moved)
+
+    async def hand_back_all(self, consumer: str) -> int:
+        """Put everything a consumer holds back on the stream (final step of a drain)."""
+        handed = await self._script(HAND_BACK, [self.keys.stream], [self.keys.group, consumer])
+        return int(handed)
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Move retries whose backoff has elapsed from the delayed set to the stream."""
+        moved = await self._script(PROMOTE_DUE, [self.keys.delayed, self.keys.stream],
+                                   [repr(time.time()), limit])
+        return int(moved)
+
+    async def record_last_error(self, task_ids: list[str], error: str) -> None:
+        """Remember why tasks' executions died with their worker, for the dead-letter reason."""
+        if not task_ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.set(self.keys.last_error(task_id), error, ex=LAST_ERROR_TTL_SECONDS)
+            await pipe.execute()
+
+    async def pending_count(self, consumer: str) -> int:
+        rows = await self._redis.xpending_range(self.keys.stream, self.keys.group, "-", "+", 1,
+                                                consumername=consumer)
+        return len(rows)
+
+    async def forget_consumer(self, consumer: str) -> bool:
+        """Delete a consumer of ours once it holds nothing (deleting it earlier would orphan
+        its pending entries)."""
+        if await self.pending_count(consumer):
+            return False
+        await self._redis.xgroup_delconsumer(self.keys.stream, self.keys.group, consumer)
+        return True
+
+    async def safe_trim(self) -> int:
+        """Trim only what every group has both read and acknowledged: entries below the smallest
+        pending id and below every group's last-delivered id. MAXLEN trimming would drop
+        unacknowledged entries (Redis < 8.2 has no ACKED trim mode)."""
+        try:
+            groups = await self._redis.xinfo_groups(self.keys.stream)
+        except ResponseError:
+            return 0
+        floors = []
+        for group in groups:
+            floors.append(str(group["last-delivered-id"]))
+            summary = await self._redis.xpending(self.keys.stream, str(group["name"]))
+            if summary["pending"]:
+                floors.append(str(summary["min"]))
+        if not floors:
+            return 0
+        floor = min(floors, key=_id_key)
+        if floor == "0-0":
+            return 0
+        # MINID keeps entries >= floor; the floor entry itself may be pending or unread.
+        return int(await self._redis.xtrim(self.keys.stream, minid=floor, approximate=False))
+
+    async def prune_consumers(self, idle_seconds: float) -> int:
+        """Delete consumers that hold nothing and were idle for long (pods that went away).
+        Consumers with pending entries are kept: deleting them would orphan their entries."""
+        try:
+            consumers = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group)
+        except ResponseError:
+            return 0
+        removed = 0
+        for consumer in consumers:
+            if int(consumer["pending"]) == 0 and int(consumer["idle"]) > idle_seconds * 1000:
+                await self._redis.xgroup_delconsumer(self.keys.stream, self.keys.group,
+                                                     str(consumer["name"]))
+                removed += 1
+        return removed
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,209 @@
+"""The worker's side of the Redis Streams work queue (consumer group, at-least-once).
+
+Called by `worker.py`. A task is taken with XREADGROUP (at most the worker's free slots), by
+adopting entries the supervisor moved to this consumer after a worker died, or by XAUTOCLAIM of
+entries whose lease expired (their pod is gone). It leaves the pending list (PEL) only in one
+MULTI/EXEC that also records its outcome - result, retry or dead letter - so a worker dying at
+any point either leaves the entry pending (it runs again) or the outcome recorded (done).
+Duplicates are possible (at-least-once); loss is not.
+
+Entries are XDELeted when acknowledged, so the stream holds only unfinished work and never
+needs MAXLEN trimming (which would drop unacknowledged entries; see `maintenance.safe_trim`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from agent_runtime.config import RuntimeConfig
+from agent_runtime.keys import Keys
+from agent_runtime.messages import TaskEnvelope, TaskResult, normalise_fields
+from agent_runtime.scripts import HAND_BACK
+
+REPLY_TTL_SECONDS = 86400
+LAST_ERROR_TTL_SECONDS = 7 * 86400
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to this consumer, with how often it has been delivered."""
+
+    entry_id: str
+    fields: dict[str, str]
+    deliveries: int
+
+
+def is_nogroup(exc: ResponseError) -> bool:
+    """The stream or group vanished (Redis restarted without persistence, or was flushed)."""
+    return str(exc).startswith("NOGROUP") or "no such key" in str(exc).lower()
+
+
+async def ensure_group(redis: Redis, keys: Keys) -> None:
+    try:
+        # "0": a group created after tasks were submitted (Redis lost the group) still sees them.
+        await redis.xgroup_create(keys.stream, keys.group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class WorkQueue:
+    def __init__(self, redis: Redis, reader: Redis, config: RuntimeConfig, consumer: str) -> None:
+        # `reader` is a separate client: a BLOCKed XREADGROUP holds its connection, and must not
+        # delay the acks and renewals that go through `redis`.
+        self._redis = redis
+        self._reader = reader
+        self._config = config
+        self.keys = Keys.for_config(config)
+        self.consumer = consumer
+        self._autoclaim_cursor = "0-0"
+
+    async def ensure_group(self) -> None:
+        await ensure_group(self._redis, self.keys)
+
+    async def read_new(self, count: int, block_ms: int) -> list[Delivery]:
+        try:
+            reply: Any = await self._reader.xreadgroup(
+                self.keys.group, self.consumer, {self.keys.stream: ">"}, count=count,
+                block=block_ms,
+            )
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            await self.ensure_group()
+            return []
+        deliveries = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields is not None:
+                    deliveries.append(Delivery(entry_id, normalise_fields(fields), 1))
+        return deliveries
+
+    async def _delivery_counts(self, ids: Iterable[str]) -> dict[str, int]:
+        wanted = sorted(ids, key=_id_key)
+        if not wanted:
+            return {}
+        rows: Any = await self._redis.xpending_range(
+            self.keys.stream, self.keys.group, min=wanted[0], max=wanted[-1],
+            count=len(wanted) + 10_000, consumername=self.consumer,
+        )
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
+
+    async def adopt_own(self, exclude: set[str], count: int) -> list[Delivery]:
+        """Claim entries already owned by this consumer but not running here: moved to us by the
+        supervisor after our predecessor died. The claim counts as a delivery."""
+        rows: Any = await self._redis.xpending_range(
+            self.keys.stream, self.keys.group, min="-", max="+", count=count + len(exclude),
+            consumername=self.consumer,
+        )
+        ids: list[str] = [row["message_id"] for row in rows
+                          if row["message_id"] not in exclude][:count]
+        if not ids:
+            return []
+        claimed: Any = await self._redis.xclaim(self.keys.stream, self.keys.group, self.consumer,
+                                                0, list(ids))
+        found: dict[str, Any] = {i: f for i, f in claimed if f is not None}
+        gone = [entry_id for entry_id in ids if entry_id not in found]
+        if gone:  # deleted from the stream; nothing left to run, clear the PEL
+            await self._redis.xack(self.keys.stream, self.keys.group, *gone)
+        counts = await self._delivery_counts(found)
+        return [Delivery(i, normalise_fields(f), counts.get(i, 1)) for i, f in found.items()]
+
+    async def reclaim_idle(self, count: int) -> list[Delivery]:
+        """Take entries whose lease expired: their consumer's pod stopped renewing them."""
+        min_idle_ms = int(self._config.lease_seconds * 1000)
+        reply: Any = await self._redis.xautoclaim(
+            self.keys.stream, self.keys.group, self.consumer, min_idle_ms,
+            start_id=self._autoclaim_cursor, count=count,
+        )
+        # Resume from the cursor next time instead of rescanning the head of the PEL.
+        self._autoclaim_cursor = str(reply[0])
+        entries = [(i, f) for i, f in reply[1] if f is not None]
+        counts = await self._delivery_counts(i for i, _ in entries)
+        return [Delivery(i, normalise_fields(f), counts.get(i, 1)) for i, f in entries]
+
+    async def cancelled(self, task_ids: list[str]) -> set[str]:
+        if not task_ids:
+            return set()
+        flags = await self._redis.mget([self.keys.cancel(t) for t in task_ids])
+        return {t for t, flag in zip(task_ids, flags, strict=True) if flag}
+
+    async def last_error(self, task_id: str) -> str:
+        value = await self._redis.get(self.keys.last_error(task_id))
+        return str(value) if value else ""
+
+    async def complete(self, entry_id: str, envelope: TaskEnvelope | None,
+                       result: TaskResult) -> None:
+        """Record the final result and acknowledge, atomically."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self._stage_result(pipe, envelope, result)
+            self._stage_ack(pipe, entry_id, result.task_id)
+            await _execute(pipe)
+
+    async def retry(self, entry_id: str, envelope: TaskEnvelope, error: str,
+                    delay: float) -> None:
+        """Park the task in the delayed set for its next attempt and acknowledge, atomically."""
+        member = json.dumps(envelope.for_retry(error).to_fields(), sort_keys=True)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.delayed, {member: time.time() + delay})
+            self._stage_ack(pipe, entry_id, envelope.task_id)
+            await _execute(pipe)
+
+    async def dead_letter(self, entry_id: str, fields: Mapping[str, str], reason: str,
+                          envelope: TaskEnvelope | None, result: TaskResult | None) -> None:
+        """Copy the entry to the dead-letter stream with the reason, record the failed result
+        (if the task id is known) and acknowledge, atomically."""
+        dead: dict[Any, Any] = dict(fields)
+        dead.update({"dead_reason": reason, "dead_at": repr(time.time()),
+                     "source_entry": entry_id, "consumer": self.consumer})
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.dead, dead, maxlen=self._config.dead_letter_max_length,
+                      approximate=True)
+            if result is not None:
+                self._stage_result(pipe, envelope, result)
+            self._stage_ack(pipe, entry_id, result.task_id if result else "")
+            await _execute(pipe)
+
+    async def hand_back(self, entry_ids: list[str]) -> int:
+        """Return unfinished entries to the stream for any consumer (drain deadline)."""
+        if not entry_ids:
+            return 0
+        handed = await self._redis.eval(
+            HAND_BACK, 1, self.keys.stream, self.keys.group, self.consumer, *entry_ids
+        )
+        return int(handed)
+
+    def _stage_result(self, pipe: Any, envelope: TaskEnvelope | None,
+                      result: TaskResult) -> None:
+        pipe.set(self.keys.result(result.task_id), result.to_json(),
+                 ex=self._config.result_ttl_seconds)
+        if envelope is not None and envelope.reply_to:
+            pipe.rpush(envelope.reply_to, result.task_id)
+            pipe.expire(envelope.reply_to, REPLY_TTL_SECONDS)
+
+    def _stage_ack(self, pipe: Any, entry_id: str, task_id: str) -> None:
+        pipe.xack(self.keys.stream, self.keys.group, entry_id)
+        pipe.xdel(self.keys.stream, entry_id)
+        if task_id:
+            pipe.delete(self.keys.last_error(task_id))
+
+
+async def _execute(pipe: Any) -> None:
+    """EXEC, tolerating only NOGROUP on XACK (the group vanished with a Redis restart, so there
+    is nothing left to acknowledge); any other error is raised."""
+    replies = await pipe.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, ResponseError) and not is_nogroup(reply):
+            raise reply
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

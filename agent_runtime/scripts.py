@@ -1,0 +1,101 @@
+"""Lua scripts for the queue operations that must be atomic in Redis.
+
+Each script does a check and the action that depends on it in one step, so no other client can
+act in between (for example claim an entry between our ownership check and our claim). Used by
+`client.py` (SUBMIT_IDEMPOTENT), `queue.py` (HAND_BACK) and `maintenance.py` (the rest).
+"""
+
+from __future__ import annotations
+
+# KEYS: stream, idempotency key. ARGV: ttl, task id, field, value, ...
+# Returns the id of the task registered under the key: ours if new, the earlier one otherwise.
+SUBMIT_IDEMPOTENT = """
+local existing = redis.call('GET', KEYS[2])
+if existing then return existing end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[1]))
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+return ARGV[2]
+"""
+
+# KEYS: stream. ARGV: group, min idle ms, consumer, consumer, ...
+# Resets the idle time of the consumers' pending entries without bumping their delivery counts
+# (JUSTID): the lease of running tasks, so XAUTOCLAIM in other pods never steals them.
+RENEW_LEASES = """
+local renewed = 0
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[2]),
+                             '-', '+', 1000, ARGV[i])
+  if #pending > 0 then
+    local ids = {}
+    for j, p in ipairs(pending) do ids[j] = p[1] end
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[i], 0, unpack(ids), 'JUSTID')
+    renewed = renewed + #ids
+  end
+end
+return renewed
+"""
+
+# KEYS: stream. ARGV: group, from consumer, to consumer.
+# Moves a dead worker's pending entries to its replacement (JUSTID: the replacement's own claim
+# counts the delivery) and deletes the dead consumer, which is safe once its PEL is empty.
+TRANSFER_PENDING = """
+local moved = 0
+for _ = 1, 1000 do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000, ARGV[2])
+  if #pending == 0 then break end
+  local ids = {}
+  for j, p in ipairs(pending) do ids[j] = p[1] end
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, unpack(ids), 'JUSTID')
+  moved = moved + #ids
+end
+local left = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #left == 0 then redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end
+return moved
+"""
+
+# KEYS: stream. ARGV: group, consumer, [entry id, ...] (none: all of the consumer's entries).
+# Puts entries the consumer still owns back at the tail of the stream as new entries (same task
+# id, same retry count), then acknowledges and deletes the originals: any consumer can take them
+# at once, without waiting for a lease to expire. Used on drain. Returns how many went back.
+HAND_BACK = """
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 10000, ARGV[2])
+  for _, p in ipairs(pending) do ids[#ids + 1] = p[1] end
+end
+local handed = 0
+for _, id in ipairs(ids) do
+  local owned = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
+  if #owned == 1 then
+    local entry = redis.call('XRANGE', KEYS[1], id, id)
+    if #entry == 1 then
+      redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+      handed = handed + 1
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+  end
+end
+return handed
+"""
+
+# KEYS: delayed set, stream. ARGV: now (Unix seconds), limit.
+# Moves retries whose time has come from the delayed set to the work stream.
+PROMOTE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local ok, fields = pcall(cjson.decode, member)
+  if ok and type(fields) == 'table' then
+    local flat = {}
+    for k, v in pairs(fields) do
+      flat[#flat + 1] = k
+      flat[#flat + 1] = tostring(v)
+    end
+    redis.call('XADD', KEYS[2], '*', unpack(flat))
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""

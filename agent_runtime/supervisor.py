@@ -1,0 +1,453 @@
+"""The pod's main process: keeps N warm workers, replaces bad ones, drains on SIGTERM.
+
+Started by `cli.py`. Workers are forked from a multiprocessing fork server that preloaded the
+runtime and the user's handler modules: each new worker starts in milliseconds with the code
+already imported and shared copy-on-write, and the supervisor itself may run threads and an
+event loop (forking those directly is unsafe).
+
+Every 0.2 s the supervisor checks each worker: not warm in time, silent past the heartbeat
+timeout, or running a task past timeout + grace -> SIGKILL and replace; USS above the
+recycle share of its limit -> drain and replace (the replacement warms up while the old one
+finishes), above the limit -> kill. Pod memory drives the circuit breaker (`breaker.py`).
+When a worker dies, the tasks it held are moved to its replacement at once (`upkeep.py`), so a
+crash costs a re-run, not a lease timeout. The single metrics registry lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import random
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agent_runtime import ipc
+from agent_runtime.breaker import BreakerAction, MemoryBreaker
+from agent_runtime.config import RuntimeSettings
+from agent_runtime.handles import RunningEntry, WorkerHandle, describe_exit
+from agent_runtime.health import HealthServer
+from agent_runtime.maintenance import QueueMaintenance
+from agent_runtime.memory import read_container_memory, worker_uss
+from agent_runtime.metrics import RuntimeMetrics
+from agent_runtime.upkeep import DatabaseUpkeep, QueueUpkeep
+from agent_runtime.worker_process import EXIT_BOOT_ERROR
+from agent_runtime.worker_process import main as worker_main
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.2
+MEMORY_EVERY_SECONDS = 0.5
+MAX_SPAWN_BACKOFF_SECONDS = 30.0
+
+
+class Supervisor:
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.config = settings.config
+        self.metrics = RuntimeMetrics(self.config.handler_map)
+        self.metrics.workers_max.set(self.config.workers)
+        self._boot_id = secrets.token_hex(3)
+        self._mp = multiprocessing.get_context("forkserver")
+        self._slots: dict[int, WorkerHandle | None] = dict.fromkeys(range(self.config.workers))
+        self._generation = dict.fromkeys(range(self.config.workers), 0)
+        self._spawn_after = dict.fromkeys(range(self.config.workers), 0.0)
+        self._failures = dict.fromkeys(range(self.config.workers), 0)
+        self._retiring: list[WorkerHandle] = []
+        self._transfers: list[tuple[str, int]] = []  # (dead consumer, slot to receive)
+        self._consumers_seen: list[str] = []
+        self._breaker = MemoryBreaker(self.config.memory_breaker_open_ratio,
+                                      self.config.memory_breaker_close_ratio,
+                                      self.config.memory_kill_ratio)
+        self._breaker_opened_at = 0.0
+        self._draining = False
+        self._drain_deadline = 0.0
+        self._exit_seen = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._last_tick = time.monotonic()
+        self._next_memory_check = 0.0
+        self.health: HealthServer | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        modules = ["agent_runtime.worker_process"] + [
+            ref.partition(":")[0] for ref in self.config.handler_map.values()]
+        self._mp.set_forkserver_preload(modules)
+        redis = Redis.from_url(self.settings.secrets.redis_url.get_secret_value(),
+                               decode_responses=True, socket_connect_timeout=5.0,
+                               socket_timeout=10.0, client_name=f"{self.settings.pod_name}-sup")
+        self._maintenance = QueueMaintenance(redis, self.config)
+        self._queue_upkeep = QueueUpkeep(self._maintenance, self.config.lease_seconds,
+                                         self._live_consumers, self._due_transfers,
+                                         self._transferred)
+        self._db_upkeep = DatabaseUpkeep(self.settings)
+        self.health = HealthServer(self.metrics, self._liveness, self._readiness)
+        port = await self.health.start(self.config.metrics_host, self.config.metrics_port)
+        log.info("supervisor %s: %d workers x %d slots, metrics on %s:%d", self._boot_id,
+                 self.config.workers, self.config.concurrency, self.config.metrics_host, port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        background = [asyncio.create_task(self._queue_upkeep.run(), name="queue-upkeep"),
+                      asyncio.create_task(self._db_upkeep.run(), name="db-upkeep"),
+                      asyncio.create_task(self._ticks(), name="ticks")]
+        try:
+            await self._stop.wait()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.health.stop()
+            await redis.aclose()
+        log.info("supervisor stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            # A second signal: stop waiting for tasks; in-flight work is handed back.
+            self._drain_deadline = 0.0
+            return
+        log.info("supervisor: stop requested, draining")
+        self._draining = True
+        self._stop.set()
+
+    async def _drain(self) -> None:
+        grace = self.config.drain_grace_seconds
+        for handle in self._live():
+            ipc.send(handle.conn, {"type": "drain", "seconds": grace})
+        # Workers hand back what they could not finish by `grace`; allow them a moment for it.
+        self._drain_deadline = time.monotonic() + grace + 2.0
+        await self._wait_for_exits(lambda: self._drain_deadline)
+        for handle in self._live():
+            log.warning("worker %s did not stop in time; killing it", handle.consumer)
+            handle.kill_reason = "drain"
+            handle.process.kill()
+        kill_deadline = time.monotonic() + 3.0
+        await self._wait_for_exits(lambda: kill_deadline)
+        await self._hand_back_everything()
+
+    async def _wait_for_exits(self, deadline: Callable[[], float]) -> None:
+        """Until no worker is left or the (movable) deadline passed."""
+        while self._live():
+            remaining = deadline() - time.monotonic()
+            if remaining <= 0:
+                return
+            self._exit_seen.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_seen.wait(), min(remaining, 0.5))
+
+    async def _hand_back_everything(self) -> None:
+        """Whatever our consumers still hold goes back to the stream for other pods."""
+        for _attempt in range(10):
+            try:
+                handed = 0
+                for consumer in self._consumers_seen:
+                    handed += await self._maintenance.hand_back_all(consumer)
+                    await self._maintenance.forget_consumer(consumer)
+                if handed:
+                    log.info("supervisor handed back %d task(s)", handed)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("hand-back failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+        log.error("could not hand back tasks; other pods reclaim them after the lease")
+
+    # -- spawning ---------------------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> WorkerHandle | None:
+        self._generation[slot] += 1
+        generation = self._generation[slot]
+        consumer = f"{self.settings.pod_name}-{self._boot_id}-{slot}.{generation}"
+        max_tasks = None
+        if self.config.max_tasks_per_worker is not None:
+            # Jitter staggers recycling so the workers do not all restart together.
+            max_tasks = self.config.max_tasks_per_worker + random.randint(
+                0, self.config.max_tasks_jitter)
+        parent_conn, child_conn = self._mp.Pipe(duplex=True)
+        process = self._mp.Process(
+            target=worker_main, name=f"agentpool-worker-{slot}",
+            args=(self.settings, slot, consumer, child_conn, max_tasks))
+        try:
+            process.start()
+        except OSError as exc:
+            log.error("cannot start worker for slot %d: %s", slot, exc)
+            parent_conn.close()
+            child_conn.close()
+            self._spawn_after[slot] = time.monotonic() + 1.0
+            return None
+        child_conn.close()
+        handle = WorkerHandle(slot=slot, generation=generation, consumer=consumer,
+                              process=process, conn=parent_conn, max_tasks=max_tasks)
+        self._slots[slot] = handle
+        self._consumers_seen.append(consumer)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(parent_conn.fileno(), self._on_message, handle)
+        loop.add_reader(process.sentinel, self._on_exit, handle)
+        log.info("started worker %s (pid %s, max tasks %s)", consumer, process.pid, max_tasks)
+        return handle
+
+    def _live(self) -> list[WorkerHandle]:
+        current = [h for h in self._slots.values() if h is not None]
+        return [h for h in current + self._retiring if not h.exited]
+
+    def _live_consumers(self) -> list[str]:
+        # Include dead workers whose entries are not yet handed over: keep those leases too.
+        pending = [consumer for consumer, _slot in self._transfers]
+        return [h.consumer for h in self._live()] + pending
+
+    # -- worker messages --------------------------------------------------------------------
+
+    def _on_message(self, handle: WorkerHandle) -> None:
+        message = ipc.receive(handle.conn)
+        if message is None:
+            asyncio.get_running_loop().remove_reader(handle.conn.fileno())
+            return
+        handle.last_seen = time.monotonic()
+        kind = message.get("type")
+        if kind == "heartbeat":
+            handle.apply_heartbeat(message)
+            self.metrics.apply_worker_stats(message.get("stats", []))
+        elif kind == "start":
+            handle.running[str(message["entry"])] = RunningEntry(
+                str(message["task"]), str(message["handler"]), float(message["at"]))
+            self.metrics.task_started(str(message["handler"]), float(message["wait"]))
+        elif kind == "done":
+            handle.running.pop(str(message["entry"]), None)
+            self.metrics.task_finished(str(message["handler"]), str(message["outcome"]),
+                                       float(message["duration"]), bool(message["retried"]),
+                                       message.get("dead"), float(message["at"]))
+        elif kind == "dead":
+            self.metrics.dead_lettered.labels(str(message["handler"]),
+                                              str(message["reason"])).inc()
+        elif kind == "ready":
+            handle.ready = True
+            self._failures[handle.slot] = 0
+            if self._breaker.is_open:
+                ipc.send(handle.conn, {"type": "pause"})
+        elif kind in ("retiring", "unhealthy"):
+            reason = "max_tasks" if kind == "retiring" else "unhealthy"
+            self._retire(handle, reason, drain=False)
+        elif kind == "boot_error":
+            handle.boot_error = str(message.get("error"))
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def _retire(self, handle: WorkerHandle, reason: str, *, drain: bool = True) -> None:
+        """Drain a worker and start its replacement right away (no capacity dip)."""
+        if handle.retiring is not None or handle.exited:
+            return
+        handle.retiring = reason
+        handle.retire_deadline = (time.monotonic() + self.config.task_timeout_seconds
+                                  + self.config.hang_grace_seconds + 5.0)
+        self.metrics.restarts.labels(reason).inc()
+        log.info("recycling worker %s (%s)", handle.consumer, reason)
+        if drain:
+            ipc.send(handle.conn, {"type": "drain",
+                                   "seconds": self.config.task_timeout_seconds})
+        if self._slots.get(handle.slot) is handle:
+            self._retiring.append(handle)
+            self._slots[handle.slot] = None
+            if not self._draining:
+                self._spawn(handle.slot)
+
+    def _kill(self, handle: WorkerHandle, reason: str, detail: str) -> None:
+        if handle.kill_reason is not None or handle.exited:
+            return
+        handle.kill_reason = reason
+        if handle.retiring is None:
+            self.metrics.restarts.labels(reason).inc()
+        log.warning("killing worker %s (pid %s): %s", handle.consumer, handle.pid, detail)
+        self._remember_errors(handle, f"worker killed: {detail}")
+        handle.process.kill()
+
+    def _remember_errors(self, handle: WorkerHandle, error: str) -> None:
+        task_ids = [e.task_id for e in handle.running.values() if e.task_id]
+        if task_ids:
+            asyncio.get_running_loop().create_task(self._record_errors(task_ids, error))
+
+    async def _record_errors(self, task_ids: list[str], error: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._maintenance.record_last_error(task_ids, error)
+
+    def _on_exit(self, handle: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(handle.process.sentinel)
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(handle.conn.fileno())
+        handle.process.join(timeout=0)
+        handle.exited = True
+        self._exit_seen.set()
+        code = handle.process.exitcode
+        expected = handle.kill_reason is not None or handle.retiring is not None
+        if not expected and not self._draining:
+            reason = "boot_error" if code == EXIT_BOOT_ERROR else "crash"
+            self.metrics.restarts.labels(reason).inc()
+            detail = handle.boot_error or describe_exit(code)
+            log.warning("worker %s exited unexpectedly (%s)", handle.consumer, detail)
+            self._remember_errors(handle, f"worker died: {describe_exit(code)}")
+            if not handle.ready:
+                self._failures[handle.slot] += 1
+        handle.conn.close()
+        if handle in self._retiring:
+            self._retiring.remove(handle)
+        if self._slots.get(handle.slot) is handle:
+            self._slots[handle.slot] = None
+            failures = self._failures[handle.slot]
+            backoff = min(0.5 * 2 ** (failures - 1), MAX_SPAWN_BACKOFF_SECONDS) if failures else 0
+            self._spawn_after[handle.slot] = time.monotonic() + backoff
+            if not self._draining and not backoff:
+                self._spawn(handle.slot)
+        if not self._draining:
+            self._transfers.append((handle.consumer, handle.slot))
+
+    def _due_transfers(self) -> list[tuple[str, str]]:
+        due = []
+        for source, slot in self._transfers:
+            target = self._slots.get(slot)
+            if target is not None and not target.exited:
+                due.append((source, target.consumer))
+        return due
+
+    def _transferred(self, source: str, target: str, moved: int) -> None:
+        self._transfers = [(s, slot) for s, slot in self._transfers if s != source]
+        for handle in self._live():
+            if handle.consumer == target:
+                # Even with nothing moved: the replacement re-checks what it owns.
+                ipc.send(handle.conn, {"type": "adopt"})
+        if moved:
+            log.info("moved %d task(s) of %s to %s", moved, source, target)
+
+    # -- periodic checks --------------------------------------------------------------------
+
+    async def _ticks(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception:  # a bug here must not stop supervision
+                log.exception("supervisor tick failed")
+            await asyncio.sleep(TICK_SECONDS)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self._last_tick = now
+        wall = time.time()
+        for handle in self._live():
+            self._check_worker(handle, now, wall)
+        if not self._draining:
+            for slot, occupant in self._slots.items():
+                if occupant is None and now >= self._spawn_after[slot]:
+                    self._spawn(slot)
+        if now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_EVERY_SECONDS
+            self._check_memory()
+        live = self._live()
+        states: dict[str, int] = {}
+        for handle in live:
+            states[handle.state] = states.get(handle.state, 0) + 1
+        self.metrics.set_worker_states(states)
+        self.metrics.longest_running.set(max((h.oldest_task_age(wall) for h in live),
+                                             default=0.0))
+        pools = [h.db_pool for h in live if h.db_pool]
+        self.metrics.db_connections.labels("used").set(sum(p[0] - p[1] for p in pools))
+        self.metrics.db_connections.labels("idle").set(sum(p[1] for p in pools))
+        self.metrics.db_connections_max.set(sum(p[2] for p in pools))
+
+    def _check_worker(self, handle: WorkerHandle, now: float, wall: float) -> None:
+        config = self.config
+        if not handle.ready and now - handle.spawned_at > config.startup_timeout_seconds:
+            self._kill(handle, "startup_timeout",
+                       f"not warm after {config.startup_timeout_seconds:g}s")
+        elif handle.ready and now - handle.last_seen > config.heartbeat_timeout_seconds:
+            self._kill(handle, "heartbeat", f"silent for {now - handle.last_seen:.0f}s")
+        elif handle.oldest_task_age(wall) > config.task_timeout_seconds + config.hang_grace_seconds:
+            self._kill(handle, "timeout",
+                       f"task exceeded its {config.task_timeout_seconds:g}s timeout")
+        elif handle.retiring is not None and now > handle.retire_deadline:
+            self._kill(handle, handle.retiring, "did not finish draining in time")
+
+    def _check_memory(self) -> None:
+        limit = self.config.max_worker_memory_bytes
+        for handle in self._live():
+            if handle.pid is None:
+                continue
+            handle.uss = worker_uss(handle.pid)
+            if handle.uss is None:
+                continue
+            if self._slots.get(handle.slot) is handle:
+                self.metrics.worker_uss.labels(str(handle.slot)).set(handle.uss)
+            if limit is None:
+                continue
+            if handle.uss > limit:
+                self._kill(handle, "memory", f"USS {handle.uss} bytes above limit {limit}")
+            elif handle.uss > limit * self.config.worker_memory_recycle_ratio:
+                self._retire(handle, "memory")
+        self._check_pod_memory()
+
+    def _pod_memory(self) -> tuple[int, int | None]:
+        override = self.config.container_memory_limit_bytes
+        container = read_container_memory()
+        if container is not None and container.limit is not None:
+            limit = min(container.limit, override) if override else container.limit
+            return container.working_set, limit
+        # No cgroup limit (a developer machine): count our own processes against the override.
+        return sum(h.uss or 0 for h in self._live()), override
+
+    def _check_pod_memory(self) -> None:
+        used, limit = self._pod_memory()
+        self.metrics.container_memory.set(used)
+        self.metrics.container_limit.set(limit or 0)
+        action = self._breaker.update(used, limit)
+        self.metrics.breaker_open.set(1 if self._breaker.is_open else 0)
+        if action is BreakerAction.OPEN:
+            self._breaker_opened_at = time.monotonic()
+            log.warning("memory breaker open: %d of %s bytes; pausing workers", used, limit)
+            self._broadcast({"type": "pause"})
+        elif action is BreakerAction.CLOSE:
+            log.info("memory breaker closed: %d of %s bytes; resuming workers", used, limit)
+            self._broadcast({"type": "resume"})
+        elif action is BreakerAction.KILL_LARGEST:
+            self._broadcast({"type": "pause"})
+            biggest = max(self._live(), key=lambda h: h.uss or 0, default=None)
+            if biggest is not None:
+                self._kill(biggest, "memory", f"pod memory {used} of {limit} bytes")
+        elif self._breaker.is_open and time.monotonic() - self._breaker_opened_at > 10.0:
+            # Paused for long and memory did not come down: recycle the largest worker once
+            # per period, since a fresh process returns leaked memory.
+            self._breaker_opened_at = time.monotonic()
+            largest = max((h for h in self._live() if h.retiring is None),
+                          key=lambda h: h.uss or 0, default=None)
+            if largest is not None:
+                self._retire(largest, "memory")
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        for handle in self._live():
+            ipc.send(handle.conn, message)
+
+    # -- probes -----------------------------------------------------------------------------
+
+    def _liveness(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self._last_tick
+        return (stalled < 10.0, f"supervisor tick {stalled:.1f}s ago")
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self._draining:
+            return False, "draining"
+        if not self._queue_upkeep.redis_ok:
+            return False, f"redis unavailable: {self._queue_upkeep.last_error}"
+        if not self._db_upkeep.schema_ready:
+            return False, f"database schema not ready: {self._db_upkeep.last_error}"
+        if self._breaker.is_open:
+            return False, "memory breaker open"
+        warm = sum(1 for h in self._live() if h.ready and h.retiring is None)
+        if not warm:
+            return False, "no warm worker"
+        return True, f"ok: {warm} warm worker(s)"

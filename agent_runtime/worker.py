@@ -1,0 +1,292 @@
+"""One warm worker process: warm-up, then read tasks into free slots and run them concurrently.
+
+Started by `supervisor.py` (through `worker_process.main`). Reads never take more entries than
+the worker has free slots (no prefetch: a crash re-runs only what was running). Before reading
+new work it adopts entries moved to it from a dead predecessor and reclaims entries whose lease
+expired. Reports to the supervisor over its pipe (`ipc.py`): ready, task start/finish, and a
+heartbeat with metric deltas; obeys drain/pause/resume/adopt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agent_runtime import ipc
+from agent_runtime.cache import CacheInvalidations
+from agent_runtime.config import RuntimeSettings
+from agent_runtime.context import WorkerResources
+from agent_runtime.db import ResultStore, create_pool
+from agent_runtime.execution import RunningTask, TaskExecutor
+from agent_runtime.handlers import HandlerRegistry, run_hook
+from agent_runtime.http import HttpClient
+from agent_runtime.keys import Keys
+from agent_runtime.queue import Delivery, WorkQueue
+from agent_runtime.stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 500
+CANCEL_POLL_SECONDS = 0.5
+
+
+def redis_client(url: str, *, name: str, read_timeout: float) -> Redis:
+    return Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0,
+                          socket_timeout=read_timeout, health_check_interval=30,
+                          client_name=name)
+
+
+class Worker:
+    # Set by warm_up(); the worker reports ready only after it succeeded.
+    resources: WorkerResources
+    queue: WorkQueue
+    executor: TaskExecutor
+    store: ResultStore | None
+    _invalidations: CacheInvalidations
+
+    def __init__(self, settings: RuntimeSettings, slot: int, consumer: str, conn: Connection,
+                 max_tasks: int | None) -> None:
+        self.settings = settings
+        self.config = settings.config
+        self.slot = slot
+        self.consumer = consumer
+        self._conn = conn
+        self._max_tasks = max_tasks
+        self._stats = WorkerStats()
+        self._running: dict[str, RunningTask] = {}
+        self._wake = asyncio.Event()
+        self._draining = False
+        self._drain_deadline = 0.0
+        self._paused = False
+        self._adopt_requested = True
+        self._finished_tasks = 0
+        self._redis_ok = True
+        self._closers: list[Any] = []
+
+    # -- warm-up ----------------------------------------------------------------------------
+
+    async def warm_up(self) -> None:
+        """Import handlers, run the init hook, freeze the heap, open every connection."""
+        registry = HandlerRegistry.load(self.config)
+        if self.config.init_hook:
+            await run_hook(self.config.init_hook)
+        # Objects that exist now (imports, the init hook's models) are never scanned by the
+        # collector again, so their pages stay shared with the fork server (copy-on-write).
+        gc.freeze()
+        secrets = self.settings.secrets
+        redis = redis_client(secrets.redis_url.get_secret_value(), name=self.consumer,
+                             read_timeout=10.0)
+        reader = redis_client(secrets.redis_url.get_secret_value(), name=self.consumer,
+                              read_timeout=READ_BLOCK_MS / 1000 + 10.0)
+        cache_url = secrets.effective_cache_redis_url
+        cache_redis = (redis if cache_url == secrets.redis_url.get_secret_value()
+                       else redis_client(cache_url, name=self.consumer, read_timeout=10.0))
+        self._closers += [redis.aclose, reader.aclose]
+        if cache_redis is not redis:
+            self._closers.append(cache_redis.aclose)
+        await redis.ping()
+        store = None
+        db_pool = None
+        if secrets.database_url is not None:
+            db_pool = await create_pool(secrets.database_url.get_secret_value(), self.config)
+            await db_pool.fetchval("SELECT 1")
+            store = ResultStore(db_pool, self.config.pool)
+            self._closers.append(db_pool.close)
+        http = HttpClient(self.config, self._stats)
+        _ = http.session  # open the keep-alive connection pool now, not on the first task
+        self._closers.append(http.close)
+        self.resources = WorkerResources(settings=self.settings, consumer=self.consumer,
+                                         redis=redis, cache_redis=cache_redis, http=http,
+                                         stats=self._stats, db=db_pool)
+        self._invalidations = CacheInvalidations(cache_redis, Keys.for_config(self.config),
+                                                 self.resources.caches)
+        self._invalidations.start()
+        self.store = store
+        self.queue = WorkQueue(redis, reader, self.config, self.consumer)
+        await self.queue.ensure_group()
+        self.executor = TaskExecutor(self.queue, registry, self.resources, store, self._send,
+                                     self._become_unhealthy)
+
+    # -- main loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._conn.fileno(), self._on_control)
+        background = [asyncio.create_task(self._heartbeats(), name="heartbeats"),
+                      asyncio.create_task(self._watch_cancellations(), name="cancellations")]
+        self._send({"type": "ready", "consumer": self.consumer})
+        try:
+            await self._consume()
+            await self._finish_drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self._send_heartbeat()  # last metric deltas
+            loop.remove_reader(self._conn.fileno())
+            await self._close()
+
+    @property
+    def free_slots(self) -> int:
+        return self.config.concurrency - len(self._running)
+
+    async def _consume(self) -> None:
+        next_adopt = 0.0
+        backoff = 0.1
+        while not self._draining:
+            if self._paused or self.free_slots <= 0:
+                await self._wait_for_change(0.5)
+                continue
+            try:
+                if self._adopt_requested or time.monotonic() >= next_adopt:
+                    self._adopt_requested = False
+                    next_adopt = time.monotonic() + min(self.config.lease_seconds / 2, 5.0)
+                    self._start(await self.queue.adopt_own(set(self._running), self.free_slots))
+                    if self.free_slots > 0:
+                        self._start(await self.queue.reclaim_idle(self.free_slots))
+                    continue
+                self._start(await self.queue.read_new(self.free_slots, READ_BLOCK_MS))
+                self._redis_ok, backoff = True, 0.1
+            except (RedisError, OSError) as exc:
+                self._redis_ok = False
+                log.warning("worker %s: Redis unavailable (%s); retrying in %.1fs",
+                            self.consumer, exc, backoff)
+                await self._wait_for_change(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _wait_for_change(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _start(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            running = RunningTask(entry_id=delivery.entry_id, task_id="", handler="",
+                                  started_at=time.time())
+            running.task = asyncio.create_task(self._run_one(delivery, running))
+            self._running[delivery.entry_id] = running
+
+    async def _run_one(self, delivery: Delivery, running: RunningTask) -> None:
+        try:
+            await self.executor.run(delivery, running)
+            self._finished_tasks += 1
+        except asyncio.CancelledError:
+            pass  # drain deadline; `_finish_drain` hands the entry back
+        except Exception:
+            # A bug in recording, not in the handler; the entry stays pending and is adopted
+            # again, so nothing is lost, but say so loudly.
+            log.exception("worker %s: task %s failed outside its handler", self.consumer,
+                          running.task_id)
+        finally:
+            self._running.pop(delivery.entry_id, None)
+            self._wake.set()
+            self._check_task_budget()
+
+    def _check_task_budget(self) -> None:
+        if (self._max_tasks is not None and self._finished_tasks >= self._max_tasks
+                and not self._draining):
+            self._send({"type": "retiring", "reason": "max_tasks"})
+            self.drain(self.config.task_timeout_seconds + self.config.hang_grace_seconds)
+
+    # -- drain ------------------------------------------------------------------------------
+
+    def drain(self, seconds: float) -> None:
+        if not self._draining:
+            self._draining = True
+            self._drain_deadline = time.monotonic() + seconds
+            log.info("worker %s draining (%d running, %.0fs)", self.consumer,
+                     len(self._running), seconds)
+        self._wake.set()
+
+    async def _finish_drain(self) -> None:
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(self._drain_deadline - time.monotonic(), 0))
+        leftover = list(self._running.values())
+        if not leftover:
+            return
+        for running in leftover:
+            running.cancel_reason = "drain"
+            if running.task is not None:
+                running.task.cancel()
+        await asyncio.gather(*(r.task for r in leftover if r.task), return_exceptions=True)
+        ids = [r.entry_id for r in leftover]
+        for _ in range(20):
+            try:
+                handed = await self.queue.hand_back(ids)
+                log.info("worker %s handed back %d unfinished task(s)", self.consumer, handed)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("worker %s: hand-back failed (%s)", self.consumer, exc)
+                await asyncio.sleep(0.25)
+        # Still pending under our consumer: the supervisor moves them on when we exit.
+
+    # -- supervisor link --------------------------------------------------------------------
+
+    def _send(self, message: ipc.Message) -> None:
+        if not ipc.send(self._conn, message):
+            self.drain(self.config.drain_grace_seconds)  # supervisor gone: wind down
+
+    def _become_unhealthy(self, reason: str) -> None:
+        self._send({"type": "unhealthy", "reason": reason})
+        self.drain(self.config.task_timeout_seconds)
+
+    def _on_control(self) -> None:
+        message = ipc.receive(self._conn)
+        if message is None:  # supervisor gone
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self.drain(self.config.drain_grace_seconds)
+            return
+        kind = message.get("type")
+        if kind == "drain":
+            self.drain(float(message.get("seconds", self.config.drain_grace_seconds)))
+        elif kind == "pause":
+            self._paused = True
+        elif kind == "resume":
+            self._paused = False
+        elif kind == "adopt":
+            self._adopt_requested = True
+        self._wake.set()
+
+    def _send_heartbeat(self) -> None:
+        running = [[r.entry_id, r.task_id, r.handler, r.started_at]
+                   for r in self._running.values()]
+        db = list(self.store.pool_sizes()) if self.store is not None else None
+        ipc.send(self._conn, {"type": "heartbeat", "running": running,
+                              "stats": self._stats.drain(), "db": db,
+                              "redis_ok": self._redis_ok, "draining": self._draining})
+
+    async def _heartbeats(self) -> None:
+        while True:
+            self._send_heartbeat()
+            await asyncio.sleep(self.config.heartbeat_interval_seconds)
+
+    async def _watch_cancellations(self) -> None:
+        """Cancel running tasks whose cancellation a client requested."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            ids = {r.task_id: r for r in self._running.values() if r.task_id}
+            try:
+                cancelled = await self.queue.cancelled(list(ids))
+            except (RedisError, OSError):
+                continue
+            for task_id in cancelled:
+                running = ids[task_id]
+                # Only while the handler runs: a task already recording its outcome finishes.
+                if running.task is not None and running.in_handler and not running.cancel_reason:
+                    running.cancel_reason = "cancel"
+                    running.task.cancel()
+
+    async def _close(self) -> None:
+        await self._invalidations.stop()
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await close()
