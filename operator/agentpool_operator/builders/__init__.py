@@ -1,0 +1,120 @@
+"""Pure builders of an AgentPool's child objects: `PoolContext` in, manifests out.
+
+Called by the reconciler, which applies every manifest with server-side apply (field manager
+`agentpool-operator`, force) and deletes optional children that come back as None. Nothing
+in this package does I/O, reads the clock or the environment, or imports kopf or lightkube.
+
+One module per child: `config` (ConfigMap), `secret` (derived PgBouncer Secret, with the DSN
+parser), `deployment` (+ `pgbouncer` sidecar, `scheduling`), `service`, `pdb`, `hpa`,
+`podmonitor`; `common` holds names, labels and owner references, `confighash` the pod
+template's config hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentpool_operator.builders.common import (
+    CONFIG_HASH_ANNOTATION,
+    FIELD_MANAGER,
+    Manifest,
+    common_labels,
+    config_map_name,
+    owner_reference,
+    secret_name,
+    selector_labels,
+    selector_string,
+    worker_labels,
+)
+from agentpool_operator.builders.config import build_config_map, runtime_config
+from agentpool_operator.builders.confighash import config_hash
+from agentpool_operator.builders.context import PoolContext, SecretValues
+from agentpool_operator.builders.deployment import build_deployment
+from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC, build_hpa
+from agentpool_operator.builders.pdb import build_pdb
+from agentpool_operator.builders.podmonitor import build_pod_monitor
+from agentpool_operator.builders.secret import (
+    DatabaseDsn,
+    InvalidDatabaseDsn,
+    build_secret,
+    parse_database_dsn,
+)
+from agentpool_operator.builders.service import build_service
+
+
+@dataclass(frozen=True)
+class Children:
+    """The desired child objects of one AgentPool.
+
+    `secret` is None without a database (there is no credential to hold); `hpa` without
+    autoscaling; `pod_monitor` unless requested and served by the cluster. The reconciler
+    deletes an existing child whose desired manifest is None.
+    """
+
+    config_map: Manifest
+    secret: Manifest | None
+    deployment: Manifest
+    service: Manifest
+    pdb: Manifest
+    hpa: Manifest | None
+    pod_monitor: Manifest | None
+
+    @property
+    def manifests(self) -> tuple[Manifest, ...]:
+        """The non-None manifests in apply order: what the pods mount and the objects that
+        select them exist before the Deployment; the HPA and PodMonitor come last because
+        they only observe the running pool."""
+        ordered = (
+            self.config_map,
+            self.secret,
+            self.service,
+            self.pdb,
+            self.deployment,
+            self.hpa,
+            self.pod_monitor,
+        )
+        return tuple(manifest for manifest in ordered if manifest is not None)
+
+
+def build_children(ctx: PoolContext) -> Children:
+    """Every child of the pool. Raises `InvalidDatabaseDsn` for an unusable database DSN."""
+    return Children(
+        config_map=build_config_map(ctx),
+        secret=build_secret(ctx),
+        deployment=build_deployment(ctx),
+        service=build_service(ctx),
+        pdb=build_pdb(ctx),
+        hpa=build_hpa(ctx),
+        pod_monitor=build_pod_monitor(ctx),
+    )
+
+
+__all__ = [
+    "CONFIG_HASH_ANNOTATION",
+    "FIELD_MANAGER",
+    "QUEUE_BACKLOG_METRIC",
+    "Children",
+    "DatabaseDsn",
+    "InvalidDatabaseDsn",
+    "Manifest",
+    "PoolContext",
+    "SecretValues",
+    "build_children",
+    "build_config_map",
+    "build_deployment",
+    "build_hpa",
+    "build_pdb",
+    "build_pod_monitor",
+    "build_secret",
+    "build_service",
+    "common_labels",
+    "config_hash",
+    "config_map_name",
+    "owner_reference",
+    "parse_database_dsn",
+    "runtime_config",
+    "secret_name",
+    "selector_labels",
+    "selector_string",
+    "worker_labels",
+]

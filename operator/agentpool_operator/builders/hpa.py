@@ -1,0 +1,67 @@
+"""The HorizontalPodAutoscaler `<pool>` (autoscaling/v2), when autoscaling is enabled.
+
+It scales the AgentPool itself through the CRD's scale subresource (it writes
+`AgentPool.spec.replicas`, which the operator copies into the Deployment), on the queue
+backlog exported as an External metric by the operator's metrics adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentpool_operator.api import API_VERSION, KIND
+from agentpool_operator.api.models import ScaleDownRules, ScaleUpRules
+from agentpool_operator.builders.common import POOL_LABEL, Manifest, object_meta
+from agentpool_operator.builders.context import PoolContext
+
+QUEUE_BACKLOG_METRIC = "agentpool_queue_backlog"
+"""External metric: tasks queued or running on a pool's stream, labelled agentpool.dev/pool."""
+
+
+def _rules(rules: ScaleUpRules | ScaleDownRules) -> dict[str, Any]:
+    return {
+        "stabilizationWindowSeconds": rules.stabilization_window_seconds,
+        "selectPolicy": rules.select_policy,
+        "policies": [
+            {"type": policy.type, "value": policy.value, "periodSeconds": policy.period_seconds}
+            for policy in rules.policies
+        ],
+    }
+
+
+def build_hpa(ctx: PoolContext) -> Manifest | None:
+    """The `<pool>` HorizontalPodAutoscaler, or None when autoscaling is disabled."""
+    spec = ctx.spec
+    autoscaling = spec.autoscaling
+    if not autoscaling.enabled:
+        return None
+    # The backlog one pod should carry: every worker process of it takes its share.
+    per_pod_target = autoscaling.target_backlog_per_worker * spec.workers.per_pod
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": object_meta(ctx, ctx.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": API_VERSION, "kind": KIND, "name": ctx.name},
+            # The autoscaler cannot grow a pool from zero pods (no pod reports any load).
+            "minReplicas": max(1, spec.min_replicas),
+            "maxReplicas": spec.max_replicas,
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {
+                            "name": QUEUE_BACKLOG_METRIC,
+                            "selector": {"matchLabels": {POOL_LABEL: ctx.name}},
+                        },
+                        # AverageValue: the HPA divides the backlog by the current replicas.
+                        "target": {"type": "AverageValue", "averageValue": str(per_pod_target)},
+                    },
+                }
+            ],
+            "behavior": {
+                "scaleUp": _rules(autoscaling.scale_up),
+                "scaleDown": _rules(autoscaling.scale_down),
+            },
+        },
+    }
