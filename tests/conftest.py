@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.plugins.cluster",
     "tests.plugins.services",
+    "tests.plugins.runtime",
 ]

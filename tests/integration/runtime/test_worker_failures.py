@@ -1,0 +1,151 @@
+"""Workers that die, hang or leak: the task still completes (or is dead-lettered), the pool
+heals itself, and the supervisor says what happened in its metrics.
+
+Real supervisor processes against the real test Redis; workers are killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from agent_runtime.client import TaskClient
+from tests.integration.runtime.handlers import MB, executions_key, pids_key
+from tests.plugins.runtime import RuntimePool, StartSupervisor
+from tests.waiting import eventually_async
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+
+async def _pid_running(redis: Redis, pool: str, task_id: str) -> int:
+    async def pid() -> str | None:
+        return await redis.hget(pids_key(pool), task_id)  # type: ignore[no-any-return]
+
+    return int(await eventually_async(pid, within=30))
+
+
+async def _executions(redis: Redis, pool: str) -> dict[str, int]:
+    raw = await redis.hgetall(executions_key(pool))
+    return {task_id: int(count) for task_id, count in raw.items()}
+
+
+async def test_kill_9_mid_task_reruns_it_without_waiting_for_the_lease(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    # A long lease: if recovery waited for it, the test would time out.
+    runtime_pool.update(lease_seconds=120)
+    supervisor = start_supervisor(runtime_pool)
+    task_id = await task_client.submit({"n": 1, "sleep": 2})
+    victim = await _pid_running(redis_client, runtime_pool.config.pool, task_id)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    result = await task_client.wait(task_id, max_wait=30)
+
+    assert result.status == "succeeded"
+    assert result.result["pid"] != victim
+    assert result.attempts == 2
+    assert (await _executions(redis_client, runtime_pool.config.pool))[task_id] == 2
+    # Re-run at once on the replacement worker: 2 s of work plus warm-up, far below the lease.
+    assert time.monotonic() - killed_at < 15
+    assert supervisor.metric("agentpool_worker_restarts_total", reason="crash") == 1
+
+
+async def test_random_kills_across_thousands_of_tasks_lose_nothing(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    total = 3000
+    runtime_pool.update(workers=3, concurrency=8, max_deliveries=10, lease_seconds=30)
+    supervisor = start_supervisor(runtime_pool)
+    rng = random.Random(7)
+    ids = await task_client.submit_many(
+        [{"n": i, "sleep": rng.uniform(0, 0.02)} for i in range(total)])
+    kills = 0
+    done = asyncio.Event()
+
+    async def chaos() -> None:
+        nonlocal kills
+        while not done.is_set():
+            await asyncio.sleep(0.4)
+            pids = supervisor.worker_pids()
+            if not pids:
+                continue
+            try:
+                os.kill(rng.choice(pids), signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # it exited between listing and killing
+            kills += 1
+
+    killer = asyncio.create_task(chaos())
+    started = time.monotonic()
+    try:
+        results = await task_client.wait_many(ids, max_wait=300)
+    finally:
+        done.set()
+        await killer
+    elapsed = time.monotonic() - started
+
+    executions = await _executions(redis_client, runtime_pool.config.pool)
+    not_succeeded = [t for t in ids if results[t].status != "succeeded"]
+    never_ran = [t for t in ids if t not in executions]
+    duplicates = sum(executions.values()) - total
+    print(f"\nrandom kills: {total} tasks, {kills} SIGKILLs, {len(not_succeeded)} lost, "
+          f"{duplicates} re-executions, {elapsed:.1f}s")
+    assert kills >= 5
+    assert not not_succeeded
+    assert not never_ran
+    assert sorted(r.result["n"] for r in results.values()) == list(range(total))
+    # Only tasks in flight at a kill run again: at most one worker's slots per kill.
+    assert duplicates <= kills * runtime_pool.config.concurrency
+    assert supervisor.metric("agentpool_worker_restarts_total", reason="crash") >= kills - 1
+
+
+async def test_hung_handler_is_killed_retried_then_dead_lettered(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    runtime_pool.update(workers=1, concurrency=2, task_timeout_seconds=1, hang_grace_seconds=1,
+                        max_deliveries=2)
+    supervisor = start_supervisor(runtime_pool)
+    task_id = await task_client.submit({}, handler="hang")
+
+    result = await task_client.wait(task_id, max_wait=60)
+
+    assert result.status == "failed"
+    assert "max deliveries (2) exceeded" in (result.error or "")
+    assert "timeout" in (result.error or "")
+    assert (await _executions(redis_client, runtime_pool.config.pool))[task_id] == 2
+    dead = [fields for _id, fields in await task_client.dead_letters() if fields["id"] == task_id]
+    assert len(dead) == 1
+    assert "max deliveries" in dead[0]["dead_reason"]
+    assert supervisor.metric("agentpool_worker_restarts_total", reason="timeout") == 2
+    assert supervisor.metric("agentpool_tasks_dead_lettered_total", reason="max_deliveries") == 1
+    # The pool recovered: a normal task runs on the replacement worker.
+    assert (await task_client.run({"n": 5}, max_wait=30))["n"] == 5
+
+
+async def test_leaking_worker_is_recycled_before_its_memory_limit(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    limit = 160 * MB
+    runtime_pool.update(workers=1, concurrency=1, max_worker_memory_bytes=limit,
+                        worker_memory_recycle_ratio=0.6)
+    supervisor = start_supervisor(runtime_pool)
+    ids = await task_client.submit_many([{"mb": 10, "sleep": 0.2}] * 25, handler="leak")
+
+    results = await task_client.wait_many(ids, max_wait=120)
+
+    assert all(r.status == "succeeded" for r in results.values())
+    peak = max(r.result["uss"] for r in results.values())
+    pids = {r.result["pid"] for r in results.values()}
+    print(f"\nleak: peak USS {peak / MB:.0f} MiB (limit {limit / MB:.0f}), {len(pids)} workers")
+    assert peak < limit
+    assert len(pids) >= 2  # it was replaced at least once
+    assert supervisor.metric("agentpool_worker_restarts_total", reason="memory") >= 1
+    # Drained, not killed: no task had to run twice.
+    assert set((await _executions(redis_client, runtime_pool.config.pool)).values()) == {1}
