@@ -40,7 +40,7 @@ from agentpool_operator.builders.scheduling import pod_security_context, schedul
 from agentpool_operator.builders.secret import DATABASE_URL_KEY
 
 RUNTIME_CONTAINER = "runtime"
-# The `agentpool-runtime` console script (pyproject.toml) and its pool subcommand.
+# The `agentpool-runtime` console script and its `run` subcommand (agent_runtime/cli.py).
 RUNTIME_COMMAND = ["agentpool-runtime"]
 RUNTIME_ARGS = ["run"]
 READY_PATH = "/readyz"

@@ -32,7 +32,6 @@ CREDENTIALS_MODE = 0o440
 _SECRET_SUBDIR = PGBOUNCER_SECRET_DIR.removeprefix(PGBOUNCER_DIR + "/")
 
 
-
 def pgbouncer_resources() -> dict[str, Any]:
     """Small and fixed: PgBouncer needs a few MiB per thousand client connections."""
     return {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
@@ -85,7 +84,5 @@ def pgbouncer_container(database: DatabaseSpec) -> dict[str, Any]:
         "command": ["pgbouncer", PGBOUNCER_INI_PATH],
         "resources": pgbouncer_resources(),
         "securityContext": container_security_context(),
-        "volumeMounts": [
-            {"name": PGBOUNCER_VOLUME, "mountPath": PGBOUNCER_DIR, "readOnly": True}
-        ],
+        "volumeMounts": [{"name": PGBOUNCER_VOLUME, "mountPath": PGBOUNCER_DIR, "readOnly": True}],
     }
