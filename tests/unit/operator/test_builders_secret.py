@@ -1,0 +1,124 @@
+"""The derived `<pool>-pgbouncer` Secret and the DSN parser behind it."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import pytest
+
+from agentpool_operator.builders import (
+    InvalidDatabaseDsn,
+    build_secret,
+    parse_database_dsn,
+)
+from tests.unit.operator.builder_samples import FULL_SECRETS, full_ctx, minimal_ctx
+
+
+def _decoded(dsn: str) -> dict[str, str]:
+    secret = build_secret(full_ctx(secrets=dataclasses.replace(FULL_SECRETS, database_dsn=dsn)))
+    assert secret is not None
+    return {k: base64.b64decode(v).decode("utf-8") for k, v in secret["data"].items()}
+
+
+def test_parses_a_plain_url() -> None:
+    dsn = parse_database_dsn("postgresql://agents:pw@db.example.com:6543/agentdb")
+    assert (dsn.host, dsn.port, dsn.dbname, dsn.user, dsn.password) == (
+        "db.example.com",
+        6543,
+        "agentdb",
+        "agents",
+        "pw",
+    )
+
+
+def test_postgres_scheme_default_port_and_percent_encoding() -> None:
+    dsn = parse_database_dsn("postgres://us%40er:p%40ss%3Aw%2Fo%20rd@db/my_db?sslmode=require")
+    assert dsn.port == 5432
+    assert dsn.user == "us@er"
+    assert dsn.password == "p@ss:w/o rd"
+    assert dsn.dbname == "my_db"
+
+
+def test_missing_database_name_defaults_to_the_user() -> None:
+    assert parse_database_dsn("postgresql://agents:pw@db").dbname == "agents"
+
+
+def test_ipv6_host() -> None:
+    dsn = parse_database_dsn("postgresql://u:pw@[2001:db8::1]:5433/d")
+    assert (dsn.host, dsn.port) == ("2001:db8::1", 5433)
+
+
+def test_password_is_not_in_the_repr() -> None:
+    assert "s3cret" not in repr(parse_database_dsn("postgresql://u:s3cret@db/d"))
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        None,
+        "",
+        "mysql://u:s3cret@db/d",
+        "host=db user=u password=s3cret",
+        "postgresql://u:s3cret@/d",
+        "postgresql://:s3cret@db/d",
+        "postgresql://u@db/d",
+        "postgresql://u:s3cret@db:notaport/d",
+        "postgresql://u:s3cret@db:99999/d",
+        "postgresql://u:s3cret@db:0/d",
+        "postgresql://u:s3cret@[db/d",
+        "postgresql://u:s3cret@db1,db2/d",
+        "postgresql://u:s3cret@db/d?host=other",
+        "postgresql://u:s3cret@db/pgbouncer",
+        "postgresql://u:s3cret@db/we%20ird",
+        "postgresql://u:s3cret%0A@db/d",
+    ],
+)
+def test_unusable_dsn_raises_without_revealing_it(dsn: str | None) -> None:
+    with pytest.raises(InvalidDatabaseDsn) as caught:
+        parse_database_dsn(dsn)
+    assert isinstance(caught.value, ValueError)
+    assert "s3cret" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    if dsn:
+        assert dsn not in str(caught.value)
+
+
+def test_build_children_reports_a_missing_dsn() -> None:
+    ctx = full_ctx(secrets=dataclasses.replace(FULL_SECRETS, database_dsn=None))
+    with pytest.raises(InvalidDatabaseDsn):
+        build_secret(ctx)
+
+
+def test_no_secret_without_a_database() -> None:
+    assert build_secret(minimal_ctx()) is None
+
+
+def test_secret_shape_and_base64_data() -> None:
+    secret = build_secret(full_ctx())
+    assert secret is not None
+    assert (secret["apiVersion"], secret["kind"], secret["type"]) == ("v1", "Secret", "Opaque")
+    assert "stringData" not in secret
+    assert sorted(secret["data"]) == ["database-url", "databases.ini", "userlist.txt"]
+
+
+def test_secret_contents() -> None:
+    data = _decoded("postgresql://agents:pw@postgres.data.svc/agents")
+    assert data["databases.ini"] == (
+        "[databases]\n"
+        "agents = host='postgres.data.svc' port='5432' dbname='agents' user='agents' "
+        "password='pw'\n"
+    )
+    assert data["userlist.txt"] == '"agents" "pw"\n'
+    assert data["database-url"] == "postgresql://agents:pw@127.0.0.1:6432/agents"
+
+
+def test_quotes_follow_pgbouncer_rules() -> None:
+    data = _decoded("postgresql://o%27brien:a%22b%27c%20d@db/d")
+    # Connection strings double single quotes; the auth_file doubles double quotes.
+    assert "user='o''brien' password='a\"b''c d'" in data["databases.ini"]
+    assert data["userlist.txt"] == '"o\'brien" "a""b\'c d"\n'
+    # The runtime's URL is percent-encoded again, so it parses back to the same values.
+    url = parse_database_dsn(data["database-url"])
+    assert (url.user, url.password) == ("o'brien", "a\"b'c d")
+    assert (url.host, url.port) == ("127.0.0.1", 6432)
