@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from agentpool_operator import api
-from agentpool_operator.api.models import AGENTPOOL_DESCRIPTION, AgentPoolSpec, AgentPoolStatus
+from agentpool_operator.api.models import AGENTPOOL_DESCRIPTION, AgentPoolSpec
+from agentpool_operator.api.status import AgentPoolStatus
 
 Schema = dict[str, Any]
 

@@ -4,6 +4,12 @@ Pure: no Kubernetes client, no I/O. `agentpool_operator.crd` generates the CRD f
 models; the operator parses live objects with `AgentPoolSpec.model_validate(spec)`.
 """
 
+from agentpool_operator.api.autoscaling import (
+    AutoscalingSpec,
+    ScaleDownRules,
+    ScaleUpRules,
+    ScalingPolicy,
+)
 from agentpool_operator.api.conditions import (
     Condition,
     ConditionType,
@@ -14,8 +20,6 @@ from agentpool_operator.api.conditions import (
 )
 from agentpool_operator.api.models import (
     AgentPoolSpec,
-    AgentPoolStatus,
-    AutoscalingSpec,
     CacheSpec,
     DatabaseSpec,
     MonitoringSpec,
@@ -25,6 +29,7 @@ from agentpool_operator.api.models import (
 )
 from agentpool_operator.api.pod import PodOverrides, ResourceRequirements
 from agentpool_operator.api.quantity import Quantity, QuantityError, parse_quantity
+from agentpool_operator.api.status import AgentPoolStatus
 
 GROUP = "agentpool.dev"
 VERSION = "v1alpha1"
@@ -59,6 +64,9 @@ __all__ = [
     "QueueSpec",
     "Reason",
     "ResourceRequirements",
+    "ScaleDownRules",
+    "ScaleUpRules",
+    "ScalingPolicy",
     "WorkersSpec",
     "find_condition",
     "parse_quantity",

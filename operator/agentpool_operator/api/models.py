@@ -1,9 +1,10 @@
-"""The AgentPool API: spec and status models, the single source of truth for the CRD.
+"""The AgentPool API: the spec models, the single source of truth for the CRD's spec.
 
 Users write these fields with `kubectl apply`; `crd.py` turns the models into the CRD's
 schema (descriptions come from the attribute docstrings below, so they are what
 `kubectl explain agentpool.spec` prints); the operator reads a live object back with
-`AgentPoolSpec.model_validate(obj["spec"])`. Defaults here and in the CRD are the same values:
+`AgentPoolSpec.model_validate(obj["spec"])`. (Autoscaling and the status have their own
+modules.) Defaults here and in the CRD are the same values:
 the API server fills them in, so `kubectl get -o yaml` shows the effective configuration.
 
 Required fields are only what the operator cannot guess: `image`, `handler` and
@@ -19,6 +20,9 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
+from agentpool_operator.api.autoscaling import AutoscalingSpec
+from agentpool_operator.api.autoscaling import ScaleDownRules as ScaleDownRules
+from agentpool_operator.api.autoscaling import ScaleUpRules as ScaleUpRules
 from agentpool_operator.api.common import (
     ApiModel,
     SecretKeyRef,
@@ -27,10 +31,10 @@ from agentpool_operator.api.common import (
     section,
     validations,
 )
-from agentpool_operator.api.conditions import Condition
 from agentpool_operator.api.pod import PodOverrides, ResourceRequirements
 from agentpool_operator.api.quantity import Quantity
 from agentpool_operator.api.spec_rules import SPEC_RULES
+from agentpool_operator.api.status import AgentPoolStatus as AgentPoolStatus
 
 # `package.module:function` or `module:Class.method` (Python dotted identifiers).
 HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # noqa: E501
@@ -175,66 +179,6 @@ class DatabaseSpec(ApiModel):
     """PgBouncer sidecar settings."""
 
 
-class ScalingPolicy(ApiModel):
-    """A limit on how much the pool may scale within one period."""
-
-    type: Literal["Pods", "Percent"]
-    """Pods: change by at most `value` pods; Percent: by at most `value` percent."""
-    value: int = Field(ge=1)
-    """Amount of change allowed per period."""
-    period_seconds: int = Field(ge=1, le=1800)
-    """Length of the period the policy applies to."""
-
-
-class ScaleUpRules(ApiModel):
-    """How fast the pool grows (HorizontalPodAutoscaler scaleUp behaviour)."""
-
-    stabilization_window_seconds: int = Field(default=0, ge=0, le=3600)
-    """Look-back window: the pool grows only to the lowest recommendation in it."""
-    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
-    """Which policy wins when several apply; Disabled never scales up."""
-    policies: list[ScalingPolicy] = Field(
-        default=[
-            ScalingPolicy(type="Percent", value=100, period_seconds=15),
-            ScalingPolicy(type="Pods", value=4, period_seconds=15),
-        ],
-        min_length=1,
-        max_length=10,
-    )
-    """Limits on growth per period."""
-
-
-class ScaleDownRules(ApiModel):
-    """How fast the pool shrinks (HorizontalPodAutoscaler scaleDown behaviour). Slow by
-    default: every removed pod drains its running tasks first."""
-
-    stabilization_window_seconds: int = Field(default=300, ge=0, le=3600)
-    """Look-back window: the pool shrinks only to the highest recommendation in it."""
-    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
-    """Which policy wins when several apply; Disabled never scales down."""
-    policies: list[ScalingPolicy] = Field(
-        default=[ScalingPolicy(type="Pods", value=1, period_seconds=60)],
-        min_length=1,
-        max_length=10,
-    )
-    """Limits on shrinking per period."""
-
-
-class AutoscalingSpec(ApiModel):
-    """Queue-driven autoscaling between minReplicas and maxReplicas."""
-
-    enabled: bool = False
-    """Let the operator's autoscaler set spec.replicas from the queue backlog; when false,
-    spec.replicas is set by hand or with kubectl scale."""
-    target_backlog_per_worker: int = Field(default=1, ge=1, le=10_000)
-    """Queued plus running tasks the autoscaler aims for per worker process: the pool is
-    sized to backlog / (targetBacklogPerWorker x workers.perPod) pods."""
-    scale_up: ScaleUpRules = section(ScaleUpRules)
-    """Scale-up behaviour."""
-    scale_down: ScaleDownRules = section(ScaleDownRules)
-    """Scale-down behaviour."""
-
-
 class MonitoringSpec(ApiModel):
     """Metrics endpoints and Prometheus integration."""
 
@@ -327,33 +271,6 @@ class AgentPoolSpec(ApiModel):
         if not re.match(IMAGE_PATTERN, value):
             raise ValueError("image must be a container image reference without spaces")
         return value
-
-
-class AgentPoolStatus(ApiModel):
-    """Observed state of an AgentPool, written by the operator."""
-
-    observed_generation: int | None = Field(default=None, ge=0)
-    """The .metadata.generation the operator last acted on."""
-    replicas: int | None = Field(default=None, ge=0)
-    """Pods that exist (the scale subresource's status replicas)."""
-    ready_replicas: int | None = Field(default=None, ge=0)
-    """Pods whose workers are ready to take tasks."""
-    available_replicas: int | None = Field(default=None, ge=0)
-    """Pods that have been ready for the minimum ready time."""
-    selector: str | None = None
-    """Label selector of the pool's pods, serialized (e.g. `app.kubernetes.io/instance=x`):
-    the scale subresource's selector, which a HorizontalPodAutoscaler needs."""
-    queue_backlog: int | None = Field(default=None, ge=0)
-    """Tasks queued or running on the pool's stream at the last observation."""
-    conditions: list[Condition] | None = Field(
-        default=None,
-        max_length=32,
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
-    )
-    """Current state: Ready (summary), Progressing (rolling out or scaling) and Degraded."""
 
 
 AGENTPOOL_DESCRIPTION = (

@@ -2,10 +2,11 @@
 
 They sit on the spec object because they relate fields of different sections. Each message
 says what is wrong and how to fix it. (No `messageExpression` with the actual numbers: the
-API server estimates `string(int)` concatenations far over its CEL cost budget.) The
-API server applies schema defaults before evaluating them, so defaulted fields are always
+API server rejected such `string(int)` concatenations as far over its CEL cost budget.)
+The API server applies schema defaults before evaluating them, so defaulted fields are always
 present; only genuinely optional ones (database, memory values) are guarded with `has()`.
-The operator re-checks the same invariants in Python where it relies on them.
+The API server enforces them on every create, update and /scale write, so the operator can
+rely on them for objects it reads back; pydantic does not repeat them.
 """
 
 from __future__ import annotations
