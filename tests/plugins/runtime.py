@@ -8,6 +8,7 @@ subprocess (its own session, so the whole process tree can be stopped) and waits
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -92,7 +93,7 @@ class RunningSupervisor:
             children = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        pids = []
+        pids: list[int] = []
         for child in children:
             try:
                 if "multiprocessing.forkserver" in " ".join(child.cmdline()):
@@ -114,10 +115,8 @@ class RunningSupervisor:
 
     def kill_tree(self) -> None:
         """Last resort at teardown: SIGKILL the supervisor's whole session."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=10)
 
 
@@ -196,10 +195,8 @@ def start_supervisor(redis_url: str, tmp_path: Path) -> Iterator[StartSupervisor
     yield start
     for supervisor in started:
         if supervisor.process.poll() is None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 supervisor.terminate(wait=30)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever is left of the session (workers, the fork server) goes too.
         supervisor.kill_tree()
 

@@ -51,7 +51,7 @@ async def sleepy(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 async def hang(payload: dict[str, Any], ctx: TaskContext) -> None:
     """Blocks the worker's event loop: cancellation cannot reach it, heartbeats stop."""
     await _mark(ctx)
-    time.sleep(3600)
+    time.sleep(3600)  # noqa: ASYNC251 - blocking the loop is the point
 
 
 def sync_sleep(payload: dict[str, Any]) -> str:

@@ -24,15 +24,15 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
 async def _pid_running(redis: Redis, pool: str, task_id: str) -> int:
-    async def pid() -> str | None:
-        return await redis.hget(pids_key(pool), task_id)  # type: ignore[no-any-return]
+    async def pid() -> object:
+        return await redis.hget(pids_key(pool), task_id)
 
-    return int(await eventually_async(pid, within=30))
+    return int(str(await eventually_async(pid, within=30)))
 
 
 async def _executions(redis: Redis, pool: str) -> dict[str, int]:
     raw = await redis.hgetall(executions_key(pool))
-    return {task_id: int(count) for task_id, count in raw.items()}
+    return {str(task_id): int(count) for task_id, count in raw.items()}
 
 
 async def test_kill_9_mid_task_reruns_it_without_waiting_for_the_lease(
