@@ -26,10 +26,12 @@ for i = 3, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[2]),
                              '-', '+', 1000, ARGV[i])
   if #pending > 0 then
-    local ids = {}
-    for j, p in ipairs(pending) do ids[j] = p[1] end
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[i], 0, unpack(ids), 'JUSTID')
-    renewed = renewed + #ids
+    -- unpack() must be the last argument of a call, or Lua passes only its first value.
+    local args = {KEYS[1], ARGV[1], ARGV[i], 0}
+    for _, p in ipairs(pending) do args[#args + 1] = p[1] end
+    args[#args + 1] = 'JUSTID'
+    redis.call('XCLAIM', unpack(args))
+    renewed = renewed + #pending
   end
 end
 return renewed
@@ -43,10 +45,11 @@ local moved = 0
 for _ = 1, 1000 do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000, ARGV[2])
   if #pending == 0 then break end
-  local ids = {}
-  for j, p in ipairs(pending) do ids[j] = p[1] end
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, unpack(ids), 'JUSTID')
-  moved = moved + #ids
+  local args = {KEYS[1], ARGV[1], ARGV[3], 0}
+  for _, p in ipairs(pending) do args[#args + 1] = p[1] end
+  args[#args + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(args))
+  moved = moved + #pending
 end
 local left = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
 if #left == 0 then redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end

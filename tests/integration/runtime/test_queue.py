@@ -1,0 +1,133 @@
+"""The Redis Streams queue primitives against the real Redis: leases, reclaiming, hand-over,
+hand-back, delayed retries and trimming - the guarantees the worker and supervisor build on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from agent_runtime.maintenance import QueueMaintenance
+from agent_runtime.messages import TaskEnvelope
+from agent_runtime.queue import WorkQueue
+from tests.plugins.runtime import RuntimePool
+
+pytestmark = [pytest.mark.services]
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def _queue(redis: Redis, pool: RuntimePool, consumer: str) -> WorkQueue:
+    return WorkQueue(redis, redis, pool.config, consumer)
+
+
+async def _add(redis: Redis, pool: RuntimePool, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        envelope = TaskEnvelope(task_id=f"task-{n}", handler="default", payload_json="{}",
+                                enqueued_at=time.time())
+        fields: dict[str | bytes, str | bytes | int | float] = dict(envelope.to_fields())
+        ids.append(str(await redis.xadd(pool.config.stream_key, fields)))
+    return ids
+
+
+async def test_renewed_lease_keeps_a_long_task_from_being_stolen(
+        runtime_pool: RuntimePool, redis: Redis) -> None:
+    runtime_pool.update(lease_seconds=1)
+    owner, thief = _queue(redis, runtime_pool, "owner"), _queue(redis, runtime_pool, "thief")
+    maintenance = QueueMaintenance(redis, runtime_pool.config)
+    await owner.ensure_group()
+    await _add(redis, runtime_pool, 3)
+    taken = await owner.read_new(10, 100)
+
+    for _ in range(10):  # 3 s: three leases long
+        await maintenance.renew_leases(["owner"])
+        assert await thief.reclaim_idle(10) == []
+        await asyncio.sleep(0.3)
+
+    # The owner's pod stops renewing (it died): after the lease, another consumer takes it.
+    await asyncio.sleep(1.2)
+    stolen = await thief.reclaim_idle(10)
+    assert sorted(d.entry_id for d in stolen) == sorted(d.entry_id for d in taken)
+    assert {d.deliveries for d in stolen} == {2}
+
+
+async def test_dead_workers_entries_move_to_its_replacement(
+        runtime_pool: RuntimePool, redis: Redis) -> None:
+    dead, heir = _queue(redis, runtime_pool, "dead"), _queue(redis, runtime_pool, "heir")
+    maintenance = QueueMaintenance(redis, runtime_pool.config)
+    await dead.ensure_group()
+    await _add(redis, runtime_pool, 3)
+    taken = await dead.read_new(2, 100)
+
+    assert await maintenance.transfer("dead", "heir") == 2
+    adopted = await heir.adopt_own(set(), 10)
+
+    assert sorted(d.entry_id for d in adopted) == sorted(d.entry_id for d in taken)
+    assert {d.deliveries for d in adopted} == {2}  # the re-run counts as a delivery
+    consumers = await redis.xinfo_consumers(runtime_pool.config.stream_key, "workers")
+    assert "dead" not in {c["name"] for c in consumers}
+    # The third entry was never delivered and is still there for anyone.
+    assert len(await heir.read_new(10, 100)) == 1
+
+
+async def test_hand_back_makes_unfinished_work_available_at_once(
+        runtime_pool: RuntimePool, redis: Redis) -> None:
+    leaving, staying = _queue(redis, runtime_pool, "leaving"), _queue(redis, runtime_pool, "stay")
+    await leaving.ensure_group()
+    await _add(redis, runtime_pool, 2)
+    taken = await leaving.read_new(2, 100)
+
+    assert await leaving.hand_back([d.entry_id for d in taken]) == 2
+
+    again = await staying.read_new(10, 100)
+    assert sorted(d.fields["id"] for d in again) == ["task-0", "task-1"]
+    summary = await redis.xpending(runtime_pool.config.stream_key, "workers")
+    assert summary["pending"] == 2  # only the new deliveries; the originals are gone
+
+
+async def test_retry_waits_in_the_delayed_set_then_comes_back(
+        runtime_pool: RuntimePool, redis: Redis) -> None:
+    queue = _queue(redis, runtime_pool, "w")
+    maintenance = QueueMaintenance(redis, runtime_pool.config)
+    await queue.ensure_group()
+    await _add(redis, runtime_pool, 1)
+    [delivery] = await queue.read_new(1, 100)
+    envelope = TaskEnvelope.from_fields(delivery.fields)
+
+    await queue.retry(delivery.entry_id, envelope, "ValueError: flaky", delay=0.5)
+    assert await maintenance.promote_due() == 0  # not due yet
+    assert await queue.read_new(1, 100) == []
+    await asyncio.sleep(0.6)
+    assert await maintenance.promote_due() == 1
+
+    [retried] = await queue.read_new(1, 100)
+    again = TaskEnvelope.from_fields(retried.fields)
+    assert (again.task_id, again.retries, again.error) == ("task-0", 1, "ValueError: flaky")
+
+
+async def test_trimming_never_drops_pending_or_unread_entries(
+        runtime_pool: RuntimePool, redis: Redis) -> None:
+    queue = _queue(redis, runtime_pool, "w")
+    maintenance = QueueMaintenance(redis, runtime_pool.config)
+    await queue.ensure_group()
+    ids = await _add(redis, runtime_pool, 10)
+    await queue.read_new(5, 100)
+    # Acknowledged without deletion (as a foreign consumer might): the only trimmable ones.
+    await redis.xack(runtime_pool.config.stream_key, "workers", ids[0], ids[1])
+
+    assert await maintenance.safe_trim() == 2
+
+    left = [entry_id for entry_id, _ in await redis.xrange(runtime_pool.config.stream_key)]
+    assert left == ids[2:]
+    adopted = await queue.adopt_own(set(), 10)
+    assert sorted(d.entry_id for d in adopted) == ids[2:5]
+    assert [d.entry_id for d in await queue.read_new(10, 100)] == ids[5:]
