@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -34,7 +35,7 @@ async def _add(redis: Redis, pool: RuntimePool, count: int) -> list[str]:
     for n in range(count):
         envelope = TaskEnvelope(task_id=f"task-{n}", handler="default", payload_json="{}",
                                 enqueued_at=time.time())
-        fields: dict[str | bytes, str | bytes | int | float] = dict(envelope.to_fields())
+        fields: dict[Any, Any] = dict(envelope.to_fields())
         ids.append(str(await redis.xadd(pool.config.stream_key, fields)))
     return ids
 
@@ -126,7 +127,8 @@ async def test_trimming_never_drops_pending_or_unread_entries(
 
     assert await maintenance.safe_trim() == 2
 
-    left = [entry_id for entry_id, _ in await redis.xrange(runtime_pool.config.stream_key)]
+    rows: Any = await redis.xrange(runtime_pool.config.stream_key)
+    left = [entry_id for entry_id, _ in rows]
     assert left == ids[2:]
     adopted = await queue.adopt_own(set(), 10)
     assert sorted(d.entry_id for d in adopted) == ids[2:5]
