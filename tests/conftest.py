@@ -3,5 +3,7 @@
 pytest_plugins = [
     "tests.plugins.cluster",
     "tests.plugins.services",
+    "tests.plugins.crd",
+    "tests.plugins.operator",
     "tests.plugins.runtime",
 ]

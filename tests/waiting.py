@@ -12,7 +12,7 @@ import pytest
 T = TypeVar("T")
 
 
-def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.5) -> T:
+def eventually(check: Callable[[], T | None], timeout: float = 60, interval: float = 0.5) -> T:
     """Poll until `check` returns something truthy; fail with the last value otherwise."""
     deadline = time.monotonic() + timeout
     value = check()
@@ -21,11 +21,11 @@ def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.
             pytest.fail(f"condition not met within {timeout}s; last value: {value!r}")
         time.sleep(interval)
         value = check()
-    return value
+    return value  # truthy, so not None
 
 
 async def eventually_async(
-    check: Callable[[], Awaitable[T]], within: float = 60, interval: float = 0.2
+    check: Callable[[], Awaitable[T | None]], within: float = 60, interval: float = 0.2
 ) -> T:
     """The asyncio twin of `eventually` (`within` seconds)."""
     deadline = time.monotonic() + within

@@ -106,6 +106,21 @@ class Cluster:
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
+    def kubeconfig_for(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for a separate identity, so its requests can be told apart (audit log)
+        or held to RBAC (no `system:masters` group unless asked for)."""
+        pki = pki_mod.Pki(self.state_dir / "pki")
+        cert, key = pki_mod.issue_client(pki, user, groups)
+        path = self.state_dir / f"kubeconfig-{user}"
+        _write_kubeconfig(path, self.server, pki, cert, key)
+        return path
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Write requests the API server has logged so far (see the audit policy)."""
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
+
     def stop(self) -> None:
         procs.stop(self.processes)
         self.processes = []
@@ -115,14 +130,16 @@ def _state_file(state_dir: Path) -> Path:
     return state_dir / "cluster.json"
 
 
-def _write_kubeconfig(path: Path, server: str, pki: pki_mod.Pki) -> None:
+def _write_kubeconfig(path: Path, server: str, pki: pki_mod.Pki, cert: Path | None = None,
+                      key: Path | None = None) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "agentpool-test", "cluster": {
             "server": server, "certificate-authority": str(pki.ca_crt)}}],
         "users": [{"name": "admin", "user": {
-            "client-certificate": str(pki.admin_crt), "client-key": str(pki.admin_key)}}],
+            "client-certificate": str(cert or pki.admin_crt),
+            "client-key": str(key or pki.admin_key)}}],
         "contexts": [{"name": "agentpool-test", "context": {
             "cluster": "agentpool-test", "user": "admin", "namespace": "default"}}],
         "current-context": "agentpool-test",

@@ -163,6 +163,27 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
+def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
+    key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the test CA key is not an EC key")
+    return cert, key
+
+
+def issue_client(pki: Pki, user: str, groups: tuple[str, ...]) -> tuple[Path, Path]:
+    """A client certificate for `user` in `groups`; returns (certificate, key) paths."""
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+        + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+    )
+    cert, key = _issue(_load_ca(pki), subject, server=False)
+    cert_path, key_path = pki.path(f"user-{user}.crt"), pki.path(f"user-{user}.key")
+    _write_cert(cert_path, cert)
+    _write_key(key_path, key)
+    return cert_path, key_path
+
+
 def generate(directory: Path) -> Pki:
     """Write a fresh CA, serving/client certificates and the service-account key pair."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,10 @@ def with_applied_hash(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_empty(value: Any) -> bool:
-    # The API server omits empty optional fields, so an empty desired value matches absence.
-    return value is None or value == {} or value == [] or value == ""
+    # The API server omits optional fields holding their zero value (`omitempty`), so such a
+    # desired value matches an absent field.
+    return value is None or value is False or (
+        isinstance(value, int | str | list | dict) and not isinstance(value, bool) and not value)
 
 
 def _same_scalar(desired: Any, live: Any) -> bool:

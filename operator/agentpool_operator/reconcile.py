@@ -30,6 +30,7 @@ from agentpool_operator.status import (
     Reasons,
     compute_status,
     crash_looping,
+    deployment_problems,
     status_changed,
 )
 from agentpool_operator.workqueue import Requeue
@@ -37,9 +38,13 @@ from agentpool_operator.workqueue import Requeue
 log = logging.getLogger(__name__)
 PoolKey = tuple[str, str]
 SECRET_RETRY_SECONDS = 10.0
-# Optional children: pruned when the spec no longer asks for them.
-_OPTIONAL = (("autoscaling/v2", "HorizontalPodAutoscaler"), ("monitoring.coreos.com/v1",
-                                                              "PodMonitor"))
+# Optional children (api version, kind, name from the pool's name): pruned when the spec no
+# longer asks for them.
+_OPTIONAL: tuple[tuple[str, str, Callable[[str], str]], ...] = (
+    ("v1", "Secret", builders.secret_name),
+    ("autoscaling/v2", "HorizontalPodAutoscaler", lambda pool: pool),
+    ("monitoring.coreos.com/v1", "PodMonitor", lambda pool: pool),
+)
 
 
 class _Blocked(Exception):
@@ -117,6 +122,7 @@ class Reconciler:
             generation=generation, min_replicas=spec.min_replicas,
             spec_replicas=spec.replicas, selector=observation.selector, deployment=deployment,
         )
+        observation.problems.extend(deployment_problems(deployment))
         unavailable = int(((deployment or {}).get("status") or {}).get("unavailableReplicas") or 0)
         if unavailable:
             pods = await self.kube.list_pods(namespace, builders.selector_labels(name))
@@ -152,7 +158,7 @@ class Reconciler:
                               ) -> dict[str, Any] | None:
         """Apply each child that differs from its live object; return the live Deployment."""
         deployment: dict[str, Any] | None = None
-        for manifest in children.manifests():
+        for manifest in children.manifests:
             desired = with_applied_hash(manifest)
             meta = desired["metadata"]
             live = await self.kube.get(desired["apiVersion"], desired["kind"],
@@ -176,19 +182,21 @@ class Reconciler:
         await self.kube.post_event(pool, "Normal", reason, message)
 
     async def _prune(self, pool: dict[str, Any], children: builders.Children) -> None:
-        wanted = {(m["apiVersion"], m["kind"]) for m in children.manifests()}
+        wanted = {(m["apiVersion"], m["kind"]) for m in children.manifests}
         meta = pool["metadata"]
-        for api_version, kind in _OPTIONAL:
+        for api_version, kind, child_name in _OPTIONAL:
             if (api_version, kind) in wanted:
                 continue
             if kind == "PodMonitor" and not self.pod_monitor_api:
                 continue
-            live = await self.kube.get(api_version, kind, meta["namespace"], meta["name"])
+            name = child_name(meta["name"])
+            live = await self.kube.get(api_version, kind, meta["namespace"], name)
             owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
+            # Only delete what this pool owns: a same-named object of someone else stays.
             if any(o.get("uid") == meta["uid"] for o in owners):
-                await self.kube.delete(api_version, kind, meta["namespace"], meta["name"])
+                await self.kube.delete(api_version, kind, meta["namespace"], name)
                 await self.kube.post_event(pool, "Normal", "Deleted",
-                                           f"deleted {kind} {meta['name']}: no longer wanted")
+                                           f"deleted {kind} {name}: no longer wanted")
 
     async def _write_status(self, pool: dict[str, Any], observation: Observation) -> None:
         meta = pool["metadata"]

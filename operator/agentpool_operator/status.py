@@ -10,7 +10,8 @@ Condition reasons, by type:
 - Progressing: `RollingOut` (new pod template not fully rolled out), `Scaling` (pod count
   moving towards spec.replicas), `Complete` (nothing in flight).
 - Degraded: `SecretMissing`, `InvalidDatabaseDSN`, `InvalidSpec`, `CrashLooping`,
-  `ApplyFailed`; `AsExpected` when healthy.
+  `PodCreationFailed` (e.g. a missing ServiceAccount or a quota), `RolloutStuck` (progress
+  deadline exceeded), `ApplyFailed`; `AsExpected` when healthy.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Reasons:
     INVALID_DATABASE_DSN = "InvalidDatabaseDSN"
     CRASH_LOOPING = "CrashLooping"
     APPLY_FAILED = "ApplyFailed"
+    POD_CREATION_FAILED = "PodCreationFailed"
+    ROLLOUT_STUCK = "RolloutStuck"
 
 
 @dataclass(frozen=True)
@@ -156,3 +159,19 @@ def crash_looping(pods: list[dict[str, Any]]) -> Problem | None:
     shown = ", ".join(sorted(looping)[:5])
     more = f" and {len(looping) - 5} more" if len(looping) > 5 else ""
     return Problem(Reasons.CRASH_LOOPING, f"containers crash-looping: {shown}{more}")
+
+
+def deployment_problems(deployment: dict[str, Any] | None) -> list[Problem]:
+    """Degraded problems the Deployment controller reports: pods it cannot create, a rollout
+    past its progress deadline."""
+    found = []
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        kind, status = condition.get("type"), condition.get("status")
+        if kind == "ReplicaFailure" and status == "True":
+            found.append(Problem(Reasons.POD_CREATION_FAILED,
+                                 f"pods cannot be created: {condition.get('message', '')}"))
+        elif (kind == "Progressing" and status == "False"
+              and condition.get("reason") == "ProgressDeadlineExceeded"):
+            found.append(Problem(Reasons.ROLLOUT_STUCK,
+                                 f"rollout stuck: {condition.get('message', '')}"))
+    return found

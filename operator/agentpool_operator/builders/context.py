@@ -1,0 +1,36 @@
+"""What the builders know about one AgentPool: its identity, its parsed spec, and observed inputs.
+
+Built by `reconcile.py` from the live object and the Secrets it references; consumed by the pure
+builders in this package, which turn it into the desired child objects. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentpool_operator.api import AgentPoolSpec
+
+
+@dataclass(frozen=True)
+class SecretValues:
+    """Decoded values of the Secret keys the spec references (never logged or put in status)."""
+
+    redis_url: str
+    """queue.redis.urlSecretRef's value."""
+    cache_redis_url: str | None = None
+    """cache.redis.urlSecretRef's value, when a separate cache Redis is configured."""
+    database_dsn: str | None = None
+    """database.dsnSecretRef's value, when a database is configured."""
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """One AgentPool as the builders see it."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: AgentPoolSpec
+    secrets: SecretValues
+    pod_monitor_api: bool = False
+    """Whether the cluster serves monitoring.coreos.com/v1 PodMonitor."""

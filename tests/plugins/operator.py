@@ -1,0 +1,160 @@
+"""pytest fixtures for running the real operator process against the test cluster.
+
+`operator` (session) starts `python -m agentpool_operator` as its own process with its own
+client identity (`agentpool-operator`), so every write it makes can be counted in the API
+server's audit log, and it can be restarted like a real pod. `pools` creates AgentPools and the
+Secrets they reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentpool_dev.cluster import Cluster
+from agentpool_dev.paths import REPO_ROOT
+from agentpool_dev.procs import free_port, log_tail
+from tests.waiting import eventually
+
+OPERATOR_USER = "agentpool-operator"
+RESYNC_SECONDS = 2
+
+
+@dataclass
+class OperatorProcess:
+    cluster: Cluster
+    kubeconfig: Path
+    log_path: Path
+    health_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}"
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agentpool_operator", "--health-host", "127.0.0.1",
+                 "--health-port", str(self.health_port),
+                 "--resync-seconds", str(RESYNC_SECONDS), "--stall-seconds", "60"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        eventually(self._ready, timeout=60)
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            pytest.fail(f"operator exited:\n{log_tail(self.log_path, 60)}")
+        return self.get("/readyz")[0] == 200
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except OSError:
+            return 0, ""
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def writes(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Write requests this operator made, from the API server's audit log."""
+        found = []
+        for event in self.cluster.audit_events():
+            if event.get("user", {}).get("username") != OPERATOR_USER:
+                continue
+            ref = event.get("objectRef") or {}
+            if namespace is None or ref.get("namespace") == namespace:
+                found.append(event)
+        return found
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, agentpool_crd: dict[str, Any],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
+    process = OperatorProcess(cluster, kubeconfig, tmp_path_factory.mktemp("operator") / "log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"--- operator log tail ---\n{log_tail(process.log_path, 40)}")
+
+
+@dataclass
+class Pools:
+    """Creates AgentPools (and their Secrets) in one namespace."""
+
+    cluster: Cluster
+    namespace: str
+
+    def secret(self, name: str, data: dict[str, str]) -> None:
+        manifest = {"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": name, "namespace": self.namespace},
+                    "type": "Opaque", "stringData": data}
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def create(self, name: str, *, with_secret: bool = True, **spec: Any) -> dict[str, Any]:
+        if with_secret:
+            self.secret(f"{name}-redis", {"url": "redis://127.0.0.1:6379/0"})
+        body = {
+            "image": "registry.example/agents:1.0",
+            "handler": "agents.tasks:handle",
+            "queue": {"redis": {"urlSecretRef": {"name": f"{name}-redis", "key": "url"}}},
+            **spec,
+        }
+        manifest = {"apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
+                    "metadata": {"name": name, "namespace": self.namespace}, "spec": body}
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        return manifest
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = self.cluster.kubectl("-n", self.namespace, "get", kind, name, "-o", "json",
+                                     check=False)
+        if found.returncode != 0:
+            return None
+        result: dict[str, Any] = json.loads(found.stdout)
+        return result
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        pool = self.get("agentpool", name) or {}
+        conditions = (pool.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == type_), None)
+
+    def wait_ready(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            condition = self.condition(name, "Ready")
+            return condition if condition and condition["status"] == "True" else None
+        return eventually(ready, timeout=timeout)
+
+
+@pytest.fixture
+def pools(cluster: Cluster, namespace: str) -> Pools:
+    return Pools(cluster, namespace)
