@@ -5,22 +5,46 @@ internal. Handlers are plain functions referenced as `module:function` in the po
 
     async def handle(payload: dict, ctx: TaskContext) -> dict: ...
 
-Clients submit and await tasks with `TaskClient`.
+Clients submit and await tasks with `TaskClient`. The names are imported lazily, so that
+`import agent_runtime.config` (which the operator does to render the runtime's config) does
+not pull in redis, asyncpg or aiohttp.
 """
 
-from agent_runtime.client import TaskClient
-from agent_runtime.config import RuntimeConfig, RuntimeSettings, load_settings
-from agent_runtime.context import TaskContext
-from agent_runtime.errors import (
-    AgentPoolError,
-    InvalidPayloadError,
-    PayloadTooLargeError,
-    PermanentTaskError,
-    TaskCancelledError,
-    TaskFailedError,
-    TaskWaitTimeout,
-)
-from agent_runtime.messages import TaskResult
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent_runtime.client import TaskClient
+    from agent_runtime.config import RuntimeConfig, RuntimeSettings, load_settings
+    from agent_runtime.context import TaskContext
+    from agent_runtime.errors import (
+        AgentPoolError,
+        InvalidPayloadError,
+        PayloadTooLargeError,
+        PermanentTaskError,
+        TaskCancelledError,
+        TaskFailedError,
+        TaskWaitTimeout,
+    )
+    from agent_runtime.messages import TaskResult
+
+_EXPORTS = {
+    "AgentPoolError": "agent_runtime.errors",
+    "InvalidPayloadError": "agent_runtime.errors",
+    "PayloadTooLargeError": "agent_runtime.errors",
+    "PermanentTaskError": "agent_runtime.errors",
+    "RuntimeConfig": "agent_runtime.config",
+    "RuntimeSettings": "agent_runtime.config",
+    "TaskCancelledError": "agent_runtime.errors",
+    "TaskClient": "agent_runtime.client",
+    "TaskContext": "agent_runtime.context",
+    "TaskFailedError": "agent_runtime.errors",
+    "TaskResult": "agent_runtime.messages",
+    "TaskWaitTimeout": "agent_runtime.errors",
+    "load_settings": "agent_runtime.config",
+}
 
 __all__ = [
     "AgentPoolError",
@@ -37,3 +61,10 @@ __all__ = [
     "TaskWaitTimeout",
     "load_settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent_runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

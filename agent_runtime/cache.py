@@ -59,6 +59,9 @@ class LruCache:
     def discard(self, key: str) -> None:
         self._items.pop(key, None)
 
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not _MISSING
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -96,7 +96,11 @@ class RuntimeConfig(BaseModel):
         description="Hard per-worker memory limit measured as USS; the worker is killed above it "
         "and drained-and-replaced above `worker_memory_recycle_ratio` of it.",
     )
-    worker_memory_recycle_ratio: float = Field(default=0.85, gt=0, le=1)
+    worker_memory_recycle_ratio: float = Field(
+        default=0.85, gt=0, le=1,
+        description="Share of `max_worker_memory_bytes` above which a worker is drained and "
+        "replaced (its replacement warms up first).",
+    )
     container_memory_limit_bytes: int | None = Field(
         default=None,
         gt=0,
@@ -160,7 +164,9 @@ class RuntimeConfig(BaseModel):
         "older than 1.21 or with max_prepared_statements=0; raise it only when PgBouncer "
         "tracks prepared statements.",
     )
-    db_command_timeout_seconds: float = Field(default=30.0, gt=0)
+    db_command_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="asyncpg per-query timeout."
+    )
     db_max_inactive_connection_lifetime_seconds: float = Field(
         default=60.0, ge=0, description="Keep below PgBouncer's client_idle_timeout."
     )
@@ -172,7 +178,8 @@ class RuntimeConfig(BaseModel):
     )
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics etc.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 picks a free port.")
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+                           description="Log level of the supervisor and workers.")
 
     @field_validator("pool")
     @classmethod

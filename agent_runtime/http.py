@@ -94,7 +94,8 @@ class HttpClient:
             async for chunk in response.content.iter_chunked(chunk_size):
                 for item in parser.feed(chunk):
                     yield item
-            parser.close()
+            for item in parser.close():
+                yield item
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -21,6 +21,7 @@ class JsonStreamParser:
         self._pending = b""  # an incomplete UTF-8 sequence split across chunks
         self._in_array: bool | None = None  # None until the first non-blank character
         self._done = False
+        self._at_end = False
 
     def feed(self, chunk: bytes) -> list[Any]:
         data = self._pending + chunk
@@ -34,11 +35,15 @@ class JsonStreamParser:
         self._buffer += text
         return self._drain()
 
-    def close(self) -> None:
-        """Call at end of input: raises ValueError if a value was cut off."""
+    def close(self) -> list[Any]:
+        """Call at end of input: returns a last value held back (a number that might have
+        continued), raises ValueError if a value was cut off."""
+        self._at_end = True
+        items = self._drain()
         rest = self._buffer.strip(_WHITESPACE)
-        if self._pending or (rest and rest != "]") or (self._in_array and not self._done):
+        if self._pending or rest or (self._in_array and not self._done):
             raise ValueError("JSON stream ended in the middle of a value")
+        return items
 
     def _drain(self) -> list[Any]:
         items: list[Any] = []
@@ -63,7 +68,7 @@ class JsonStreamParser:
                 value, end = self._decoder.raw_decode(buf, pos)
             except json.JSONDecodeError:
                 break  # incomplete: wait for more input
-            if end == len(buf) and not self._in_array and isinstance(value, int | float):
+            if end == len(buf) and not self._at_end and isinstance(value, int | float):
                 break  # a number at the very end may continue in the next chunk
             items.append(value)
             pos = end
