@@ -73,7 +73,9 @@ class HttpClient:
                 status = response.status
                 yield response
         except BaseException:
-            self._record(api, operation or method.upper(), "error", started)
+            # raise_for_status() inside the block: the HTTP status is the better label.
+            failed = outcome_of(status) if status is not None and status >= 400 else "error"
+            self._record(api, operation or method.upper(), failed, started)
             raise
         self._record(api, operation or method.upper(), outcome_of(status), started)
 
