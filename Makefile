@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
 DEV := $(PY) -m agentpool_dev
 
-.PHONY: deps venv services-install binaries up down cluster-up cluster-down kubeconfig \
+.PHONY: deps venv services-install binaries up down crds cluster-up cluster-down kubeconfig \
         services-up services-down lint typecheck test test-fast clean
 
 deps: venv services-install binaries
@@ -42,13 +42,15 @@ services-up: venv services-install
 services-down: venv
 	$(DEV) services down
 
+# The main job: control plane, services, CRD, the operator and the example AgentPool, Ready.
 up: deps
-	$(DEV) cluster up
-	$(DEV) services up
+	$(DEV) up
 
 down: venv
-	-$(DEV) cluster down
-	-$(DEV) services down
+	$(DEV) down
+
+crds: venv
+	$(PY) -m agentpool_operator.gen_crd
 
 lint: venv
 	$(VENV)/bin/ruff check .

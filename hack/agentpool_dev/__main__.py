@@ -44,9 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--state-dir", help="where its files live (default: under AGENTPOOL_STATE_DIR)")
     s = sub.add_parser("services", help="PostgreSQL, Redis, PgBouncer and Prometheus on loopback")
     s.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("up", help="everything: cluster, services, CRD, operator, example pool")
+    sub.add_parser("down", help="stop everything `up` started")
     args = parser.parse_args(argv)
     if args.component == "cluster":
         return _cluster(args)
+    if args.component in ("up", "down"):
+        from agentpool_dev import quickstart
+
+        return quickstart.up() if args.component == "up" else quickstart.down()
     from agentpool_dev import services  # imported lazily: it is optional for cluster commands
 
     return services.main(args.rest)

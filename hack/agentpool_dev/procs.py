@@ -49,16 +49,22 @@ class Proc:
     pid: int
     exe: str
     log: Path
+    started: int
+    """The process's start time in clock ticks since boot: with the pid, its identity."""
 
     def alive(self) -> bool:
-        try:
-            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        # A zombie has exited; a different argv[0] means the pid was reused.
-        state = stat.rsplit(")", 1)[1].split()[0]
-        return state != "Z" and cmdline.split(b"\0", 1)[0].decode() == self.exe
+        found = _stat(self.pid)
+        # A zombie has exited; another start time means the pid was reused.
+        return found is not None and found[0] != "Z" and found[1] == self.started
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) of a process, from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[19])
 
 
 def start(name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Proc:
@@ -72,7 +78,9 @@ def start(name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None 
             start_new_session=True,
             env={**os.environ, **(env or {})},
         )
-    return Proc(name=name, pid=popen.pid, exe=argv[0], log=log)
+    found = _stat(popen.pid)
+    return Proc(name=name, pid=popen.pid, exe=argv[0], log=log,
+                started=found[1] if found else -1)
 
 
 def _reap(pid: int) -> None:
@@ -105,7 +113,8 @@ def stop(procs: Sequence[Proc], timeout: float = 15.0) -> None:
 
 
 def save(path: Path, procs: Sequence[Proc]) -> None:
-    data = [{"name": p.name, "pid": p.pid, "exe": p.exe, "log": str(p.log)} for p in procs]
+    data = [{"name": p.name, "pid": p.pid, "exe": p.exe, "log": str(p.log),
+             "started": p.started} for p in procs]
     path.write_text(json.dumps(data, indent=2))
 
 
@@ -113,7 +122,8 @@ def load(path: Path) -> list[Proc]:
     if not path.exists():
         return []
     return [
-        Proc(name=d["name"], pid=int(d["pid"]), exe=d["exe"], log=Path(d["log"]))
+        Proc(name=d["name"], pid=int(d["pid"]), exe=d["exe"], log=Path(d["log"]),
+             started=int(d.get("started", -1)))
         for d in json.loads(path.read_text())
     ]
 

@@ -29,9 +29,9 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer) -> kopf.Operat
         meta = kwargs["meta"]
         if kwargs["type"] == "DELETED":
             queue.forget(key)
-            resyncer.forget(key)
+            resyncer.detector.forget(key)
             return
-        resyncer.observed(key, meta.get("resourceVersion", ""))
+        resyncer.detector.observed(key, meta.get("resourceVersion", ""))
         queue.add(key)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry)

@@ -24,17 +24,13 @@ log = logging.getLogger(__name__)
 POD_MONITOR_CRD = "podmonitors.monitoring.coreos.com"
 
 
-class Resyncer:
-    def __init__(self, kube: Kube, queue: WorkQueue[PoolKey], reconciler: Reconciler,
-                 settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
-        self._kube = kube
-        self._queue = queue
-        self._reconciler = reconciler
-        self._settings = settings
-        self._clock = clock
+class StallDetector:
+    """Compares what the watch delivered with what a fresh list shows (pure bookkeeping)."""
+
+    def __init__(self, stall_seconds: float) -> None:
+        self._stall_seconds = stall_seconds
         self._watched: dict[PoolKey, str] = {}
         self._lagging_since: dict[PoolKey, float] = {}
-        self.listed_once = False
 
     def observed(self, key: PoolKey, resource_version: str) -> None:
         """The watch delivered this version of a pool: the stream is alive for it."""
@@ -45,11 +41,34 @@ class Resyncer:
         self._watched.pop(key, None)
         self._lagging_since.pop(key, None)
 
+    def listed(self, versions: dict[PoolKey, str], now: float) -> None:
+        """A list returned these versions: note pools the watch has not caught up with."""
+        for key, version in versions.items():
+            if self._watched.get(key) == version:
+                self._lagging_since.pop(key, None)
+            else:
+                self._lagging_since.setdefault(key, now)
+        for key in set(self._lagging_since) - set(versions):
+            self._lagging_since.pop(key, None)
+
+    def stalled(self, now: float) -> bool:
+        return any(now - since > self._stall_seconds for since in self._lagging_since.values())
+
+
+class Resyncer:
+    def __init__(self, kube: Kube, queue: WorkQueue[PoolKey], reconciler: Reconciler,
+                 settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._kube = kube
+        self._queue = queue
+        self._reconciler = reconciler
+        self._settings = settings
+        self._clock = clock
+        self.detector = StallDetector(settings.stall_seconds)
+        self.listed_once = False
+
     @property
     def stalled(self) -> bool:
-        now = self._clock()
-        return any(now - since > self._settings.stall_seconds
-                   for since in self._lagging_since.values())
+        return self.detector.stalled(self._clock())
 
     async def run(self) -> None:
         while True:
@@ -61,20 +80,12 @@ class Resyncer:
 
     async def once(self) -> None:
         self._reconciler.pod_monitor_api = await self._kube.crd_exists(POD_MONITOR_CRD)
-        pools = []
+        versions: dict[PoolKey, str] = {}
         for namespace in self._settings.namespaces or (None,):
-            pools += await self._kube.list_pools(namespace)
-        now = self._clock()
-        listed: set[PoolKey] = set()
-        for pool in pools:
-            meta = pool["metadata"]
-            key = (meta["namespace"], meta["name"])
-            listed.add(key)
-            if self._watched.get(key) == meta.get("resourceVersion"):
-                self._lagging_since.pop(key, None)
-            else:
-                self._lagging_since.setdefault(key, now)
+            for pool in await self._kube.list_pools(namespace):
+                meta = pool["metadata"]
+                versions[(meta["namespace"], meta["name"])] = meta.get("resourceVersion", "")
+        self.detector.listed(versions, self._clock())
+        for key in versions:
             self._queue.add(key)
-        for key in set(self._lagging_since) - listed:
-            self._lagging_since.pop(key, None)
         self.listed_once = True

@@ -222,3 +222,19 @@ def test_fifty_pools_created_at_once_all_become_ready(operator: OperatorProcess,
 
     eventually(ready_count, timeout=180, interval=1)
     print(f"50 AgentPools Ready after {time.monotonic() - started:.1f}s")
+
+
+def test_operator_serves_health_and_its_own_metrics(operator: OperatorProcess,
+                                                    pools: Pools) -> None:
+    pools.create("kappa")
+    pools.wait_ready("kappa")
+    assert operator.get("/healthz") == (200, "ok\n")
+    assert operator.get("/readyz")[0] == 200
+    status, text = operator.get("/metrics")
+    assert status == 200
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['agentpool_operator_reconciles_total{result="success"}'] >= 1
+    assert samples['agentpool_operator_pools{condition="Ready",status="True"}'] >= 1
+    assert samples["agentpool_operator_watch_stalled"] == 0
+    assert 'agentpool_operator_api_writes_total{kind="Deployment",verb="apply"}' in samples
