@@ -6,9 +6,8 @@ already imported and shared copy-on-write, and the supervisor itself may run thr
 event loop (forking those directly is unsafe).
 
 Every 0.2 s the supervisor checks each worker: not warm in time, silent past the heartbeat
-timeout, or running a task past timeout + grace -> SIGKILL and replace; USS above the
-recycle share of its limit -> drain and replace (the replacement warms up while the old one
-finishes), above the limit -> kill. Pod memory drives the circuit breaker (`breaker.py`).
+timeout, or running a task past timeout + grace -> SIGKILL and replace; memory is policed by
+`memory_guard.py` (per-worker USS limits, the pod-level breaker) through the same kill/retire.
 When a worker dies, the tasks it held are moved to its replacement at once (`upkeep.py`), so a
 crash costs a re-run, not a lease timeout. The single metrics registry lives here.
 """
@@ -30,12 +29,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent_runtime import ipc
-from agent_runtime.breaker import BreakerAction, MemoryBreaker
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.handles import RunningEntry, WorkerHandle, describe_exit
 from agent_runtime.health import HealthServer
 from agent_runtime.maintenance import QueueMaintenance
-from agent_runtime.memory import read_container_memory, worker_uss
+from agent_runtime.memory_guard import MemoryGuard
 from agent_runtime.metrics import RuntimeMetrics
 from agent_runtime.upkeep import DatabaseUpkeep, QueueUpkeep
 from agent_runtime.worker_process import EXIT_BOOT_ERROR
@@ -63,10 +61,7 @@ class Supervisor:
         self._retiring: list[WorkerHandle] = []
         self._transfers: list[tuple[str, int]] = []  # (dead consumer, slot to receive)
         self._consumers_seen: list[str] = []
-        self._breaker = MemoryBreaker(self.config.memory_breaker_open_ratio,
-                                      self.config.memory_breaker_close_ratio,
-                                      self.config.memory_kill_ratio)
-        self._breaker_opened_at = 0.0
+        self._memory = MemoryGuard(self.config, self.metrics, self)
         self._draining = False
         self._drain_deadline = 0.0
         self._exit_seen = asyncio.Event()
@@ -231,17 +226,17 @@ class Supervisor:
         elif kind == "ready":
             handle.ready = True
             self._failures[handle.slot] = 0
-            if self._breaker.is_open:
+            if self._memory.breaker.is_open:
                 ipc.send(handle.conn, {"type": "pause"})
         elif kind in ("retiring", "unhealthy"):
             reason = "max_tasks" if kind == "retiring" else "unhealthy"
-            self._retire(handle, reason, drain=False)
+            self.retire(handle, reason, drain=False)
         elif kind == "boot_error":
             handle.boot_error = str(message.get("error"))
 
     # -- decisions --------------------------------------------------------------------------
 
-    def _retire(self, handle: WorkerHandle, reason: str, *, drain: bool = True) -> None:
+    def retire(self, handle: WorkerHandle, reason: str, *, drain: bool = True) -> None:
         """Drain a worker and start its replacement right away (no capacity dip)."""
         if handle.retiring is not None or handle.exited:
             return
@@ -259,7 +254,7 @@ class Supervisor:
             if not self._draining:
                 self._spawn(handle.slot)
 
-    def _kill(self, handle: WorkerHandle, reason: str, detail: str) -> None:
+    def kill(self, handle: WorkerHandle, reason: str, detail: str) -> None:
         if handle.kill_reason is not None or handle.exited:
             return
         handle.kill_reason = reason
@@ -348,7 +343,8 @@ class Supervisor:
                     self._spawn(slot)
         if now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_EVERY_SECONDS
-            self._check_memory()
+            current = {id(h) for h in self._slots.values() if h is not None}
+            self._memory.check(self._live(), current)
         live = self._live()
         states: dict[str, int] = {}
         for handle in live:
@@ -364,71 +360,17 @@ class Supervisor:
     def _check_worker(self, handle: WorkerHandle, now: float, wall: float) -> None:
         config = self.config
         if not handle.ready and now - handle.spawned_at > config.startup_timeout_seconds:
-            self._kill(handle, "startup_timeout",
+            self.kill(handle, "startup_timeout",
                        f"not warm after {config.startup_timeout_seconds:g}s")
         elif handle.ready and now - handle.last_seen > config.heartbeat_timeout_seconds:
-            self._kill(handle, "heartbeat", f"silent for {now - handle.last_seen:.0f}s")
+            self.kill(handle, "heartbeat", f"silent for {now - handle.last_seen:.0f}s")
         elif handle.oldest_task_age(wall) > config.task_timeout_seconds + config.hang_grace_seconds:
-            self._kill(handle, "timeout",
+            self.kill(handle, "timeout",
                        f"task exceeded its {config.task_timeout_seconds:g}s timeout")
         elif handle.retiring is not None and now > handle.retire_deadline:
-            self._kill(handle, handle.retiring, "did not finish draining in time")
+            self.kill(handle, handle.retiring, "did not finish draining in time")
 
-    def _check_memory(self) -> None:
-        limit = self.config.max_worker_memory_bytes
-        for handle in self._live():
-            if handle.pid is None:
-                continue
-            handle.uss = worker_uss(handle.pid)
-            if handle.uss is None:
-                continue
-            if self._slots.get(handle.slot) is handle:
-                self.metrics.worker_uss.labels(str(handle.slot)).set(handle.uss)
-            if limit is None:
-                continue
-            if handle.uss > limit:
-                self._kill(handle, "memory", f"USS {handle.uss} bytes above limit {limit}")
-            elif handle.uss > limit * self.config.worker_memory_recycle_ratio:
-                self._retire(handle, "memory")
-        self._check_pod_memory()
-
-    def _pod_memory(self) -> tuple[int, int | None]:
-        override = self.config.container_memory_limit_bytes
-        container = read_container_memory()
-        if container is not None and container.limit is not None:
-            limit = min(container.limit, override) if override else container.limit
-            return container.working_set, limit
-        # No cgroup limit (a developer machine): count our own processes against the override.
-        return sum(h.uss or 0 for h in self._live()), override
-
-    def _check_pod_memory(self) -> None:
-        used, limit = self._pod_memory()
-        self.metrics.container_memory.set(used)
-        self.metrics.container_limit.set(limit or 0)
-        action = self._breaker.update(used, limit)
-        self.metrics.breaker_open.set(1 if self._breaker.is_open else 0)
-        if action is BreakerAction.OPEN:
-            self._breaker_opened_at = time.monotonic()
-            log.warning("memory breaker open: %d of %s bytes; pausing workers", used, limit)
-            self._broadcast({"type": "pause"})
-        elif action is BreakerAction.CLOSE:
-            log.info("memory breaker closed: %d of %s bytes; resuming workers", used, limit)
-            self._broadcast({"type": "resume"})
-        elif action is BreakerAction.KILL_LARGEST:
-            self._broadcast({"type": "pause"})
-            biggest = max(self._live(), key=lambda h: h.uss or 0, default=None)
-            if biggest is not None:
-                self._kill(biggest, "memory", f"pod memory {used} of {limit} bytes")
-        elif self._breaker.is_open and time.monotonic() - self._breaker_opened_at > 10.0:
-            # Paused for long and memory did not come down: recycle the largest worker once
-            # per period, since a fresh process returns leaked memory.
-            self._breaker_opened_at = time.monotonic()
-            largest = max((h for h in self._live() if h.retiring is None),
-                          key=lambda h: h.uss or 0, default=None)
-            if largest is not None:
-                self._retire(largest, "memory")
-
-    def _broadcast(self, message: dict[str, Any]) -> None:
+    def broadcast(self, message: dict[str, Any]) -> None:
         for handle in self._live():
             ipc.send(handle.conn, message)
 
@@ -445,7 +387,7 @@ class Supervisor:
             return False, f"redis unavailable: {self._queue_upkeep.last_error}"
         if not self._db_upkeep.schema_ready:
             return False, f"database schema not ready: {self._db_upkeep.last_error}"
-        if self._breaker.is_open:
+        if self._memory.breaker.is_open:
             return False, "memory breaker open"
         warm = sum(1 for h in self._live() if h.ready and h.retiring is None)
         if not warm:
