@@ -71,11 +71,18 @@ class Resyncer:
         return self.detector.stalled(self._clock())
 
     async def run(self) -> None:
+        retry = 1.0
         while True:
             try:
                 await self.once()
             except OperatorError as error:
-                log.warning("resync failed: %s", error)
+                # E.g. an API server still initialising its storage: retry soon, not after a
+                # whole resync period, so readiness is not held back.
+                log.warning("resync failed, retrying in %.0fs: %s", retry, error)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, self._settings.resync_seconds)
+                continue
+            retry = 1.0
             await asyncio.sleep(self._settings.resync_seconds)
 
     async def once(self) -> None:

@@ -1,0 +1,205 @@
+"""Operator scale benchmark: how fast N AgentPools converge to Ready, against the floor.
+
+The floor is the same child objects (what the operator's builders render for each pool)
+created directly through the API in one `kubectl apply`, waiting until every Deployment is
+Available: the operator cannot beat it, so the ratio says what the operator's own work costs.
+Also measured: the operator's peak RSS and its write requests per minute in steady state
+(from the API server's audit log, by the operator's own client identity).
+
+    python -m bench.operator_scale --pools 100 1000      # full run (see bench/RESULTS.md)
+    python -m bench.operator_scale --pools 5 --steady-seconds 5   # smoke mode (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentpool_dev import cluster as cluster_mod
+from agentpool_dev.paths import REPO_ROOT
+from agentpool_dev.procs import StartupError, free_port, http_ok, log_tail, wait_until
+from agentpool_operator.api import AgentPoolSpec
+from agentpool_operator.builders import PoolContext, SecretValues, build_children
+
+OPERATOR_USER = "agentpool-operator"
+IMAGE = "registry.example/agents:1.0"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class Result:
+    pools: int
+    floor_seconds: float
+    operator_seconds: float
+    operator_peak_rss_bytes: int
+    steady_writes_per_minute: float
+
+    @property
+    def ratio(self) -> float:
+        return self.operator_seconds / self.floor_seconds if self.floor_seconds else float("inf")
+
+
+def _pool_spec() -> dict[str, Any]:
+    return {"image": IMAGE, "handler": "agents.tasks:handle",
+            "queue": {"redis": {"urlSecretRef": {"name": "bench-redis", "key": "url"}}}}
+
+
+def _secret(namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "bench-redis", "namespace": namespace},
+            "stringData": {"url": REDIS_URL}}
+
+
+def _apply(cluster: cluster_mod.Cluster, items: list[dict[str, Any]]) -> None:
+    # Chunks keep each kubectl call's memory and request body modest.
+    for start in range(0, len(items), 500):
+        chunk = {"apiVersion": "v1", "kind": "List", "items": items[start:start + 500]}
+        cluster.kubectl("apply", "--server-side", "--force-conflicts",
+                        "--field-manager=bench", "-f", "-", input=json.dumps(chunk), timeout=600)
+
+
+def _count_ready(cluster: cluster_mod.Cluster, namespace: str, kind: str) -> int:
+    items = cluster.kubectl_json("-n", namespace, "get", kind)["items"]
+    wanted = "Ready" if kind == "agentpools" else "Available"
+    return sum(1 for item in items if any(
+        c.get("type") == wanted and c.get("status") == "True"
+        for c in (item.get("status") or {}).get("conditions") or []))
+
+
+def _wait_all(cluster: cluster_mod.Cluster, namespace: str, kind: str, count: int,
+              started: float, timeout: float) -> float:
+    while _count_ready(cluster, namespace, kind) < count:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{kind} in {namespace} not all ready after {timeout:.0f}s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def measure_floor(cluster: cluster_mod.Cluster, pools: int, timeout: float) -> float:
+    namespace = f"floor-{pools}"
+    cluster.kubectl("create", "namespace", namespace)
+    spec = AgentPoolSpec.model_validate(_pool_spec())
+    items: list[dict[str, Any]] = []
+    for i in range(pools):
+        ctx = PoolContext(name=f"p{i:04d}", namespace=namespace, uid=f"00000000-{i:04d}",
+                          spec=spec, secrets=SecretValues(redis_url=REDIS_URL))
+        for manifest in build_children(ctx).manifests:
+            manifest = json.loads(json.dumps(manifest))
+            manifest["metadata"].pop("ownerReferences", None)  # no owner exists here
+            items.append(manifest)
+    started = time.monotonic()
+    _apply(cluster, items)
+    return _wait_all(cluster, namespace, "deployments", pools, started, timeout)
+
+
+class OperatorRun:
+    """The operator as its own process, with its own identity, for the duration of a run."""
+
+    def __init__(self, cluster: cluster_mod.Cluster, log: Path) -> None:
+        self.cluster = cluster
+        self.port = free_port()
+        kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agentpool_operator", "--health-host", "127.0.0.1",
+             "--health-port", str(self.port), "--log-level", "WARNING"],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until("operator /readyz",
+                       lambda: http_ok(f"http://127.0.0.1:{self.port}/readyz"), 60)
+        except StartupError as error:
+            self.stop()
+            raise StartupError(f"{error}\n{log_tail(log)}") from None
+
+    def peak_rss(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def writes(self) -> int:
+        return sum(1 for e in self.cluster.audit_events()
+                   if e.get("user", {}).get("username") == OPERATOR_USER)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def measure_operator(cluster: cluster_mod.Cluster, run: OperatorRun, pools: int,
+                     steady_seconds: float, timeout: float) -> tuple[float, float]:
+    namespace = f"operator-{pools}"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(_secret(namespace)))
+    items = [{"apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
+              "metadata": {"name": f"p{i:04d}", "namespace": namespace}, "spec": _pool_spec()}
+             for i in range(pools)]
+    started = time.monotonic()
+    _apply(cluster, items)
+    converged = _wait_all(cluster, namespace, "agentpools", pools, started, timeout)
+    time.sleep(5)  # let the last rollout status updates land before counting
+    before = run.writes()
+    time.sleep(steady_seconds)
+    per_minute = (run.writes() - before) * 60 / steady_seconds
+    return converged, per_minute
+
+
+def run(pool_counts: list[int], steady_seconds: float, timeout: float) -> list[Result]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="agentpool-bench-") as tmp:
+        cluster = cluster_mod.up(Path(tmp) / "cluster")
+        try:
+            cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+            cluster.kubectl("wait", "--for=condition=Established",
+                            "crd/agentpools.agentpool.dev")
+            for pools in pool_counts:
+                floor = measure_floor(cluster, pools, timeout)
+                operator = OperatorRun(cluster, Path(tmp) / f"operator-{pools}.log")
+                try:
+                    converged, writes = measure_operator(cluster, operator, pools,
+                                                         steady_seconds, timeout)
+                    rss = operator.peak_rss()
+                finally:
+                    operator.stop()
+                results.append(Result(pools, floor, converged, rss, writes))
+        finally:
+            cluster.stop()
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| pools | direct-create floor (s) | operator to Ready (s) | ratio vs floor "
+             "| operator peak RSS (MiB) | steady-state writes/min |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r.pools} | {r.floor_seconds:.1f} | {r.operator_seconds:.1f} | {r.ratio:.2f}x "
+              f"| {r.operator_peak_rss_bytes / 2**20:.0f} | {r.steady_writes_per_minute:.1f} |"
+              for r in results]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.operator_scale")
+    parser.add_argument("--pools", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--steady-seconds", type=float, default=60)
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args(argv)
+    print(table(run(args.pools, args.steady_seconds, args.timeout)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
