@@ -182,6 +182,9 @@ def test_missing_secret_degrades_the_pool_until_it_exists(operator: OperatorProc
 
 def test_steady_state_and_operator_restart_make_no_writes(operator: OperatorProcess,
                                                           pools: Pools) -> None:
+    if not pools.cluster.audit_log.exists():
+        pytest.skip("counts writes in the harness's audit log, which an existing cluster "
+                    "(AGENTPOOL_TEST_KUBECONFIG) does not have")
     pools.create("iota", replicas=2)
     pools.wait_ready("iota")
     # Let the rollout's last status updates land before counting.

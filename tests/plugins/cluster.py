@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,9 @@ from agentpool_dev import cluster as cluster_mod
 
 
 def _existing_cluster(kubeconfig: Path, state_dir: Path) -> cluster_mod.Cluster:
-    bin_override = os.environ.get("AGENTPOOL_TESTCLUSTER_BIN")
-    if bin_override:
-        bin_dir = Path(bin_override)
-    else:
-        kubectl = shutil.which("kubectl")
-        bin_dir = Path(kubectl).parent if kubectl else cluster_mod.find_binaries()
-    return cluster_mod.Cluster(state_dir=state_dir, bin_dir=bin_dir, kubeconfig=kubeconfig)
+    # kubectl and helm still come from the pinned build, whatever the machine has on PATH.
+    return cluster_mod.Cluster(state_dir=state_dir, bin_dir=cluster_mod.find_binaries(),
+                               kubeconfig=kubeconfig)
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,12 @@ class OperatorProcess:
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, agentpool_crd: dict[str, Any],
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
+    # On the harness's own cluster the operator gets its own identity, so its writes can be
+    # counted in the audit log; an existing cluster (AGENTPOOL_TEST_KUBECONFIG) has no CA key
+    # here, so the operator shares the given kubeconfig.
+    owns_ca = (cluster.state_dir / "pki" / "ca.key").exists()
+    kubeconfig = (cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",)) if owns_ca
+                  else cluster.kubeconfig)
     process = OperatorProcess(cluster, kubeconfig, tmp_path_factory.mktemp("operator") / "log")
     process.start()
     try:
