@@ -73,9 +73,10 @@ class Supervisor:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> int:
-        modules = ["agent_runtime.worker_process"] + [
-            ref.partition(":")[0] for ref in self.config.handler_map.values()]
-        self._mp.set_forkserver_preload(modules)
+        # The fork server imports these once; every worker starts with them loaded and shared.
+        refs = [*self.config.handler_map.values(), self.config.init_hook or ""]
+        modules = ["agent_runtime.worker_process"] + [r.partition(":")[0] for r in refs if r]
+        self._mp.set_forkserver_preload(sorted(set(modules)))
         redis = Redis.from_url(self.settings.secrets.redis_url.get_secret_value(),
                                decode_responses=True, socket_connect_timeout=5.0,
                                socket_timeout=10.0, client_name=f"{self.settings.pod_name}-sup")

@@ -155,7 +155,7 @@ def runtime_pool(tmp_path: Path) -> RuntimePool:
     """A fresh pool (unique name, hence unique Redis keys) running the test handlers."""
     config = RuntimeConfig(
         pool=f"t-{uuid.uuid4().hex[:10]}",
-        handler=f"{TEST_HANDLERS}:record",
+        handler=f"{TEST_HANDLERS}:record", init_hook=f"{TEST_HANDLERS}:init",
         handlers={name: f"{TEST_HANDLERS}:{name}"
                   for name in ("hang", "leak", "fail", "permanent", "sleepy", "sync_sleep")},
         workers=2, concurrency=4, task_timeout_seconds=10, hang_grace_seconds=1,

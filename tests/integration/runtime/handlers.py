@@ -7,6 +7,7 @@ ran it), so a test can tell lost tasks from duplicated ones after killing worker
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from typing import Any
@@ -17,6 +18,12 @@ from agent_runtime import PermanentTaskError, TaskContext
 
 MB = 1 << 20
 _LEAKED: list[bytearray] = []  # what `leak` never frees, on purpose
+_WARMED_IN: list[int] = []  # pids in which the init hook ran
+
+
+def init() -> None:
+    """The pool's init hook: runs once per worker during warm-up."""
+    _WARMED_IN.append(os.getpid())
 
 
 def executions_key(pool: str) -> str:
@@ -27,6 +34,10 @@ def pids_key(pool: str) -> str:
     return f"test:{pool}:pids"
 
 
+def cleanups_key(pool: str) -> str:
+    return f"test:{pool}:cleanups"
+
+
 async def _mark(ctx: TaskContext) -> None:
     async with ctx.redis.pipeline(transaction=False) as pipe:
         pipe.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
@@ -35,10 +46,17 @@ async def _mark(ctx: TaskContext) -> None:
 
 
 async def record(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """Count the execution, optionally sleep (`sleep` seconds), return the payload's `n`."""
+    """Count the execution, optionally sleep (`sleep` seconds), return the payload's `n` and
+    facts about the worker's warm-up."""
     await _mark(ctx)
+
+    async def cleanup() -> None:
+        await ctx.redis.incr(cleanups_key(ctx.pool))
+
+    ctx.add_cleanup(cleanup)
     await asyncio.sleep(float(payload.get("sleep", 0)))
-    return {"n": payload.get("n"), "attempt": ctx.attempt, "pid": os.getpid()}
+    return {"n": payload.get("n"), "attempt": ctx.attempt, "pid": os.getpid(),
+            "init_hook_ran": [os.getpid()] == _WARMED_IN, "frozen": gc.get_freeze_count()}
 
 
 async def sleepy(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
