@@ -60,7 +60,8 @@ class Supervisor:
         self._failures = dict.fromkeys(range(self.config.workers), 0)
         self._retiring: list[WorkerHandle] = []
         self._transfers: list[tuple[str, int]] = []  # (dead consumer, slot to receive)
-        self._consumers_seen: list[str] = []
+        # Consumers of ours that may still hold entries (forgotten once handed over).
+        self._consumers: set[str] = set()
         self._memory = MemoryGuard(self.config, self.metrics, self)
         self._draining = False
         self._drain_deadline = 0.0
@@ -146,7 +147,7 @@ class Supervisor:
         for _attempt in range(10):
             try:
                 handed = 0
-                for consumer in self._consumers_seen:
+                for consumer in sorted(self._consumers):
                     handed += await self._maintenance.hand_back_all(consumer)
                     await self._maintenance.forget_consumer(consumer)
                 if handed:
@@ -184,7 +185,7 @@ class Supervisor:
         handle = WorkerHandle(slot=slot, generation=generation, consumer=consumer,
                               process=process, conn=parent_conn, max_tasks=max_tasks)
         self._slots[slot] = handle
-        self._consumers_seen.append(consumer)
+        self._consumers.add(consumer)
         loop = asyncio.get_running_loop()
         loop.add_reader(parent_conn.fileno(), self._on_message, handle)
         loop.add_reader(process.sentinel, self._on_exit, handle)
@@ -315,6 +316,7 @@ class Supervisor:
 
     def _transferred(self, source: str, target: str, moved: int) -> None:
         self._transfers = [(s, slot) for s, slot in self._transfers if s != source]
+        self._consumers.discard(source)  # the transfer deleted it from the group
         for handle in self._live():
             if handle.consumer == target:
                 # Even with nothing moved: the replacement re-checks what it owns.
