@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.plugins.crd",
     "tests.plugins.operator",
     "tests.plugins.runtime",
+    "tests.plugins.metrics_api",
 ]

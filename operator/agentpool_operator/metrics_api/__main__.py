@@ -1,0 +1,155 @@
+"""`agentpool-metrics-apiserver` / `python -m agentpool_operator.metrics_api`: run the server.
+
+Reads the delegated-authentication ConfigMap once, then serves HTTPS (the external metrics
+API) on `--secure-port` and plain HTTP (`/metrics`, `/healthz`, `/readyz`) on
+`--metrics-port`, and keeps pod deletion costs current, until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from agentpool_operator import health, logs
+from agentpool_operator.metrics_api.auth import (
+    AUTH_CONFIGMAP_NAME,
+    AUTH_CONFIGMAP_NAMESPACE,
+    Authenticator,
+    Authorizer,
+    parse_auth_config,
+)
+from agentpool_operator.metrics_api.backlog import BacklogReader
+from agentpool_operator.metrics_api.kube import Kube
+from agentpool_operator.metrics_api.podcost import DeletionCostKeeper
+from agentpool_operator.metrics_api.pools import PoolDirectory
+from agentpool_operator.metrics_api.server import MetricsApi, build_app
+from agentpool_operator.metrics_api.telemetry import Telemetry
+from agentpool_operator.metrics_api.tls import serving_context
+
+log = logging.getLogger("agentpool_operator.metrics_api")
+
+
+@dataclass(frozen=True)
+class Settings:
+    bind_address: str
+    secure_port: int
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    tls_hosts: tuple[str, ...]
+    metrics_address: str
+    metrics_port: int
+    """0 turns the plain-HTTP endpoint off."""
+    namespaces: tuple[str, ...]
+    """Pools whose deletion costs and gauges are kept; empty: all namespaces."""
+    deletion_cost_interval: float
+    redis_timeout: float
+    log_level: str
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    env = os.environ
+    parser = argparse.ArgumentParser(
+        prog="agentpool-metrics-apiserver",
+        description="Serve external.metrics.k8s.io (agentpool_queue_backlog) for AgentPools "
+                    "and keep pod deletion costs current.")
+    parser.add_argument("--bind-address", default="0.0.0.0")
+    parser.add_argument("--secure-port", type=int, default=6443)
+    parser.add_argument("--tls-cert-file", type=Path, default=None,
+                        help="serving certificate; default: a self-signed one made at start")
+    parser.add_argument("--tls-private-key-file", type=Path, default=None)
+    parser.add_argument("--tls-host", action="append", default=None,
+                        help="name or IP in the self-signed certificate (repeatable)")
+    parser.add_argument("--metrics-address", default="0.0.0.0")
+    parser.add_argument("--metrics-port", type=int, default=8080)
+    parser.add_argument("--namespace", "-n", action="append", default=None,
+                        help="keep deletion costs of pools in this namespace (repeatable); "
+                             "default: $AGENTPOOL_WATCH_NAMESPACES or all namespaces")
+    parser.add_argument("--deletion-cost-interval", type=float, default=10.0)
+    parser.add_argument("--redis-timeout", type=float, default=2.0)
+    parser.add_argument("--log-level", default=env.get("AGENTPOOL_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
+        parser.error("--tls-cert-file and --tls-private-key-file go together")
+    namespaces = args.namespace or [
+        n.strip() for n in env.get("AGENTPOOL_WATCH_NAMESPACES", "").split(",") if n.strip()]
+    return Settings(
+        bind_address=args.bind_address, secure_port=args.secure_port,
+        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_private_key_file,
+        tls_hosts=tuple(args.tls_host or ("localhost", "127.0.0.1")),
+        metrics_address=args.metrics_address, metrics_port=args.metrics_port,
+        namespaces=tuple(namespaces), deletion_cost_interval=args.deletion_cost_interval,
+        redis_timeout=args.redis_timeout, log_level=args.log_level.upper())
+
+
+async def run(settings: Settings) -> None:
+    kube = Kube.from_environment()
+    reader = BacklogReader(timeout=settings.redis_timeout)
+    runners: list[web.AppRunner] = []
+    keeper_task: asyncio.Task[None] | None = None
+    try:
+        data = await kube.config_map(AUTH_CONFIGMAP_NAMESPACE, AUTH_CONFIGMAP_NAME)
+        if data is None:
+            log.warning("no %s/%s ConfigMap: only bearer tokens can authenticate",
+                        AUTH_CONFIGMAP_NAMESPACE, AUTH_CONFIGMAP_NAME)
+        auth_config = parse_auth_config(data or {})
+        telemetry = Telemetry()
+        directory = PoolDirectory(kube)
+        api = MetricsApi(Authenticator(auth_config, kube), Authorizer(kube), directory,
+                         reader, telemetry)
+        context = serving_context(auth_config.trust_bundle(), settings.tls_cert_file,
+                                  settings.tls_key_file, settings.tls_hosts)
+        runner = web.AppRunner(build_app(api), access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, settings.bind_address, settings.secure_port,
+                          ssl_context=context).start()
+        keeper = DeletionCostKeeper(kube, directory, reader, telemetry, settings.namespaces)
+        if settings.metrics_port:
+            runners.append(await health.serve(
+                health.build_app(telemetry.registry, live=lambda: True,
+                                 ready=lambda: keeper.passes > 0),
+                settings.metrics_address, settings.metrics_port))
+        keeper_task = asyncio.create_task(keeper.run(settings.deletion_cost_interval),
+                                          name="deletion-cost")
+        log.info("serving external.metrics.k8s.io on %s:%d",
+                 settings.bind_address, settings.secure_port)
+        await _until_signalled()
+    finally:
+        if keeper_task is not None:
+            keeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper_task
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await reader.close()
+        await kube.close()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse(argv)
+    logs.configure(settings.log_level)
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""A pool's queue backlog, read from its Redis: waiting + in-flight tasks, and who holds them.
+
+Called by `server.py` for every external-metrics request and by `podcost.py` on its period.
+The key names come from the runtime's own contract: the operator renders the pool's
+`RuntimeConfig` (`builders.config.runtime_config`) and the runtime derives its keys from it
+with `agent_runtime.keys.Keys`, so this module cannot disagree with the workers about which
+stream, group and retry set a pool uses.
+
+Per pool, one pipelined round trip: XLEN, ZCARD of the delayed-retry set, XINFO GROUPS and
+XPENDING (summary). `waiting` is the group's `lag` (Redis >= 7) plus the parked retries;
+Redis reports `lag` as nil when entries after the group's last-delivered id were deleted, and
+then a second round trip counts those entries with XRANGE. `in_flight` is the group's pending
+entries (delivered, not yet acknowledged). Before any worker has created the group, every
+entry of the stream is waiting: the runtime creates its group at id 0, so it will see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from agent_runtime.keys import Keys
+from agentpool_operator.api import AgentPoolSpec
+from agentpool_operator.builders.config import runtime_config
+from agentpool_operator.builders.context import PoolContext, SecretValues
+
+XRANGE_CAP = 10_000
+"""Most entries the lag fallback counts one by one; beyond it the estimate is XLEN - pending."""
+MAX_CLIENTS = 64
+"""Redis clients kept open (one per distinct URL); the least recently used one is closed."""
+
+
+class BacklogError(Exception):
+    """Redis could not be read; the message names the server but never its credentials."""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What a pool's queue holds right now."""
+
+    waiting: int
+    """Tasks not yet delivered to any worker, including retries parked until their time."""
+    in_flight: int
+    """Tasks delivered to a worker and not yet acknowledged (running, or held by a dead
+    worker until another one reclaims them)."""
+    per_consumer: dict[str, int] = field(default_factory=dict)
+    """In-flight tasks by Redis consumer name (the runtime names consumers after the pod)."""
+
+    @property
+    def total(self) -> int:
+        """The autoscaling signal: everything the pool still has to finish."""
+        return self.waiting + self.in_flight
+
+
+def queue_keys(name: str, namespace: str, spec: AgentPoolSpec) -> Keys:
+    """The Redis keys the pool's runtime uses, derived exactly as its pods derive them."""
+    ctx = PoolContext(name=name, namespace=namespace, uid="", spec=spec,
+                      secrets=SecretValues(redis_url=""))
+    return Keys.for_config(runtime_config(ctx))
+
+
+def redacted(url: str) -> str:
+    """`host:port/db` of a Redis URL, for messages: never the user name or password."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    return f"{parts.hostname or '?'}:{port}{parts.path or ''}"
+
+
+def _group_info(groups: Any, group: str) -> dict[str, Any] | None:
+    for info in groups or []:
+        if info.get("name") == group:
+            found: dict[str, Any] = info
+            return found
+    return None
+
+
+def _missing(reply: Any) -> bool:
+    """A reply saying the stream (or its group) does not exist yet."""
+    text = str(reply).lower()
+    return isinstance(reply, ResponseError) and ("no such key" in text or "nogroup" in text)
+
+
+def _raise_other(reply: Any) -> None:
+    if isinstance(reply, Exception) and not _missing(reply):
+        raise reply
+
+
+class BacklogReader:
+    """Reads backlogs, with one cached client per Redis URL and short timeouts (an HPA
+    request must fail fast rather than hang the aggregator)."""
+
+    def __init__(self, timeout: float = 2.0, max_clients: int = MAX_CLIENTS) -> None:
+        self._timeout = timeout
+        self._max_clients = max_clients
+        self._clients: OrderedDict[str, Redis] = OrderedDict()
+
+    def _client(self, url: str) -> Redis:
+        client = self._clients.get(url)
+        if client is None:
+            client = Redis.from_url(url, decode_responses=True,
+                                    socket_connect_timeout=self._timeout,
+                                    socket_timeout=self._timeout,
+                                    client_name="agentpool-metrics-apiserver")
+            self._clients[url] = client
+            while len(self._clients) > self._max_clients:
+                _, evicted = self._clients.popitem(last=False)
+                # Closing is best effort; the connection pool is dropped either way.
+                asyncio.get_running_loop().create_task(evicted.aclose())
+        self._clients.move_to_end(url)
+        return client
+
+    async def read(self, url: str, keys: Keys) -> Backlog:
+        """The pool's backlog. Raises `BacklogError` when Redis cannot be read."""
+        try:
+            return await asyncio.wait_for(self._read(self._client(url), keys),
+                                          timeout=self._timeout * 2)
+        except (RedisError, OSError, TimeoutError) as error:
+            detail = str(error) or type(error).__name__
+            raise BacklogError(f"cannot read the queue at redis {redacted(url)}: "
+                               f"{detail}") from None
+
+    async def _read(self, redis: Redis, keys: Keys) -> Backlog:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.stream)
+            pipe.zcard(keys.delayed)
+            pipe.xinfo_groups(keys.stream)
+            pipe.xpending(keys.stream, keys.group)
+            length, delayed, groups, pending = await pipe.execute(raise_on_error=False)
+        for reply in (length, delayed, groups, pending):
+            _raise_other(reply)
+        delayed_count = int(delayed)
+        group = None if _missing(groups) else _group_info(groups, keys.group)
+        if group is None:
+            # No group yet (no worker ever started): the whole stream is waiting.
+            stream_length = 0 if isinstance(length, Exception) else int(length)
+            return Backlog(waiting=stream_length + delayed_count, in_flight=0)
+        in_flight = 0 if _missing(pending) else int(pending["pending"])
+        per_consumer = {} if _missing(pending) else {
+            str(c["name"]): int(c["pending"]) for c in pending.get("consumers") or []}
+        lag = group.get("lag")
+        if lag is None:
+            lag = await self._undelivered(redis, keys, str(group["last-delivered-id"]),
+                                          int(length), in_flight)
+        return Backlog(waiting=int(lag) + delayed_count, in_flight=in_flight,
+                       per_consumer=per_consumer)
+
+    async def _undelivered(self, redis: Redis, keys: Keys, last_delivered: str,
+                           length: int, in_flight: int) -> int:
+        """Entries after the group's last-delivered id (when Redis cannot give `lag`)."""
+        entries: Any = await redis.xrange(keys.stream, min=f"({last_delivered}", max="+",
+                                          count=XRANGE_CAP)
+        counted = len(entries or [])
+        if counted < XRANGE_CAP:
+            return counted
+        # The runtime deletes entries when it acknowledges them, so the stream holds only
+        # waiting and in-flight work: its length minus the pending entries is a fair bound.
+        return max(counted, length - in_flight)
+
+    async def close(self) -> None:
+        clients = list(self._clients.values())
+        self._clients.clear()
+        for client in clients:
+            await client.aclose()

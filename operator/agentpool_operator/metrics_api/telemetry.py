@@ -1,0 +1,52 @@
+"""The metrics API server's own Prometheus series, served on its plain-HTTP `/metrics` port.
+
+`podcost.py` sets the per-pool queue gauges on its period; they are what the chart's
+prometheus-adapter rules (`adapter_rules.py`) and dashboards read. Labels `namespace` and
+`agentpool` name the pool, so scrape this target with `honorLabels: true` (else Prometheus
+renames `namespace` to `exported_namespace`). `server.py` counts requests by HTTP code.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+POOL_LABELS = ("namespace", "agentpool")
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.backlog = Gauge("agentpool_queue_backlog",
+                             "Tasks a pool still has to finish: waiting plus in flight.",
+                             POOL_LABELS, registry=r)
+        self.waiting = Gauge("agentpool_queue_waiting_tasks",
+                             "Tasks not yet delivered to a worker (including parked retries).",
+                             POOL_LABELS, registry=r)
+        self.in_flight = Gauge("agentpool_queue_in_flight_tasks",
+                               "Tasks delivered to a worker and not yet acknowledged.",
+                               POOL_LABELS, registry=r)
+        self.requests = Counter("agentpool_metrics_api_requests",
+                                "External metrics API requests by HTTP status code.",
+                                ["code"], registry=r)
+        self.queue_errors = Counter("agentpool_metrics_api_queue_errors",
+                                    "Failed reads of a pool's queue (Redis or its Secret).",
+                                    registry=r)
+        self.cost_patches = Counter("agentpool_pod_deletion_cost_patches",
+                                    "Pod deletion-cost annotations written.", registry=r)
+        for code in ("200", "401", "403", "503"):
+            self.requests.labels(code)
+        self._pools: set[tuple[str, str]] = set()
+
+    def observe_pool(self, namespace: str, pool: str, waiting: int, in_flight: int) -> None:
+        self.backlog.labels(namespace, pool).set(waiting + in_flight)
+        self.waiting.labels(namespace, pool).set(waiting)
+        self.in_flight.labels(namespace, pool).set(in_flight)
+        self._pools.add((namespace, pool))
+
+    def keep_only(self, pools: set[tuple[str, str]]) -> None:
+        """Drop the series of pools that are gone, so a deleted pool does not linger."""
+        for key in self._pools - pools:
+            for gauge in (self.backlog, self.waiting, self.in_flight):
+                gauge.remove(*key)
+        self._pools &= pools
