@@ -1,0 +1,1 @@
+"""Adapters that start each benchmarked system and submit tasks to it (see `base.System`)."""

@@ -1,0 +1,112 @@
+"""No-op throughput, end to end: from the first submit until every result is readable.
+
+    python -m bench throughput                       # full: 20 000 tasks x 5 repetitions
+    python -m bench throughput --tasks 200 --reps 1  # smoke (the tests run this)
+
+Per system: start its workers, run a warm-up batch (excluded; it also waits out start-up),
+then per repetition submit N no-op tasks through the system's SDK (batched where the SDK can)
+and poll until all N results are readable. Reported: median [min-max] tasks/s, and AgentPool's
+throughput divided by each system's. Systems that pay a process per task get fewer tasks
+(same rate, shorter run), listed in the `tasks` column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from bench.peers.base import System
+from bench.peers.registry import SYSTEMS
+from bench.runtime_common import (
+    TOTAL_CONCURRENCY,
+    Versions,
+    db_url,
+    machine,
+    median,
+    table,
+    wait_readable,
+)
+
+# A process per task runs at tens to hundreds of tasks/s: fewer tasks keep runs short.
+__all__ = ["SYSTEMS", "Throughput", "add_arguments", "main", "report", "run"]
+TASK_DIVISOR = {"spawn": 20, "fork": 5, "rq": 5}
+START_TIMEOUT = 120.0
+
+
+@dataclass
+class Throughput:
+    system: str
+    tasks: int
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return median(self.rates)
+
+
+async def measure(system: System, tasks: int, within: float) -> float:
+    """One repetition: tasks/s from the first submit to the last result readable."""
+    client = Redis.from_url(system.url)
+    try:
+        start = time.monotonic()
+        ids = await system.submit("noop", [str(i) for i in range(tasks)])
+        end = await wait_readable(client, [system.result_key(t) for t in ids], within)
+        return tasks / max(end - start, 1e-9)
+    finally:
+        await client.aclose()
+
+
+async def warm_up(system: System, tasks: int, within: float = START_TIMEOUT) -> None:
+    """Wait until the system runs tasks (start-up), then run `tasks` more, all excluded."""
+    client = Redis.from_url(system.url)
+    try:
+        ids = await system.submit("noop", [str(i) for i in range(tasks)])
+        await wait_readable(client, [system.result_key(t) for t in ids], within)
+    finally:
+        await client.aclose()
+
+
+async def run_system(name: str, tasks: int, reps: int, within: float) -> Throughput:
+    system = SYSTEMS[name](db_url(name))
+    result = Throughput(name, max(TOTAL_CONCURRENCY, tasks // TASK_DIVISOR.get(name, 1)))
+    system.start()
+    try:
+        await warm_up(system, max(TOTAL_CONCURRENCY * 2, result.tasks // 10))
+        for _ in range(reps):
+            system.check_alive()
+            result.rates.append(await measure(system, result.tasks, within))
+    finally:
+        await system.close()
+        system.stop()
+    return result
+
+
+async def run(systems: Sequence[str], tasks: int, reps: int,
+              within: float = 600.0) -> list[Throughput]:
+    return [await run_system(name, tasks, reps, within) for name in systems]
+
+
+def report(results: Sequence[Throughput]) -> str:
+    ours = next((r.median for r in results if r.system == "agentpool"), float("nan"))
+    rows = [[r.system, str(r.tasks), str(len(r.rates)),
+             f"{r.median:,.0f} [{min(r.rates):,.0f}-{max(r.rates):,.0f}]",
+             f"{ours / r.median:.2f}x" if r.median else "inf"] for r in results]
+    return table(["system", "tasks", "reps", "tasks/s median [min-max]", "agentpool / system"],
+                 rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--reps", type=int, default=5)
+
+
+def main(args: argparse.Namespace) -> str:
+    results = asyncio.run(run(args.systems, args.tasks, args.reps))
+    return "\n".join(["## Throughput (no-op, end to end)", machine(), Versions.line(), "",
+                      report(results)])
