@@ -34,7 +34,7 @@ from bench.runtime_common import (
 
 # A process per task runs at tens to hundreds of tasks/s: fewer tasks keep runs short.
 __all__ = ["SYSTEMS", "Throughput", "add_arguments", "main", "report", "run"]
-TASK_DIVISOR = {"spawn": 20, "fork": 5, "rq": 5}
+TASK_DIVISOR = {"spawn": 100, "fork": 5, "rq": 5}
 START_TIMEOUT = 120.0
 
 

@@ -82,14 +82,19 @@ class AgentPool(System):
             self._client = None
 
     def worker_pids(self) -> list[int]:
-        """The workers are the fork server's children (not the fork server itself)."""
+        """The workers: children of the multiprocessing fork server the supervisor started
+        (they inherit its command line, so the parent link is what tells them apart)."""
         import psutil
         pids: list[int] = []
-        for pid in super().worker_pids():
+        for proc in self.procs:
             try:
-                cmd = " ".join(psutil.Process(pid).cmdline())
+                children = psutil.Process(proc.pid).children()
             except psutil.Error:
                 continue
-            if "forkserver" not in cmd and "resource_tracker" not in cmd:
-                pids.append(pid)
+            for child in children:
+                try:
+                    if "forkserver" in " ".join(child.cmdline()):
+                        pids.extend(p.pid for p in child.children())
+                except psutil.Error:
+                    continue
         return pids

@@ -16,30 +16,14 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import redis
 
 from bench.peers.base import System, python
+from bench.peers.per_process_child import RESULT, run_task
 from bench.runtime_common import TOTAL_CONCURRENCY
 
 QUEUE = "bench:pp:queue"
-RESULT = "bench:pp:result:"
-CHILD_FLAG = "--child"
-
-
-def run_task(url: str, item: dict[str, Any]) -> None:
-    """In the child: import what the task needs, run it, store the result."""
-    from bench import handlers
-    kind, task_id = item["kind"], item["id"]
-    if kind == "chaos":
-        value: Any = handlers.chaos_sync(item["arg"])
-    elif kind == "heavy":
-        value = handlers.heavy_value()
-    else:
-        value = handlers.noop_value()
-    with redis.Redis.from_url(url) as client:
-        client.set(RESULT + task_id, json.dumps(value), ex=3600)
 
 
 def _reap(children: set[int], block: bool) -> None:
@@ -57,8 +41,8 @@ def _reap(children: set[int], block: bool) -> None:
 
 def _start_child(mode: str, url: str, raw: bytes | str) -> int:
     if mode == "spawn":
-        return os.posix_spawn(python(), [python(), "-m", "bench.peers.per_process", CHILD_FLAG,
-                                         url, raw if isinstance(raw, str) else raw.decode()],
+        return os.posix_spawn(python(), [python(), "-m", "bench.peers.per_process_child", url,
+                                         raw if isinstance(raw, str) else raw.decode()],
                               dict(os.environ))
     pid = os.fork()
     if pid == 0:  # the child: never return into the dispatcher's loop
@@ -84,9 +68,6 @@ def dispatch(mode: str, url: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == CHILD_FLAG:
-        run_task(argv[1], json.loads(argv[2]))
-        return 0
     dispatch(argv[0], argv[1])
     return 0
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from agentpool_dev.services import ServiceSettings
-from bench import runtime_throughput
+from bench import runtime_crash, runtime_latency, runtime_throughput, runtime_warmcold
 
 pytestmark = [
     pytest.mark.services, pytest.mark.slow,
@@ -26,3 +26,28 @@ def test_throughput_smoke_measures_every_system(services: ServiceSettings) -> No
     assert {r.system for r in results} == set(runtime_throughput.SYSTEMS)
     assert all(r.median > 0 for r in results)
     assert "agentpool / system" in report
+
+
+def test_latency_smoke_reports_percentiles(services: ServiceSettings) -> None:
+    results = asyncio.run(runtime_latency.run(["agentpool", "celery"], [50], tasks=200,
+                                              max_seconds=5))
+    report = runtime_latency.report(results)
+    print(report)
+    assert [r.system for r in results] == ["agentpool", "celery"]
+    assert all(r.latencies and r.q(99) > 0 for r in results)
+    assert "system p99 / agentpool p99" in report
+
+
+def test_warm_cold_smoke_times_the_first_heavy_task(services: ServiceSettings) -> None:
+    results = asyncio.run(runtime_warmcold.run(["agentpool", "fork"], reps=1))
+    report = runtime_warmcold.report(results)
+    print(report)
+    assert all(r.heavy and r.heavy[0] > 0 for r in results)
+    assert "system / agentpool" in report
+
+
+def test_crash_smoke_loses_no_agentpool_task(services: ServiceSettings) -> None:
+    [result] = asyncio.run(runtime_crash.run(["agentpool"], tasks=200, interval=0.3, drain=60))
+    print(runtime_crash.report([result]))
+    assert result.lost == 0
+    assert result.kills >= 1
