@@ -22,6 +22,7 @@ from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig
 from agentpool_dev import pki as pki_mod
 from agentpool_dev.cluster import Cluster
+from agentpool_dev.procs import free_port
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.config import runtime_config
 from agentpool_operator.builders.context import PoolContext, SecretValues
@@ -279,3 +280,32 @@ async def test_scale_down_removes_idle_pods_and_keeps_the_busy_one(
         return alive if len(alive) == 1 else None
     assert eventually(survivors, timeout=60) == [busy]
     await redis.delete(config.stream_key)
+
+
+def test_an_unreadable_queue_keeps_the_current_scale_until_the_metric_is_back(
+    cluster: Cluster, metrics_api: MetricsApiServer, operator: OperatorProcess, pools: Pools,
+    redis_url: str,
+) -> None:
+    name = unique("dark")
+    # Nothing listens on this loopback port: the pool's Redis is down.
+    pools.secret(f"{name}-redis", {"url": f"redis://:pw@127.0.0.1:{free_port()}/0"})
+    pools.create(name, with_secret=False, replicas=2, minReplicas=1, maxReplicas=4,
+                 autoscaling={"enabled": True, "scaleDown": {"stabilizationWindowSeconds": 0}})
+    code, out = raw_get(cluster, metric_path(pools.namespace, name))
+    assert code != 0, out
+    assert "ServiceUnavailable" in out or "503" in out, out
+    assert ":pw@" not in out
+
+    def failing_metric() -> dict[str, Any] | None:
+        conditions = ((pools.get("hpa", name) or {}).get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "ScalingActive"
+                     and c["status"] == "False"
+                     and c["reason"] == "FailedGetExternalMetric"), None)
+    eventually(failing_metric, timeout=60)
+    # Several HPA periods (5 s here) later the pool still has the replicas it had.
+    time.sleep(12)
+    assert spec_replicas(pools, name) == 2
+
+    # Redis is back (the Secret now names the live one): the metric says 0, the pool shrinks.
+    pools.secret(f"{name}-redis", {"url": redis_url})
+    eventually(lambda: spec_replicas(pools, name) == 1, timeout=90)

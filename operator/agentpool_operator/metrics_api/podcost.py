@@ -61,6 +61,7 @@ class DeletionCostKeeper:
         self._reader = reader
         self._telemetry = telemetry
         self._namespaces = namespaces
+        self._failing: dict[tuple[str, str], str] = {}
         self.passes = 0
 
     async def run(self, interval: float) -> None:
@@ -88,17 +89,25 @@ class DeletionCostKeeper:
         await asyncio.gather(*(one(pool) for pool in pools))
         self._telemetry.keep_only(present)
         self._pools.forget_missing(present)
+        for key in set(self._failing) - present:
+            del self._failing[key]
         self.passes += 1
 
     async def _pool(self, pool: dict[str, Any]) -> None:
         meta = pool["metadata"]
+        key = (meta["namespace"], meta["name"])
         try:
             target = await self._pools.resolve(pool)
             backlog = await self._reader.read(target.redis_url, target.keys)
         except (PoolError, BacklogError, KubeError) as error:
             self._telemetry.queue_errors.inc()
-            log.warning("pool %s/%s: %s", meta["namespace"], meta["name"], error)
+            # Once per failure, not once per pass: a Redis outage must not flood the log.
+            if self._failing.get(key) != str(error):
+                log.warning("pool %s/%s: %s", key[0], key[1], error)
+            self._failing[key] = str(error)
             return
+        if self._failing.pop(key, None) is not None:
+            log.info("pool %s/%s: queue readable again", key[0], key[1])
         self._telemetry.observe_pool(target.namespace, target.name, backlog.waiting,
                                      backlog.in_flight)
         try:

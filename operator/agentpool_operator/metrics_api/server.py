@@ -149,7 +149,8 @@ class MetricsApi:
                 *(self.reader.read(t.redis_url, t.keys) for t in targets))
         except (PoolError, BacklogError, KubeError) as error:
             self.telemetry.queue_errors.inc()
-            log.warning("no backlog for %s in %s: %s", selector, namespace, error)
+            log.warning("no backlog for %r in %s: %s", request.query.get("labelSelector", ""),
+                        namespace, error)
             return status(503, "ServiceUnavailable", str(error))
         items = [(t.metric_labels, b.total) for t, b in zip(targets, backlogs, strict=True)]
         return web.json_response(value_list(items, dt.datetime.now(dt.UTC)))

@@ -1,0 +1,141 @@
+"""Test doubles for the metrics API server's Kubernetes adapter and Redis reader, and a
+small PKI for the authentication tests."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from lightkube.models.authorization_v1 import ResourceAttributes
+
+from agent_runtime.keys import Keys
+from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
+from agentpool_operator.metrics_api.kube import Kube
+
+
+def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+                     + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs])
+
+
+@dataclass
+class Ca:
+    """A CA that issues client certificates."""
+
+    name: str
+    key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    cert: x509.Certificate = field(init=False)
+
+    def __post_init__(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(_name(self.name)).issuer_name(_name(self.name))
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256()))
+
+    def pem(self) -> str:
+        return self.cert.public_bytes(Encoding.PEM).decode()
+
+    def issue(self, cn: str, orgs: tuple[str, ...] = ()) -> x509.Certificate:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        return (x509.CertificateBuilder().subject_name(_name(cn, orgs))
+                .issuer_name(self.cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(hours=1))
+                .not_valid_after(now + dt.timedelta(days=1))
+                .sign(self.key, hashes.SHA256()))
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+@dataclass
+class FakeKube:
+    """Answers like the API server would; records the reviews it was asked for."""
+
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    allowed_users: set[str] = field(default_factory=set)
+    pools: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    token_reviews: int = 0
+    access_reviews: list[tuple[str, str, str, str]] = field(default_factory=list)
+    patches: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def as_kube(self) -> Kube:
+        return cast(Kube, self)
+
+    async def token_review(self, token: str) -> dict[str, Any] | None:
+        self.token_reviews += 1
+        return self.tokens.get(token)
+
+    async def subject_access_review(self, user: str, groups: list[str],
+                                    extra: dict[str, list[str]], uid: str,
+                                    attributes: ResourceAttributes) -> tuple[bool, str]:
+        self.access_reviews.append((user, str(attributes.verb), str(attributes.resource),
+                                    str(attributes.namespace)))
+        allowed = user in self.allowed_users or "system:masters" in groups
+        return allowed, "" if allowed else "no RBAC policy matched"
+
+    async def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pools.get((namespace, name))
+
+    async def list_pools(self, namespace: str | None) -> list[dict[str, Any]]:
+        return [p for (ns, _), p in sorted(self.pools.items()) if namespace in (None, ns)]
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        return self.secrets.get((namespace, name), {}).get(key)
+
+    async def list_pods(self, namespace: str, selector: dict[str, str]
+                        ) -> list[dict[str, Any]]:
+        return self.pods.get(namespace, [])
+
+    async def annotate_pod(self, namespace: str, name: str, key: str, value: str) -> None:
+        self.patches.append((namespace, name, key, value))
+        for pod in self.pods.get(namespace, []):
+            if pod["metadata"]["name"] == name:
+                pod["metadata"].setdefault("annotations", {})[key] = value
+
+    def add_pool(self, namespace: str, name: str, url: str, **spec: Any) -> None:
+        self.pools[(namespace, name)] = {
+            "metadata": {"namespace": namespace, "name": name, "resourceVersion": "1"},
+            "spec": {"image": "registry.example/agents:1", "handler": "agents.tasks:handle",
+                     "queue": {"redis": {"urlSecretRef": {"name": f"{name}-redis",
+                                                          "key": "url"}}}, **spec}}
+        if url:
+            self.secrets[(namespace, f"{name}-redis")] = {"url": url}
+
+
+@dataclass
+class FakeReader:
+    """A BacklogReader double: backlogs by stream key, or an error."""
+
+    backlogs: dict[str, Backlog] = field(default_factory=dict)
+    error: str | None = None
+    reads: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_reader(self) -> BacklogReader:
+        return cast(BacklogReader, self)
+
+    async def read(self, url: str, keys: Keys) -> Backlog:
+        self.reads.append((url, keys.stream))
+        if self.error is not None:
+            raise BacklogError(self.error)
+        return self.backlogs.get(keys.stream, Backlog(0, 0))
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
