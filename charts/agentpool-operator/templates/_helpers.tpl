@@ -1,0 +1,136 @@
+{{/* Names, labels and small helpers shared by every template. */}}
+
+{{- define "agentpool-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agentpool-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "agentpool-operator.metricsApiName" -}}
+{{- printf "%s-metrics-api" (include "agentpool-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agentpool-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "agentpool-operator.labels" -}}
+helm.sh/chart: {{ include "agentpool-operator.chart" . }}
+app.kubernetes.io/name: {{ include "agentpool-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: agentpool
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on pods, besides their selector labels. */}}
+{{- define "agentpool-operator.podLabels" -}}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: agentpool
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The immutable subset that selects the operator's pods. */}}
+{{- define "agentpool-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agentpool-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "agentpool-operator.metricsApiSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "agentpool-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: metrics-api
+{{- end }}
+
+{{- define "agentpool-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "agentpool-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "agentpool-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the cluster serves a Prometheus Operator kind: monitoring.coreos.com/v1/<Kind>. */}}
+{{- define "agentpool-operator.hasMonitoringKind" -}}
+{{- if .root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind) }}true{{ end }}
+{{- end }}
+
+{{/* Namespaces the worker pods live in, for the PodMonitor. */}}
+{{- define "agentpool-operator.podNamespaces" -}}
+{{- default .Values.operator.watchNamespaces .Values.podMonitor.namespaces | toJson }}
+{{- end }}
+
+{{/* The operator's namespaced permissions: one rule per kind, only the verbs it uses.
+Server-side apply is a PATCH that creates a missing object, which the API server authorizes
+as create too. Deletes prune children a pool no longer wants. */}}
+{{- define "agentpool-operator.operatorRules" -}}
+- apiGroups: ["agentpool.dev"]
+  resources: ["agentpools"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["agentpool.dev"]
+  resources: ["agentpools/status"]
+  verbs: ["patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps", "services"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/* The metrics API server's namespaced permissions (operator/agentpool_operator/metrics_api). */}}
+{{- define "agentpool-operator.metricsApiRules" -}}
+- apiGroups: ["agentpool.dev"]
+  resources: ["agentpools"]
+  verbs: ["get", "list"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
+{{- end }}

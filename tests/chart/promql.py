@@ -1,0 +1,80 @@
+"""PromQL helpers for the chart tests: every expression the monitoring code ships, and the
+metric names an expression reads (parsed with promql-parser, not guessed with a regex)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import promql_parser
+from prometheus_client import CollectorRegistry
+
+from agentpool_operator.monitoring.alerts import ALERTS
+from agentpool_operator.monitoring.dashboards import DASHBOARDS, variable_queries
+from agentpool_operator.monitoring.promql import concrete
+
+
+@dataclass(frozen=True)
+class Expression:
+    where: str
+    """Which dashboard panel or alert it belongs to, for failure messages."""
+    expr: str
+    """What Prometheus receives (Grafana variables substituted)."""
+    must_have_data: bool
+
+
+def shipped_expressions() -> Iterator[Expression]:
+    """Every dashboard query, every alert expression and every alert signal."""
+    for dashboard in DASHBOARDS:
+        for panel in dashboard.panels():
+            for query in panel.queries:
+                yield Expression(f"{dashboard.uid} / {panel.title}", concrete(query.expr), True)
+        for variable in variable_queries(dashboard):
+            # label_values(<selector>, label): Grafana asks for the selector's series.
+            selector = variable.removeprefix("label_values(").rsplit(",", 1)[0]
+            yield Expression(f"{dashboard.uid} / variable {variable}", concrete(selector), True)
+    for alert in ALERTS:
+        # A full alert expression is empty unless it fires: it must only be valid.
+        yield Expression(f"alert {alert.name}", alert.expr, False)
+        for signal in alert.signals:
+            yield Expression(f"alert {alert.name} signal", signal, True)
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names the expression selects."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        kind = type(node).__name__
+        if kind == "VectorSelector":
+            if node.name:
+                names.add(node.name)
+            return
+        if kind == "MatrixSelector":
+            walk(node.vector_selector)
+            return
+        for attribute in ("lhs", "rhs", "expr", "param"):
+            child = getattr(node, attribute, None)
+            if child is not None and not isinstance(child, str | int | float):
+                walk(child)
+        for arg in getattr(node, "args", None) or []:
+            walk(arg)
+
+    walk(promql_parser.parse(expr))
+    return names
+
+
+_SUFFIXES = {"counter": ("_total", "_created"),
+             "histogram": ("_bucket", "_sum", "_count", "_created"),
+             "summary": ("_sum", "_count", "_created"),
+             "gauge": ("",), "unknown": ("",), "info": ("_info",)}
+
+
+def exported_names(registry: CollectorRegistry) -> set[str]:
+    """Every series name a registry can expose, whether or not a sample exists yet."""
+    names: set[str] = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return names

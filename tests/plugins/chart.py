@@ -1,0 +1,275 @@
+"""pytest fixtures for the Helm chart: the pinned helm binary, rendering, the Prometheus Operator
+CRDs, and running the product's processes with exactly the identity and flags the chart gives
+them.
+
+`helm` (session) wraps the helm binary built from its Go module (`hack/testcluster`), bound to
+the test cluster. `monitoring_crds` (module) installs the real ServiceMonitor, PodMonitor and
+PrometheusRule CRDs, taken from the Prometheus Operator's Go module (the same pinned-module
+route as the control plane), and removes them afterwards, so the chart's Capabilities gating
+and the API server's strict validation see the real schemas. `ChartProcess` runs a container of
+a rendered Deployment as a local process (the pods themselves are simulated by KWOK),
+authenticated as the chart's ServiceAccount with a token from the TokenRequest API, so the
+chart's RBAC is exactly what it runs with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agentpool_dev import cluster as cluster_mod
+from agentpool_dev.cluster import Cluster
+from agentpool_dev.paths import REPO_ROOT
+from agentpool_dev.procs import log_tail
+from tests.waiting import eventually
+
+CHART = REPO_ROOT / "charts" / "agentpool-operator"
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+MONITORING_APIS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in MONITORING_KINDS)
+PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+_CRD_FILES = ("servicemonitors", "podmonitors", "prometheusrules")
+
+
+def kube_version() -> str:
+    """The pinned Kubernetes release of the test control plane (for offline rendering)."""
+    text = (REPO_ROOT / "hack" / "testcluster" / "versions.env").read_text()
+    match = re.search(r"^KUBE_VERSION=(\S+)$", text, re.MULTILINE)
+    assert match, "KUBE_VERSION missing from hack/testcluster/versions.env"
+    return match.group(1)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects duplicate keys (kubectl silently keeps the last one)."""
+
+
+def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    keys = [loader.construct_object(key, deep=deep) for key, _ in node.value]
+    duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate keys {duplicates}", node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    """The non-empty YAML documents of rendered manifests; duplicate keys are an error."""
+    return [doc for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc]
+
+
+@dataclass
+class Helm:
+    """The pinned helm binary; `kubeconfig` None renders offline."""
+
+    binary: str
+    kubeconfig: Path | None
+    home: Path
+
+    def run(self, *args: str, check: bool = True, timeout: float = 180
+            ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "HELM_CACHE_HOME": str(self.home / "cache"),
+               "HELM_CONFIG_HOME": str(self.home / "config"),
+               "HELM_DATA_HOME": str(self.home / "data")}
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        result = subprocess.run([self.binary, *args], capture_output=True, text=True,
+                                timeout=timeout, env=env)
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def values_file(self, values: Mapping[str, Any]) -> str:
+        path = self.home / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.json"
+        path.write_text(json.dumps(values))
+        return str(path)
+
+    def template(self, values: Mapping[str, Any] | None = None, *, release: str = "agentpool",
+                 namespace: str = "agentpool-system", api_versions: Sequence[str] = (),
+                 check: bool = True) -> subprocess.CompletedProcess[str]:
+        args = ["template", release, str(CHART), "--namespace", namespace,
+                "--kube-version", kube_version(), "-f", self.values_file(values or {})]
+        for api in api_versions:
+            args += ["--api-versions", api]
+        return self.run(*args, check=check)
+
+    def render(self, values: Mapping[str, Any] | None = None, **kwargs: Any
+               ) -> list[dict[str, Any]]:
+        return documents(self.template(values, **kwargs).stdout)
+
+
+@pytest.fixture(scope="session")
+def helm_offline(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """helm for lint and template: no cluster needed."""
+    binary = cluster_mod.find_binaries() / "helm"
+    return Helm(str(binary), None, tmp_path_factory.mktemp("helm-offline"))
+
+
+@pytest.fixture(scope="session")
+def helm(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(cluster.binary("helm"), cluster.kubeconfig, tmp_path_factory.mktemp("helm"))
+
+
+def prometheus_operator_crds() -> list[Path]:
+    """The ServiceMonitor, PodMonitor and PrometheusRule CRDs of the pinned Prometheus
+    Operator release, from its Go module (downloaded once into the Go module cache)."""
+    result = subprocess.run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR_MODULE],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "GOFLAGS": "-mod=mod"})
+    if result.returncode != 0:
+        pytest.fail(f"cannot fetch {PROMETHEUS_OPERATOR_MODULE}: {result.stdout}{result.stderr}")
+    directory = Path(json.loads(result.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
+    return [directory / f"monitoring.coreos.com_{name}.yaml" for name in _CRD_FILES]
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(cluster: Cluster) -> Iterator[list[str]]:
+    """The Prometheus Operator's monitor and rule CRDs, served while the module runs.
+
+    Removed afterwards: while they exist the operator renders PodMonitors for pools that ask,
+    which other tests do not expect."""
+    files = prometheus_operator_crds()
+    names = [f"{name}.monitoring.coreos.com" for name in _CRD_FILES]
+    existed = {name for name in names if cluster.kubectl(
+        "get", "crd", name, "--ignore-not-found", "-o", "name").stdout.strip()}
+    args = ["apply", "--server-side", "--force-conflicts", "--field-manager=agentpool-chart-tests"]
+    for path in files:
+        args += ["-f", str(path)]
+    cluster.kubectl(*args)
+    cluster.kubectl("wait", "--for=condition=Established", *(f"crd/{n}" for n in names),
+                    "--timeout=60s")
+    # Discovery (which helm reads for .Capabilities) can trail Established by a moment.
+    eventually(lambda: all(cluster.kubectl("get", kind.lower(), "-A", check=False).returncode
+                           == 0 for kind in MONITORING_KINDS), timeout=30)
+    try:
+        yield names
+    finally:
+        created = [name for name in names if name not in existed]
+        if created:
+            cluster.kubectl("delete", "crd", *created, "--wait=true", "--timeout=60s",
+                            check=False)
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as ServiceAccount `namespace/name` with a bound token
+    from the TokenRequest API, against the cluster (server and CA) of the harness kubeconfig."""
+    token = cluster.kubectl("create", "token", name, "-n", namespace,
+                            "--duration=1h").stdout.strip()
+    base = yaml.safe_load(cluster.kubeconfig.read_text())
+    context_name = base.get("current-context") or base["contexts"][0]["name"]
+    context = next(c["context"] for c in base["contexts"] if c["name"] == context_name)
+    server = next(c for c in base["clusters"] if c["name"] == context["cluster"])
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [server],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": server["name"], "user": name,
+                                                "namespace": namespace}}],
+        "current-context": "sa",
+    }
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
+
+
+def container_of(deployment: Mapping[str, Any], name: str) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    found: dict[str, Any] = next(c for c in containers if c["name"] == name)
+    return found
+
+
+@dataclass
+class ChartProcess:
+    """A container of a rendered Deployment, run as a local process.
+
+    `module` replaces the image's entry point (`python -m <module>`); the container's own
+    `args` and literal `env` are kept, then `extra_args` (argparse: the last value wins), so
+    the process runs with the flags the chart renders except where a pod's network differs
+    from this machine's (ports, bind addresses, file paths).
+    """
+
+    module: str
+    container: dict[str, Any]
+    kubeconfig: Path
+    log_path: Path
+    extra_args: tuple[str, ...] = ()
+    health_url: str = ""
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 60) -> None:
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith("AGENTPOOL_")}
+        env.update({item["name"]: item["value"] for item in self.container.get("env") or []
+                    if "value" in item})
+        env.update({"KUBECONFIG": str(self.kubeconfig),
+                    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"),
+                                                   str(REPO_ROOT)])})
+        argv = [sys.executable, "-m", self.module, *self.container.get("args", []),
+                *self.extra_args]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True)
+        if self.health_url:
+            eventually(self._ready, timeout=timeout, interval=0.2)
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            pytest.fail(f"{self.module} exited:\n{log_tail(self.log_path, 60)}")
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=5) as response:
+                return int(response.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def forbidden_requests(cluster: Cluster, username: str) -> list[str]:
+    """Write requests of `username` the API server refused for lack of permission (403),
+    from the audit log. Refusals to write into a terminating namespace are not RBAC's doing
+    (other tests' namespaces may be terminating) and are left out."""
+    found = []
+    for event in cluster.audit_events():
+        if event.get("user", {}).get("username") != username:
+            continue
+        status = event.get("responseStatus") or {}
+        if status.get("code") == 403 and "being terminated" not in status.get("message", ""):
+            ref = event.get("objectRef") or {}
+            found.append(f"{event['verb']} {ref.get('resource')}/{ref.get('subresource', '')} "
+                         f"{ref.get('namespace', '')}/{ref.get('name', '')}: "
+                         f"{status.get('message', '')}")
+    return found
+
+
+def forbidden_in_log(text: str) -> list[str]:
+    """Log lines of a process that report a refused request (reads are not audited)."""
+    return [line for line in text.splitlines()
+            if re.search(r"\b403\b|forbidden", line, re.IGNORECASE)]
