@@ -30,6 +30,10 @@ AgentPoolResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 PodMonitorResource = create_namespaced_resource(
     "monitoring.coreos.com", "v1", "PodMonitor", "podmonitors"
 )
+ScaledObjectResource = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject",
+                                                  "scaledobjects")
+TriggerAuthenticationResource = create_namespaced_resource(
+    "keda.sh", "v1alpha1", "TriggerAuthentication", "triggerauthentications")
 
 _RESOURCES: dict[tuple[str, str], type[NamespacedResource]] = {
     ("v1", "ConfigMap"): core_v1.ConfigMap,
@@ -39,6 +43,8 @@ _RESOURCES: dict[tuple[str, str], type[NamespacedResource]] = {
     ("policy/v1", "PodDisruptionBudget"): policy_v1.PodDisruptionBudget,
     ("autoscaling/v2", "HorizontalPodAutoscaler"): autoscaling_v2.HorizontalPodAutoscaler,
     ("monitoring.coreos.com/v1", "PodMonitor"): PodMonitorResource,
+    ("keda.sh/v1alpha1", "ScaledObject"): ScaledObjectResource,
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): TriggerAuthenticationResource,
     (f"{GROUP}/{VERSION}", KIND): AgentPoolResource,
 }
 _TRANSIENT_CODES = {409, 429, 500, 502, 503, 504}

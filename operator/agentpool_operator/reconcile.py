@@ -44,6 +44,9 @@ _OPTIONAL: tuple[tuple[str, str, Callable[[str], str]], ...] = (
     ("v1", "Secret", builders.secret_name),
     ("autoscaling/v2", "HorizontalPodAutoscaler", lambda pool: pool),
     ("monitoring.coreos.com/v1", "PodMonitor", lambda pool: pool),
+    ("v1", "Secret", builders.keda_name),
+    ("keda.sh/v1alpha1", "TriggerAuthentication", builders.keda_name),
+    ("keda.sh/v1alpha1", "ScaledObject", lambda pool: pool),
 )
 
 
@@ -62,6 +65,7 @@ class Reconciler:
     metrics: OperatorMetrics
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     pod_monitor_api: bool = False
+    keda_api: bool = False
     conditions: dict[PoolKey, dict[str, str]] = field(default_factory=dict)
 
     async def __call__(self, key: PoolKey) -> None:
@@ -100,7 +104,8 @@ class Reconciler:
         try:
             secrets = await self._read_secrets(namespace, spec)
             ctx = PoolContext(name=name, namespace=namespace, uid=pool["metadata"]["uid"],
-                              spec=spec, secrets=secrets, pod_monitor_api=self.pod_monitor_api)
+                              spec=spec, secrets=secrets, pod_monitor_api=self.pod_monitor_api,
+                              keda_api=self.keda_api)
             try:
                 children = builders.build_children(ctx)
             except builders.InvalidDatabaseDsn as error:
@@ -182,14 +187,20 @@ class Reconciler:
         await self.kube.post_event(pool, "Normal", reason, message)
 
     async def _prune(self, pool: dict[str, Any], children: builders.Children) -> None:
-        wanted = {(m["apiVersion"], m["kind"]) for m in children.manifests}
+        wanted = {(m["apiVersion"], m["kind"], m["metadata"]["name"])
+                  for m in children.manifests}
         meta = pool["metadata"]
         for api_version, kind, child_name in _OPTIONAL:
-            if (api_version, kind) in wanted:
+            name = child_name(meta["name"])
+            if (api_version, kind, name) in wanted:
                 continue
             if kind == "PodMonitor" and not self.pod_monitor_api:
                 continue
-            name = child_name(meta["name"])
+            # Without KEDA there is nothing of its kinds, nor its Secret, to look for.
+            keda_child = api_version.startswith("keda.sh/") or name == builders.keda_name(
+                meta["name"])
+            if keda_child and not self.keda_api:
+                continue
             live = await self.kube.get(api_version, kind, meta["namespace"], name)
             owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
             # Only delete what this pool owns: a same-named object of someone else stays.

@@ -22,6 +22,7 @@ from agentpool_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 POD_MONITOR_CRD = "podmonitors.monitoring.coreos.com"
+KEDA_CRD = "scaledobjects.keda.sh"
 
 
 class StallDetector:
@@ -87,6 +88,7 @@ class Resyncer:
 
     async def once(self) -> None:
         self._reconciler.pod_monitor_api = await self._kube.crd_exists(POD_MONITOR_CRD)
+        self._reconciler.keda_api = await self._kube.crd_exists(KEDA_CRD)
         versions: dict[PoolKey, str] = {}
         for namespace in self._settings.namespaces or (None,):
             for pool in await self._kube.list_pools(namespace):

@@ -309,3 +309,62 @@ def test_an_unreadable_queue_keeps_the_current_scale_until_the_metric_is_back(
     # Redis is back (the Secret now names the live one): the metric says 0, the pool shrinks.
     pools.secret(f"{name}-redis", {"url": redis_url})
     eventually(lambda: spec_replicas(pools, name) == 1, timeout=90)
+
+
+# -- the KEDA alternative ---------------------------------------------------------------------
+
+
+def _stand_in_crd(kind: str, plural: str) -> dict[str, Any]:
+    """A schema-less CRD under KEDA's name: KEDA itself is not installed in the test cluster,
+    this only makes the operator see `keda.sh/v1alpha1` as served."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.keda.sh"},
+        "spec": {"group": "keda.sh", "scope": "Namespaced",
+                 "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
+                           "listKind": f"{kind}List"},
+                 "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": {
+                                   "type": "object",
+                                   "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+
+
+def test_provider_keda_renders_a_scaled_object_instead_of_the_hpa_while_keda_is_installed(
+    cluster: Cluster, operator: OperatorProcess, pools: Pools,
+) -> None:
+    name = unique("keda")
+    pools.secret(f"{name}-redis", {"url": "redis://:queue-pw@127.0.0.1:6379/2"})
+    pools.create(name, with_secret=False, minReplicas=1, maxReplicas=5,
+                 autoscaling={"enabled": True, "provider": "keda"})
+    # No KEDA CRDs yet: the pool falls back to the builtin HPA.
+    eventually(lambda: pools.get("hpa", name))
+    crds = [_stand_in_crd("ScaledObject", "scaledobjects"),
+            _stand_in_crd("TriggerAuthentication", "triggerauthentications")]
+    try:
+        for crd in crds:
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
+            cluster.kubectl("wait", "--for=condition=Established",
+                            f"crd/{crd['metadata']['name']}", "--timeout=60s")
+        scaled = eventually(lambda: pools.get("scaledobject.keda.sh", name), timeout=60)
+        assert scaled["spec"]["scaleTargetRef"]["kind"] == "AgentPool"
+        trigger = scaled["spec"]["triggers"][0]
+        assert trigger["metadata"]["stream"] == f"agentpool:{{{name}}}:tasks"
+        assert trigger["metadata"]["databaseIndex"] == "2"
+        assert pools.get("triggerauthentication.keda.sh", f"{name}-keda") is not None
+        assert pools.get("secret", f"{name}-keda") is not None
+        eventually(lambda: pools.get("hpa", name) is None, timeout=30)
+
+        # Back to builtin: the HPA returns and the KEDA objects are pruned.
+        cluster.kubectl("-n", pools.namespace, "patch", "agentpool", name, "--type=merge", "-p",
+                        json.dumps({"spec": {"autoscaling": {"provider": "builtin"}}}))
+        eventually(lambda: pools.get("hpa", name), timeout=30)
+        eventually(lambda: pools.get("scaledobject.keda.sh", name) is None, timeout=30)
+        eventually(lambda: pools.get("secret", f"{name}-keda") is None, timeout=30)
+        assert pools.get("triggerauthentication.keda.sh", f"{name}-keda") is None
+    finally:
+        cluster.kubectl("-n", pools.namespace, "delete", "agentpool", name, "--wait=true",
+                        check=False)
+        for crd in crds:
+            cluster.kubectl("delete", "crd", crd["metadata"]["name"], "--ignore-not-found",
+                            check=False)

@@ -1,8 +1,9 @@
 """The autoscaling section of the AgentPool spec: queue-driven scaling and its behaviour.
 
-The scale-up/scale-down rules mirror the HorizontalPodAutoscaler's `behavior` fields so the
-operator can copy them into the HPA it renders (`builders/hpa.py`); the defaults scale up
-fast and down slowly, because every removed pod first drains its running tasks.
+`provider` picks the autoscaler object: an HPA (`builders/hpa.py`) or a KEDA ScaledObject
+(`builders/scaledobject.py`). The scale-up/scale-down rules mirror the HPA's `behavior`
+fields so the operator can copy them into either; the defaults scale up fast and down
+slowly, because every removed pod first drains its running tasks.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class AutoscalingSpec(ApiModel):
     enabled: bool = False
     """Let the operator's autoscaler set spec.replicas from the queue backlog; when false,
     spec.replicas is set by hand or with kubectl scale."""
+    provider: Literal["builtin", "keda"] = "builtin"
+    """Who reads the backlog. builtin: a HorizontalPodAutoscaler on the External metric
+    agentpool_queue_backlog (waiting + in-flight tasks), served by the AgentPool metrics API
+    server the chart installs. keda: a KEDA ScaledObject with a redis-streams trigger, for
+    clusters whose external metrics API already belongs to KEDA; while KEDA's CRDs are not
+    installed the pool falls back to builtin."""
     target_backlog_per_worker: int = Field(default=1, ge=1, le=10_000)
     """Queued plus running tasks the autoscaler aims for per worker process: the pool is
     sized to backlog / (targetBacklogPerWorker x workers.perPod) pods."""

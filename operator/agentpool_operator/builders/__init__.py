@@ -6,8 +6,8 @@ in this package does I/O, reads the clock or the environment, or imports kopf or
 
 One module per child: `config` (ConfigMap), `secret` (derived PgBouncer Secret, with the DSN
 parser), `deployment` (+ `pgbouncer` sidecar, `scheduling`), `service`, `pdb`, `hpa`,
-`podmonitor`; `common` holds names, labels and owner references, `confighash` the pod
-template's config hash.
+`scaledobject` (KEDA instead of the HPA), `podmonitor`; `common` holds names, labels and
+owner references, `confighash` the pod template's config hash.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ from agentpool_operator.builders.deployment import build_deployment
 from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC, build_hpa
 from agentpool_operator.builders.pdb import build_pdb
 from agentpool_operator.builders.podmonitor import build_pod_monitor
+from agentpool_operator.builders.scaledobject import (
+    build_keda_secret,
+    build_scaled_object,
+    build_trigger_authentication,
+    keda_name,
+)
 from agentpool_operator.builders.secret import (
     DatabaseDsn,
     InvalidDatabaseDsn,
@@ -58,6 +64,10 @@ class Children:
     pdb: Manifest
     hpa: Manifest | None
     pod_monitor: Manifest | None
+    keda_secret: Manifest | None = None
+    trigger_authentication: Manifest | None = None
+    scaled_object: Manifest | None = None
+    """The KEDA trio, instead of `hpa`, with `autoscaling.provider: keda` and KEDA installed."""
 
     @property
     def manifests(self) -> tuple[Manifest, ...]:
@@ -71,6 +81,9 @@ class Children:
             self.pdb,
             self.deployment,
             self.hpa,
+            self.keda_secret,
+            self.trigger_authentication,
+            self.scaled_object,
             self.pod_monitor,
         )
         return tuple(manifest for manifest in ordered if manifest is not None)
@@ -86,6 +99,9 @@ def build_children(ctx: PoolContext) -> Children:
         pdb=build_pdb(ctx),
         hpa=build_hpa(ctx),
         pod_monitor=build_pod_monitor(ctx),
+        keda_secret=build_keda_secret(ctx),
+        trigger_authentication=build_trigger_authentication(ctx),
+        scaled_object=build_scaled_object(ctx),
     )
 
 
@@ -103,13 +119,17 @@ __all__ = [
     "build_config_map",
     "build_deployment",
     "build_hpa",
+    "build_keda_secret",
     "build_pdb",
     "build_pod_monitor",
+    "build_scaled_object",
     "build_secret",
     "build_service",
+    "build_trigger_authentication",
     "common_labels",
     "config_hash",
     "config_map_name",
+    "keda_name",
     "owner_reference",
     "parse_database_dsn",
     "runtime_config",

@@ -34,3 +34,11 @@ class PoolContext:
     secrets: SecretValues
     pod_monitor_api: bool = False
     """Whether the cluster serves monitoring.coreos.com/v1 PodMonitor."""
+    keda_api: bool = False
+    """Whether the cluster serves keda.sh/v1alpha1 ScaledObject (KEDA is installed)."""
+
+    @property
+    def uses_keda(self) -> bool:
+        """Autoscaled by a KEDA ScaledObject rather than the HPA: asked for and possible."""
+        autoscaling = self.spec.autoscaling
+        return autoscaling.enabled and autoscaling.provider == "keda" and self.keda_api
