@@ -115,9 +115,10 @@ async def run(settings: Settings) -> None:
                           ssl_context=context).start()
         keeper = DeletionCostKeeper(kube, directory, reader, telemetry, settings.namespaces)
         if settings.metrics_port:
+            # Ready as soon as the API is served: deletion costs are a side job that must not
+            # take the APIService down when, say, one namespace's pods cannot be listed.
             runners.append(await health.serve(
-                health.build_app(telemetry.registry, live=lambda: True,
-                                 ready=lambda: keeper.passes > 0),
+                health.build_app(telemetry.registry, live=lambda: True, ready=lambda: True),
                 settings.metrics_address, settings.metrics_port))
         keeper_task = asyncio.create_task(keeper.run(settings.deletion_cost_interval),
                                           name="deletion-cost")
