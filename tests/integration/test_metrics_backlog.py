@@ -96,3 +96,16 @@ async def test_an_unreachable_redis_is_an_error_that_names_no_credentials(
         assert "127.0.0.1" in str(raised.value)
     finally:
         await reader.close()
+
+
+async def test_clients_are_reused_per_url_and_the_oldest_closed_beyond_the_limit(
+    runtime_pool: RuntimePool, redis_url: str,
+) -> None:
+    keys = Keys.for_config(runtime_pool.config)
+    other_db = redis_url.rsplit("/", 1)[0] + "/1"
+    reader = BacklogReader(max_clients=1)
+    try:
+        for url in (redis_url, other_db, redis_url):
+            assert await reader.read(url, keys) == Backlog(0, 0)
+    finally:
+        await reader.close()

@@ -103,7 +103,7 @@ class BacklogReader:
         self._max_clients = max_clients
         self._clients: OrderedDict[str, Redis] = OrderedDict()
 
-    def _client(self, url: str) -> Redis:
+    async def _client(self, url: str) -> Redis:
         client = self._clients.get(url)
         if client is None:
             client = Redis.from_url(url, decode_responses=True,
@@ -113,16 +113,15 @@ class BacklogReader:
             self._clients[url] = client
             while len(self._clients) > self._max_clients:
                 _, evicted = self._clients.popitem(last=False)
-                # Closing is best effort; the connection pool is dropped either way.
-                asyncio.get_running_loop().create_task(evicted.aclose())
+                await evicted.aclose()
         self._clients.move_to_end(url)
         return client
 
     async def read(self, url: str, keys: Keys) -> Backlog:
         """The pool's backlog. Raises `BacklogError` when Redis cannot be read."""
         try:
-            return await asyncio.wait_for(self._read(self._client(url), keys),
-                                          timeout=self._timeout * 2)
+            client = await self._client(url)
+            return await asyncio.wait_for(self._read(client, keys), timeout=self._timeout * 2)
         except (RedisError, OSError, TimeoutError) as error:
             detail = str(error) or type(error).__name__
             raise BacklogError(f"cannot read the queue at redis {redacted(url)}: "
