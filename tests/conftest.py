@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.plugins.operator",
     "tests.plugins.runtime",
     "tests.plugins.metrics_api",
+    "tests.plugins.chart",
 ]

@@ -99,9 +99,10 @@ class Helm:
         path.write_text(json.dumps(values))
         return str(path)
 
-    def template(self, values: Mapping[str, Any] | None = None, *, release: str = "agentpool",
-                 namespace: str = "agentpool-system", api_versions: Sequence[str] = (),
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    def template(self, values: Mapping[str, Any] | None = None, *,
+                 release: str = "agentpool-operator", namespace: str = "agentpool-system",
+                 api_versions: Sequence[str] = (), check: bool = True
+                 ) -> subprocess.CompletedProcess[str]:
         args = ["template", release, str(CHART), "--namespace", namespace,
                 "--kube-version", kube_version(), "-f", self.values_file(values or {})]
         for api in api_versions:

@@ -1,0 +1,361 @@
+"""`helm install`, `helm upgrade` and `helm uninstall` into the real test control plane.
+
+The pods of the chart's Deployments are simulated by KWOK (Running, but nothing runs), so each
+test runs the real operator and the real metrics API server as local processes with exactly
+what the chart gives their pods: the container's arguments and environment from the installed
+Deployment, and the chart's ServiceAccount (a token from the TokenRequest API). The chart's
+RBAC is then exactly what they run with: the operator must reconcile AgentPools to Ready, the
+metrics API must authenticate and authorise a request and answer it, and the API server's
+audit log and the processes' logs must show no refused request. Run cluster-wide and
+namespaced; the harness's own operator is paused meanwhile, so the chart's operator is the only
+one reconciling.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentpool_dev.cluster import Cluster
+from agentpool_dev.procs import free_port
+from agentpool_dev.services import ServiceSettings
+from agentpool_operator.crd import CRD_NAME
+from tests.plugins.chart import (
+    CHART,
+    ChartProcess,
+    Helm,
+    container_of,
+    forbidden_in_log,
+    forbidden_requests,
+    service_account_kubeconfig,
+)
+from tests.plugins.operator import OperatorProcess, Pools
+from tests.waiting import eventually
+
+pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
+
+RESYNC_SECONDS = 2
+
+
+@pytest.fixture(scope="module")
+def only_the_charts_operator(operator: OperatorProcess) -> Iterator[None]:
+    """Pause the harness's cluster-wide operator, so pools become Ready only through the
+    chart's; it restarts afterwards for the tests that use it."""
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()
+
+
+@pytest.fixture
+def scratch_namespaces(cluster: Cluster) -> Iterator[list[str]]:
+    """Fresh namespaces a test creates on demand; deleted afterwards."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def new_namespace(cluster: Cluster, created: list[str], prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    created.append(name)
+    return name
+
+
+def adopt_crd(cluster: Cluster, release: str, namespace: str) -> None:
+    """Let the release take over a CRD other tests installed with kubectl (Helm adopts an
+    object that carries its release's ownership metadata)."""
+    found = cluster.kubectl("get", "crd", CRD_NAME, "--ignore-not-found", "-o", "name")
+    if not found.stdout.strip():
+        return
+    cluster.kubectl("annotate", "crd", CRD_NAME, "--overwrite",
+                    f"meta.helm.sh/release-name={release}",
+                    f"meta.helm.sh/release-namespace={namespace}")
+    cluster.kubectl("label", "crd", CRD_NAME, "--overwrite", "app.kubernetes.io/managed-by=Helm")
+
+
+def release_values(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "operator": {"resyncSeconds": RESYNC_SECONDS},
+        # The APIService would make the aggregator dial the Service's (simulated) pod IPs;
+        # the server is reached on loopback instead.
+        "metricsApi": {"apiService": {"create": False}, "deletionCostInterval": 1},
+        "serviceMonitor": {"additionalLabels": {"release": "kube-prometheus-stack"}},
+    }
+    for key, value in overrides.items():
+        values[key] = {**values.get(key, {}), **value}
+    return values
+
+
+@dataclass
+class Release:
+    """One installed release and the local processes standing in for its pods."""
+
+    cluster: Cluster
+    helm: Helm
+    name: str
+    namespace: str
+    work: Path
+    operator: ChartProcess | None = None
+    metrics_api: ChartProcess | None = None
+    metrics_port: int = 0
+    secure_port: int = 0
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.name}-agentpool-operator"
+
+    @property
+    def metrics_api_name(self) -> str:
+        return f"{self.fullname}-metrics-api"
+
+    def install(self, values: dict[str, Any], verb: str = "install") -> dict[str, Any]:
+        self.helm.run(verb, self.name, str(CHART), "--namespace", self.namespace,
+                      "-f", self.helm.values_file(values), "--wait", "--timeout", "120s")
+        status: dict[str, Any] = json.loads(self.helm.run(
+            "status", self.name, "--namespace", self.namespace, "-o", "json").stdout)
+        return status
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.cluster.kubectl_json(
+            "get", "deployment", name, "-n", self.namespace)
+        return found
+
+    def start_operator(self) -> ChartProcess:
+        port = free_port()
+        self.operator = ChartProcess(
+            "agentpool_operator", container_of(self.deployment(self.fullname), "operator"),
+            service_account_kubeconfig(self.cluster, self.namespace, self.fullname,
+                                       self.work / "operator.kubeconfig"),
+            self.work / "operator.log",
+            extra_args=("--health-host=127.0.0.1", f"--health-port={port}"),
+            health_url=f"http://127.0.0.1:{port}/readyz")
+        self.operator.start()
+        return self.operator
+
+    def start_metrics_api(self) -> ChartProcess:
+        secret = self.cluster.kubectl_json("get", "secret", f"{self.metrics_api_name}-tls",
+                                           "-n", self.namespace)
+        for key in ("tls.crt", "tls.key", "ca.crt"):
+            path = self.work / key
+            path.write_bytes(base64.b64decode(secret["data"][key]))
+            path.chmod(0o600)
+        self.secure_port, self.metrics_port = free_port(), free_port()
+        self.metrics_api = ChartProcess(
+            "agentpool_operator.metrics_api",
+            container_of(self.deployment(self.metrics_api_name), "metrics-api"),
+            service_account_kubeconfig(self.cluster, self.namespace, self.metrics_api_name,
+                                       self.work / "metrics-api.kubeconfig"),
+            self.work / "metrics-api.log",
+            extra_args=("--bind-address=127.0.0.1", f"--secure-port={self.secure_port}",
+                        "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+                        f"--tls-cert-file={self.work / 'tls.crt'}",
+                        f"--tls-private-key-file={self.work / 'tls.key'}"),
+            health_url=f"http://127.0.0.1:{self.metrics_port}/readyz")
+        self.metrics_api.start()
+        return self.metrics_api
+
+    def query_backlog(self, namespace: str, pool: str, token: str) -> tuple[int, Any]:
+        """Ask the metrics API for a pool's backlog the way the HPA controller does, over TLS
+        verified against the CA the chart generated."""
+        context = ssl.create_default_context(cafile=str(self.work / "ca.crt"))
+        context.check_hostname = False  # the certificate names the Service, not 127.0.0.1
+        url = (f"https://127.0.0.1:{self.secure_port}/apis/external.metrics.k8s.io/v1beta1/"
+               f"namespaces/{namespace}/agentpool_queue_backlog"
+               f"?labelSelector=agentpool.dev%2Fpool%3D{pool}")
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def stop(self) -> None:
+        for process in (self.operator, self.metrics_api):
+            if process is not None:
+                process.stop()
+
+    def wait_ready(self, pools: Pools, name: str) -> None:
+        """Wait for a pool to become Ready; on timeout, say what the API server refused."""
+        try:
+            pools.wait_ready(name)
+        except pytest.fail.Exception:
+            refused = forbidden_requests(
+                self.cluster, f"system:serviceaccount:{self.namespace}:{self.fullname}")
+            log = self.operator.log()[-3000:] if self.operator else ""
+            pytest.fail(f"AgentPool {name} not Ready; refused: {refused}\n{log}")
+
+    def assert_nothing_refused(self) -> None:
+        for account in (self.fullname, self.metrics_api_name):
+            user = f"system:serviceaccount:{self.namespace}:{account}"
+            assert not forbidden_requests(self.cluster, user), user
+        for process in (self.operator, self.metrics_api):
+            if process is not None:
+                assert not forbidden_in_log(process.log()), process.log()[-4000:]
+
+
+@pytest.fixture
+def release(cluster: Cluster, helm: Helm, namespace: str, tmp_path: Path) -> Iterator[Release]:
+    installed = Release(cluster, helm, f"ap-{uuid.uuid4().hex[:5]}", namespace, tmp_path)
+    try:
+        yield installed
+    finally:
+        installed.stop()
+        helm.run("uninstall", installed.name, "--namespace", namespace, "--wait",
+                 check=False)
+
+
+def pool(cluster: Cluster, namespace: str, name: str, redis_url: str) -> Pools:
+    pools = Pools(cluster, namespace)
+    pools.secret(f"{name}-redis", {"url": redis_url})
+    pools.create(name, with_secret=False)
+    return pools
+
+
+def hpa_reader_token(cluster: Cluster, namespace: str) -> str:
+    """A token of an identity allowed to read external metrics, like the HPA controller."""
+    cluster.kubectl("create", "serviceaccount", "hpa-reader", "-n", namespace)
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": f"external-metrics-reader-{namespace}"},
+            "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"],
+                       "verbs": ["get", "list"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": f"external-metrics-reader-{namespace}"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": f"external-metrics-reader-{namespace}"},
+               "subjects": [{"kind": "ServiceAccount", "name": "hpa-reader",
+                             "namespace": namespace}]}
+    for manifest in (role, binding):
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    return cluster.kubectl("create", "token", "hpa-reader", "-n", namespace).stdout.strip()
+
+
+def drop_hpa_reader(cluster: Cluster, namespace: str) -> None:
+    name = f"external-metrics-reader-{namespace}"
+    cluster.kubectl("delete", "clusterrolebinding,clusterrole", name, "--ignore-not-found",
+                    check=False)
+
+
+def test_cluster_wide_install_upgrade_and_uninstall(
+        cluster: Cluster, release: Release, services: ServiceSettings,
+        monitoring_crds: list[str], only_the_charts_operator: None,
+        scratch_namespaces: list[str]) -> None:
+    adopt_crd(cluster, release.name, release.namespace)
+    status = release.install(release_values())
+    assert status["info"]["status"] == "deployed"
+    assert status["version"] == 1
+    # The cluster serves the Prometheus Operator's APIs, so the monitors and rules are there.
+    for kind in ("servicemonitor", "prometheusrule"):
+        cluster.kubectl("get", kind, release.fullname, "-n", release.namespace)
+    dashboards = cluster.kubectl_json("get", "configmaps", "-n", release.namespace,
+                                      "-l", "grafana_dashboard=1")["items"]
+    assert len(dashboards) == 5
+
+    release.start_operator()
+    team = new_namespace(cluster, scratch_namespaces, "team")
+    pools = pool(cluster, team, "alpha", services.redis_url)
+    release.wait_ready(pools, "alpha")
+
+    release.start_metrics_api()
+    token = hpa_reader_token(cluster, release.namespace)
+
+
+    def answered() -> Any:
+        code, body = release.query_backlog(team, "alpha", token)
+        return body if code == 200 else None
+
+    try:
+        body = eventually(answered, timeout=30)
+    finally:
+        drop_hpa_reader(cluster, release.namespace)
+    assert body["items"][0]["value"] == "0"
+    # The server checked the caller with a TokenReview and a SubjectAccessReview, as itself.
+    metrics_user = f"system:serviceaccount:{release.namespace}:{release.metrics_api_name}"
+    reviews = {e["objectRef"]["resource"] for e in cluster.audit_events()
+               if e["user"]["username"] == metrics_user and e["verb"] == "create"}
+    if cluster.audit_log.exists():
+        assert {"tokenreviews", "subjectaccessreviews"} <= reviews
+
+    tls_before = cluster.kubectl_json("get", "secret", f"{release.metrics_api_name}-tls",
+                                      "-n", release.namespace)["data"]
+    upgraded = release.install(release_values(operator={"logLevel": "DEBUG"},
+                                              prometheusRule={"ruleLabels": {"team": "ops"}}),
+                               verb="upgrade")
+    assert upgraded["version"] == 2
+    args = container_of(release.deployment(release.fullname), "operator")["args"]
+    assert "--log-level=DEBUG" in args
+    rule = cluster.kubectl_json("get", "prometheusrule", release.fullname,
+                                "-n", release.namespace)
+    assert all(r["labels"]["team"] == "ops" for g in rule["spec"]["groups"]
+               for r in g["rules"])
+    # The generated serving certificate survives upgrades (the APIService trusts its CA).
+    assert cluster.kubectl_json("get", "secret", f"{release.metrics_api_name}-tls",
+                                "-n", release.namespace)["data"] == tls_before
+
+    # The new pod, as the Deployment's Recreate strategy would run it.
+    release.stop()
+    release.start_operator()
+    release.wait_ready(pool(cluster, team, "beta", services.redis_url), "beta")
+    release.stop()
+    release.assert_nothing_refused()
+
+    release.helm.run("uninstall", release.name, "--namespace", release.namespace, "--wait")
+    # crds.keep: the CRD, and with it every AgentPool, outlives the release.
+    cluster.kubectl("get", "crd", CRD_NAME)
+    assert pools.get("agentpool", "alpha") is not None
+    assert not cluster.kubectl("get", "clusterrole", release.fullname,
+                               "--ignore-not-found", "-o", "name").stdout.strip()
+
+
+def test_namespaced_install_reconciles_only_its_namespaces(
+        cluster: Cluster, release: Release, services: ServiceSettings,
+        agentpool_crd: dict[str, Any], only_the_charts_operator: None,
+        scratch_namespaces: list[str]) -> None:
+    watched = [new_namespace(cluster, scratch_namespaces, "watched") for _ in range(2)]
+    other = new_namespace(cluster, scratch_namespaces, "unwatched")
+    # A second install next to a CRD someone else manages.
+    release.install(release_values(operator={"watchNamespaces": watched},
+                                   crds={"enabled": False}))
+    operator_args = container_of(release.deployment(release.fullname), "operator")["args"]
+    assert [a for a in operator_args if a.startswith("--namespace")] == [
+        f"--namespace={n}" for n in watched]
+
+    release.start_operator()
+    release.start_metrics_api()
+    for index, namespace in enumerate(watched):
+        release.wait_ready(pool(cluster, namespace, f"p{index}", services.redis_url),
+                           f"p{index}")
+    stranger = pool(cluster, other, "stranger", services.redis_url)
+    # Several resyncs later the operator has still not touched a pool it may not see.
+    time.sleep(3 * RESYNC_SECONDS)
+    assert not (stranger.get("agentpool", "stranger") or {}).get("status")
+    assert stranger.get("deployment", "stranger") is None
+    # The metrics API keeps the watched pools' gauges, and has no access to the others.
+    wanted = [f'agentpool_queue_backlog{{agentpool="p{index}",namespace="{namespace}"}}'
+              for index, namespace in enumerate(watched)]
+
+    def scraped() -> str | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{release.metrics_port}/metrics",
+                                    timeout=5) as response:
+            text: str = response.read().decode()
+        return text if all(series in text for series in wanted) else None
+
+    text = eventually(scraped, timeout=30)
+    assert other not in text
+    # ... and it annotated the watched pools' pods with their deletion cost.
+    assert "agentpool_pod_deletion_cost_patches_total 0.0" not in text
+    release.stop()
+    release.assert_nothing_refused()

@@ -1,0 +1,288 @@
+"""The chart lints, renders, and what it renders is valid and least-privileged.
+
+`helm lint --strict`; `values.schema.json` rejects typos and unsafe settings; the rendered
+objects of several value sets pass the real API server's strict validation (server-side dry
+run: unknown fields are errors; duplicate keys are caught while parsing), including the
+ServiceMonitor, PodMonitor and PrometheusRule against the Prometheus Operator's own CRDs; and
+the RBAC rules are exactly the requests the operator and the metrics API make.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+import yaml
+
+from agentpool_dev.cluster import Cluster
+from agentpool_operator.crd import build_crd
+from agentpool_operator.monitoring.dashboards import DASHBOARDS
+from tests.plugins.chart import CHART, MONITORING_APIS, Helm, documents
+
+Doc = dict[str, Any]
+
+EVERYTHING_ON: dict[str, Any] = {
+    "podMonitor": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}},
+    "serviceMonitor": {"additionalLabels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"additionalLabels": {"release": "kube-prometheus-stack"},
+                       "ruleLabels": {"team": "platform"}},
+    "grafanaDashboards": {"annotations": {"grafana_folder": "AgentPool"}},
+    "commonLabels": {"cost-center": "agents"},
+}
+NAMESPACED: dict[str, Any] = {"operator": {"watchNamespaces": ["team-a", "team-b"]},
+                              "crds": {"enabled": False}}
+
+
+def by_kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[Doc], kind: str, name_suffix: str = "") -> Doc:
+    found = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"{kind} *{name_suffix}: {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def rules_of(doc: Doc) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) triples a Role or ClusterRole grants."""
+    return {(group, resource, verb) for rule in doc["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def grants(*rows: tuple[str, str, str]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for group, resource, verbs in rows
+            for verb in verbs.split(",")}
+
+
+# What operator/agentpool_operator/k8s.py and handlers.py call (server-side apply: patch,
+# and create when the object is missing; kopf watches AgentPools and owned Deployments).
+OPERATOR_NAMESPACED = grants(
+    ("agentpool.dev", "agentpools", "get,list,watch"),
+    ("agentpool.dev", "agentpools/status", "patch"),
+    ("apps", "deployments", "get,list,watch,create,patch"),
+    ("", "configmaps", "get,create,patch"),
+    ("", "services", "get,create,patch"),
+    ("", "secrets", "get,create,patch,delete"),
+    ("policy", "poddisruptionbudgets", "get,create,patch"),
+    ("autoscaling", "horizontalpodautoscalers", "get,create,patch,delete"),
+    ("monitoring.coreos.com", "podmonitors", "get,create,patch,delete"),
+    ("", "pods", "list"),
+    ("", "events", "create"),
+)
+CRD_READS = grants(("apiextensions.k8s.io", "customresourcedefinitions", "get,list,watch"))
+NAMESPACE_READS = grants(("", "namespaces", "list,watch"))
+METRICS_API_NAMESPACED = grants(
+    ("agentpool.dev", "agentpools", "get,list"),
+    ("", "secrets", "get"),
+    ("", "pods", "list,patch"),
+)
+
+
+def test_helm_lint_strict(helm_offline: Helm) -> None:
+    result = helm_offline.run("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+    with_values = helm_offline.run("lint", "--strict", str(CHART), "-f",
+                                   helm_offline.values_file({**EVERYTHING_ON, **NAMESPACED}))
+    assert "0 chart(s) failed" in with_values.stdout
+
+
+@pytest.mark.parametrize(("values", "error"), [
+    ({"operater": {}}, "additional properties 'operater' not allowed"),
+    ({"operator": {"watchNamespace": ["a"]}}, "additional properties 'watchNamespace'"),
+    ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "watchNamespaces/0"),
+    ({"crds": {"keep": "yes"}}, "/crds/keep"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"securityContext": {"runAsNonRoot": False}}, "/securityContext/runAsNonRoot"),
+    ({"securityContext": {"allowPrivilegeEscalation": True}},
+     "/securityContext/allowPrivilegeEscalation"),
+    ({"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}},
+     "/securityContext/capabilities/add"),
+    ({"grafanaDashboards": {"labelValue": 1}}, "/grafanaDashboards/labelValue"),
+    ({"serviceMonitor": {"interval": "30 seconds"}}, "/serviceMonitor/interval"),
+    ({"metricsApi": {"apiService": {"create": True, "caBundel": "x"}}}, "caBundel"),
+])
+def test_the_values_schema_rejects_typos_and_unsafe_settings(
+        helm_offline: Helm, values: dict[str, Any], error: str) -> None:
+    result = helm_offline.template(values, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert error in result.stderr, result.stderr
+
+
+def test_default_render(helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    kinds = sorted(d["kind"] for d in docs)
+    # Without the Prometheus Operator's APIs no monitor or rule is rendered.
+    assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & set(kinds)
+    assert kinds.count("ConfigMap") == len(DASHBOARDS)
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", doc["metadata"]["name"]
+        assert labels["app.kubernetes.io/instance"] == "agentpool-operator"
+        assert labels["app.kubernetes.io/name"] == "agentpool-operator"
+        assert labels["helm.sh/chart"] == "agentpool-operator-0.1.0"
+        assert labels["app.kubernetes.io/part-of"] == "agentpool"
+
+
+def test_operator_deployment_is_hardened_and_single(helm_offline: Helm) -> None:
+    deployment = one(helm_offline.render(), "Deployment", "agentpool-operator")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+    assert container["image"] == "ghcr.io/agentpool/agentpool-operator:0.1.0"
+    assert not any(a.startswith("--namespace") for a in container["args"])
+    pinned = helm_offline.render({"image": {"digest": "sha256:" + "a" * 64}})
+    image = one(pinned, "Deployment", "agentpool-operator")["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    assert image == "ghcr.io/agentpool/agentpool-operator@sha256:" + "a" * 64
+
+
+def test_crd_switches(helm_offline: Helm) -> None:
+    crd = one(helm_offline.render(), "CustomResourceDefinition")
+    assert crd["spec"] == build_crd()["spec"]
+    assert build_crd()["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    unkept = one(helm_offline.render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "annotations" not in unkept["metadata"]
+    assert not by_kind(helm_offline.render({"crds": {"enabled": False}}),
+                       "CustomResourceDefinition")
+
+
+def test_cluster_wide_rbac_is_exactly_what_the_code_calls(helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    operator = one(docs, "ClusterRole", "agentpool-operator")
+    assert rules_of(operator) == OPERATOR_NAMESPACED | CRD_READS
+    metrics = one(docs, "ClusterRole", "metrics-api")
+    assert rules_of(metrics) == METRICS_API_NAMESPACED
+    assert not by_kind(docs, "Role")
+    bindings = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRoleBinding")}
+    delegator = bindings["agentpool-operator-metrics-api:auth-delegator"]
+    assert delegator["roleRef"]["name"] == "system:auth-delegator"
+    reader = one(docs, "RoleBinding", "auth-reader")
+    assert reader["metadata"]["namespace"] == "kube-system"
+    assert reader["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                 "name": "extension-apiserver-authentication-reader"}
+    # Two identities: the operator cannot do what only the metrics API needs, and back.
+    sas = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
+    assert sas == {"agentpool-operator", "agentpool-operator-metrics-api"}
+
+
+def test_namespaced_rbac_grants_only_the_watched_namespaces(helm_offline: Helm) -> None:
+    docs = helm_offline.render(NAMESPACED)
+    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
+             for d in by_kind(docs, "Role")}
+    assert set(roles) == {(ns, name) for ns in ("team-a", "team-b")
+                          for name in ("agentpool-operator", "agentpool-operator-metrics-api")}
+    for namespace in ("team-a", "team-b"):
+        assert rules_of(roles[(namespace, "agentpool-operator")]) == OPERATOR_NAMESPACED
+        assert rules_of(roles[(namespace, "agentpool-operator-metrics-api")]) == \
+            METRICS_API_NAMESPACED
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert rules_of(cluster_role) == CRD_READS | NAMESPACE_READS
+    args = one(docs, "Deployment", "agentpool-operator")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=team-a", "--namespace=team-b"]
+
+
+def test_monitoring_objects_follow_the_cluster_apis_and_values(helm_offline: Helm) -> None:
+    docs = helm_offline.render(EVERYTHING_ON, api_versions=MONITORING_APIS)
+    service_monitor = one(docs, "ServiceMonitor")
+    assert service_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    pod_monitor = one(docs, "PodMonitor")
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["targetLabel"] == \
+        "agentpool"
+    rule = one(docs, "PrometheusRule")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    shipped = yaml.safe_load((CHART / "rules" / "agentpool.rules.yaml").read_text())
+    assert [r["alert"] for r in rules] == [r["alert"] for g in shipped["groups"]
+                                           for r in g["rules"]]
+    for r in rules:
+        assert r["labels"]["team"] == "platform"
+        assert r["labels"]["severity"] == "warning"
+    dashboards = by_kind(docs, "ConfigMap")
+    assert len(dashboards) == len(DASHBOARDS)
+    for cm in dashboards:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "AgentPool"}
+        (name, text) = cm["data"].items().__iter__().__next__()
+        assert json.loads(text) == json.loads((CHART / "dashboards" / name).read_text())
+    relabelled = helm_offline.render({"grafanaDashboards": {"label": "dash", "labelValue": "x"},
+                                      **NAMESPACED}, api_versions=MONITORING_APIS)
+    assert all(cm["metadata"]["labels"]["dash"] == "x" for cm in by_kind(relabelled,
+                                                                        "ConfigMap"))
+    assert not by_kind(relabelled, "PodMonitor")  # off by default
+    off = helm_offline.render({"serviceMonitor": {"enabled": False},
+                               "prometheusRule": {"enabled": False},
+                               "grafanaDashboards": {"enabled": False}},
+                              api_versions=MONITORING_APIS)
+    assert not {"ServiceMonitor", "PrometheusRule", "ConfigMap"} & {d["kind"] for d in off}
+
+
+def test_the_metrics_api_keeps_its_generated_certificate_consistent(helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    secret = one(docs, "Secret", "metrics-api-tls")
+    api_service = one(docs, "APIService")
+    assert api_service["metadata"]["name"] == "v1beta1.external.metrics.k8s.io"
+    assert api_service["spec"]["caBundle"] == secret["data"]["ca.crt"]
+    assert api_service["spec"]["service"]["name"] == "agentpool-operator-metrics-api"
+    off = helm_offline.render({"metricsApi": {"enabled": False}})
+    assert not [d for d in off if "metrics-api" in d["metadata"]["name"]
+                or d["kind"] == "APIService"]
+
+
+def _variants(namespace: str) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
+    yield "defaults", {}, False
+    yield "everything on", EVERYTHING_ON, True
+    yield "namespaced", {"operator": {"watchNamespaces": [namespace]}, "crds": {"enabled": False},
+                         "podMonitor": {"enabled": True}}, True
+    yield "minimal", {"metricsApi": {"enabled": False}, "grafanaDashboards": {"enabled": False},
+                      "rbac": {"create": False},
+                      "serviceAccount": {"create": False, "name": "existing"}}, False
+
+
+@pytest.mark.cluster
+def test_rendered_objects_pass_the_api_servers_strict_validation(
+        cluster: Cluster, helm: Helm, monitoring_crds: list[str], namespace: str) -> None:
+    for name, values, monitoring in _variants(namespace):
+        rendered = helm.template(values, namespace=namespace,
+                                 api_versions=MONITORING_APIS if monitoring else ()).stdout
+        docs = documents(rendered)  # duplicate keys fail here
+        result = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                                 input=rendered, check=False)
+        assert result.returncode == 0, f"{name}:\n{result.stderr}"
+        assert result.stdout.count("(server dry run)") == len(docs), name
+        if monitoring:
+            assert {"ServiceMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
+
+
+@pytest.mark.cluster
+def test_strict_validation_catches_an_unknown_field(
+        cluster: Cluster, helm: Helm, monitoring_crds: list[str], namespace: str) -> None:
+    """The validation above can fail: a misspelt field in a monitor is rejected."""
+    docs = helm.render(EVERYTHING_ON, namespace=namespace, api_versions=MONITORING_APIS)
+    monitor = one(docs, "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["honourLabels"] = True
+    result = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                             input=json.dumps(monitor), check=False)
+    assert result.returncode != 0
+    assert 'unknown field "spec.endpoints[0].honourLabels"' in result.stderr
+    with pytest.raises(yaml.YAMLError, match="duplicate keys"):
+        documents("kind: A\nmetadata: {name: x}\nmetadata: {name: y}\n")
