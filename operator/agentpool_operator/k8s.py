@@ -9,8 +9,9 @@ Every write is counted, so the steady-state "zero writes" promise is observable 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 import httpx2 as httpx
@@ -61,12 +62,25 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return result
 
 
-def _map_error(error: ApiError, what: str) -> Exception:
-    code = error.status.code or 0
-    message = error.status.message or str(error)
-    if code in _TRANSIENT_CODES:
-        return TransientError(f"{what}: {code} {message}")
-    return ApiFailure(f"{what}: {code} {message}", code=code)
+class _NotFound(Exception):
+    """Internal: the object is absent; callers turn it into None, False or a no-op."""
+
+
+@contextlib.contextmanager
+def _calling(what: str) -> Iterator[None]:
+    """Map lightkube's and httpx's errors for the request `what` to the operator's own."""
+    try:
+        yield
+    except ApiError as error:
+        code = error.status.code or 0
+        if code == 404:
+            raise _NotFound(what) from error
+        message = f"{what}: {code} {error.status.message or error}"
+        if code in _TRANSIENT_CODES:
+            raise TransientError(message) from error
+        raise ApiFailure(message, code=code) from error
+    except httpx.HTTPError as error:
+        raise TransientError(f"{what}: {error}") from error
 
 
 class Kube:
@@ -86,36 +100,24 @@ class Kube:
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str
                   ) -> dict[str, Any] | None:
-        what = f"get {kind} {namespace}/{name}"
         try:
-            obj = await self._client.get(resource_for(api_version, kind), name,
-                                         namespace=namespace)
-        except ApiError as error:
-            if error.status.code == 404:
-                return None
-            raise _map_error(error, what) from error
-        except httpx.HTTPError as error:
-            raise TransientError(f"{what}: {error}") from error
+            with _calling(f"get {kind} {namespace}/{name}"):
+                obj = await self._client.get(resource_for(api_version, kind), name,
+                                             namespace=namespace)
+        except _NotFound:
+            return None
         return _as_dict(obj)
 
     async def list_pools(self, namespace: str | None) -> list[dict[str, Any]]:
-        try:
+        with _calling("list agentpools"):
             return [_as_dict(obj) async for obj in self._client.list(
                 AgentPoolResource, namespace=namespace or "*")]
-        except ApiError as error:
-            raise _map_error(error, "list agentpools") from error
-        except httpx.HTTPError as error:
-            raise TransientError(f"list agentpools: {error}") from error
 
     async def list_pods(self, namespace: str, selector: Mapping[str, str]
                         ) -> list[dict[str, Any]]:
-        try:
+        with _calling(f"list pods in {namespace}"):
             return [_as_dict(pod) async for pod in self._client.list(
                 core_v1.Pod, namespace=namespace, labels=dict(selector))]
-        except ApiError as error:
-            raise _map_error(error, f"list pods in {namespace}") from error
-        except httpx.HTTPError as error:
-            raise TransientError(f"list pods in {namespace}: {error}") from error
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """The decoded data of a Secret, or None if it does not exist."""
@@ -131,57 +133,36 @@ class Kube:
         """Server-side apply under our field manager, taking ownership of conflicting fields."""
         meta = manifest["metadata"]
         kind = manifest["kind"]
-        what = f"apply {kind} {meta['namespace']}/{meta['name']}"
         self._count_write("apply", kind)
-        try:
+        with _calling(f"apply {kind} {meta['namespace']}/{meta['name']}"):
             obj = await self._client.patch(
                 resource_for(manifest["apiVersion"], kind), meta["name"], manifest,
                 namespace=meta["namespace"], patch_type=PatchType.APPLY,
                 field_manager=FIELD_MANAGER, force=True,
             )
-        except ApiError as error:
-            raise _map_error(error, what) from error
-        except httpx.HTTPError as error:
-            raise TransientError(f"{what}: {error}") from error
         return _as_dict(obj)
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        what = f"delete {kind} {namespace}/{name}"
         self._count_write("delete", kind)
-        try:
+        with contextlib.suppress(_NotFound), _calling(f"delete {kind} {namespace}/{name}"):
             await self._client.delete(resource_for(api_version, kind), name, namespace=namespace)
-        except ApiError as error:
-            if error.status.code == 404:
-                return
-            raise _map_error(error, what) from error
-        except httpx.HTTPError as error:
-            raise TransientError(f"{what}: {error}") from error
 
     async def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        what = f"update status of AgentPool {namespace}/{name}"
         self._count_write("patch-status", KIND)
-        try:
+        with contextlib.suppress(_NotFound), _calling(
+                f"update status of AgentPool {namespace}/{name}"):
             await self._client.patch(
                 AgentPoolResource.Status, name, {"status": status}, namespace=namespace,
                 patch_type=PatchType.MERGE,
             )
-        except ApiError as error:
-            if error.status.code == 404:
-                return
-            raise _map_error(error, what) from error
-        except httpx.HTTPError as error:
-            raise TransientError(f"{what}: {error}") from error
 
     async def crd_exists(self, name: str) -> bool:
         """Whether a CRD is installed (e.g. the Prometheus Operator's PodMonitor)."""
         try:
-            await self._client.get(apiextensions_v1.CustomResourceDefinition, name)
-        except ApiError as error:
-            if error.status.code == 404:
-                return False
-            raise _map_error(error, f"get CRD {name}") from error
-        except httpx.HTTPError as error:
-            raise TransientError(f"get CRD {name}: {error}") from error
+            with _calling(f"get CRD {name}"):
+                await self._client.get(apiextensions_v1.CustomResourceDefinition, name)
+        except _NotFound:
+            return False
         return True
 
     async def post_event(self, pool: dict[str, Any], kind: str, reason: str, message: str
