@@ -241,3 +241,20 @@ def test_operator_serves_health_and_its_own_metrics(operator: OperatorProcess,
     assert samples['agentpool_operator_pools{condition="Ready",status="True"}'] >= 1
     assert samples["agentpool_operator_watch_stalled"] == 0
     assert 'agentpool_operator_api_writes_total{kind="Deployment",verb="apply"}' in samples
+
+
+def test_an_unusable_database_dsn_degrades_the_pool_without_leaking_it(
+        operator: OperatorProcess, pools: Pools) -> None:
+    pools.secret("bad-db", {"dsn": "postgresql://app:hunter2@/"})  # no host
+    pools.create("lambda", database={"dsnSecretRef": {"name": "bad-db", "key": "dsn"},
+                                     "connectionBudget": 100})
+
+    def degraded() -> dict[str, Any] | None:
+        condition = pools.condition("lambda", "Degraded")
+        return condition if condition and condition["status"] == "True" else None
+
+    condition: dict[str, Any] = eventually(degraded)
+    assert condition["reason"] == "InvalidDatabaseDSN"
+    assert "hunter2" not in json.dumps(pools.get("agentpool", "lambda"))
+    events = pools.cluster.kubectl("-n", pools.namespace, "get", "events", "-o", "json").stdout
+    assert "hunter2" not in events
