@@ -137,6 +137,8 @@ def _by_pool(expr: str) -> str:
 
 
 _WORKERS = f"{{{POOL}}}"
+_DB_USED = f'sum by (namespace, agentpool, pod) ({m.DB_CONNECTIONS}{{{POOL}, state="used"}})'
+_DB_MAX = f"sum by (namespace, agentpool, pod) ({m.DB_CONNECTIONS_MAX}{_WORKERS})"
 
 OVERVIEW = Dashboard(
     uid="agentpool-overview",
@@ -240,12 +242,7 @@ DATABASE = Dashboard(
         ("Connection pools", (
             Panel("Pool utilisation", "Connections in use over the pool capacity, per pod "
                   "(all worker processes of the pod).", "percentunit", (
-                      q(ratio(
-                          f'sum by (namespace, agentpool, pod) '
-                          f'({m.DB_CONNECTIONS}{{{POOL}, state="used"}})',
-                          f"sum by (namespace, agentpool, pod) "
-                          f"({m.DB_CONNECTIONS_MAX}{_WORKERS})"),
-                        "{{pod}}"),
+                      q(ratio(_DB_USED, _DB_MAX), "{{pod}}"),
                   ), width=12),
             Panel("Connections by state", "Used and idle connections against capacity.",
                   "short", (
@@ -256,11 +253,9 @@ DATABASE = Dashboard(
         ("Waits", (
             Panel("Pods at capacity", "Pods whose workers use every pooled connection: "
                   "further queries wait for a connection.", "short", (
-                      q(f'count by (namespace, agentpool) ('
-                        f'sum by (namespace, agentpool, pod) '
-                        f'({m.DB_CONNECTIONS}{{{POOL}, state="used"}}) '
-                        f'>= sum by (namespace, agentpool, pod) '
-                        f'({m.DB_CONNECTIONS_MAX}{_WORKERS}) > 0)',
+                      q(f"sum by (namespace, agentpool) (\n"
+                        f"  ({_DB_USED} >= bool {_DB_MAX})\n"
+                        f"  * ({_DB_MAX} > bool 0)\n)",
                         "{{namespace}}/{{agentpool}}"),
                   ), width=12),
             Panel("Free connections", "Idle connections left per pod; zero means tasks "
