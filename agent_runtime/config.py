@@ -51,6 +51,11 @@ class RuntimeConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pool: str = Field(description="AgentPool name; namespaces every Redis key of the pool.")
+    namespace: str | None = Field(
+        default=None,
+        description="Kubernetes namespace of the AgentPool. Part of every Redis key, so pools "
+        "of the same name in different namespaces never share a queue on one Redis.",
+    )
     handler: str = Field(description="Default task handler, `module:function` (async or sync).")
     handlers: dict[str, str] = Field(
         default_factory=dict,
@@ -188,6 +193,13 @@ class RuntimeConfig(BaseModel):
             raise ValueError("pool must be a DNS label (lowercase letters, digits, '-')")
         return value
 
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_dns_label(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError("namespace must be a DNS label (lowercase letters, digits, '-')")
+        return value
+
     @field_validator("handler", "init_hook")
     @classmethod
     def _is_handler_ref(cls, value: str | None) -> str | None:
@@ -215,7 +227,8 @@ class RuntimeConfig(BaseModel):
     # slot, so the MULTI blocks and Lua scripts that touch several of them stay valid.
     @property
     def key_prefix(self) -> str:
-        return f"agentpool:{{{self.pool}}}"
+        identity = f"{self.namespace}/{self.pool}" if self.namespace else self.pool
+        return f"agentpool:{{{identity}}}"
 
     @property
     def stream_key(self) -> str:

@@ -349,7 +349,7 @@ def test_provider_keda_renders_a_scaled_object_instead_of_the_hpa_while_keda_is_
         scaled = eventually(lambda: pools.get("scaledobject.keda.sh", name), timeout=60)
         assert scaled["spec"]["scaleTargetRef"]["kind"] == "AgentPool"
         trigger = scaled["spec"]["triggers"][0]
-        assert trigger["metadata"]["stream"] == f"agentpool:{{{name}}}:tasks"
+        assert trigger["metadata"]["stream"] == f"agentpool:{{{pools.namespace}/{name}}}:tasks"
         assert trigger["metadata"]["databaseIndex"] == "2"
         assert pools.get("triggerauthentication.keda.sh", f"{name}-keda") is not None
         assert pools.get("secret", f"{name}-keda") is not None

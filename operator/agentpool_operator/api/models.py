@@ -116,7 +116,7 @@ class QueueSpec(ApiModel):
         default=None, min_length=1, max_length=200, pattern=STREAM_PATTERN
     )
     """Name of the Redis stream producers add tasks to. Unset: a key unique to this pool,
-    `agentpool:{<pool>}:tasks`. Immutable: changing it would orphan the tasks already
+    `agentpool:{<namespace>/<pool>}:tasks`. Immutable: changing it would orphan the tasks already
     queued."""
     consumer_group: str = Field(
         default="workers",

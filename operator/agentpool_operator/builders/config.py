@@ -55,6 +55,7 @@ def runtime_config(ctx: PoolContext) -> RuntimeConfig:
     memory_limit = limits.get("memory")
     fields: dict[str, Any] = {
         "pool": ctx.name,
+        "namespace": ctx.namespace,
         "handler": spec.handler,
         "workers": workers.per_pod,
         "concurrency": workers.concurrency,

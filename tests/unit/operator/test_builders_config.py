@@ -48,7 +48,7 @@ def test_minimal_spec_uses_runtime_defaults_where_unset() -> None:
     assert config.container_memory_limit_bytes is None
     assert config.stream is None
     assert config.db_pool_max_size is None
-    assert config.stream_key == "agentpool:{echo}:tasks"
+    assert config.stream_key == "agentpool:{agents/echo}:tasks"
 
 
 def test_runtime_yaml_is_the_runtime_s_own_rendering() -> None:

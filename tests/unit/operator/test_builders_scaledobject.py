@@ -94,7 +94,7 @@ def test_the_default_stream_is_the_one_the_runtime_derives() -> None:
     scaled = build_scaled_object(ctx)
     assert scaled is not None
     metadata = scaled["spec"]["triggers"][0]["metadata"]
-    assert (metadata["stream"], metadata["streamLength"]) == ("agentpool:{echo}:tasks", "2")
+    assert (metadata["stream"], metadata["streamLength"]) == ("agentpool:{agents/echo}:tasks", "2")
     assert scaled["spec"]["minReplicaCount"] == 1
 
 

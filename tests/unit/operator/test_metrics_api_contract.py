@@ -32,4 +32,4 @@ def test_custom_and_default_streams() -> None:
         "research:tasks", "research-workers")
     echo = queue_keys("echo", "agents", minimal_ctx().spec)
     assert (echo.stream, echo.group, echo.delayed) == (
-        "agentpool:{echo}:tasks", "workers", "agentpool:{echo}:delayed")
+        "agentpool:{agents/echo}:tasks", "workers", "agentpool:{agents/echo}:delayed")

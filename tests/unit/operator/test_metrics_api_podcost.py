@@ -50,7 +50,7 @@ async def test_a_pass_writes_only_changed_costs_and_sets_the_gauges() -> None:
     kube.add_pool("agents", "research", "redis://redis:6379/0")
     kube.pods["agents"] = [_pod(PODS[0], "0"), _pod(PODS[1], "0"), _pod(PODS[2]),
                            _pod("research-7d9f-xxxxx", terminating=True)]
-    reader = FakeReader({"agentpool:{research}:tasks": Backlog(
+    reader = FakeReader({"agentpool:{agents/research}:tasks": Backlog(
         waiting=4, in_flight=2, per_consumer={f"{PODS[0]}-1a2b3c-0.1": 2})})
     telemetry = Telemetry()
     keeper = DeletionCostKeeper(kube.as_kube(), PoolDirectory(kube.as_kube()),

@@ -35,8 +35,8 @@ def kube() -> FakeKube:
 
 @pytest.fixture
 def reader() -> FakeReader:
-    return FakeReader({"agentpool:{research}:tasks": Backlog(waiting=7, in_flight=5),
-                       "agentpool:{echo}:tasks": Backlog(waiting=1, in_flight=0)})
+    return FakeReader({"agentpool:{agents/research}:tasks": Backlog(waiting=7, in_flight=5),
+                       "agentpool:{agents/echo}:tasks": Backlog(waiting=1, in_flight=0)})
 
 
 @pytest.fixture

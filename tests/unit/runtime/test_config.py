@@ -125,3 +125,12 @@ def test_config_module_imports_without_io_libraries() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_same_named_pools_in_different_namespaces_never_share_keys() -> None:
+    base = {"pool": "echo", "handler": "m:f"}
+    a = RuntimeConfig.model_validate({**base, "namespace": "team-a"})
+    b = RuntimeConfig.model_validate({**base, "namespace": "team-b"})
+    assert a.stream_key == "agentpool:{team-a/echo}:tasks"
+    assert len({a.stream_key, b.stream_key}) == 2
+    assert a.dead_letter_key != b.dead_letter_key
