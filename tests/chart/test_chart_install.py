@@ -195,8 +195,10 @@ class Release:
         except pytest.fail.Exception:
             refused = forbidden_requests(
                 self.cluster, f"system:serviceaccount:{self.namespace}:{self.fullname}")
-            log = self.operator.log()[-3000:] if self.operator else ""
-            pytest.fail(f"AgentPool {name} not Ready; refused: {refused}\n{log}")
+            log = self.operator.log() if self.operator else ""
+            reads = [line[:600] for line in forbidden_in_log(log)][:3]
+            pytest.fail(f"AgentPool {name} not Ready; refused writes: {refused}; refused "
+                        f"requests in the operator's log: {reads}")
 
     def assert_nothing_refused(self) -> None:
         for account in (self.fullname, self.metrics_api_name):
@@ -249,9 +251,28 @@ def drop_hpa_reader(cluster: Cluster, namespace: str) -> None:
                     check=False)
 
 
+def exercise_autoscaling_children(cluster: Cluster, release: Release, pools: Pools) -> None:
+    """Make the operator create, change and prune every optional child kind: a KEDA
+    ScaledObject with its TriggerAuthentication and Secret, then an HPA, then nothing."""
+    def set_autoscaling(value: dict[str, Any]) -> None:
+        cluster.kubectl("-n", pools.namespace, "patch", "agentpool", "beta", "--type=merge",
+                        "-p", json.dumps({"spec": {"minReplicas": 1, "autoscaling": value}}))
+
+    set_autoscaling({"enabled": True, "provider": "keda"})
+    eventually(lambda: pools.get("scaledobject.keda.sh", "beta"), timeout=30)
+    assert pools.get("triggerauthentication.keda.sh", "beta-keda") is not None
+    set_autoscaling({"enabled": True, "provider": "builtin"})
+    eventually(lambda: pools.get("hpa", "beta"), timeout=30)
+    eventually(lambda: pools.get("scaledobject.keda.sh", "beta") is None, timeout=30)
+    eventually(lambda: pools.get("secret", "beta-keda") is None, timeout=30)
+    set_autoscaling({"enabled": False})
+    eventually(lambda: pools.get("hpa", "beta") is None, timeout=30)
+    release.wait_ready(pools, "beta")
+
+
 def test_cluster_wide_install_upgrade_and_uninstall(
         cluster: Cluster, release: Release, services: ServiceSettings,
-        monitoring_crds: list[str], only_the_charts_operator: None,
+        monitoring_crds: list[str], keda_crds: list[str], only_the_charts_operator: None,
         scratch_namespaces: list[str]) -> None:
     adopt_crd(cluster, release.name, release.namespace)
     status = release.install(release_values())
@@ -309,6 +330,7 @@ def test_cluster_wide_install_upgrade_and_uninstall(
     release.stop()
     release.start_operator()
     release.wait_ready(pool(cluster, team, "beta", services.redis_url), "beta")
+    exercise_autoscaling_children(cluster, release, Pools(cluster, team))
     release.stop()
     release.assert_nothing_refused()
 

@@ -56,8 +56,9 @@ def grants(*rows: tuple[str, str, str]) -> set[tuple[str, str, str]]:
             for verb in verbs.split(",")}
 
 
-# What operator/agentpool_operator/k8s.py and handlers.py call (server-side apply: patch,
-# and create when the object is missing; kopf watches AgentPools and owned Deployments).
+# What operator/agentpool_operator/k8s.py, reconcile.py and handlers.py call (server-side
+# apply: patch, and create when the object is missing; optional children are read and pruned;
+# kopf watches AgentPools and owned Deployments).
 OPERATOR_NAMESPACED = grants(
     ("agentpool.dev", "agentpools", "get,list,watch"),
     ("agentpool.dev", "agentpools/status", "patch"),
@@ -68,6 +69,8 @@ OPERATOR_NAMESPACED = grants(
     ("policy", "poddisruptionbudgets", "get,create,patch"),
     ("autoscaling", "horizontalpodautoscalers", "get,create,patch,delete"),
     ("monitoring.coreos.com", "podmonitors", "get,create,patch,delete"),
+    ("keda.sh", "scaledobjects", "get,create,patch,delete"),
+    ("keda.sh", "triggerauthentications", "get,create,patch,delete"),
     ("", "pods", "list"),
     ("", "events", "create"),
 )

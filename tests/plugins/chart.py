@@ -3,17 +3,19 @@ CRDs, and running the product's processes with exactly the identity and flags th
 them.
 
 `helm` (session) wraps the helm binary built from its Go module (`hack/testcluster`), bound to
-the test cluster. `monitoring_crds` (module) installs the real ServiceMonitor, PodMonitor and
-PrometheusRule CRDs, taken from the Prometheus Operator's Go module (the same pinned-module
-route as the control plane), and removes them afterwards, so the chart's Capabilities gating
-and the API server's strict validation see the real schemas. `ChartProcess` runs a container of
-a rendered Deployment as a local process (the pods themselves are simulated by KWOK),
-authenticated as the chart's ServiceAccount with a token from the TokenRequest API, so the
-chart's RBAC is exactly what it runs with.
+the test cluster. `monitoring_crds` and `keda_crds` (module) install the real ServiceMonitor,
+PodMonitor, PrometheusRule, ScaledObject and TriggerAuthentication CRDs, taken from the
+Prometheus Operator's and KEDA's Go modules (the same pinned-module route as the control
+plane), and remove them afterwards, so the chart's Capabilities gating, the API server's strict
+validation and the operator's optional children meet the real schemas. `ChartProcess` runs a
+container of a rendered Deployment as a local process (the pods themselves are simulated by
+KWOK), authenticated as the chart's ServiceAccount with a token from the TokenRequest API, so
+the chart's RBAC is exactly what it runs with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,6 +42,7 @@ CHART = REPO_ROOT / "charts" / "agentpool-operator"
 MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 MONITORING_APIS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in MONITORING_KINDS)
 PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+KEDA_MODULE = "github.com/kedacore/keda/v2@v2.21.0"
 _CRD_FILES = ("servicemonitors", "podmonitors", "prometheusrules")
 
 
@@ -126,26 +129,22 @@ def helm(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     return Helm(cluster.binary("helm"), cluster.kubeconfig, tmp_path_factory.mktemp("helm"))
 
 
-def prometheus_operator_crds() -> list[Path]:
-    """The ServiceMonitor, PodMonitor and PrometheusRule CRDs of the pinned Prometheus
-    Operator release, from its Go module (downloaded once into the Go module cache)."""
-    result = subprocess.run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR_MODULE],
+def module_files(module: str, *paths: str) -> list[Path]:
+    """Files of a Go module at a pinned version (downloaded once into the Go module cache)."""
+    result = subprocess.run(["go", "mod", "download", "-json", module],
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "GOFLAGS": "-mod=mod"})
     if result.returncode != 0:
-        pytest.fail(f"cannot fetch {PROMETHEUS_OPERATOR_MODULE}: {result.stdout}{result.stderr}")
-    directory = Path(json.loads(result.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
-    return [directory / f"monitoring.coreos.com_{name}.yaml" for name in _CRD_FILES]
+        pytest.fail(f"cannot fetch {module}: {result.stdout}{result.stderr}")
+    root = Path(json.loads(result.stdout)["Dir"])
+    return [root / path for path in paths]
 
 
-@pytest.fixture(scope="module")
-def monitoring_crds(cluster: Cluster) -> Iterator[list[str]]:
-    """The Prometheus Operator's monitor and rule CRDs, served while the module runs.
-
-    Removed afterwards: while they exist the operator renders PodMonitors for pools that ask,
-    which other tests do not expect."""
-    files = prometheus_operator_crds()
-    names = [f"{name}.monitoring.coreos.com" for name in _CRD_FILES]
+@contextlib.contextmanager
+def served_crds(cluster: Cluster, files: Sequence[Path], names: Sequence[str],
+                kinds: Sequence[str]) -> Iterator[list[str]]:
+    """CRDs applied from `files` and served (discovery included) while the block runs; the
+    ones that were not there before are deleted afterwards."""
     existed = {name for name in names if cluster.kubectl(
         "get", "crd", name, "--ignore-not-found", "-o", "name").stdout.strip()}
     args = ["apply", "--server-side", "--force-conflicts", "--field-manager=agentpool-chart-tests"]
@@ -156,14 +155,39 @@ def monitoring_crds(cluster: Cluster) -> Iterator[list[str]]:
                     "--timeout=60s")
     # Discovery (which helm reads for .Capabilities) can trail Established by a moment.
     eventually(lambda: all(cluster.kubectl("get", kind.lower(), "-A", check=False).returncode
-                           == 0 for kind in MONITORING_KINDS), timeout=30)
+                           == 0 for kind in kinds), timeout=30)
     try:
-        yield names
+        yield list(names)
     finally:
         created = [name for name in names if name not in existed]
         if created:
             cluster.kubectl("delete", "crd", *created, "--wait=true", "--timeout=60s",
                             check=False)
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(cluster: Cluster) -> Iterator[list[str]]:
+    """The Prometheus Operator's monitor and rule CRDs, served while the module runs.
+
+    Removed afterwards: while they exist the operator renders PodMonitors for pools that ask,
+    which other tests do not expect."""
+    files = module_files(PROMETHEUS_OPERATOR_MODULE, *(
+        f"example/prometheus-operator-crd/monitoring.coreos.com_{name}.yaml"
+        for name in _CRD_FILES))
+    with served_crds(cluster, files, [f"{name}.monitoring.coreos.com" for name in _CRD_FILES],
+                     MONITORING_KINDS) as names:
+        yield names
+
+
+@pytest.fixture(scope="module")
+def keda_crds(cluster: Cluster) -> Iterator[list[str]]:
+    """KEDA's ScaledObject and TriggerAuthentication CRDs (the real schemas, from KEDA's Go
+    module; KEDA itself does not run), served while the module runs."""
+    plurals = ("scaledobjects", "triggerauthentications")
+    files = module_files(KEDA_MODULE, *(f"config/crd/bases/keda.sh_{p}.yaml" for p in plurals))
+    with served_crds(cluster, files, [f"{p}.keda.sh" for p in plurals],
+                     ("ScaledObject", "TriggerAuthentication")) as names:
+        yield names
 
 
 def service_account_kubeconfig(cluster: Cluster, namespace: str, name: str, path: Path) -> Path:
