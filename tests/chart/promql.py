@@ -10,6 +10,7 @@ from typing import Any
 import promql_parser
 from prometheus_client import CollectorRegistry
 
+from agentpool_operator.metrics_api import adapter_rules
 from agentpool_operator.monitoring.alerts import ALERTS
 from agentpool_operator.monitoring.dashboards import DASHBOARDS, variable_queries
 from agentpool_operator.monitoring.promql import concrete
@@ -24,8 +25,18 @@ class Expression:
     must_have_data: bool
 
 
+def adapter_expressions(namespace: str | None, pools: list[str]) -> Iterator[Expression]:
+    """The prometheus-adapter rule for the HPA metric: its series query, and its metrics query
+    as the adapter renders it for an HPA selecting `pools`."""
+    for rule in adapter_rules.EXTERNAL_RULES:
+        yield Expression("prometheus-adapter seriesQuery", rule["seriesQuery"], True)
+    yield Expression("prometheus-adapter metricsQuery",
+                     adapter_rules.example_query(namespace, pools), True)
+
+
 def shipped_expressions() -> Iterator[Expression]:
-    """Every dashboard query, every alert expression and every alert signal."""
+    """Every dashboard query, every alert expression and every alert signal, and the HPA
+    metric's prometheus-adapter rule."""
     for dashboard in DASHBOARDS:
         for panel in dashboard.panels():
             for query in panel.queries:
@@ -39,6 +50,7 @@ def shipped_expressions() -> Iterator[Expression]:
         yield Expression(f"alert {alert.name}", alert.expr, False)
         for signal in alert.signals:
             yield Expression(f"alert {alert.name} signal", signal, True)
+    yield from adapter_expressions(None, [".+"])
 
 
 def metric_names(expr: str) -> set[str]:

@@ -278,6 +278,11 @@ def test_cluster_wide_install_upgrade_and_uninstall(
     status = release.install(release_values())
     assert status["info"]["status"] == "deployed"
     assert status["version"] == 1
+    notes = status["info"]["notes"]
+    assert "It reconciles AgentPools in every namespace." in notes
+    assert "ServiceMonitor: installed" in notes
+    assert "PrometheusRule: installed" in notes
+    assert "agentpool_queue_backlog" in notes  # the prometheus-adapter rules, no APIService
     # The cluster serves the Prometheus Operator's APIs, so the monitors and rules are there.
     for kind in ("servicemonitor", "prometheusrule"):
         cluster.kubectl("get", kind, release.fullname, "-n", release.namespace)
@@ -349,8 +354,10 @@ def test_namespaced_install_reconciles_only_its_namespaces(
     watched = [new_namespace(cluster, scratch_namespaces, "watched") for _ in range(2)]
     other = new_namespace(cluster, scratch_namespaces, "unwatched")
     # A second install next to a CRD someone else manages.
-    release.install(release_values(operator={"watchNamespaces": watched},
-                                   crds={"enabled": False}))
+    notes = release.install(release_values(operator={"watchNamespaces": watched},
+                                           crds={"enabled": False}))["info"]["notes"]
+    assert f"the namespaces {', '.join(watched)}" in notes
+    assert "did not install the AgentPool CRD" in notes
     operator_args = container_of(release.deployment(release.fullname), "operator")["args"]
     assert [a for a in operator_args if a.startswith("--namespace")] == [
         f"--namespace={n}" for n in watched]

@@ -5,9 +5,10 @@ runs handlers that call a loopback HTTP API, use the cache and the database, and
 the real operator reconciles AgentPools (one of them blocked by a ResourceQuota, so reconciles
 also fail); the real metrics API server exports the queue gauges. Prometheus scrapes all three
 (file_sd on loopback, 1 s interval). Then every dashboard query, every dashboard variable's
-series selector, every alert expression and every alert signal goes through Prometheus' HTTP
-API: each must be valid, each query and signal must return at least one finite sample, and
-every metric name they read must be among the names Prometheus actually scraped.
+series selector, every alert expression and signal, and the HPA metric's prometheus-adapter
+rule go through Prometheus' HTTP API: each must be valid, each query and signal must return at
+least one finite sample, and every metric name they read must be among the names Prometheus
+actually scraped.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from agentpool_dev.services import ServiceSettings
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.config import runtime_config
 from agentpool_operator.builders.context import PoolContext, SecretValues
-from tests.chart.promql import Expression, metric_names, shipped_expressions
+from tests.chart.promql import (
+    Expression,
+    adapter_expressions,
+    metric_names,
+    shipped_expressions,
+)
 from tests.plugins.metrics_api import MetricsApiServer
 from tests.plugins.operator import OperatorProcess, Pools
 from tests.plugins.runtime import RunningSupervisor, RuntimePool, StartSupervisor
@@ -183,7 +189,7 @@ async def test_every_shipped_query_returns_data_from_the_real_components(
         pools.wait_ready(name)
         async with await TaskClient.connect(services.redis_url, config) as client:
             await load(client, external_api, seconds=20)
-        expressions = list(shipped_expressions())
+        expressions = [*shipped_expressions(), *adapter_expressions(namespace, [name])]
         answers = wait_for_data(services, expressions, timeout=40)
     finally:
         cluster.kubectl("delete", "namespace", f"{namespace}-quota", "--wait=false",
