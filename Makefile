@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
 DEV := $(PY) -m agentpool_dev
 
-.PHONY: deps venv services-install binaries up down crds cluster-up cluster-down kubeconfig \
+.PHONY: deps venv services-install binaries up down crds chart-generate chart-check test-chart cluster-up cluster-down kubeconfig \
         services-up services-down lint typecheck test test-fast clean
 
 deps: venv services-install binaries
@@ -49,8 +49,21 @@ up: deps
 down: venv
 	$(DEV) down
 
+# Generated files: the CRD from the pydantic models, and the chart's dashboards, alert rules,
+# adapter rules and CRD template from the monitoring code. Tests fail when they are stale.
 crds: venv
 	$(PY) -m agentpool_operator.gen_crd
+
+chart-generate: crds
+	$(PY) -m agentpool_operator.monitoring
+
+chart-check: venv
+	$(PY) -m agentpool_operator.gen_crd --check
+	$(PY) -m agentpool_operator.monitoring --check
+
+# The chart alone: lint, render, strict validation, install/upgrade/uninstall, promtool, PromQL.
+test-chart: deps
+	$(VENV)/bin/pytest tests/chart
 
 lint: venv
 	$(VENV)/bin/ruff check .
