@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +23,16 @@ from typing import Any
 
 from agentpool_dev import cluster as cluster_mod
 from agentpool_dev.paths import REPO_ROOT
-from agentpool_dev.procs import StartupError, free_port, http_ok, log_tail, wait_until
+from agentpool_dev.procs import (
+    StartupError,
+    free_port,
+    http_ok,
+    log_tail,
+    module_env,
+    spawn_module,
+    terminate,
+    wait_until,
+)
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders import PoolContext, SecretValues, build_children
 
@@ -108,12 +114,10 @@ class OperatorRun:
         self.cluster = cluster
         self.port = free_port()
         kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agentpool_operator", "--health-host", "127.0.0.1",
-             "--health-port", str(self.port), "--log-level", "WARNING"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        self.process = spawn_module(
+            "agentpool_operator", ["--health-host", "127.0.0.1", "--health-port",
+                                   str(self.port), "--log-level", "WARNING"],
+            module_env(kubeconfig), log)
         try:
             wait_until("operator /readyz",
                        lambda: http_ok(f"http://127.0.0.1:{self.port}/readyz"), 60)
@@ -132,12 +136,7 @@ class OperatorRun:
                    if e.get("user", {}).get("username") == OPERATOR_USER)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout=30)
 
 
 def measure_operator(cluster: cluster_mod.Cluster, run: OperatorRun, pools: int,

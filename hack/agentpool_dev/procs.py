@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -152,3 +153,32 @@ def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
             return status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def module_env(kubeconfig: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for running one of the repo's Python modules against a cluster."""
+    from agentpool_dev.paths import REPO_ROOT  # local: paths imports nothing from here
+
+    env = dict(os.environ if base is None else base)
+    env["KUBECONFIG"] = str(kubeconfig)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])
+    return env
+
+
+def spawn_module(module: str, args: Sequence[str], env: dict[str, str], log: Path
+                 ) -> subprocess.Popen[bytes]:
+    """`python -m module args...` in its own session, output appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM, as the kubelet would, then SIGKILL if it has not exited within `timeout`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

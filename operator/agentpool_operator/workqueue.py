@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from agentpool_operator.errors import OperatorError
+
 K = TypeVar("K", bound=Hashable)
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,11 @@ class WorkQueue(Generic[K]):
             except Requeue as requeue:
                 self._backoff.reset(key)
                 self._schedule_retry(key, requeue.delay)
+            except OperatorError as error:
+                # Expected failures (API refusals, conflicts, outages) say enough in one line.
+                delay = self._backoff.next_delay(key)
+                log.warning("processing %s failed; retrying in %.1fs: %s", key, delay, error)
+                self._schedule_retry(key, delay)
             except Exception:
                 delay = self._backoff.next_delay(key)
                 log.exception("processing %s failed; retrying in %.1fs", key, delay)

@@ -19,9 +19,7 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,7 +33,7 @@ import yaml
 from agentpool_dev import cluster as cluster_mod
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.paths import REPO_ROOT
-from agentpool_dev.procs import log_tail
+from agentpool_dev.procs import log_tail, module_env, spawn_module, terminate
 from tests.waiting import eventually
 
 CHART = REPO_ROOT / "charts" / "agentpool-operator"
@@ -241,14 +239,9 @@ class ChartProcess:
                if not key.startswith("AGENTPOOL_")}
         env.update({item["name"]: item["value"] for item in self.container.get("env") or []
                     if "value" in item})
-        env.update({"KUBECONFIG": str(self.kubeconfig),
-                    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"),
-                                                   str(REPO_ROOT)])})
-        argv = [sys.executable, "-m", self.module, *self.container.get("args", []),
-                *self.extra_args]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
+        self.process = spawn_module(
+            self.module, [*self.container.get("args", []), *self.extra_args],
+            module_env(self.kubeconfig, env), self.log_path)
         if self.health_url:
             eventually(self._ready, timeout=timeout, interval=0.2)
 
@@ -262,15 +255,8 @@ class ChartProcess:
             return False
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
         self.process = None
 
     def log(self) -> str:

@@ -12,11 +12,8 @@ aggregator), with or without a client certificate or token, to test its authenti
 from __future__ import annotations
 
 import json
-import os
-import signal
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -27,8 +24,7 @@ from typing import Any
 import pytest
 
 from agentpool_dev.cluster import Cluster
-from agentpool_dev.paths import REPO_ROOT
-from agentpool_dev.procs import free_port, log_tail
+from agentpool_dev.procs import free_port, log_tail, module_env, spawn_module, terminate
 from tests.waiting import eventually
 
 METRICS_USER = "agentpool-metrics"
@@ -52,15 +48,12 @@ class MetricsApiServer:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agentpool_operator.metrics_api",
-                 "--bind-address", "127.0.0.1", "--secure-port", str(self.port),
-                 "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                 "--deletion-cost-interval", str(DELETION_COST_INTERVAL)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = spawn_module(
+            "agentpool_operator.metrics_api",
+            ["--bind-address", "127.0.0.1", "--secure-port", str(self.port),
+             "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+             "--deletion-cost-interval", str(DELETION_COST_INTERVAL)],
+            module_env(self.kubeconfig), self.log_path)
         eventually(self._healthy, timeout=60, interval=0.2)
 
     def _healthy(self) -> bool:
@@ -116,14 +109,8 @@ class MetricsApiServer:
                              "--ignore-not-found", check=False)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
         self.process = None
 
     def log(self) -> str:
@@ -145,10 +132,12 @@ def client_cert_of(kubeconfig: Path) -> tuple[Path, Path]:
     return Path(user["client-certificate"]), Path(user["client-key"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def metrics_api(cluster: Cluster, agentpool_crd: dict[str, Any],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsApiServer]:
     # Least-privilege RBAC for the server is the chart's job; here it runs as a cluster admin.
+    # Module scope: the cluster-wide APIService and deletion-cost writer exist only while the
+    # tests that need them run, so they cannot act on other modules' pools.
     kubeconfig = cluster.kubeconfig_for(METRICS_USER, ("system:masters",))
     server = MetricsApiServer(cluster, kubeconfig,
                               tmp_path_factory.mktemp("metrics-api") / "log")

@@ -9,10 +9,7 @@ Secrets they reference.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,8 +19,7 @@ from typing import Any
 import pytest
 
 from agentpool_dev.cluster import Cluster
-from agentpool_dev.paths import REPO_ROOT
-from agentpool_dev.procs import free_port, log_tail
+from agentpool_dev.procs import free_port, log_tail, module_env, spawn_module, terminate
 from tests.waiting import eventually
 
 OPERATOR_USER = "agentpool-operator"
@@ -43,15 +39,11 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.health_port}"
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agentpool_operator", "--health-host", "127.0.0.1",
-                 "--health-port", str(self.health_port),
-                 "--resync-seconds", str(RESYNC_SECONDS), "--stall-seconds", "60"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
+        self.process = spawn_module(
+            "agentpool_operator",
+            ["--health-host", "127.0.0.1", "--health-port", str(self.health_port),
+             "--resync-seconds", str(RESYNC_SECONDS), "--stall-seconds", "60"],
+            module_env(self.kubeconfig), self.log_path)
         eventually(self._ready, timeout=60)
 
     def _ready(self) -> bool:
@@ -69,14 +61,8 @@ class OperatorProcess:
             return 0, ""
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
         self.process = None
 
     def restart(self) -> None:
