@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
 DEV := $(PY) -m agentpool_dev
 
-.PHONY: deps venv services-install binaries up down crds chart-generate chart-check test-chart cluster-up cluster-down kubeconfig \
+.PHONY: deps venv services-install binaries up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
         services-up services-down lint typecheck test test-fast clean
 
 deps: venv services-install binaries
@@ -17,7 +17,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	# arq pins redis<6 but runs on the runtime's redis 8: install it without that pin.
+	$(PY) -m pip install --quiet --no-deps 'arq>=0.26,<1'
 	touch $@
 
 services-install:
@@ -77,6 +79,11 @@ test: deps
 # Pure unit tests only: no cluster, no services.
 test-fast: venv
 	$(VENV)/bin/pytest tests/unit
+
+# Benchmarks against Celery, RQ, arq and per-task processes, and the operator at scale
+# (figures: bench/RESULTS.md). Not part of `make test`, which runs their smoke mode.
+bench: venv services-up binaries
+	$(PY) -m bench all
 
 clean: down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
