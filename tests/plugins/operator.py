@@ -1,6 +1,6 @@
 """pytest fixtures for running the real operator process against the test cluster.
 
-`operator` (session) starts `python -m agentpool_operator` as its own process with its own
+`operator` (per test module) starts `python -m agentpool_operator` as its own process with its own
 client identity (`agentpool-operator`), so every write it makes can be counted in the API
 server's audit log, and it can be restarted like a real pod. `pools` creates AgentPools and the
 Secrets they reference.
@@ -81,7 +81,9 @@ class OperatorProcess:
         return found
 
 
-@pytest.fixture(scope="session")
+# Module scope: the operator acts on every AgentPool in the cluster, so it runs only while the
+# tests that want it run (the CRD tests, for one, write pool status themselves).
+@pytest.fixture(scope="module")
 def operator(cluster: Cluster, agentpool_crd: dict[str, Any],
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     # On the harness's own cluster the operator gets its own identity, so its writes can be
