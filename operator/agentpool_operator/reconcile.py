@@ -8,10 +8,11 @@ has an ownerReference, so the garbage collector removes them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,20 +162,39 @@ class Reconciler:
 
     async def _apply_children(self, pool: dict[str, Any], children: builders.Children
                               ) -> dict[str, Any] | None:
-        """Apply each child that differs from its live object; return the live Deployment."""
-        deployment: dict[str, Any] | None = None
-        for manifest in children.manifests:
-            desired = with_applied_hash(manifest)
-            meta = desired["metadata"]
-            live = await self.kube.get(desired["apiVersion"], desired["kind"],
-                                       meta["namespace"], meta["name"])
-            if live is None or not contains(live, desired):
-                changed = [] if live is None else differing_paths(live, desired)
-                live = await self.kube.apply(desired)
-                await self._announce_apply(pool, desired["kind"], meta["name"], changed)
-            if desired["kind"] == "Deployment":
-                deployment = live
+        """Apply each child that differs from its live object; return the live Deployment.
+
+        Three rounds: what the pods use (ConfigMap, Secret, Service, PDB) before the
+        Deployment, and what observes it (HPA, PodMonitor, ...) after. Children within a round
+        are independent, so their requests run concurrently.
+        """
+        manifests = children.manifests
+        index = next(i for i, m in enumerate(manifests) if m["kind"] == "Deployment")
+        await self._ensure_all(pool, manifests[:index])
+        deployment = await self._ensure(pool, manifests[index])
+        await self._ensure_all(pool, manifests[index + 1:])
         return deployment
+
+    async def _ensure_all(self, pool: dict[str, Any], manifests: Sequence[dict[str, Any]]
+                          ) -> None:
+        results = await asyncio.gather(*(self._ensure(pool, m) for m in manifests),
+                                       return_exceptions=True)
+        # Every request has finished; report the first failure as a sequential loop would.
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _ensure(self, pool: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        """The live child, applied first if it lacks or differs in a field we want."""
+        desired = with_applied_hash(manifest)
+        meta = desired["metadata"]
+        live = await self.kube.get(desired["apiVersion"], desired["kind"],
+                                   meta["namespace"], meta["name"])
+        if live is None or not contains(live, desired):
+            changed = [] if live is None else differing_paths(live, desired)
+            live = await self.kube.apply(desired)
+            await self._announce_apply(pool, desired["kind"], meta["name"], changed)
+        return live
 
     async def _announce_apply(self, pool: dict[str, Any], kind: str, name: str,
                               changed: list[str]) -> None:
