@@ -185,16 +185,24 @@ def _apiserver_args(c: Cluster, pki: pki_mod.Pki) -> list[str]:
     ]
 
 
-def _controller_manager_args(c: Cluster, pki: pki_mod.Pki) -> list[str]:
+def _component_args(c: Cluster, binary: str, port: str) -> list[str]:
+    """Flags the controller-manager and the scheduler share: admin kubeconfig for API calls
+    and for delegated authn/authz of their health endpoint, loopback serving, no election."""
     kc = str(c.kubeconfig)
     return [
-        c.binary("kube-controller-manager"),
+        c.binary(binary),
         f"--kubeconfig={kc}",
         f"--authentication-kubeconfig={kc}",
         f"--authorization-kubeconfig={kc}",
         "--bind-address=127.0.0.1",
-        f"--secure-port={c.ports['controller-manager']}",
+        f"--secure-port={c.ports[port]}",
         "--leader-elect=false",
+    ]
+
+
+def _controller_manager_args(c: Cluster, pki: pki_mod.Pki) -> list[str]:
+    return [
+        *_component_args(c, "kube-controller-manager", "controller-manager"),
         "--controllers=*",
         f"--service-account-private-key-file={pki.sa_key}",
         f"--root-ca-file={pki.ca_crt}",
@@ -210,16 +218,7 @@ def _controller_manager_args(c: Cluster, pki: pki_mod.Pki) -> list[str]:
 
 
 def _scheduler_args(c: Cluster) -> list[str]:
-    kc = str(c.kubeconfig)
-    return [
-        c.binary("kube-scheduler"),
-        f"--kubeconfig={kc}",
-        f"--authentication-kubeconfig={kc}",
-        f"--authorization-kubeconfig={kc}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={c.ports['scheduler']}",
-        "--leader-elect=false",
-    ]
+    return _component_args(c, "kube-scheduler", "scheduler")
 
 
 def _kwok_args(c: Cluster) -> list[str]:
