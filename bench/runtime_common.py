@@ -3,22 +3,19 @@
 Method (shared/notes/runtime.md §10): one Redis for all systems (the dev harness's, started
 with `services.up()`), a separate DB number per system, flushed before it runs; equal total
 concurrency; warm-up excluded; a task counts as done only when its result is readable where
-that system's SDK reads it. Every wait has a deadline.
+that system's SDK reads it (seen through `results_watch.py`). Every wait has a deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
 import statistics
 import subprocess
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
-from redis.asyncio import Redis
 
 from agentpool_dev import services
 
@@ -28,7 +25,6 @@ SLOTS_PER_PROCESS = 8
 TOTAL_CONCURRENCY = PROCESSES * SLOTS_PER_PROCESS
 # One Redis database per system, so FLUSHDB between systems never touches DB 0 (tests).
 DB_NUMBERS = {"agentpool": 10, "celery": 11, "rq": 12, "arq": 13, "spawn": 14, "fork": 15}
-POLL_BATCH = 1000
 
 
 class BenchError(RuntimeError):
@@ -69,33 +65,6 @@ def machine() -> str:
             f"Linux {platform.release()}, Python {platform.python_version()}, "
             f"Redis {info['redis_version']} (loopback, no persistence); total concurrency "
             f"{TOTAL_CONCURRENCY} per system ({PROCESSES} processes x {SLOTS_PER_PROCESS})")
-
-
-async def wait_readable(client: Redis, keys: Sequence[str], within: float,
-                        interval: float = 0.005) -> float:
-    """Poll (EXISTS, pipelined) until every key exists; returns the monotonic time the last
-    one was first seen. Results arrive roughly in order, so only the oldest outstanding
-    `POLL_BATCH` are checked per round (bounded cost on Redis whatever the backlog)."""
-    outstanding = list(keys)
-    deadline = time.monotonic() + within
-    last = time.monotonic()
-    while outstanding:
-        if time.monotonic() > deadline:
-            raise BenchError(f"{len(outstanding)} of {len(keys)} results not readable "
-                             f"after {within:g}s")
-        head = outstanding[:POLL_BATCH]
-        async with client.pipeline(transaction=False) as pipe:
-            for key in head:
-                pipe.exists(key)
-            found = await pipe.execute()
-        now = time.monotonic()
-        if any(found):
-            last = now
-            outstanding = [k for k, f in zip(head, found, strict=True) if not f] + \
-                outstanding[POLL_BATCH:]
-        else:
-            await asyncio.sleep(interval)
-    return last
 
 
 def median(values: Iterable[float]) -> float:

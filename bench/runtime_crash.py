@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from bench import handlers
 from bench.peers.base import System
 from bench.peers.registry import SYSTEMS
+from bench.results_watch import ResultWatcher
 from bench.runtime_common import Versions, db_url, machine, median, table
 from bench.runtime_throughput import warm_up
 
@@ -61,18 +62,8 @@ async def _kill_one(system: System, client: Redis, ids: list[str],
     kills.append((time.monotonic(), in_flight))
 
 
-async def _recovery(system: System, client: Redis, killed_at: float, in_flight: list[str],
-                    deadline: float) -> float | None:
-    """Seconds from the kill until every task in flight on the killed worker is readable."""
-    keys = [system.result_key(t) for t in in_flight]
-    while time.monotonic() < deadline:
-        if keys and await client.exists(*keys) == len(keys):
-            return time.monotonic() - killed_at
-        await asyncio.sleep(0.005)
-    return None
-
-
 async def _missing(system: System, client: Redis, ids: list[str]) -> list[str]:
+    """The tasks whose result is not readable (checked directly, not through the watcher)."""
     missing = []
     for start in range(0, len(ids), 1000):
         chunk = ids[start:start + 1000]
@@ -84,6 +75,14 @@ async def _missing(system: System, client: Redis, ids: list[str]) -> list[str]:
     return missing
 
 
+def _recovery(watcher: ResultWatcher, keys: list[str], killed_at: float) -> float | None:
+    """Seconds from the kill until every task in flight on the killed worker was readable."""
+    seen = [watcher.first_seen.get(k) for k in keys]
+    if not keys or None in seen:
+        return None
+    return max(0.0, max(t for t in seen if t is not None) - killed_at)
+
+
 async def run_system(name: str, tasks: int, interval: float, drain: float) -> Crash:
     url = db_url(name)
     os.environ[handlers.CHAOS_URL_ENV] = url
@@ -93,27 +92,28 @@ async def run_system(name: str, tasks: int, interval: float, drain: float) -> Cr
     client = Redis.from_url(url)
     result = Crash(name, tasks)
     try:
-        await warm_up(system, 32)
-        start = time.monotonic()
-        ids = await system.submit("chaos", [str(i) for i in range(tasks)])
-        deadline = start + drain
-        kills: list[tuple[float, list[str]]] = []
-        recoveries = []
-        missing = ids
-        while time.monotonic() < deadline:
-            missing = await _missing(system, client, missing)
-            if not missing:
-                break
-            await asyncio.sleep(random.uniform(0.5, 1.5) * interval)
-            before = len(kills)
-            await _kill_one(system, client, ids, kills)
-            if len(kills) > before:
-                recoveries.append(asyncio.create_task(
-                    _recovery(system, client, *kills[-1], deadline)))
-        result.seconds = time.monotonic() - start
-        result.kills = len(kills)
-        result.recoveries = [r for r in await asyncio.gather(*recoveries) if r is not None]
-        result.lost = len(await _missing(system, client, missing))
+        async with system.watch_results() as watcher:
+            await warm_up(system, watcher, 32)
+            start = time.monotonic()
+            ids = await system.submit("chaos", [str(i) for i in range(tasks)])
+            keys = {system.result_key(t): t for t in ids}
+            deadline = start + drain
+            kills: list[tuple[float, list[str]]] = []
+            while time.monotonic() < deadline and len(watcher.first_seen) < len(keys):
+                before = len(kills)
+                await _kill_one(system, client, ids, kills)
+                # After a kill, wait about `interval`; until one lands, look again soon.
+                pause = random.uniform(0.5, 1.5) * interval if len(kills) > before else 0.01
+                await asyncio.sleep(pause)
+            result.seconds = time.monotonic() - start
+            result.kills = len(kills)
+            recoveries = (_recovery(watcher, [system.result_key(t) for t in in_flight], at)
+                          for at, in_flight in kills)
+            result.recoveries = [r for r in recoveries if r is not None]
+            seen = [k for k in keys if k in watcher.first_seen]
+            await watcher.confirm(seen)
+            unseen = [keys[k] for k in keys if k not in watcher.first_seen]
+            result.lost = len(await _missing(system, client, unseen))
         executions = await client.hvals(f"{PREFIX}:exec")
         result.duplicated = sum(max(0, int(n) - 1) for n in executions)
     finally:

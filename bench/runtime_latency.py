@@ -5,10 +5,10 @@ maximum rate, measured in the same run.
     python -m bench latency --tasks 200 --levels 50  # smoke
 
 Per system: start, warm up, measure its drain throughput (its "max rate"), then for each level
-submit tasks one by one at scheduled Poisson times through the SDK. A poller checks every
-outstanding result key (pipelined EXISTS) every millisecond; latency = first seen - scheduled
-submit time (so a late submitter cannot hide queueing: no coordinated omission). The 1 ms poll
-adds up to ~1 ms to every system alike. Each level runs at most `--max-seconds`.
+submit tasks one by one at scheduled Poisson times through the SDK; latency = result first
+seen - scheduled submit time (so a late submitter cannot hide queueing: no coordinated
+omission). Results are seen through Redis keyspace notifications (`bench/results_watch.py`),
+the same way for every system, so nothing polls. Each level runs at most `--max-seconds`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from bench.peers.base import System
 from bench.peers.registry import SYSTEMS
+from bench.results_watch import ResultWatcher
 from bench.runtime_common import (
     TOTAL_CONCURRENCY,
     BenchError,
@@ -35,7 +34,6 @@ from bench.runtime_common import (
 )
 from bench.runtime_throughput import TASK_DIVISOR, measure, warm_up
 
-POLL_INTERVAL = 0.001
 DEFAULT_SYSTEMS = ["agentpool", "celery", "rq", "arq"]
 
 
@@ -50,28 +48,21 @@ class Level:
         return percentile(sorted(self.latencies), pct) * 1000
 
 
-async def _poll(client: Redis, system: System, pending: dict[str, float], level: Level,
-                done: asyncio.Event) -> None:
-    """Record each task's latency the first time its result key exists."""
-    while not (done.is_set() and not pending):
-        ids = list(pending)
-        if ids:
-            async with client.pipeline(transaction=False) as pipe:
-                for task_id in ids:
-                    pipe.exists(system.result_key(task_id))
-                found = await pipe.execute()
-            now = time.monotonic()
-            for task_id, exists in zip(ids, found, strict=True):
-                if exists:
-                    level.latencies.append(now - pending.pop(task_id))
-        await asyncio.sleep(POLL_INTERVAL)
+async def run_level(system: System, watcher: ResultWatcher, level: Level, tasks: int,
+                    drain: float) -> None:
+    scheduled_at: dict[str, float] = {}  # result key -> scheduled submit time, until seen
+    all_seen = asyncio.Event()
+    submitted = False
 
+    def record(key: str, seen: float) -> None:
+        scheduled = scheduled_at.pop(key, None)
+        if scheduled is not None:
+            level.latencies.append(seen - scheduled)
+            if submitted and not scheduled_at:
+                all_seen.set()
 
-async def run_level(system: System, level: Level, tasks: int, drain: float) -> None:
-    client = Redis.from_url(system.url)
-    pending: dict[str, float] = {}
-    done = asyncio.Event()
-    poller = asyncio.create_task(_poll(client, system, pending, level, done))
+    watcher.on_seen = record
+    keys = []
     try:
         scheduled = time.monotonic()
         for i in range(tasks):
@@ -80,14 +71,21 @@ async def run_level(system: System, level: Level, tasks: int, drain: float) -> N
             if delay > 0:
                 await asyncio.sleep(delay)
             [task_id] = await system.submit("noop", [str(i)])
-            pending[task_id] = scheduled
-        done.set()
-        await asyncio.wait_for(poller, drain)
+            key = system.result_key(task_id)
+            keys.append(key)
+            scheduled_at[key] = scheduled
+            if key in watcher.first_seen:  # written before submit() returned to us
+                record(key, watcher.first_seen[key])
+        submitted = True
+        if scheduled_at:
+            await asyncio.wait_for(all_seen.wait(), drain)
+        await watcher.confirm(keys)
     except TimeoutError as exc:
-        raise BenchError(f"{system.name}: {len(pending)} results missing after {drain}s") from exc
+        raise BenchError(f"{system.name}: {len(scheduled_at)} results missing after "
+                         f"{drain}s") from exc
     finally:
-        poller.cancel()
-        await client.aclose()
+        watcher.on_seen = None
+        watcher.forget(keys)
 
 
 async def run_system(name: str, levels: Sequence[int], tasks: int,
@@ -97,14 +95,15 @@ async def run_system(name: str, levels: Sequence[int], tasks: int,
     results = []
     try:
         drain_tasks = max(TOTAL_CONCURRENCY * 4, tasks // TASK_DIVISOR.get(name, 1))
-        await warm_up(system, drain_tasks // 10 + TOTAL_CONCURRENCY)
-        max_rate = await measure(system, drain_tasks, 600)
-        for percent in levels:
-            level = Level(name, percent, max_rate * percent / 100)
-            count = max(20, min(tasks, int(level.rate * max_seconds)))
-            system.check_alive()
-            await run_level(system, level, count, drain=60)
-            results.append(level)
+        async with system.watch_results() as watcher:
+            await warm_up(system, watcher, drain_tasks // 10 + TOTAL_CONCURRENCY)
+            max_rate = await measure(system, watcher, drain_tasks, 600)
+            for percent in levels:
+                level = Level(name, percent, max_rate * percent / 100)
+                count = max(20, min(tasks, int(level.rate * max_seconds)))
+                system.check_alive()
+                await run_level(system, watcher, level, count, drain=60)
+                results.append(level)
     finally:
         await system.close()
         system.stop()

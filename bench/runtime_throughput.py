@@ -5,7 +5,8 @@
 
 Per system: start its workers, run a warm-up batch (excluded; it also waits out start-up),
 then per repetition submit N no-op tasks through the system's SDK (batched where the SDK can)
-and poll until all N results are readable. Reported: median [min-max] tasks/s, and AgentPool's
+and wait until all N results are readable (Redis keyspace notifications: see
+`bench/results_watch.py`). Reported: median [min-max] tasks/s, and AgentPool's
 throughput divided by each system's. Systems that pay a process per task get fewer tasks
 (same rate, shorter run), listed in the `tasks` column.
 """
@@ -18,10 +19,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from bench.peers.base import System
 from bench.peers.registry import SYSTEMS
+from bench.results_watch import ResultWatcher
 from bench.runtime_common import (
     TOTAL_CONCURRENCY,
     Versions,
@@ -29,7 +29,6 @@ from bench.runtime_common import (
     machine,
     median,
     table,
-    wait_readable,
 )
 
 # A process per task runs at tens to hundreds of tasks/s: fewer tasks keep runs short.
@@ -49,26 +48,23 @@ class Throughput:
         return median(self.rates)
 
 
-async def measure(system: System, tasks: int, within: float) -> float:
+async def measure(system: System, watcher: ResultWatcher, tasks: int, within: float) -> float:
     """One repetition: tasks/s from the first submit to the last result readable."""
-    client = Redis.from_url(system.url)
-    try:
-        start = time.monotonic()
-        ids = await system.submit("noop", [str(i) for i in range(tasks)])
-        end = await wait_readable(client, [system.result_key(t) for t in ids], within)
-        return tasks / max(end - start, 1e-9)
-    finally:
-        await client.aclose()
+    start = time.monotonic()
+    ids = await system.submit("noop", [str(i) for i in range(tasks)])
+    keys = [system.result_key(t) for t in ids]
+    end = await watcher.wait_all(keys, within)
+    watcher.forget(keys)
+    return tasks / max(end - start, 1e-9)
 
 
-async def warm_up(system: System, tasks: int, within: float = START_TIMEOUT) -> None:
+async def warm_up(system: System, watcher: ResultWatcher, tasks: int,
+                  within: float = START_TIMEOUT) -> None:
     """Wait until the system runs tasks (start-up), then run `tasks` more, all excluded."""
-    client = Redis.from_url(system.url)
-    try:
-        ids = await system.submit("noop", [str(i) for i in range(tasks)])
-        await wait_readable(client, [system.result_key(t) for t in ids], within)
-    finally:
-        await client.aclose()
+    ids = await system.submit("noop", [str(i) for i in range(tasks)])
+    keys = [system.result_key(t) for t in ids]
+    await watcher.wait_all(keys, within)
+    watcher.forget(keys)
 
 
 async def run_system(name: str, tasks: int, reps: int, within: float) -> Throughput:
@@ -76,10 +72,11 @@ async def run_system(name: str, tasks: int, reps: int, within: float) -> Through
     result = Throughput(name, max(TOTAL_CONCURRENCY, tasks // TASK_DIVISOR.get(name, 1)))
     system.start()
     try:
-        await warm_up(system, max(TOTAL_CONCURRENCY * 2, result.tasks // 10))
-        for _ in range(reps):
-            system.check_alive()
-            result.rates.append(await measure(system, result.tasks, within))
+        async with system.watch_results() as watcher:
+            await warm_up(system, watcher, max(TOTAL_CONCURRENCY * 2, result.tasks // 10))
+            for _ in range(reps):
+                system.check_alive()
+                result.rates.append(await measure(system, watcher, result.tasks, within))
     finally:
         await system.close()
         system.stop()

@@ -8,7 +8,7 @@ AgentPool: a freshly started pool (its init hook imports the libraries during wa
 the pool reports ready), one `heavy` task once a no-op has gone through: that is the first
 heavy task. Restarted for every repetition. Spawn/fork: every task is a first task; one at a
 time. Also a no-op on the same warm pool, the floor of submit + run + result readable.
-Results are polled every 0.2 ms, so the poll adds at most that much.
+Results are seen through Redis keyspace notifications (`bench/results_watch.py`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from bench.peers.base import System
 from bench.peers.registry import SYSTEMS
-from bench.runtime_common import Versions, db_url, machine, median, table, wait_readable
+from bench.results_watch import ResultWatcher
+from bench.runtime_common import Versions, db_url, machine, median, table
 from bench.runtime_throughput import warm_up
 
-POLL = 0.0002
 SYSTEMS_COMPARED = ["agentpool", "spawn", "fork"]
 
 
@@ -37,48 +35,36 @@ class FirstTask:
     noop: list[float] = field(default_factory=list)
 
 
-async def one_task(system: System, kind: str) -> float:
+async def one_task(system: System, watcher: ResultWatcher, kind: str) -> float:
     """Seconds from submit to the result readable, for one task on an idle system."""
-    client = Redis.from_url(system.url)
-    try:
-        start = time.monotonic()
-        [task_id] = await system.submit(kind, ["0"])
-        end = await wait_readable(client, [system.result_key(task_id)], 60, interval=POLL)
-        return end - start
-    finally:
-        await client.aclose()
+    start = time.monotonic()
+    [task_id] = await system.submit(kind, ["0"])
+    key = system.result_key(task_id)
+    end = await watcher.wait_all([key], 60)
+    watcher.forget([key])
+    return end - start
 
 
-async def _started(name: str) -> System:
-    system = SYSTEMS[name](db_url(name))
+async def _measure(system: System, result: FirstTask, reps: int) -> None:
     system.start()
-    await warm_up(system, 1)
-    return system
-
-
-async def _stop(system: System) -> None:
-    await system.close()
-    system.stop()
+    try:
+        async with system.watch_results() as watcher:
+            await warm_up(system, watcher, 1)
+            for _ in range(reps):
+                result.heavy.append(await one_task(system, watcher, "heavy"))
+                result.noop.append(await one_task(system, watcher, "noop"))
+    finally:
+        await system.close()
+        system.stop()
 
 
 async def run_system(name: str, reps: int) -> FirstTask:
     result = FirstTask(name)
     if name == "agentpool":  # a fresh pool per repetition: its very first heavy task
         for _ in range(reps):
-            system = await _started(name)
-            try:
-                result.heavy.append(await one_task(system, "heavy"))
-                result.noop.append(await one_task(system, "noop"))
-            finally:
-                await _stop(system)
-        return result
-    system = await _started(name)
-    try:
-        for _ in range(reps):
-            result.heavy.append(await one_task(system, "heavy"))
-            result.noop.append(await one_task(system, "noop"))
-    finally:
-        await _stop(system)
+            await _measure(SYSTEMS[name](db_url(name)), result, 1)
+    else:
+        await _measure(SYSTEMS[name](db_url(name)), result, reps)
     return result
 
 

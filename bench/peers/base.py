@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.results_watch import ResultWatcher
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Task kinds every system knows: see bench/handlers.py.
 KINDS = ("noop", "heavy", "chaos")
@@ -43,6 +45,14 @@ class System(ABC):
     @abstractmethod
     def result_key(self, task_id: str) -> str:
         """The Redis key holding the task's result once it is readable through the SDK."""
+
+    def result_prefix(self) -> str:
+        """What every result key starts with (the task id comes last in each system's key)."""
+        return self.result_key("")
+
+    def watch_results(self) -> ResultWatcher:
+        """A watcher that is told by Redis when each of this system's results is written."""
+        return ResultWatcher(self.url, self.result_prefix())
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most systems need nothing
         """Release client connections."""
