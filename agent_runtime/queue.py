@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from agent_runtime.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.keys import Keys
 from agent_runtime.messages import TaskEnvelope, TaskResult, normalise_fields
@@ -29,6 +30,15 @@ from agent_runtime.scripts import HAND_BACK
 
 REPLY_TTL_SECONDS = 86400
 LAST_ERROR_TTL_SECONDS = 7 * 86400
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished task waiting to be recorded and acknowledged."""
+
+    entry_id: str
+    envelope: TaskEnvelope | None
+    result: TaskResult
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class WorkQueue:
         self.keys = Keys.for_config(config)
         self.consumer = consumer
         self._autoclaim_cursor = "0-0"
+        self._cancel_checks = PerIteration[str, bool](self._check_cancelled)
+        self._completions = PerIteration[Completion, None](self._complete_together)
 
     async def ensure_group(self) -> None:
         await ensure_group(self._redis, self.keys)
@@ -135,17 +147,34 @@ class WorkQueue:
         flags = await self._redis.mget([self.keys.cancel(t) for t in task_ids])
         return {t for t, flag in zip(task_ids, flags, strict=True) if flag}
 
+    async def is_cancelled(self, task_id: str) -> bool:
+        """One task's check; checks made in the same event-loop iteration share one MGET."""
+        return await self._cancel_checks(task_id)
+
+    async def _check_cancelled(self, task_ids: list[str]) -> list[bool]:
+        flags = await self._redis.mget([self.keys.cancel(t) for t in task_ids])
+        return [bool(flag) for flag in flags]
+
     async def last_error(self, task_id: str) -> str:
         value = await self._redis.get(self.keys.last_error(task_id))
         return str(value) if value else ""
 
     async def complete(self, entry_id: str, envelope: TaskEnvelope | None,
                        result: TaskResult) -> None:
-        """Record the final result and acknowledge, atomically."""
+        """Record the final result and acknowledge, atomically. Completions made in the same
+        event-loop iteration share one MULTI/EXEC; each still learns only its own errors."""
+        await self._completions(Completion(entry_id, envelope, result))
+
+    async def _complete_together(self, batch: list[Completion]) -> list[BaseException | None]:
+        spans = []
         async with self._redis.pipeline(transaction=True) as pipe:
-            self._stage_result(pipe, envelope, result)
-            self._stage_ack(pipe, entry_id, result.task_id)
-            await _execute(pipe)
+            for done in batch:
+                first = len(pipe)
+                self._stage_result(pipe, done.envelope, done.result)
+                self._stage_ack(pipe, done.entry_id, done.result.task_id)
+                spans.append((first, len(pipe)))
+            replies = await pipe.execute(raise_on_error=False)
+        return [_first_error(replies[start:end]) for start, end in spans]
 
     async def retry(self, entry_id: str, envelope: TaskEnvelope, error: str,
                     delay: float) -> None:
@@ -198,10 +227,16 @@ class WorkQueue:
 async def _execute(pipe: Any) -> None:
     """EXEC, tolerating only NOGROUP on XACK (the group vanished with a Redis restart, so there
     is nothing left to acknowledge); any other error is raised."""
-    replies = await pipe.execute(raise_on_error=False)
+    error = _first_error(await pipe.execute(raise_on_error=False))
+    if error is not None:
+        raise error
+
+
+def _first_error(replies: list[Any]) -> ResponseError | None:
     for reply in replies:
         if isinstance(reply, ResponseError) and not is_nogroup(reply):
-            raise reply
+            return reply
+    return None
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -209,6 +209,10 @@ class Supervisor:
             asyncio.get_running_loop().remove_reader(handle.conn.fileno())
             return
         handle.last_seen = time.monotonic()
+        for member in ipc.unpack(message):
+            self._dispatch(handle, member)
+
+    def _dispatch(self, handle: WorkerHandle, message: ipc.Message) -> None:
         kind = message.get("type")
         if kind == "heartbeat":
             handle.apply_heartbeat(message)

@@ -70,6 +70,7 @@ class Worker:
         self._finished_tasks = 0
         self._redis_ok = True
         self._closers: list[Any] = []
+        self._outbox = ipc.Outbox(conn, self._supervisor_gone)
 
     # -- warm-up ----------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             self._send_heartbeat()  # last metric deltas
+            self._outbox.flush()
             loop.remove_reader(self._conn.fileno())
             await self._close()
 
@@ -232,8 +234,10 @@ class Worker:
     # -- supervisor link --------------------------------------------------------------------
 
     def _send(self, message: ipc.Message) -> None:
-        if not ipc.send(self._conn, message):
-            self.drain(self.config.drain_grace_seconds)  # supervisor gone: wind down
+        self._outbox.put(message)
+
+    def _supervisor_gone(self) -> None:
+        self.drain(self.config.drain_grace_seconds)  # wind down
 
     def _become_unhealthy(self, reason: str) -> None:
         self._send({"type": "unhealthy", "reason": reason})
@@ -260,9 +264,8 @@ class Worker:
         running = [[r.entry_id, r.task_id, r.handler, r.started_at]
                    for r in self._running.values()]
         db = list(self.store.pool_sizes()) if self.store is not None else None
-        ipc.send(self._conn, {"type": "heartbeat", "running": running,
-                              "stats": self._stats.drain(), "db": db,
-                              "redis_ok": self._redis_ok, "draining": self._draining})
+        self._outbox.put({"type": "heartbeat", "running": running, "stats": self._stats.drain(),
+                          "db": db, "redis_ok": self._redis_ok, "draining": self._draining})
 
     async def _heartbeats(self) -> None:
         while True:

@@ -45,7 +45,9 @@ async def test_memory_breaker_pauses_intake_then_recycles_and_resumes(
     assert "503 memory breaker open" in seen  # the pod told Kubernetes it was full
     assert supervisor.metric("agentpool_worker_restarts_total", reason="memory") >= 1
     assert "memory breaker open" in supervisor.log()
-    assert "memory breaker closed" in supervisor.log()
+    # On a loaded machine the last task can finish before the breaker trips; the recycle
+    # and the close then follow the results rather than precede them.
+    eventually(lambda: "memory breaker closed" in supervisor.log(), timeout=30)
     executions = await redis_client.hgetall(executions_key(runtime_pool.config.pool))
     assert set(executions.values()) == {"1"}  # paused and recycled, never killed mid-task
 
