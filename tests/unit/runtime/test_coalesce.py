@@ -27,8 +27,10 @@ async def test_calls_of_one_iteration_share_one_flush_and_keep_their_own_answers
     batched = PerIteration[int, int](recorder.flush)
     results = await asyncio.gather(*(batched(i) for i in (1, -2, 3)), return_exceptions=True)
     assert recorder.flushes == [[1, -2, 3]]
-    assert results[0] == 10 and results[2] == 30
-    assert isinstance(results[1], ValueError) and str(results[1]) == "bad -2"
+    assert results[0] == 10
+    assert results[2] == 30
+    assert isinstance(results[1], ValueError)
+    assert str(results[1]) == "bad -2"
 
 
 async def test_calls_of_later_iterations_get_a_new_flush() -> None:
@@ -77,7 +79,8 @@ async def test_outbox_sends_one_iterations_messages_in_one_frame_in_order() -> N
     await asyncio.sleep(0)
     first = ipc.receive(theirs)
     second = ipc.receive(theirs)
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert [m["type"] for m in ipc.unpack(first)] == ["start", "done"]
     assert list(ipc.unpack(second)) == [{"type": "heartbeat"}]  # a lone message is sent as is
     assert not theirs.poll()
