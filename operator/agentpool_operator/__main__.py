@@ -33,7 +33,7 @@ async def run(settings: Settings) -> None:
     resyncer = Resyncer(kube, queue, reconciler, settings)
     metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
 
-    registry = handlers.build_registry(queue, resyncer)
+    registry = handlers.build_registry(queue, resyncer, reconciler)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -12,14 +12,15 @@ from typing import Any
 import kopf
 
 from agentpool_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from agentpool_operator.reconcile import PoolKey
+from agentpool_operator.reconcile import PoolKey, Reconciler
 from agentpool_operator.resync import Resyncer
 from agentpool_operator.workqueue import WorkQueue
 
 MANAGED_BY = "app.kubernetes.io/managed-by=agentpool-operator"
 
 
-def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer) -> kopf.OperatorRegistry:
+def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Reconciler
+                   ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     # kopf passes many keyword arguments; the handlers take the few they need by name.
@@ -27,18 +28,24 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer) -> kopf.Operat
     async def pool_changed(**kwargs: Any) -> None:
         key = (kwargs["namespace"], kwargs["name"])
         meta = kwargs["meta"]
-        if kwargs["type"] == "DELETED":
+        deleted = kwargs["type"] == "DELETED"
+        wanted = reconciler.pool_event(key, kwargs["event"]["object"], deleted)
+        if deleted:
             queue.forget(key)
             resyncer.detector.forget(key)
             return
         resyncer.detector.observed(key, meta.get("resourceVersion", ""))
-        queue.add(key)
+        if wanted:
+            queue.add(key)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry)
     async def deployment_changed(**kwargs: Any) -> None:
         for owner in kwargs["meta"].get("ownerReferences") or []:
             if owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
-                queue.add((kwargs["namespace"], owner["name"]))
+                key = (kwargs["namespace"], owner["name"])
+                reconciler.deployment_event(key, kwargs["event"]["object"],
+                                            kwargs["type"] == "DELETED")
+                queue.add(key)
 
     return registry
 

@@ -147,14 +147,19 @@ class Kube:
         with contextlib.suppress(_NotFound), _calling(f"delete {kind} {namespace}/{name}"):
             await self._client.delete(resource_for(api_version, kind), name, namespace=namespace)
 
-    async def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]
+                                ) -> dict[str, Any] | None:
+        """Merge `status` into the pool's status; the pool as written, None if it is gone."""
         self._count_write("patch-status", KIND)
-        with contextlib.suppress(_NotFound), _calling(
-                f"update status of AgentPool {namespace}/{name}"):
-            await self._client.patch(
-                AgentPoolResource.Status, name, {"status": status}, namespace=namespace,
-                patch_type=PatchType.MERGE,
-            )
+        try:
+            with _calling(f"update status of AgentPool {namespace}/{name}"):
+                obj = await self._client.patch(
+                    AgentPoolResource.Status, name, {"status": status}, namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                )
+        except _NotFound:
+            return None
+        return _as_dict(obj)
 
     async def crd_exists(self, name: str) -> bool:
         """Whether a CRD is installed (e.g. the Prometheus Operator's PodMonitor)."""

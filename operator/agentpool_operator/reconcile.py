@@ -18,9 +18,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agentpool_operator import builders
-from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec, ConditionType
+from agentpool_operator import announce, builders
+from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec
 from agentpool_operator.builders.context import PoolContext, SecretValues
+from agentpool_operator.cache import LatestObjects
 from agentpool_operator.drift import contains, differing_paths, with_applied_hash
 from agentpool_operator.errors import ApiFailure
 from agentpool_operator.k8s import Kube
@@ -34,6 +35,7 @@ from agentpool_operator.status import (
     deployment_problems,
     status_changed,
 )
+from agentpool_operator.verified import Verified, still_holds
 from agentpool_operator.workqueue import Requeue
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,41 @@ class Reconciler:
     pod_monitor_api: bool = False
     keda_api: bool = False
     conditions: dict[PoolKey, dict[str, str]] = field(default_factory=dict)
+    pools: LatestObjects[PoolKey] = field(default_factory=LatestObjects)
+    deployments: LatestObjects[PoolKey] = field(default_factory=LatestObjects)
+    """Latest watched bodies of the pools and of their Deployments (by pool key)."""
+    _verified: dict[PoolKey, Verified] = field(default_factory=dict)
+    _full_requested: set[PoolKey] = field(default_factory=set)
+    _pruned: dict[PoolKey, tuple[str, int, bool, bool]] = field(default_factory=dict)
+    _own_status_versions: dict[PoolKey, str] = field(default_factory=dict)
+
+    def request_full(self, key: PoolKey) -> None:
+        """The next reconcile of `key` reads and checks everything, not just the status."""
+        self._full_requested.add(key)
+
+    def pool_event(self, key: PoolKey, pool: dict[str, Any], deleted: bool) -> bool:
+        """Note a watched version of a pool; whether it needs a reconcile."""
+        if deleted:
+            self.pools.drop(key, pool)
+            self._verified.pop(key, None)
+            self._pruned.pop(key, None)
+            self._own_status_versions.pop(key, None)
+            self._full_requested.discard(key)
+            return False
+        self.pools.put(key, pool)
+        version = pool.get("metadata", {}).get("resourceVersion")
+        if version and version == self._own_status_versions.get(key):
+            return False  # the echo of our own status write: nothing new to act on
+        self.request_full(key)
+        return True
+
+    def deployment_event(self, key: PoolKey, deployment: dict[str, Any], deleted: bool) -> None:
+        """Note a watched version of a pool's Deployment (the caller enqueues the pool)."""
+        if deleted:
+            self.deployments.drop(key, deployment)
+            self.request_full(key)
+        else:
+            self.deployments.put(key, deployment)
 
     async def __call__(self, key: PoolKey) -> None:
         started = time.monotonic()
@@ -85,11 +122,27 @@ class Reconciler:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
 
     async def _reconcile(self, key: PoolKey) -> None:
+        full = key in self._full_requested
+        self._full_requested.discard(key)
+        verified, pool, deployment = (self._verified.get(key), self.pools.get(key),
+                                      self.deployments.get(key))
+        if (not full and verified is not None and pool is not None and deployment is not None
+                and still_holds(verified, pool, deployment)):
+            await self._observe(pool, Observation(
+                generation=verified.generation, min_replicas=verified.min_replicas,
+                spec_replicas=verified.spec_replicas,
+                selector=builders.selector_string(key[1]), deployment=deployment))
+            return
+        self._verified.pop(key, None)
+        await self._reconcile_fully(key)
+
+    async def _reconcile_fully(self, key: PoolKey) -> None:
         namespace, name = key
         pool = await self.kube.get(API_VERSION, KIND, namespace, name)
         if pool is None or pool["metadata"].get("deletionTimestamp"):
             self.conditions.pop(key, None)
             return
+        self.pools.put(key, pool)
         generation = int(pool["metadata"].get("generation") or 0)
         try:
             spec = AgentPoolSpec.model_validate(pool.get("spec") or {})
@@ -111,8 +164,8 @@ class Reconciler:
                 children = builders.build_children(ctx)
             except builders.InvalidDatabaseDsn as error:
                 raise _Blocked(Problem(Reasons.INVALID_DATABASE_DSN, str(error), True)) from None
-            deployment = await self._apply_children(pool, children)
-            await self._prune(pool, children)
+            deployment, deployment_meta = await self._apply_children(pool, children)
+            await self._prune_once(pool, children)
         except _Blocked as blocked:
             observation.problems.append(blocked.problem)
             await self._write_status(pool, observation)
@@ -124,14 +177,26 @@ class Reconciler:
             await self._write_status(pool, observation)
             raise
 
-        observation = Observation(
+        self.deployments.put(key, deployment)
+        self._verified[key] = Verified(
+            uid=pool["metadata"]["uid"], generation=generation,
+            min_replicas=spec.min_replicas, spec_replicas=spec.replicas,
+            deployment_generation=int(deployment["metadata"].get("generation") or 0),
+            deployment_metadata=_deployment_metadata(deployment_meta))
+        await self._observe(pool, Observation(
             generation=generation, min_replicas=spec.min_replicas,
             spec_replicas=spec.replicas, selector=observation.selector, deployment=deployment,
-        )
+        ))
+
+    async def _observe(self, pool: dict[str, Any], observation: Observation) -> None:
+        """Status from the Deployment (and its pods when some are unavailable)."""
+        deployment = observation.deployment
         observation.problems.extend(deployment_problems(deployment))
         unavailable = int(((deployment or {}).get("status") or {}).get("unavailableReplicas") or 0)
         if unavailable:
-            pods = await self.kube.list_pods(namespace, builders.selector_labels(name))
+            meta = pool["metadata"]
+            pods = await self.kube.list_pods(meta["namespace"],
+                                             builders.selector_labels(meta["name"]))
             looping = crash_looping(pods)
             if looping is not None:
                 observation.problems.append(looping)
@@ -161,8 +226,9 @@ class Reconciler:
         return SecretValues(redis_url=redis_url, cache_redis_url=cache_url, database_dsn=dsn)
 
     async def _apply_children(self, pool: dict[str, Any], children: builders.Children
-                              ) -> dict[str, Any] | None:
-        """Apply each child that differs from its live object; return the live Deployment.
+                              ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Apply each child that differs from its live object; return the live Deployment and
+        the metadata we want it to carry.
 
         Three rounds: what the pods use (ConfigMap, Secret, Service, PDB) before the
         Deployment, and what observes it (HPA, PodMonitor, ...) after. Children within a round
@@ -170,41 +236,55 @@ class Reconciler:
         """
         manifests = children.manifests
         index = next(i for i, m in enumerate(manifests) if m["kind"] == "Deployment")
-        await self._ensure_all(pool, manifests[:index])
-        deployment = await self._ensure(pool, manifests[index])
-        await self._ensure_all(pool, manifests[index + 1:])
-        return deployment
+        applied: list[announce.Applied] = []
+        try:
+            await self._ensure_all(manifests[:index], applied)
+            desired = with_applied_hash(manifests[index])
+            deployment = await self._ensure(desired, applied)
+            await self._ensure_all(manifests[index + 1:], applied)
+        finally:
+            await self._announce(pool, announce.applied(applied))
+        return deployment, desired["metadata"]
 
-    async def _ensure_all(self, pool: dict[str, Any], manifests: Sequence[dict[str, Any]]
-                          ) -> None:
-        results = await asyncio.gather(*(self._ensure(pool, m) for m in manifests),
-                                       return_exceptions=True)
+    async def _ensure_all(self, manifests: Sequence[dict[str, Any]],
+                          applied: list[announce.Applied]) -> None:
+        results = await asyncio.gather(
+            *(self._ensure(with_applied_hash(m), applied) for m in manifests),
+            return_exceptions=True)
         # Every request has finished; report the first failure as a sequential loop would.
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _ensure(self, pool: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    async def _ensure(self, desired: dict[str, Any], applied: list[announce.Applied]
+                      ) -> dict[str, Any]:
         """The live child, applied first if it lacks or differs in a field we want."""
-        desired = with_applied_hash(manifest)
         meta = desired["metadata"]
         live = await self.kube.get(desired["apiVersion"], desired["kind"],
                                    meta["namespace"], meta["name"])
         if live is None or not contains(live, desired):
             changed = [] if live is None else differing_paths(live, desired)
             live = await self.kube.apply(desired)
-            await self._announce_apply(pool, desired["kind"], meta["name"], changed)
+            applied.append(announce.Applied(desired["kind"], meta["name"], changed))
         return live
 
-    async def _announce_apply(self, pool: dict[str, Any], kind: str, name: str,
-                              changed: list[str]) -> None:
-        if not changed:
-            message, reason = f"created {kind} {name}", "Created"
-        else:
-            shown = ", ".join(changed[:5])
-            message, reason = f"updated {kind} {name} ({shown})", "Updated"
-        log.info("%s/%s: %s", pool["metadata"]["namespace"], pool["metadata"]["name"], message)
-        await self.kube.post_event(pool, "Normal", reason, message)
+    async def _announce(self, pool: dict[str, Any],
+                        announcements: Sequence[announce.Announcement]) -> None:
+        meta = pool["metadata"]
+        for kind, reason, message in announcements:
+            if kind == "Normal" and reason in ("Created", "Updated"):
+                log.info("%s/%s: %s", meta["namespace"], meta["name"], message)
+            await self.kube.post_event(pool, kind, reason, message)
+
+    async def _prune_once(self, pool: dict[str, Any], children: builders.Children) -> None:
+        """Prune for each pool generation once: only a spec change makes a child unwanted."""
+        meta = pool["metadata"]
+        key = (meta["namespace"], meta["name"])
+        done = (meta["uid"], int(meta.get("generation") or 0), self.pod_monitor_api,
+                self.keda_api)
+        if self._pruned.get(key) != done:
+            await self._prune(pool, children)
+            self._pruned[key] = done
 
     async def _prune(self, pool: dict[str, Any], children: builders.Children) -> None:
         wanted = {(m["apiVersion"], m["kind"], m["metadata"]["name"])
@@ -237,23 +317,18 @@ class Reconciler:
         self.conditions[key] = {c["type"]: c["status"] for c in desired["conditions"]}
         if not status_changed(current, desired):
             return
-        await self.kube.patch_pool_status(meta["namespace"], meta["name"], desired)
-        await self._announce_flips(pool, current, desired)
+        written = await self.kube.patch_pool_status(meta["namespace"], meta["name"], desired)
+        if written is not None:
+            self.pools.put(key, written)
+            # Its watch event then needs no reconcile, unless the spec changed meanwhile (the
+            # watch may deliver only this newest version of the pool).
+            if int(written["metadata"].get("generation") or 0) == observation.generation:
+                self._own_status_versions[key] = written["metadata"].get("resourceVersion", "")
+        await self._announce(pool, announce.flips(current, desired))
 
-    async def _announce_flips(self, pool: dict[str, Any], current: dict[str, Any],
-                              desired: dict[str, Any]) -> None:
-        before = {c["type"]: c for c in current.get("conditions") or []}
-        for condition in desired["conditions"]:
-            old = before.get(condition["type"])
-            if old is not None and old["status"] == condition["status"]:
-                continue
-            if condition["type"] == ConditionType.DEGRADED and condition["status"] == "True":
-                await self.kube.post_event(pool, "Warning", condition["reason"],
-                                           condition["message"])
-            elif condition["type"] == ConditionType.READY and (old is not None or
-                                                                condition["status"] == "True"):
-                kind = "Normal" if condition["status"] == "True" else "Warning"
-                await self.kube.post_event(pool, kind, condition["reason"], condition["message"])
+
+def _deployment_metadata(desired: dict[str, Any]) -> dict[str, Any]:
+    return {k: desired[k] for k in ("labels", "annotations", "ownerReferences") if k in desired}
 
 
 def _validation_message(error: ValidationError) -> str:

@@ -93,8 +93,12 @@ class Resyncer:
         for namespace in self._settings.namespaces or (None,):
             for pool in await self._kube.list_pools(namespace):
                 meta = pool["metadata"]
-                versions[(meta["namespace"], meta["name"])] = meta.get("resourceVersion", "")
+                key = (meta["namespace"], meta["name"])
+                versions[key] = meta.get("resourceVersion", "")
+                self._reconciler.pools.put(key, pool)
         self.detector.listed(versions, self._clock())
         for key in versions:
+            # A resync checks everything, children the watch does not cover included.
+            self._reconciler.request_full(key)
             self._queue.add(key)
         self.listed_once = True
