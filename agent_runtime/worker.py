@@ -149,9 +149,13 @@ class Worker:
                 continue
             try:
                 if self._adopt_requested or time.monotonic() >= next_adopt:
-                    self._adopt_requested = False
                     next_adopt = time.monotonic() + min(self.config.lease_seconds / 2, 5.0)
-                    self._start(await self.queue.adopt_own(set(self._running), self.free_slots))
+                    wanted = self.free_slots
+                    adopted = await self.queue.adopt_own(set(self._running), wanted)
+                    self._start(adopted)
+                    # A full take means more may be waiting: entries moved to us from a dead
+                    # worker go before new work, as soon as the next slot frees.
+                    self._adopt_requested = len(adopted) >= wanted
                     if self.free_slots > 0:
                         self._start(await self.queue.reclaim_idle(self.free_slots))
                     continue

@@ -155,3 +155,27 @@ async def test_leaking_worker_is_recycled_before_its_memory_limit(
     assert supervisor.metric("agentpool_worker_restarts_total", reason="memory") >= 1
     # Drained, not killed: no task had to run twice.
     assert set((await _executions(redis_client, runtime_pool.config.pool)).values()) == {1}
+
+
+async def test_a_dead_workers_tasks_run_before_work_queued_after_them(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    # One worker, two slots. Kill it while it runs two long tasks, then queue more work: the
+    # replacement must take the dead worker's tasks as soon as slots free up, not after the
+    # new work (whatever won the race between its warm-up and the hand-over).
+    runtime_pool.update(workers=1, concurrency=2, lease_seconds=120)
+    start_supervisor(runtime_pool)
+    pool = runtime_pool.config.pool
+    interrupted = [await task_client.submit({"n": i, "sleep": 1.0}) for i in range(2)]
+    victims = {await _pid_running(redis_client, pool, t) for t in interrupted}
+    assert len(victims) == 1
+    os.kill(victims.pop(), signal.SIGKILL)
+    later = await task_client.submit_many([{"n": 10 + i, "sleep": 0.3} for i in range(12)])
+
+    results = await task_client.wait_many(interrupted + later, max_wait=60)
+
+    assert all(r.status == "succeeded" for r in results.values())
+    assert [results[t].attempts for t in interrupted] == [2, 2]
+    last_new = max(results[t].finished_at or 0 for t in later)
+    for task_id in interrupted:
+        assert (results[task_id].finished_at or 0) < last_new
