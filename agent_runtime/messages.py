@@ -21,7 +21,7 @@ import json
 import random
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from agent_runtime.errors import InvalidPayloadError, MalformedTaskError, PayloadTooLargeError
@@ -139,7 +139,8 @@ class TaskResult:
     worker: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+        # vars(), not asdict(): asdict deep-copies the handler's result before encoding it.
+        return json.dumps(vars(self), separators=(",", ":"), default=str)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TaskResult:
