@@ -8,6 +8,7 @@ $BENCH_CELERY_URL in the worker and from `CelerySystem` in the harness.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -65,6 +66,10 @@ class CelerySystem(System):
                     "--without-gossip", "--without-mingle", "--without-heartbeat"], env)
 
     async def submit(self, kind: str, args: Sequence[str]) -> list[str]:
+        # A blocking SDK: run it in a thread so it never stalls the result watcher.
+        return await asyncio.to_thread(self._submit, kind, args)
+
+    def _submit(self, kind: str, args: Sequence[str]) -> list[str]:
         task = {"noop": noop, "heavy": heavy, "chaos": chaos}[kind]
         ids = []
         for arg in args:

@@ -9,6 +9,7 @@ total concurrency as the other systems); each child runs the task and SETs its r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -83,6 +84,10 @@ class PerProcessSystem(System):
         self.spawn([python(), "-m", "bench.peers.per_process", self.mode, self.url])
 
     async def submit(self, kind: str, args: Sequence[str]) -> list[str]:
+        # A blocking client: run it in a thread so it never stalls the result watcher.
+        return await asyncio.to_thread(self._submit, kind, args)
+
+    def _submit(self, kind: str, args: Sequence[str]) -> list[str]:
         ids = [uuid.uuid4().hex for _ in args]
         items = [json.dumps({"id": i, "kind": kind, "arg": a, "t": time.time()})
                  for i, a in zip(ids, args, strict=True)]

@@ -4,6 +4,7 @@ job's result stream (`rq:results:<id>`), where `Job.return_value()` reads it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,10 @@ class RQSystem(System):
                     "-l", "WARNING", QUEUE])
 
     async def submit(self, kind: str, args: Sequence[str]) -> list[str]:
+        # A blocking SDK: run it in a thread so it never stalls the result watcher.
+        return await asyncio.to_thread(self._submit, kind, args)
+
+    def _submit(self, kind: str, args: Sequence[str]) -> list[str]:
         func = FUNCTIONS[kind]
         jobs: list[Any] = []
         for start in range(0, len(args), 1000):
