@@ -7,10 +7,13 @@ the API server, which is what limits convergence of many pools at once.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 def _version(obj: dict[str, Any]) -> int | None:
@@ -64,3 +67,33 @@ class LatestObjects(Generic[K]):
 
 def _uid(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+class RecentReads(Generic[K, V]):
+    """One read's answer shared by every caller within `max_age` seconds, in flight included.
+
+    Many pools created (or resynced) at once usually reference the same Secret: it is read once
+    per moment, not once per pool. A change is still seen `max_age` seconds later at most.
+    """
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_age = max_age
+        self._clock = clock
+        self._reads: dict[K, tuple[float, asyncio.Future[V]]] = {}
+
+    async def get(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
+        now = self._clock()
+        found = self._reads.get(key)
+        if found is None or now - found[0] > self._max_age:
+            if len(self._reads) > 1000:  # drop expired entries now and then
+                self._reads = {k: v for k, v in self._reads.items()
+                               if now - v[0] <= self._max_age}
+            future: asyncio.Future[V] = asyncio.ensure_future(read())
+            found = (now, future)
+            self._reads[key] = found
+        try:
+            return await asyncio.shield(found[1])
+        except Exception:
+            if self._reads.get(key) is found:
+                del self._reads[key]  # a failed read is not shared beyond those waiting on it
+            raise

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from agentpool_operator import announce, builders
 from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec
 from agentpool_operator.builders.context import PoolContext, SecretValues
-from agentpool_operator.cache import LatestObjects
+from agentpool_operator.cache import LatestObjects, RecentReads
 from agentpool_operator.drift import contains, differing_paths, with_applied_hash
 from agentpool_operator.errors import ApiFailure
 from agentpool_operator.k8s import Kube
@@ -41,6 +41,7 @@ from agentpool_operator.workqueue import Requeue
 log = logging.getLogger(__name__)
 PoolKey = tuple[str, str]
 SECRET_RETRY_SECONDS = 10.0
+SECRET_READ_SHARED_SECONDS = 2.0
 # Optional children (api version, kind, name from the pool's name): pruned when the spec no
 # longer asks for them.
 _OPTIONAL: tuple[tuple[str, str, Callable[[str], str]], ...] = (
@@ -77,16 +78,25 @@ class Reconciler:
     _full_requested: set[PoolKey] = field(default_factory=set)
     _pruned: dict[PoolKey, tuple[str, int, bool, bool]] = field(default_factory=dict)
     _own_status_versions: dict[PoolKey, str] = field(default_factory=dict)
+    _last_full: dict[PoolKey, float] = field(default_factory=dict)
+    _secret_reads: RecentReads[tuple[str, str], dict[str, str] | None] = field(
+        default_factory=lambda: RecentReads(SECRET_READ_SHARED_SECONDS))
 
     def request_full(self, key: PoolKey) -> None:
         """The next reconcile of `key` reads and checks everything, not just the status."""
         self._full_requested.add(key)
+
+    def checked_within(self, key: PoolKey, seconds: float) -> bool:
+        """Whether a full reconcile of `key` succeeded in the last `seconds`."""
+        last = self._last_full.get(key)
+        return last is not None and time.monotonic() - last < seconds
 
     def pool_event(self, key: PoolKey, pool: dict[str, Any], deleted: bool) -> bool:
         """Note a watched version of a pool; whether it needs a reconcile."""
         if deleted:
             self.pools.drop(key, pool)
             self._verified.pop(key, None)
+            self._last_full.pop(key, None)
             self._pruned.pop(key, None)
             self._own_status_versions.pop(key, None)
             self._full_requested.discard(key)
@@ -138,7 +148,10 @@ class Reconciler:
 
     async def _reconcile_fully(self, key: PoolKey) -> None:
         namespace, name = key
-        pool = await self.kube.get(API_VERSION, KIND, namespace, name)
+        # The watch (or the resync's list) has delivered the pool; it is read only when not.
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = await self.kube.get(API_VERSION, KIND, namespace, name)
         if pool is None or pool["metadata"].get("deletionTimestamp"):
             self.conditions.pop(key, None)
             return
@@ -178,6 +191,7 @@ class Reconciler:
             raise
 
         self.deployments.put(key, deployment)
+        self._last_full[key] = time.monotonic()
         self._verified[key] = Verified(
             uid=pool["metadata"]["uid"], generation=generation,
             min_replicas=spec.min_replicas, spec_replicas=spec.replicas,
@@ -204,7 +218,8 @@ class Reconciler:
 
     async def _read_secrets(self, namespace: str, spec: AgentPoolSpec) -> SecretValues:
         async def value(ref_path: str, secret: str, key: str) -> str:
-            data = await self.kube.read_secret(namespace, secret)
+            data = await self._secret_reads.get(
+                (namespace, secret), lambda: self.kube.read_secret(namespace, secret))
             if data is None:
                 message = f"Secret {secret} (referenced by {ref_path}) does not exist"
             elif key not in data:

@@ -1,10 +1,11 @@
 """Periodic resync and watch-stall detection.
 
-Every `resync_seconds` the operator lists the AgentPools it watches and enqueues each one, so
-children that are not watched (ConfigMap, Secret, Service, PDB, HPA) are repaired even without an
-event. The same list checks the watch: when the API server has a newer resourceVersion of a pool
-than the watch has delivered, for longer than `stall_seconds`, the watch is stalled and the
-liveness probe fails so Kubernetes restarts the operator (kopf's known "silent operator" case).
+Every `resync_seconds` the operator lists the AgentPools it watches and enqueues each one for a
+full reconcile (unless it had one within the period), so children that are not watched
+(ConfigMap, Secret, Service, PDB, HPA) are repaired even without an event. The same list checks
+the watch: when the API server has a newer resourceVersion of a pool than the watch has
+delivered, for longer than `stall_seconds`, the watch is stalled and the liveness probe fails so
+Kubernetes restarts the operator (kopf's known "silent operator" case).
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ class Resyncer:
                 self._reconciler.pools.put(key, pool)
         self.detector.listed(versions, self._clock())
         for key in versions:
-            # A resync checks everything, children the watch does not cover included.
-            self._reconciler.request_full(key)
+            # A resync checks everything, children the watch does not cover included, of each
+            # pool not already checked so within the period (e.g. just created): every pool is
+            # checked at least every two periods without doubling the load of a busy one.
+            if not self._reconciler.checked_within(key, self._settings.resync_seconds):
+                self._reconciler.request_full(key)
             self._queue.add(key)
         self.listed_once = True

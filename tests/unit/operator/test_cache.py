@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from agentpool_operator.cache import LatestObjects, is_older
+import pytest
+
+from agentpool_operator.cache import LatestObjects, RecentReads, is_older
 
 
 def obj(version: str, uid: str = "u1", **extra: Any) -> dict[str, Any]:
@@ -46,3 +49,29 @@ def test_a_deletion_drops_the_object_but_not_a_newer_re_created_one() -> None:
     assert cache.get("a") is not None
     cache.drop("a")
     assert len(cache) == 0
+
+
+def test_recent_reads_share_one_request_until_they_expire_and_failures_are_not_kept() -> None:
+    now = [0.0]
+    reads: RecentReads[str, int] = RecentReads(2.0, clock=lambda: now[0])
+    calls: list[str] = []
+
+    async def read() -> int:
+        calls.append("read")
+        await asyncio.sleep(0)
+        return len(calls)
+
+    async def failing() -> int:
+        raise RuntimeError("unavailable")
+
+    async def scenario() -> None:
+        assert list(await asyncio.gather(reads.get("s", read), reads.get("s", read))) == [1, 1]
+        now[0] = 1.5
+        assert await reads.get("s", read) == 1
+        now[0] = 4.0
+        assert await reads.get("s", read) == 2
+        with pytest.raises(RuntimeError):
+            await reads.get("t", failing)
+        assert await reads.get("t", read) == 3
+
+    asyncio.run(scenario())
