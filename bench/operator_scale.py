@@ -163,8 +163,9 @@ def run(pool_counts: list[int], steady_seconds: float, timeout: float) -> list[R
         cluster = cluster_mod.up(Path(tmp) / "cluster")
         try:
             cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-            cluster.kubectl("wait", "--for=condition=Established",
-                            "crd/agentpools.agentpool.dev")
+            # A loaded machine can take longer than kubectl's 30 s default.
+            cluster.kubectl("wait", "--for=condition=Established", "--timeout=120s",
+                            "crd/agentpools.agentpool.dev", timeout=150)
             for pools in pool_counts:
                 floor = measure_floor(cluster, pools, timeout)
                 operator = OperatorRun(cluster, Path(tmp) / f"operator-{pools}.log")
