@@ -46,9 +46,14 @@ class Level:
     percent: int
     rate: float
     latencies: list[float] = field(default_factory=list)
+    # Where the time went, per task, for systems whose results carry their timestamps.
+    phases: dict[str, list[float]] = field(default_factory=dict)
 
     def q(self, pct: float) -> float:
         return percentile(sorted(self.latencies), pct) * 1000
+
+    def phase_q(self, phase: str, pct: float) -> float:
+        return percentile(sorted(self.phases.get(phase, [])), pct) * 1000
 
 
 async def run_level(system: System, watcher: ResultWatcher, level: Level, tasks: int,
@@ -94,12 +99,29 @@ async def run_level(system: System, watcher: ResultWatcher, level: Level, tasks:
         if scheduled_at:
             await asyncio.wait_for(all_seen.wait(), drain)
         await watcher.confirm(keys)
+        await _split(system, watcher, level, keys)
     except TimeoutError as exc:
         raise BenchError(f"{system.name}: {len(scheduled_at)} results missing after "
                          f"{drain}s") from exc
     finally:
         watcher.on_seen = None
         watcher.forget(keys)
+
+
+PHASES = ("queued", "running", "recording")
+
+
+async def _split(system: System, watcher: ResultWatcher, level: Level, keys: list[str]) -> None:
+    """Split each latency into queued (submit -> handler start), running (the handler) and
+    recording (handler end -> result seen by the watcher), from the result's own times."""
+    timeline = await system.timeline(keys)
+    if not timeline:
+        return
+    wall_offset = time.time() - time.monotonic()
+    rows = [(e, s, f, watcher.first_seen[k] + wall_offset) for k, (e, s, f) in timeline.items()]
+    level.phases = {"queued": [s - e for e, s, _, _ in rows],
+                    "running": [f - s for _, s, f, _ in rows],
+                    "recording": [w - f for _, _, f, w in rows]}
 
 
 async def run_system(name: str, levels: Sequence[int], tasks: int,
@@ -140,8 +162,16 @@ def report(results: Sequence[Level]) -> str:
         ratio = f"{r.q(99) / mine:.1f}x" if mine else "-"
         rows.append([r.system, f"{r.percent}%", f"{r.rate:,.0f}", str(len(r.latencies)),
                      f"{r.q(50):.2f}", f"{r.q(99):.2f}", f"{r.q(99.9):.2f}", ratio])
-    return table(["system", "load", "rate/s", "samples", "p50 ms", "p99 ms", "p99.9 ms",
-                  "system p99 / agentpool p99"], rows)
+    lines = table(["system", "load", "rate/s", "samples", "p50 ms", "p99 ms", "p99.9 ms",
+                   "system p99 / agentpool p99"], rows)
+    split = [r for r in results if r.phases]
+    if split:
+        lines += "\n\nWhere the time goes (p50 / p99 ms, from the results' own timestamps):\n\n"
+        lines += table(["system", "load", *PHASES], [
+            [r.system, f"{r.percent}%",
+             *(f"{r.phase_q(p, 50):.2f} / {r.phase_q(p, 99):.2f}" for p in PHASES)]
+            for r in split])
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,10 +11,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio import Redis
+
 from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.context import TaskContext
 from agent_runtime.keys import Keys
+from agent_runtime.messages import TaskResult
 from bench import handlers
 from bench.peers.base import System, python
 from bench.runtime_common import PROCESSES, SLOTS_PER_PROCESS
@@ -75,6 +78,19 @@ class AgentPool(System):
 
     def result_key(self, task_id: str) -> str:
         return self.keys.result(task_id)
+
+    async def timeline(self, result_keys: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+        rows = {}
+        async with Redis.from_url(self.url) as redis:
+            for start in range(0, len(result_keys), 1000):
+                chunk = result_keys[start:start + 1000]
+                for key, raw in zip(chunk, await redis.mget(chunk), strict=True):
+                    if raw is None:
+                        continue
+                    r = TaskResult.from_json(raw)
+                    if r.enqueued_at and r.started_at and r.finished_at:
+                        rows[key] = (r.enqueued_at, r.started_at, r.finished_at)
+        return rows
 
     async def close(self) -> None:
         if self._client is not None:

@@ -50,6 +50,11 @@ class System(ABC):
         """What every result key starts with (the task id comes last in each system's key)."""
         return self.result_key("")
 
+    async def timeline(self, result_keys: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+        """Result key -> (enqueued, started, finished) Unix times, where the system records
+        them in its results; empty when it does not (only AgentPool's results carry all three)."""
+        return {}
+
     def watch_results(self) -> ResultWatcher:
         """A watcher that is told by Redis when each of this system's results is written."""
         return ResultWatcher(self.url, self.result_prefix())
