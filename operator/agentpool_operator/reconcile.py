@@ -251,32 +251,38 @@ class Reconciler:
         """
         manifests = children.manifests
         index = next(i for i, m in enumerate(manifests) if m["kind"] == "Deployment")
+        # A pool whose status we never wrote has had no reconcile finish: its children are
+        # applied without looking for them first (apply is idempotent either way).
+        look = _reconciled_before(pool)
         applied: list[announce.Applied] = []
         try:
-            await self._ensure_all(manifests[:index], applied)
+            await self._ensure_all(manifests[:index], look, applied)
             desired = with_applied_hash(manifests[index])
-            deployment = await self._ensure(desired, applied)
-            await self._ensure_all(manifests[index + 1:], applied)
+            deployment = await self._ensure(desired, look, applied)
+            await self._ensure_all(manifests[index + 1:], look, applied)
         finally:
             await self._announce(pool, announce.applied(applied))
         return deployment, desired["metadata"]
 
-    async def _ensure_all(self, manifests: Sequence[dict[str, Any]],
+    async def _ensure_all(self, manifests: Sequence[dict[str, Any]], look: bool,
                           applied: list[announce.Applied]) -> None:
         results = await asyncio.gather(
-            *(self._ensure(with_applied_hash(m), applied) for m in manifests),
+            *(self._ensure(with_applied_hash(m), look, applied) for m in manifests),
             return_exceptions=True)
         # Every request has finished; report the first failure as a sequential loop would.
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _ensure(self, desired: dict[str, Any], applied: list[announce.Applied]
-                      ) -> dict[str, Any]:
-        """The live child, applied first if it lacks or differs in a field we want."""
+    async def _ensure(self, desired: dict[str, Any], look: bool,
+                      applied: list[announce.Applied]) -> dict[str, Any]:
+        """The live child, applied first if it lacks or differs in a field we want (or, when
+        not `look`ing, unconditionally)."""
         meta = desired["metadata"]
-        live = await self.kube.get(desired["apiVersion"], desired["kind"],
-                                   meta["namespace"], meta["name"])
+        live = None
+        if look:
+            live = await self.kube.get(desired["apiVersion"], desired["kind"],
+                                       meta["namespace"], meta["name"])
         if live is None or not contains(live, desired):
             changed = [] if live is None else differing_paths(live, desired)
             live = await self.kube.apply(desired)
@@ -298,7 +304,9 @@ class Reconciler:
         done = (meta["uid"], int(meta.get("generation") or 0), self.pod_monitor_api,
                 self.keda_api)
         if self._pruned.get(key) != done:
-            await self._prune(pool, children)
+            # Before the first reconcile finished nothing unwanted can have been made for it.
+            if _reconciled_before(pool):
+                await self._prune(pool, children)
             self._pruned[key] = done
 
     async def _prune(self, pool: dict[str, Any], children: builders.Children) -> None:
@@ -340,6 +348,10 @@ class Reconciler:
             if int(written["metadata"].get("generation") or 0) == observation.generation:
                 self._own_status_versions[key] = written["metadata"].get("resourceVersion", "")
         await self._announce(pool, announce.flips(current, desired))
+
+
+def _reconciled_before(pool: dict[str, Any]) -> bool:
+    return bool(pool.get("status"))
 
 
 def _deployment_metadata(desired: dict[str, Any]) -> dict[str, Any]:
