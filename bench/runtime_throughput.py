@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from redis.asyncio import Redis
+
 from bench.peers.base import System
 from bench.peers.registry import SYSTEMS
 from bench.results_watch import ResultWatcher
@@ -42,10 +44,30 @@ class Throughput:
     system: str
     tasks: int
     rates: list[float] = field(default_factory=list)
+    cpu_ms_per_task: list[float] = field(default_factory=list)
+    redis_commands_per_task: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return median(self.rates)
+
+
+async def _redis_commands(client: Redis) -> int:
+    info = await client.info("stats")
+    return int(info["total_commands_processed"])
+
+
+async def measure_costs(system: System, watcher: ResultWatcher, tasks: int, within: float,
+                        result: Throughput) -> None:
+    """One repetition, with what it cost: the system's CPU (its processes, not the benchmark)
+    and Redis commands per task (submission included; the benchmark's own checks excluded)."""
+    async with Redis.from_url(system.url) as client:
+        cpu, commands = system.cpu_seconds(), await _redis_commands(client)
+        result.rates.append(await measure(system, watcher, tasks, within))
+        # Minus the watcher's EXISTS per task and this INFO call.
+        used = await _redis_commands(client) - commands - tasks - 1
+        result.cpu_ms_per_task.append((system.cpu_seconds() - cpu) * 1000 / tasks)
+        result.redis_commands_per_task.append(used / tasks)
 
 
 async def measure(system: System, watcher: ResultWatcher, tasks: int, within: float) -> float:
@@ -76,7 +98,7 @@ async def run_system(name: str, tasks: int, reps: int, within: float) -> Through
             await warm_up(system, watcher, max(TOTAL_CONCURRENCY * 2, result.tasks // 10))
             for _ in range(reps):
                 system.check_alive()
-                result.rates.append(await measure(system, watcher, result.tasks, within))
+                await measure_costs(system, watcher, result.tasks, within, result)
     finally:
         await system.close()
         system.stop()
@@ -92,9 +114,11 @@ def report(results: Sequence[Throughput]) -> str:
     ours = next((r.median for r in results if r.system == "agentpool"), float("nan"))
     rows = [[r.system, str(r.tasks), str(len(r.rates)),
              f"{r.median:,.0f} [{min(r.rates):,.0f}-{max(r.rates):,.0f}]",
-             f"{ours / r.median:.2f}x" if r.median else "inf"] for r in results]
-    return table(["system", "tasks", "reps", "tasks/s median [min-max]", "agentpool / system"],
-                 rows)
+             f"{ours / r.median:.2f}x" if r.median else "inf",
+             f"{median(r.cpu_ms_per_task):.2f}", f"{median(r.redis_commands_per_task):.1f}"]
+            for r in results]
+    return table(["system", "tasks", "reps", "tasks/s median [min-max]", "agentpool / system",
+                  "CPU ms/task", "Redis commands/task"], rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

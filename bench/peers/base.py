@@ -70,6 +70,20 @@ class System(ABC):
                 pids.extend(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
         return pids
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the system's processes: live ones, plus the children they
+        already reaped (a process per task counts too)."""
+        total = 0.0
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                top = psutil.Process(proc.pid)
+                for member in [top, *top.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        times = member.cpu_times()
+                        total += (times.user + times.system + times.children_user
+                                  + times.children_system)
+        return total
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "hack")])
