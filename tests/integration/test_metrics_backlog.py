@@ -7,6 +7,7 @@ the consumer names the runtime really uses (the pod deletion-cost contract).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -78,6 +79,31 @@ async def test_waiting_is_counted_even_when_redis_cannot_report_the_lag(
         groups = await redis_client.xinfo_groups(keys.stream)
         assert groups[0]["lag"] is None
         assert (await reader.read(redis_url, keys)).waiting == 3
+    finally:
+        await reader.close()
+
+
+async def test_the_oldest_waiting_task_ages_until_a_worker_takes_it(
+    runtime_pool: RuntimePool, task_client: TaskClient, redis_url: str, redis_client: Redis,
+) -> None:
+    keys = Keys.for_config(runtime_pool.config)
+    reader = BacklogReader()
+    try:
+        await task_client.submit_many([{"n": i} for i in range(3)])
+        await asyncio.sleep(1.2)
+        await task_client.submit({"n": 3})
+        # No group yet: the first entry of the stream is the oldest waiting task.
+        assert 1.2 <= (await reader.read(redis_url, keys)).oldest_waiting_seconds < 30
+        # A worker takes the three old ones; the one submitted later is now the oldest.
+        await redis_client.xgroup_create(keys.stream, keys.group, id="0")
+        await redis_client.xreadgroup(keys.group, "pod0-abc123-0.1", {keys.stream: ">"},
+                                      count=3)
+        backlog = await reader.read(redis_url, keys)
+        assert (backlog.waiting, backlog.in_flight) == (1, 3)
+        assert backlog.oldest_waiting_seconds < 1.2
+        # Everything taken: nothing waits, however long the in-flight tasks have run.
+        await redis_client.xreadgroup(keys.group, "pod0-abc123-0.1", {keys.stream: ">"})
+        assert (await reader.read(redis_url, keys)).oldest_waiting_seconds == 0.0
     finally:
         await reader.close()
 

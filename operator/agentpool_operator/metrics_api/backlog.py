@@ -6,12 +6,14 @@ The key names come from the runtime's own contract: the operator renders the poo
 with `agent_runtime.keys.Keys`, so this module cannot disagree with the workers about which
 stream, group and retry set a pool uses.
 
-Per pool, one pipelined round trip: XLEN, ZCARD of the delayed-retry set, XINFO GROUPS and
-XPENDING (summary). `waiting` is the group's `lag` (Redis >= 7) plus the parked retries;
-Redis reports `lag` as nil when entries after the group's last-delivered id were deleted, and
-then a second round trip counts those entries with XRANGE. `in_flight` is the group's pending
-entries (delivered, not yet acknowledged). Before any worker has created the group, every
-entry of the stream is waiting: the runtime creates its group at id 0, so it will see them.
+Per pool, one pipelined round trip: XLEN, ZCARD of the delayed-retry set, XINFO GROUPS,
+XPENDING (summary) and TIME; when tasks wait, an XRANGE of one entry after the group's
+last-delivered id gives the oldest waiting task's age. `waiting` is the group's `lag`
+(Redis >= 7) plus the parked retries; Redis reports `lag` as nil when entries after the
+group's last-delivered id were deleted, and then a second round trip counts those entries
+with XRANGE. `in_flight` is the group's pending entries (delivered, not yet acknowledged).
+Before any worker has created the group, every entry of the stream is waiting: the runtime
+creates its group at id 0, so it will see them.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class Backlog:
     worker until another one reclaims them)."""
     per_consumer: dict[str, int] = field(default_factory=dict)
     """In-flight tasks by Redis consumer name (the runtime names consumers after the pod)."""
+    oldest_waiting_seconds: float = field(default=0.0, compare=False)
+    """How long the oldest task not yet delivered to any worker has waited (0 when none).
+    Parked retries are not counted: they wait on purpose. Measured on the Redis server's
+    clock (entry id against TIME), so clock skew between hosts cannot distort it."""
 
     @property
     def total(self) -> int:
@@ -133,15 +139,19 @@ class BacklogReader:
             pipe.zcard(keys.delayed)
             pipe.xinfo_groups(keys.stream)
             pipe.xpending(keys.stream, keys.group)
-            length, delayed, groups, pending = await pipe.execute(raise_on_error=False)
-        for reply in (length, delayed, groups, pending):
+            pipe.time()
+            length, delayed, groups, pending, now = await pipe.execute(raise_on_error=False)
+        for reply in (length, delayed, groups, pending, now):
             _raise_other(reply)
         delayed_count = int(delayed)
+        now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
         group = None if _missing(groups) else _group_info(groups, keys.group)
         if group is None:
             # No group yet (no worker ever started): the whole stream is waiting.
             stream_length = 0 if isinstance(length, Exception) else int(length)
-            return Backlog(waiting=stream_length + delayed_count, in_flight=0)
+            oldest = await self._oldest_after(redis, keys, "-", now_ms) if stream_length else 0.0
+            return Backlog(waiting=stream_length + delayed_count, in_flight=0,
+                           oldest_waiting_seconds=oldest)
         in_flight = 0 if _missing(pending) else int(pending["pending"])
         per_consumer = {} if _missing(pending) else {
             str(c["name"]): int(c["pending"]) for c in pending.get("consumers") or []}
@@ -149,8 +159,20 @@ class BacklogReader:
         if lag is None:
             lag = await self._undelivered(redis, keys, str(group["last-delivered-id"]),
                                           int(length), in_flight)
+        oldest = 0.0
+        if int(lag):
+            oldest = await self._oldest_after(redis, keys, f"({group['last-delivered-id']}",
+                                              now_ms)
         return Backlog(waiting=int(lag) + delayed_count, in_flight=in_flight,
-                       per_consumer=per_consumer)
+                       per_consumer=per_consumer, oldest_waiting_seconds=oldest)
+
+    async def _oldest_after(self, redis: Redis, keys: Keys, start: str, now_ms: int) -> float:
+        """Age of the first stream entry from `start` on: its id is its Redis arrival time."""
+        entries: Any = await redis.xrange(keys.stream, min=start, max="+", count=1)
+        if not entries:
+            return 0.0
+        arrived_ms = int(str(entries[0][0]).partition("-")[0])
+        return max(0.0, (now_ms - arrived_ms) / 1000)
 
     async def _undelivered(self, redis: Redis, keys: Keys, last_delivered: str,
                            length: int, in_flight: int) -> int:

@@ -109,7 +109,7 @@ class DeletionCostKeeper:
         if self._failing.pop(key, None) is not None:
             log.info("pool %s/%s: queue readable again", key[0], key[1])
         self._telemetry.observe_pool(target.namespace, target.name, backlog.waiting,
-                                     backlog.in_flight)
+                                     backlog.in_flight, backlog.oldest_waiting_seconds)
         try:
             await self._annotate(target, backlog)
         except KubeError as error:

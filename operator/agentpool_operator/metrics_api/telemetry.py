@@ -26,6 +26,10 @@ class Telemetry:
         self.in_flight = Gauge("agentpool_queue_in_flight_tasks",
                                "Tasks delivered to a worker and not yet acknowledged.",
                                POOL_LABELS, registry=r)
+        self.oldest_waiting = Gauge(
+            "agentpool_queue_oldest_waiting_task_age_seconds",
+            "How long the oldest task not yet delivered to a worker has waited (0 when none; "
+            "parked retries excluded).", POOL_LABELS, registry=r)
         self.requests = Counter("agentpool_metrics_api_requests",
                                 "External metrics API requests by HTTP status code.",
                                 ["code"], registry=r)
@@ -38,15 +42,17 @@ class Telemetry:
             self.requests.labels(code)
         self._pools: set[tuple[str, str]] = set()
 
-    def observe_pool(self, namespace: str, pool: str, waiting: int, in_flight: int) -> None:
+    def observe_pool(self, namespace: str, pool: str, waiting: int, in_flight: int,
+                     oldest_waiting_seconds: float = 0.0) -> None:
         self.backlog.labels(namespace, pool).set(waiting + in_flight)
         self.waiting.labels(namespace, pool).set(waiting)
         self.in_flight.labels(namespace, pool).set(in_flight)
+        self.oldest_waiting.labels(namespace, pool).set(oldest_waiting_seconds)
         self._pools.add((namespace, pool))
 
     def keep_only(self, pools: set[tuple[str, str]]) -> None:
         """Drop the series of pools that are gone, so a deleted pool does not linger."""
         for key in self._pools - pools:
-            for gauge in (self.backlog, self.waiting, self.in_flight):
+            for gauge in (self.backlog, self.waiting, self.in_flight, self.oldest_waiting):
                 gauge.remove(*key)
         self._pools &= pools

@@ -102,16 +102,17 @@ QUEUE_BACKLOG_HIGH = Alert(
     ),
 )
 
-_QUEUE_WAIT_P99 = quantile(0.99, m.TASK_QUEUE_DURATION, "", "10m", *POOL_LABELS)
+_OLDEST_WAITING = f"max {_POOL} ({m.QUEUE_OLDEST_WAITING})"
 _SINCE_SUCCESS = f"time() - max {_POOL} ({m.LAST_SUCCESS})"
 
 OLDEST_TASK_TOO_OLD = Alert(
     name="AgentPoolOldestTaskTooOld",
-    # Tasks that started waited too long, or tasks wait and none has finished for as long.
-    expr=either(above(_QUEUE_WAIT_P99, OLDEST_TASK_SECONDS),
+    # A task has waited too long for a worker, or tasks are held and none has finished for
+    # as long (every worker stuck: nothing waits, yet nothing moves).
+    expr=either(above(_OLDEST_WAITING, OLDEST_TASK_SECONDS),
                 both(above(_SINCE_SUCCESS, OLDEST_TASK_SECONDS), above(_BACKLOG, 0),
                      POOL_LABELS)),
-    signals=(_QUEUE_WAIT_P99, _SINCE_SUCCESS, _BACKLOG),
+    signals=(_OLDEST_WAITING, _SINCE_SUCCESS, _BACKLOG),
     for_="5m", severity="warning",
     summary="AgentPool tasks wait too long before they run.",
     description=(f"Tasks of {_pool()} wait more than {OLDEST_TASK_SECONDS // 60} minutes "
@@ -124,8 +125,8 @@ OLDEST_TASK_TOO_OLD = Alert(
         "panel; a memory breaker that stays open (AgentPoolMemoryBreakerOpen) stops workers "
         "from taking tasks. 3) Nothing finishes: every worker may be stuck in a hanging task "
         "(longest running task panel) until taskTimeoutSeconds. 4) Check that the pods read "
-        "the stream the producers write to (spec.queue.stream and consumerGroup). 5) Delayed "
-        "retries count as waiting: a burst of retries also ages the queue."
+        "the stream the producers write to (spec.queue.stream and consumerGroup). 5) Retries "
+        "parked for their backoff are not counted: only tasks no worker has taken."
     ),
 )
 

@@ -183,11 +183,11 @@ OVERVIEW = Dashboard(
                       q(f"max by (namespace, agentpool) ({m.QUEUE_IN_FLIGHT}{_WORKERS})",
                         "in flight {{namespace}}/{{agentpool}}"),
                   ), width=8),
-            Panel("Oldest task age", "Longest time a task waited before a worker started "
-                  "it (upper bound of the queue-wait histogram's highest filled bucket), and "
-                  "time since the pool last finished a task.", "s", (
-                      q(quantile(1, m.TASK_QUEUE_DURATION, POOL, RATE, "namespace", "agentpool"),
-                        "waited {{namespace}}/{{agentpool}}"),
+            Panel("Oldest task age", "How long the oldest task not yet taken by a worker "
+                  "has waited (read from the queue itself, so it grows even when no worker "
+                  "runs), and time since the pool last finished a task.", "s", (
+                      q(f"max by (namespace, agentpool) ({m.QUEUE_OLDEST_WAITING}{_WORKERS})",
+                        "oldest waiting {{namespace}}/{{agentpool}}"),
                       q(f"time() - max by (namespace, agentpool) ({m.LAST_SUCCESS}{_WORKERS})",
                         "since last success {{namespace}}/{{agentpool}}"),
                   ), width=8),

@@ -34,6 +34,7 @@ CACHE_REQUESTS = "agentpool_cache_requests_total"
 QUEUE_BACKLOG = "agentpool_queue_backlog"
 QUEUE_WAITING = "agentpool_queue_waiting_tasks"
 QUEUE_IN_FLIGHT = "agentpool_queue_in_flight_tasks"
+QUEUE_OLDEST_WAITING = "agentpool_queue_oldest_waiting_task_age_seconds"
 
 # Operator.
 OPERATOR_RECONCILES = "agentpool_operator_reconciles_total"
