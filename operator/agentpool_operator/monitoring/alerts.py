@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentpool_operator.monitoring import metrics as m
-from agentpool_operator.monitoring.promql import POD_LABELS, POOL_LABELS, by, quantile
+from agentpool_operator.monitoring.promql import POD_LABELS, POOL_LABELS, by
 
 GROUP_NAME = "agentpool"
 
