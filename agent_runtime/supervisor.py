@@ -35,6 +35,7 @@ from agent_runtime.health import HealthServer
 from agent_runtime.maintenance import QueueMaintenance
 from agent_runtime.memory_guard import MemoryGuard
 from agent_runtime.metrics import RuntimeMetrics
+from agent_runtime.reaper import reap_orphans
 from agent_runtime.upkeep import DatabaseUpkeep, QueueUpkeep
 from agent_runtime.worker_process import EXIT_BOOT_ERROR
 from agent_runtime.worker_process import main as worker_main
@@ -342,6 +343,7 @@ class Supervisor:
         now = time.monotonic()
         self._last_tick = now
         wall = time.time()
+        reap_orphans()  # only as PID 1 (no init in the container)
         for handle in self._live():
             self._check_worker(handle, now, wall)
         if not self._draining:

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -122,7 +122,7 @@ class RunningSupervisor:
 
 class StartSupervisor(Protocol):
     def __call__(self, pool: RuntimePool, *, database_url: str | None = None,
-                 ready: bool = True) -> RunningSupervisor: ...
+                 ready: bool = True, wrapper: Sequence[str] = ()) -> RunningSupervisor: ...
 
 
 def _wait_for_port(log_path: Path, process: subprocess.Popen[bytes], within: float) -> int:
@@ -157,7 +157,8 @@ def runtime_pool(tmp_path: Path) -> RuntimePool:
         pool=f"t-{uuid.uuid4().hex[:10]}",
         handler=f"{TEST_HANDLERS}:record", init_hook=f"{TEST_HANDLERS}:init",
         handlers={name: f"{TEST_HANDLERS}:{name}"
-                  for name in ("hang", "leak", "fail", "permanent", "sleepy", "sync_sleep")},
+                  for name in ("hang", "leak", "fail", "permanent", "sleepy", "sync_sleep",
+                               "orphan")},
         workers=2, concurrency=4, task_timeout_seconds=10, hang_grace_seconds=1,
         heartbeat_interval_seconds=0.5, lease_seconds=10, retry_backoff_seconds=0.2,
         retry_backoff_max_seconds=1, drain_grace_seconds=5, metrics_host="127.0.0.1",
@@ -171,8 +172,8 @@ def runtime_pool(tmp_path: Path) -> RuntimePool:
 def start_supervisor(redis_url: str, tmp_path: Path) -> Iterator[StartSupervisor]:
     started: list[RunningSupervisor] = []
 
-    def start(pool: RuntimePool, *, database_url: str | None = None,
-              ready: bool = True) -> RunningSupervisor:
+    def start(pool: RuntimePool, *, database_url: str | None = None, ready: bool = True,
+              wrapper: Sequence[str] = ()) -> RunningSupervisor:
         log_path = tmp_path / f"supervisor-{len(started)}.log"
         env = {key: value for key, value in os.environ.items()
                if not key.startswith("AGENTPOOL_")}
@@ -183,7 +184,8 @@ def start_supervisor(redis_url: str, tmp_path: Path) -> Iterator[StartSupervisor
             env["AGENTPOOL_DATABASE_URL"] = database_url
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "agent_runtime.cli", "run"], cwd=REPO_ROOT, env=env,
+                [*wrapper, sys.executable, "-m", "agent_runtime.cli", "run"], cwd=REPO_ROOT,
+                env=env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         supervisor = RunningSupervisor(process, log_path, 0)
         started.append(supervisor)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import subprocess
 import time
 from typing import Any
 
@@ -75,6 +76,13 @@ async def hang(payload: dict[str, Any], ctx: TaskContext) -> None:
 def sync_sleep(payload: dict[str, Any]) -> str:
     time.sleep(float(payload["seconds"]))
     return "woke"
+
+
+def orphan(payload: dict[str, Any]) -> str:
+    """Leave behind a process whose parent has exited (`sleep` started in the background by a
+    shell that returns at once): it is re-parented to PID 1."""
+    subprocess.run(["sh", "-c", f"sleep {float(payload['seconds'])} &"], check=True)
+    return "orphaned"
 
 
 async def leak(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 
+import psutil
 import pytest
 from redis.asyncio import Redis
 
@@ -67,3 +70,34 @@ def test_a_handler_that_cannot_load_keeps_the_pod_unready_with_backoff(
     # Exponential backoff, not a tight crash loop (two slots, 0.5 s, 1 s, 2 s, ...).
     assert 2 <= failures <= 2 * 4 + (time.monotonic() - started)
     assert supervisor.process.poll() is None
+
+
+def _can_be_pid_1() -> bool:
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                           capture_output=True, check=False) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_be_pid_1(), reason="needs unshare and the right to create a PID "
+                    "namespace (root), to run the supervisor as PID 1 like a container")
+async def test_as_pid_1_the_supervisor_reaps_orphaned_processes(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor,
+        task_client: TaskClient) -> None:
+    # A container without an init: the supervisor is PID 1 of its own PID namespace.
+    supervisor = start_supervisor(
+        runtime_pool, wrapper=["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"])
+    [init] = psutil.Process(supervisor.process.pid).children()
+    task_id = await task_client.submit({"seconds": 1.5}, handler="orphan")
+    assert (await task_client.wait(task_id, max_wait=30)).result == "orphaned"
+
+    def orphans() -> list[psutil.Process]:
+        return [p for p in init.children() if "sleep" in " ".join(p.cmdline() or [p.name()])]
+
+    adopted = eventually(orphans, timeout=10, interval=0.1)  # re-parented to PID 1
+    assert adopted
+    # Once it exits it must not stay a zombie: the supervisor collects it.
+    eventually(lambda: not any(p.pid in {c.pid for c in init.children()} for p in adopted),
+               timeout=15, interval=0.2)
+    # `unshare` does not pass SIGTERM on: stop the supervisor itself, as the kubelet would.
+    init.terminate()
+    supervisor.process.wait(timeout=30)
