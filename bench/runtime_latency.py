@@ -48,6 +48,7 @@ class Level:
     latencies: list[float] = field(default_factory=list)
     # Where the time went, per task, for systems whose results carry their timestamps.
     phases: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ms_per_task: float = float("nan")
 
     def q(self, pct: float) -> float:
         return percentile(sorted(self.latencies), pct) * 1000
@@ -138,7 +139,9 @@ async def run_system(name: str, levels: Sequence[int], tasks: int,
                 level = Level(name, percent, max_rate * percent / 100)
                 count = max(20, min(tasks, int(level.rate * max_seconds)))
                 system.check_alive()
+                cpu = system.cpu_seconds()
                 await run_level(system, watcher, level, count, drain=60)
+                level.cpu_ms_per_task = (system.cpu_seconds() - cpu) * 1000 / count
                 results.append(level)
     finally:
         await system.close()
@@ -161,9 +164,10 @@ def report(results: Sequence[Level]) -> str:
         mine = ours.get(r.percent)
         ratio = f"{r.q(99) / mine:.1f}x" if mine else "-"
         rows.append([r.system, f"{r.percent}%", f"{r.rate:,.0f}", str(len(r.latencies)),
-                     f"{r.q(50):.2f}", f"{r.q(99):.2f}", f"{r.q(99.9):.2f}", ratio])
+                     f"{r.q(50):.2f}", f"{r.q(99):.2f}", f"{r.q(99.9):.2f}", ratio,
+                     f"{r.cpu_ms_per_task:.2f}"])
     lines = table(["system", "load", "rate/s", "samples", "p50 ms", "p99 ms", "p99.9 ms",
-                   "system p99 / agentpool p99"], rows)
+                   "system p99 / agentpool p99", "CPU ms/task"], rows)
     split = [r for r in results if r.phases]
     if split:
         lines += "\n\nWhere the time goes (p50 / p99 ms, from the results' own timestamps):\n\n"
