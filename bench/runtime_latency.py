@@ -43,7 +43,7 @@ DEFAULT_SYSTEMS = ["agentpool", "celery", "rq", "arq"]
 @dataclass
 class Level:
     system: str
-    percent: int
+    load: str  # "50%" of the system's own max rate, or a fixed "200/s" for every system
     rate: float
     latencies: list[float] = field(default_factory=list)
     # Where the time went, per task, for systems whose results carry their timestamps.
@@ -125,7 +125,7 @@ async def _split(system: System, watcher: ResultWatcher, level: Level, keys: lis
                     "recording": [w - f for _, _, f, w in rows]}
 
 
-async def run_system(name: str, levels: Sequence[int], tasks: int,
+async def run_system(name: str, levels: Sequence[int], rates: Sequence[float], tasks: int,
                      max_seconds: float) -> list[Level]:
     system = SYSTEMS[name](db_url(name))
     system.start()
@@ -135,8 +135,11 @@ async def run_system(name: str, levels: Sequence[int], tasks: int,
         async with system.watch_results() as watcher:
             await warm_up(system, watcher, drain_tasks // 10 + TOTAL_CONCURRENCY)
             max_rate = await measure(system, watcher, drain_tasks, 600)
-            for percent in levels:
-                level = Level(name, percent, max_rate * percent / 100)
+            planned = [Level(name, f"{p}%", max_rate * p / 100) for p in levels]
+            # A fixed rate compares systems at the same offered load; above 90 % of a system's
+            # own maximum it would only measure an overload, so that system skips it.
+            planned += [Level(name, f"{r:g}/s", r) for r in rates if r <= 0.9 * max_rate]
+            for level in planned:
                 count = max(20, min(tasks, int(level.rate * max_seconds)))
                 system.check_alive()
                 cpu = system.cpu_seconds()
@@ -150,20 +153,20 @@ async def run_system(name: str, levels: Sequence[int], tasks: int,
 
 
 async def run(systems: Sequence[str], levels: Sequence[int], tasks: int,
-              max_seconds: float = 30.0) -> list[Level]:
+              max_seconds: float = 30.0, rates: Sequence[float] = ()) -> list[Level]:
     results: list[Level] = []
     for name in systems:
-        results += await run_system(name, levels, tasks, max_seconds)
+        results += await run_system(name, levels, rates, tasks, max_seconds)
     return results
 
 
 def report(results: Sequence[Level]) -> str:
-    ours = {r.percent: r.q(99) for r in results if r.system == "agentpool"}
+    ours = {r.load: r.q(99) for r in results if r.system == "agentpool"}
     rows = []
     for r in results:
-        mine = ours.get(r.percent)
+        mine = ours.get(r.load)
         ratio = f"{r.q(99) / mine:.1f}x" if mine else "-"
-        rows.append([r.system, f"{r.percent}%", f"{r.rate:,.0f}", str(len(r.latencies)),
+        rows.append([r.system, r.load, f"{r.rate:,.0f}", str(len(r.latencies)),
                      f"{r.q(50):.2f}", f"{r.q(99):.2f}", f"{r.q(99.9):.2f}", ratio,
                      f"{r.cpu_ms_per_task:.2f}"])
     lines = table(["system", "load", "rate/s", "samples", "p50 ms", "p99 ms", "p99.9 ms",
@@ -172,7 +175,7 @@ def report(results: Sequence[Level]) -> str:
     if split:
         lines += "\n\nWhere the time goes (p50 / p99 ms, from the results' own timestamps):\n\n"
         lines += table(["system", "load", *PHASES], [
-            [r.system, f"{r.percent}%",
+            [r.system, r.load,
              *(f"{r.phase_q(p, 50):.2f} / {r.phase_q(p, 99):.2f}" for p in PHASES)]
             for r in split])
     return lines
@@ -181,11 +184,14 @@ def report(results: Sequence[Level]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=list(SYSTEMS))
     parser.add_argument("--levels", type=int, nargs="+", default=[25, 50, 80])
+    parser.add_argument("--rates", type=float, nargs="*", default=[200.0],
+                        help="fixed rates (tasks/s) every system runs, the same offered load")
     parser.add_argument("--tasks", type=int, default=5000, help="most tasks per level")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="longest level")
 
 
 def main(args: argparse.Namespace) -> str:
-    results = asyncio.run(run(args.systems, args.levels, args.tasks, args.max_seconds))
+    results = asyncio.run(run(args.systems, args.levels, args.tasks, args.max_seconds,
+                              args.rates))
     return "\n".join(["## Latency submit -> result readable (open loop, % of own max rate)",
                       machine(), Versions.line(), "", report(results)])

@@ -30,12 +30,18 @@ def test_throughput_smoke_measures_every_system(services: ServiceSettings) -> No
 
 def test_latency_smoke_reports_percentiles(services: ServiceSettings) -> None:
     results = asyncio.run(runtime_latency.run(["agentpool", "celery"], [50], tasks=200,
-                                              max_seconds=5))
+                                              max_seconds=5, rates=[40]))
     report = runtime_latency.report(results)
     print(report)
-    assert [r.system for r in results] == ["agentpool", "celery"]
+    # Each system at half its own maximum, then both at the same offered load.
+    assert [(r.system, r.load) for r in results] == [
+        ("agentpool", "50%"), ("agentpool", "40/s"), ("celery", "50%"), ("celery", "40/s")]
     assert all(r.latencies and r.q(99) > 0 for r in results)
     assert "system p99 / agentpool p99" in report
+    # AgentPool's results carry their timestamps: its latency is split into phases.
+    split = [r for r in results if r.phases]
+    assert [r.system for r in split] == ["agentpool", "agentpool"]
+    assert all(len(r.phases["queued"]) == len(r.latencies) for r in split)
 
 
 def test_warm_cold_smoke_times_the_first_heavy_task(services: ServiceSettings) -> None:
