@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from agentpool_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.diffbase import NoDiffBase
 from agentpool_operator.reconcile import PoolKey, Reconciler
 from agentpool_operator.resync import Resyncer
 from agentpool_operator.workqueue import WorkQueue
@@ -55,6 +56,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # The reconciler posts its own, specific Events; kopf's log-to-event posting would add
     # writes on every handler run.
     settings.posting.enabled = False
+    # No change handlers, so no diffs: kopf would deep-copy every watched body to build them.
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Only watch the Deployments we own, filtered by the API server, not in memory.
     settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
     settings.watching.server_timeout = 300
