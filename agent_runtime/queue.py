@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from agent_runtime.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.keys import Keys
 from agent_runtime.messages import TaskEnvelope, TaskResult, normalise_fields
-from agent_runtime.scripts import HAND_BACK
+from agent_runtime.scripts import COMPLETE, HAND_BACK
 
 REPLY_TTL_SECONDS = 86400
 LAST_ERROR_TTL_SECONDS = 7 * 86400
@@ -76,6 +76,7 @@ class WorkQueue:
         self._autoclaim_cursor = "0-0"
         self._cancel_checks = PerIteration[str, bool](self._check_cancelled)
         self._completions = PerIteration[Completion, None](self._complete_together)
+        self._complete_sha: str | None = None
 
     async def ensure_group(self) -> None:
         await ensure_group(self._redis, self.keys)
@@ -161,20 +162,44 @@ class WorkQueue:
 
     async def complete(self, entry_id: str, envelope: TaskEnvelope | None,
                        result: TaskResult) -> None:
-        """Record the final result and acknowledge, atomically. Completions made in the same
-        event-loop iteration share one MULTI/EXEC; each still learns only its own errors."""
+        """Record the final result and acknowledge, atomically (one Lua script per task).
+        Completions made in the same event-loop iteration share one round trip; each still
+        learns only its own errors."""
         await self._completions(Completion(entry_id, envelope, result))
 
     async def _complete_together(self, batch: list[Completion]) -> list[BaseException | None]:
-        spans = []
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for done in batch:
-                first = len(pipe)
-                self._stage_result(pipe, done.envelope, done.result)
-                self._stage_ack(pipe, done.entry_id, done.result.task_id)
-                spans.append((first, len(pipe)))
-            replies = await pipe.execute(raise_on_error=False)
-        return [_first_error(replies[start:end]) for start, end in spans]
+        calls = [self._complete_call(done) for done in batch]
+        replies = await self._run_complete(calls)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            # Redis restarted (or SCRIPT FLUSH): load the script again and run once more.
+            self._complete_sha = await self._redis.script_load(COMPLETE)
+            replies = await self._run_complete(calls)
+        return [_first_error([reply]) for reply in replies]
+
+    def _complete_call(self, done: Completion) -> list[Any]:
+        keys = [self.keys.result(done.result.task_id), self.keys.stream,
+                self.keys.last_error(done.result.task_id)]
+        args: list[Any] = [done.result.to_json(), self._config.result_ttl_seconds,
+                           self.keys.group, done.entry_id]
+        if done.envelope is not None and done.envelope.reply_to:
+            keys.append(done.envelope.reply_to)
+            args += [done.result.task_id, REPLY_TTL_SECONDS]
+        return [len(keys), *keys, *args]
+
+    async def _run_complete(self, calls: list[list[Any]]) -> list[Any]:
+        # EVALSHA directly: redis-py's Script objects check SCRIPT EXISTS on every pipeline.
+        if self._complete_sha is None:
+            self._complete_sha = await self._redis.script_load(COMPLETE)
+        if len(calls) == 1:  # the usual case below full load: a plain command is cheaper
+            try:
+                return [await self._redis.evalsha(self._complete_sha, *calls[0])]
+            except ResponseError as error:
+                return [error]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(self._complete_sha, *call)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def retry(self, entry_id: str, envelope: TaskEnvelope, error: str,
                     delay: float) -> None:

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from agent_runtime.maintenance import QueueMaintenance
-from agent_runtime.messages import TaskEnvelope
+from agent_runtime.messages import TaskEnvelope, TaskResult
 from agent_runtime.queue import WorkQueue
 from tests.plugins.runtime import RuntimePool
 
@@ -133,3 +133,29 @@ async def test_trimming_never_drops_pending_or_unread_entries(
     adopted = await queue.adopt_own(set(), 10)
     assert sorted(d.entry_id for d in adopted) == ids[2:5]
     assert [d.entry_id for d in await queue.read_new(10, 100)] == ids[5:]
+
+
+async def test_completion_records_result_and_acknowledges_even_after_a_script_flush(
+        redis: Redis, runtime_pool: RuntimePool) -> None:
+    queue = _queue(redis, runtime_pool, "pod0-x-0.1")
+    await queue.ensure_group()
+    await _add(redis, runtime_pool, 3)
+    deliveries = await queue.read_new(3, 100)
+    results = [TaskResult(task_id=d.fields["id"], status="succeeded", handler="default",
+                          result={"n": i}) for i, d in enumerate(deliveries)]
+    reply = queue.keys.reply("client")
+    envelope = TaskEnvelope(task_id="task-0", handler="default", payload_json="{}",
+                            enqueued_at=time.time(), reply_to=reply)
+    await queue.complete(deliveries[0].entry_id, envelope, results[0])
+    await redis.script_flush()  # what a Redis restart does to loaded scripts
+    await asyncio.gather(*(queue.complete(d.entry_id, None, r)
+                           for d, r in zip(deliveries[1:], results[1:], strict=True)))
+
+    stored = [TaskResult.from_json(await redis.get(queue.keys.result(r.task_id)) or "")
+              for r in results]
+    assert [s.result for s in stored] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert await redis.lrange(reply, 0, -1) == ["task-0"]  # the client waiting is told
+    assert await redis.ttl(reply) > 0
+    # Acknowledged and deleted: nothing pending, nothing left in the stream.
+    assert (await redis.xpending(queue.keys.stream, queue.keys.group))["pending"] == 0
+    assert await redis.xlen(queue.keys.stream) == 0
