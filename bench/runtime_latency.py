@@ -183,7 +183,7 @@ def report(results: Sequence[Level]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=list(SYSTEMS))
-    parser.add_argument("--levels", type=int, nargs="+", default=[25, 50, 80])
+    parser.add_argument("--levels", type=int, nargs="*", default=[25, 50, 80])
     parser.add_argument("--rates", type=float, nargs="*", default=[200.0],
                         help="fixed rates (tasks/s) every system runs, the same offered load")
     parser.add_argument("--tasks", type=int, default=5000, help="most tasks per level")
