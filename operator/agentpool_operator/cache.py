@@ -46,6 +46,9 @@ class LatestObjects(Generic[K]):
     def __len__(self) -> int:
         return len(self._objects)
 
+    def keys(self) -> set[K]:
+        return set(self._objects)
+
     def get(self, key: K) -> dict[str, Any] | None:
         """The cached body. Callers must not modify it."""
         return self._objects.get(key)

@@ -112,6 +112,9 @@ class Reconciler:
         """Note a watched version of a pool's Deployment (the caller enqueues the pool)."""
         if deleted:
             self.deployments.drop(key, deployment)
+            # Often the garbage collector following the pool's deletion: read the pool itself
+            # rather than trust the watch to have delivered that deletion already.
+            self.pools.drop(key)
             self.request_full(key)
         else:
             self.deployments.put(key, deployment)

@@ -98,6 +98,9 @@ class Resyncer:
                 versions[key] = meta.get("resourceVersion", "")
                 self._reconciler.pools.put(key, pool)
         self.detector.listed(versions, self._clock())
+        # A deletion the watch missed (e.g. while it reconnected) must not leave a pool behind.
+        for key in self._reconciler.pools.keys() - versions.keys():
+            self._reconciler.pools.drop(key)
         for key in versions:
             # A resync checks everything, children the watch does not cover included, of each
             # pool not already checked so within the period (e.g. just created): every pool is

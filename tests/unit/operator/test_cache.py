@@ -75,3 +75,10 @@ def test_recent_reads_share_one_request_until_they_expire_and_failures_are_not_k
         assert await reads.get("t", read) == 3
 
     asyncio.run(scenario())
+
+
+def test_keys_lists_what_is_cached() -> None:
+    cache: LatestObjects[str] = LatestObjects()
+    cache.put("a", obj("1"))
+    cache.put("b", obj("2"))
+    assert cache.keys() == {"a", "b"}
