@@ -153,8 +153,8 @@ class WorkQueue:
         return await self._cancel_checks(task_id)
 
     async def _check_cancelled(self, task_ids: list[str]) -> list[bool]:
-        flags = await self._redis.mget([self.keys.cancel(t) for t in task_ids])
-        return [bool(flag) for flag in flags]
+        found = await self.cancelled(task_ids)
+        return [task_id in found for task_id in task_ids]
 
     async def last_error(self, task_id: str) -> str:
         value = await self._redis.get(self.keys.last_error(task_id))

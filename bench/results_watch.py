@@ -114,16 +114,22 @@ class ResultWatcher:
         await self.confirm(keys)
         return max((self.first_seen[k] for k in keys), default=time.monotonic())
 
-    async def confirm(self, keys: Sequence[str], batch: int = 5000) -> None:
+    async def confirm(self, keys: Sequence[str]) -> None:
         """Check that the keys reported as written really exist (catches a wrong prefix or a
         system that deletes results)."""
+        missing = await self.missing(keys)
+        if missing:
+            raise ResultTimeout(f"{len(missing)} results were announced but are not "
+                                f"readable, e.g. {missing[0]}")
+
+    async def missing(self, keys: Sequence[str], batch: int = 5000) -> list[str]:
+        """The keys that do not exist, checked directly in Redis (pipelined EXISTS)."""
+        absent: list[str] = []
         for start in range(0, len(keys), batch):
             chunk = keys[start:start + batch]
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in chunk:
                     pipe.exists(key)
                 found = await pipe.execute()
-            missing = [k for k, f in zip(chunk, found, strict=True) if not f]
-            if missing:
-                raise ResultTimeout(f"{len(missing)} results were announced but are not "
-                                    f"readable, e.g. {missing[0]}")
+            absent += [k for k, f in zip(chunk, found, strict=True) if not f]
+        return absent

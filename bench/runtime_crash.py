@@ -62,19 +62,6 @@ async def _kill_one(system: System, client: Redis, ids: list[str],
     kills.append((time.monotonic(), in_flight))
 
 
-async def _missing(system: System, client: Redis, ids: list[str]) -> list[str]:
-    """The tasks whose result is not readable (checked directly, not through the watcher)."""
-    missing = []
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start:start + 1000]
-        async with client.pipeline(transaction=False) as pipe:
-            for task_id in chunk:
-                pipe.exists(system.result_key(task_id))
-            found = await pipe.execute()
-        missing += [t for t, f in zip(chunk, found, strict=True) if not f]
-    return missing
-
-
 def _recovery(watcher: ResultWatcher, keys: list[str], killed_at: float) -> float | None:
     """Seconds from the kill until every task in flight on the killed worker was readable."""
     seen = [watcher.first_seen.get(k) for k in keys]
@@ -96,7 +83,7 @@ async def run_system(name: str, tasks: int, interval: float, drain: float) -> Cr
             await warm_up(system, watcher, 32)
             start = time.monotonic()
             ids = await system.submit("chaos", [str(i) for i in range(tasks)])
-            keys = {system.result_key(t): t for t in ids}
+            keys = [system.result_key(t) for t in ids]
             deadline = start + drain
             kills: list[tuple[float, list[str]]] = []
             while time.monotonic() < deadline and len(watcher.first_seen) < len(keys):
@@ -112,8 +99,9 @@ async def run_system(name: str, tasks: int, interval: float, drain: float) -> Cr
             result.recoveries = [r for r in recoveries if r is not None]
             seen = [k for k in keys if k in watcher.first_seen]
             await watcher.confirm(seen)
-            unseen = [keys[k] for k in keys if k not in watcher.first_seen]
-            result.lost = len(await _missing(system, client, unseen))
+            # Not announced is not yet lost: check those directly.
+            result.lost = len(await watcher.missing(
+                [k for k in keys if k not in watcher.first_seen]))
         executions = await client.hvals(f"{PREFIX}:exec")
         result.duplicated = sum(max(0, int(n) - 1) for n in executions)
     finally:
