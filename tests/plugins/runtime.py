@@ -87,6 +87,20 @@ class RunningSupervisor:
                 total += value
         return total
 
+    def metric_reaching(self, name: str, target: float, within: float = 10.0,
+                        **labels: str) -> float:
+        """`metric` once it reaches `target`, or its value after `within` seconds.
+
+        Workers report counters over the pipe after the Redis write a test waits on, so a read
+        right after a result can be one short; compare the returned value exactly.
+        """
+        deadline = time.monotonic() + within
+        value = self.metric(name, **labels)
+        while value < target and time.monotonic() < deadline:
+            time.sleep(0.1)
+            value = self.metric(name, **labels)
+        return value
+
     def worker_pids(self) -> list[int]:
         """Worker processes: the children of the multiprocessing fork server."""
         try:

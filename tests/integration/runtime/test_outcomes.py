@@ -48,9 +48,10 @@ async def test_malformed_entries_and_unknown_handlers_are_dead_lettered_with_the
     assert "unknown handler" in reasons[unknown]
     # Nothing is left pending, so nothing will be retried forever.
     assert await redis_client.xlen(stream) == 0
-    assert supervisor.metric("agentpool_tasks_dead_lettered_total", reason="malformed") == 3
-    assert supervisor.metric("agentpool_tasks_dead_lettered_total",
-                             reason="unknown_handler") == 1
+    assert supervisor.metric_reaching("agentpool_tasks_dead_lettered_total",
+                                      3, reason="malformed") == 3
+    assert supervisor.metric_reaching("agentpool_tasks_dead_lettered_total",
+                                      1, reason="unknown_handler") == 1
 
 
 async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
@@ -73,13 +74,13 @@ async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
     assert time.monotonic() - started >= 0.6
     assert results[permanent].status == "failed"
     assert executions[permanent] == "1"
-    assert supervisor.metric("agentpool_task_retries_total", task_type="fail") == 2
-    assert supervisor.metric("agentpool_tasks_dead_lettered_total",
-                             reason="retries_exhausted") == 1
-    assert supervisor.metric("agentpool_tasks_dead_lettered_total",
-                             reason="permanent_error") == 1
-    assert supervisor.metric("agentpool_tasks_processed_total", task_type="fail",
-                             outcome="failure") == 3
+    assert supervisor.metric_reaching("agentpool_task_retries_total", 2, task_type="fail") == 2
+    assert supervisor.metric_reaching("agentpool_tasks_dead_lettered_total",
+                                      1, reason="retries_exhausted") == 1
+    assert supervisor.metric_reaching("agentpool_tasks_dead_lettered_total",
+                                      1, reason="permanent_error") == 1
+    assert supervisor.metric_reaching("agentpool_tasks_processed_total", 3, task_type="fail",
+                                      outcome="failure") == 3
 
 
 async def test_cancel_a_running_and_a_queued_task(

@@ -54,7 +54,7 @@ async def test_kill_9_mid_task_reruns_it_without_waiting_for_the_lease(
     assert (await _executions(redis_client, runtime_pool.config.pool))[task_id] == 2
     # Re-run at once on the replacement worker: 2 s of work plus warm-up, far below the lease.
     assert time.monotonic() - killed_at < 15
-    assert supervisor.metric("agentpool_worker_restarts_total", reason="crash") == 1
+    assert supervisor.metric_reaching("agentpool_worker_restarts_total", 1, reason="crash") == 1
 
 
 async def test_random_kills_across_thousands_of_tasks_lose_nothing(
@@ -109,7 +109,8 @@ async def test_random_kills_across_thousands_of_tasks_lose_nothing(
     assert sorted(r.result["n"] for r in results.values()) == list(range(total))
     # Only tasks in flight at a kill run again: at most one worker's slots per kill.
     assert duplicates <= kills * runtime_pool.config.concurrency
-    assert supervisor.metric("agentpool_worker_restarts_total", reason="crash") >= kills - 1
+    assert supervisor.metric_reaching("agentpool_worker_restarts_total",
+                                      kills - 1, reason="crash") >= kills - 1
 
 
 async def test_hung_handler_is_killed_retried_then_dead_lettered(
@@ -129,8 +130,9 @@ async def test_hung_handler_is_killed_retried_then_dead_lettered(
     dead = [fields for _id, fields in await task_client.dead_letters() if fields["id"] == task_id]
     assert len(dead) == 1
     assert "max deliveries" in dead[0]["dead_reason"]
-    assert supervisor.metric("agentpool_worker_restarts_total", reason="timeout") == 2
-    assert supervisor.metric("agentpool_tasks_dead_lettered_total", reason="max_deliveries") == 1
+    assert supervisor.metric_reaching("agentpool_worker_restarts_total", 2, reason="timeout") == 2
+    assert supervisor.metric_reaching("agentpool_tasks_dead_lettered_total",
+                                      1, reason="max_deliveries") == 1
     # The pool recovered: a normal task runs on the replacement worker.
     assert (await task_client.run({"n": 5}, max_wait=30))["n"] == 5
 
@@ -152,7 +154,7 @@ async def test_leaking_worker_is_recycled_before_its_memory_limit(
     print(f"\nleak: peak USS {peak / MB:.0f} MiB (limit {limit / MB:.0f}), {len(pids)} workers")
     assert peak < limit
     assert len(pids) >= 2  # it was replaced at least once
-    assert supervisor.metric("agentpool_worker_restarts_total", reason="memory") >= 1
+    assert supervisor.metric_reaching("agentpool_worker_restarts_total", 1, reason="memory") >= 1
     # Drained, not killed: no task had to run twice.
     assert set((await _executions(redis_client, runtime_pool.config.pool)).values()) == {1}
 
