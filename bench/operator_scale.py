@@ -3,8 +3,11 @@
 The floor is the same child objects (what the operator's builders render for each pool)
 created directly through the API in one `kubectl apply`, waiting until every Deployment is
 Available: the operator cannot beat it, so the ratio says what the operator's own work costs.
-Also measured: the operator's peak RSS and its write requests per minute in steady state
-(from the API server's audit log, by the operator's own client identity).
+Also measured: the operator's peak RSS, its write requests per minute in steady state (from
+the API server's audit log, by the operator's own client identity) and the read requests (GET
+and LIST) per minute in steady state of the kinds the operator reads, from the API server's
+`apiserver_request_total` (the audit log records writes only; after convergence nothing but
+the operator reads these kinds with GET or LIST: the controllers use informers).
 
     python -m bench.operator_scale --pools 100 1000      # full run (see bench/RESULTS.md)
     python -m bench.operator_scale --pools 5 --steady-seconds 5   # smoke mode (tests)
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -39,6 +43,12 @@ from agentpool_operator.builders import PoolContext, SecretValues, build_childre
 OPERATOR_USER = "agentpool-operator"
 IMAGE = "registry.example/agents:1.0"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# What the operator reads: its pools, their children, referenced Secrets, pods, CRDs.
+READ_RESOURCES = frozenset({
+    "agentpools", "deployments", "configmaps", "secrets", "services", "poddisruptionbudgets",
+    "horizontalpodautoscalers", "pods", "customresourcedefinitions"})
+_REQUEST_TOTAL = re.compile(r'^apiserver_request_total\{([^}]*)\} (\S+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class Result:
     operator_seconds: float
     operator_peak_rss_bytes: int
     steady_writes_per_minute: float
+    steady_gets_per_minute: float
+    steady_lists_per_minute: float
 
     @property
     def ratio(self) -> float:
@@ -139,8 +151,32 @@ class OperatorRun:
         terminate(self.process, timeout=30)
 
 
+def read_requests(cluster: cluster_mod.Cluster) -> dict[tuple[str, str], float]:
+    """(verb, resource) -> GET and LIST requests served so far, of the kinds the operator
+    reads (the API server's own counter; it does not tell clients apart)."""
+    counts: dict[tuple[str, str], float] = {}
+    for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        found = _REQUEST_TOTAL.match(line)
+        if found is None:
+            continue
+        labels = dict(_LABEL.findall(found.group(1)))
+        verb, resource = labels.get("verb", ""), labels.get("resource", "")
+        if verb in ("GET", "LIST") and resource in READ_RESOURCES and not labels.get(
+                "subresource"):
+            counts[verb, resource] = counts.get((verb, resource), 0.0) + float(found.group(2))
+    return counts
+
+
+@dataclass(frozen=True)
+class Steady:
+    writes_per_minute: float
+    gets_per_minute: float
+    lists_per_minute: float
+    reads_by_resource: dict[tuple[str, str], float]
+
+
 def measure_operator(cluster: cluster_mod.Cluster, run: OperatorRun, pools: int,
-                     steady_seconds: float, timeout: float) -> tuple[float, float]:
+                     steady_seconds: float, timeout: float) -> tuple[float, Steady]:
     namespace = f"operator-{pools}"
     cluster.kubectl("create", "namespace", namespace)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(_secret(namespace)))
@@ -151,10 +187,17 @@ def measure_operator(cluster: cluster_mod.Cluster, run: OperatorRun, pools: int,
     _apply(cluster, items)
     converged = _wait_all(cluster, namespace, "agentpools", pools, started, timeout)
     time.sleep(5)  # let the last rollout status updates land before counting
-    before = run.writes()
+    before, reads_before = run.writes(), read_requests(cluster)
     time.sleep(steady_seconds)
-    per_minute = (run.writes() - before) * 60 / steady_seconds
-    return converged, per_minute
+    writes, reads_after = run.writes(), read_requests(cluster)
+    per_minute = 60 / steady_seconds
+    reads = {key: (value - reads_before.get(key, 0.0)) * per_minute
+             for key, value in reads_after.items() if value > reads_before.get(key, 0.0)}
+    return converged, Steady(
+        writes_per_minute=(writes - before) * per_minute,
+        gets_per_minute=sum(v for (verb, _), v in reads.items() if verb == "GET"),
+        lists_per_minute=sum(v for (verb, _), v in reads.items() if verb == "LIST"),
+        reads_by_resource=reads)
 
 
 def run(pool_counts: list[int], steady_seconds: float, timeout: float) -> list[Result]:
@@ -170,12 +213,15 @@ def run(pool_counts: list[int], steady_seconds: float, timeout: float) -> list[R
                 floor = measure_floor(cluster, pools, timeout)
                 operator = OperatorRun(cluster, Path(tmp) / f"operator-{pools}.log")
                 try:
-                    converged, writes = measure_operator(cluster, operator, pools,
+                    converged, steady = measure_operator(cluster, operator, pools,
                                                          steady_seconds, timeout)
                     rss = operator.peak_rss()
                 finally:
                     operator.stop()
-                results.append(Result(pools, floor, converged, rss, writes))
+                print(f"{pools} pools, steady-state reads/min by (verb, resource): "
+                      f"{sorted(steady.reads_by_resource.items())}", file=sys.stderr)
+                results.append(Result(pools, floor, converged, rss, steady.writes_per_minute,
+                                      steady.gets_per_minute, steady.lists_per_minute))
         finally:
             cluster.stop()
     return results
@@ -183,10 +229,12 @@ def run(pool_counts: list[int], steady_seconds: float, timeout: float) -> list[R
 
 def table(results: list[Result]) -> str:
     lines = ["| pools | direct-create floor (s) | operator to Ready (s) | ratio vs floor "
-             "| operator peak RSS (MiB) | steady-state writes/min |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| operator peak RSS (MiB) | steady-state writes/min | steady-state GETs/min "
+             "| steady-state LISTs/min |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r.pools} | {r.floor_seconds:.1f} | {r.operator_seconds:.1f} | {r.ratio:.2f}x "
-              f"| {r.operator_peak_rss_bytes / 2**20:.0f} | {r.steady_writes_per_minute:.1f} |"
+              f"| {r.operator_peak_rss_bytes / 2**20:.0f} | {r.steady_writes_per_minute:.1f} "
+              f"| {r.steady_gets_per_minute:.1f} | {r.steady_lists_per_minute:.1f} |"
               for r in results]
     return "\n".join(lines)
 
