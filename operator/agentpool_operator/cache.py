@@ -2,14 +2,21 @@
 
 A pool's Deployment reports its rollout in a stream of status updates; reading the pool and the
 Deployment from here instead of GETting them again for each update takes those round trips off
-the API server, which is what limits convergence of many pools at once.
+the API server, which is what limits convergence of many pools at once. The other children are
+watched too, so a full reconcile (and the periodic resync) compares against their cached bodies
+instead of GETting them.
+
+A body that only our own write's answer delivered is kept but not `watched`: until the watch
+confirms it (its echo), a reader that must not trust a possibly dead watch GETs instead. Secret
+values are never kept: a Secret's `data` is replaced by digests of its values.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -31,10 +38,38 @@ def is_older(obj: dict[str, Any], than: dict[str, Any]) -> bool:
     return mine is not None and theirs is not None and mine < theirs
 
 
+def digest_secret(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Secret with each `data` value replaced by its digest (other kinds unchanged).
+
+    Both sides of a comparison go through this, so a cached Secret is compared with the
+    desired one without its values ever being kept. Idempotent: base64 has no ':'."""
+    if obj.get("kind") != "Secret" or not obj.get("data"):
+        return obj
+    data = {k: v if str(v).startswith("sha256:")
+            else "sha256:" + hashlib.sha256(str(v).encode()).hexdigest()
+            for k, v in obj["data"].items()}
+    return {**obj, "data": data}
+
+
 def _lean(obj: dict[str, Any]) -> dict[str, Any]:
     # managedFields is often the largest part of a body and nothing here reads it.
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
-    return {**obj, "metadata": meta}
+    return digest_secret({**obj, "metadata": meta})
+
+
+_VOLATILE_META = frozenset({"resourceVersion", "managedFields", "generation"})
+
+
+def same_content(obj: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two versions of an object differ in nothing but status and bookkeeping.
+
+    A PodDisruptionBudget's or HPA's controller updates its status all the time; only other
+    changes (an edit of a field we set, say) need a reconcile."""
+    def essence(body: dict[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in (body.get("metadata") or {}).items()
+                if k not in _VOLATILE_META}
+        return {**{k: v for k, v in body.items() if k != "status"}, "metadata": meta}
+    return essence(_lean(obj)) == essence(_lean(other))
 
 
 class LatestObjects(Generic[K]):
@@ -42,6 +77,7 @@ class LatestObjects(Generic[K]):
 
     def __init__(self) -> None:
         self._objects: dict[K, dict[str, Any]] = {}
+        self._watched: set[K] = set()
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -49,14 +85,33 @@ class LatestObjects(Generic[K]):
     def keys(self) -> set[K]:
         return set(self._objects)
 
+    def __iter__(self) -> Iterator[K]:
+        return iter(list(self._objects))  # a snapshot: callers may drop while iterating
+
     def get(self, key: K) -> dict[str, Any] | None:
         """The cached body. Callers must not modify it."""
         return self._objects.get(key)
 
-    def put(self, key: K, obj: dict[str, Any]) -> None:
+    def watched(self, key: K) -> dict[str, Any] | None:
+        """The cached body if a watch event (or a list) delivered this version of it."""
+        return self._objects.get(key) if key in self._watched else None
+
+    def put(self, key: K, obj: dict[str, Any], *, watched: bool = True) -> bool:
+        """Keep `obj` unless an newer version is cached; whether it was kept.
+
+        `watched=False` for a body our own request returned: it stays unconfirmed until the
+        watch delivers that (or a newer) version."""
         current = self._objects.get(key)
-        if current is None or not is_older(obj, current):
-            self._objects[key] = _lean(obj)
+        if current is not None and is_older(obj, current):
+            return False
+        same = current is not None and _version(current) is not None and (
+            _version(current) == _version(obj))
+        self._objects[key] = _lean(obj)
+        if watched:
+            self._watched.add(key)
+        elif not same:
+            self._watched.discard(key)
+        return True
 
     def drop(self, key: K, deleted: dict[str, Any] | None = None) -> None:
         """Forget a deleted object, unless a newer object of that name is already cached."""
@@ -66,6 +121,7 @@ class LatestObjects(Generic[K]):
         if deleted is not None and _uid(current) != _uid(deleted) and is_older(deleted, current):
             return  # re-created after the deletion this event reports
         del self._objects[key]
+        self._watched.discard(key)
 
 
 def _uid(obj: dict[str, Any]) -> str:

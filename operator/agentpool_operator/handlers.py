@@ -11,13 +11,14 @@ from typing import Any
 
 import kopf
 
+from agentpool_operator import k8s
 from agentpool_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from agentpool_operator.diffbase import NoDiffBase
-from agentpool_operator.reconcile import PoolKey, Reconciler
+from agentpool_operator.reconcile import WATCHED_CHILDREN, PoolKey, Reconciler
 from agentpool_operator.resync import Resyncer
 from agentpool_operator.workqueue import WorkQueue
 
-MANAGED_BY = "app.kubernetes.io/managed-by=agentpool-operator"
+MANAGED_BY = ",".join(f"{k}={v}" for k, v in k8s.MANAGED_BY.items())
 
 
 def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Reconciler
@@ -45,10 +46,32 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Re
             if owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
                 key = (kwargs["namespace"], owner["name"])
                 reconciler.deployment_event(key, kwargs["event"]["object"],
-                                            kwargs["type"] == "DELETED")
+                                            kwargs["type"] == "DELETED", kwargs["type"] is None)
                 queue.add(key)
 
+    for api_version, kind, plural in WATCHED_CHILDREN:
+        _watch_child(registry, queue, reconciler, api_version, kind, plural)
     return registry
+
+
+def _group_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+def _watch_child(registry: kopf.OperatorRegistry, queue: WorkQueue[PoolKey],
+                 reconciler: Reconciler, api_version: str, kind: str, plural: str) -> None:
+    """A deleted or edited child puts its pool on the queue at once; status updates and the
+    echoes of our own writes do not. kopf watches a CRD-backed kind only while its CRD exists.
+    Nothing here logs a body: a Secret's would carry its values."""
+    group, version = _group_version(api_version)
+
+    @kopf.on.event(group, version, plural, id=f"{plural}_changed", registry=registry)
+    async def child_changed(**kwargs: Any) -> None:
+        key = reconciler.child_event(api_version, kind, kwargs["event"]["object"],
+                                     kwargs["type"])
+        if key is not None:
+            queue.add(key)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -58,7 +81,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False
     # No change handlers, so no diffs: kopf would deep-copy every watched body to build them.
     settings.persistence.diffbase_storage = NoDiffBase()
-    # Only watch the Deployments we own, filtered by the API server, not in memory.
+    # Only watch the children we own, filtered by the API server, not in memory: in particular
+    # only our own Secrets ever reach the operator.
     settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
+    for api_version, _, plural in WATCHED_CHILDREN:
+        settings.watching.label_selectors[(*_group_version(api_version), plural)] = MANAGED_BY
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60

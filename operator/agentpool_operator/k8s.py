@@ -26,6 +26,8 @@ from agentpool_operator.api import GROUP, KIND, PLURAL, VERSION
 from agentpool_operator.errors import ApiFailure, TransientError
 
 FIELD_MANAGER = "agentpool-operator"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "agentpool-operator"}
+"""The label on every child: the watches and lists of children select on it."""
 
 AgentPoolResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 PodMonitorResource = create_namespaced_resource(
@@ -112,6 +114,14 @@ class Kube:
         with _calling("list agentpools"):
             return [_as_dict(obj) async for obj in self._client.list(
                 AgentPoolResource, namespace=namespace or "*")]
+
+    async def list_children(self, api_version: str, kind: str, namespace: str | None
+                            ) -> list[dict[str, Any]]:
+        """Every object of a kind the operator manages (by label), in one namespace or all."""
+        with _calling(f"list {kind} in {namespace or 'all namespaces'}"):
+            return [_as_dict(obj) async for obj in self._client.list(
+                resource_for(api_version, kind), namespace=namespace or "*",
+                labels=dict(MANAGED_BY))]
 
     async def list_pods(self, namespace: str, selector: Mapping[str, str]
                         ) -> list[dict[str, Any]]:

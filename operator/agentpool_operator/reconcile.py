@@ -1,9 +1,11 @@
 """One level-based reconcile of one AgentPool: observe -> desired -> apply -> status.
 
-Run by the work queue for every trigger (the pool changed, an owned Deployment changed, the
-periodic resync). It is idempotent and quiet: children that already match are not written, and
-status is written only when it changed. Deleting an AgentPool needs no finalizer: every child
-has an ownerReference, so the garbage collector removes them.
+Run by the work queue for every trigger (the pool changed, an owned child changed or was
+deleted, the periodic resync). It is idempotent and quiet: children that already match are not
+written, and status is written only when it changed. Children are compared with the bodies
+their watches delivered; only a child the cache cannot vouch for is read from the API server.
+Deleting an AgentPool needs no finalizer: every child has an ownerReference, so the garbage
+collector removes them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pydantic import ValidationError
 from agentpool_operator import announce, builders
 from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec
 from agentpool_operator.builders.context import PoolContext, SecretValues
-from agentpool_operator.cache import LatestObjects, RecentReads
+from agentpool_operator.cache import LatestObjects, RecentReads, digest_secret, same_content
 from agentpool_operator.drift import contains, differing_paths, with_applied_hash
 from agentpool_operator.errors import ApiFailure
 from agentpool_operator.k8s import Kube
@@ -40,6 +42,22 @@ from agentpool_operator.workqueue import Requeue
 
 log = logging.getLogger(__name__)
 PoolKey = tuple[str, str]
+ChildKey = tuple[str, str, str, str]
+"""(api version, kind, namespace, name) of a child other than the Deployment."""
+DEPLOYMENT = ("apps/v1", "Deployment")
+# Children the operator watches (label-selected, see handlers.py) besides its Deployments:
+# (api version, kind, plural). The CRD-backed ones are watched once their CRDs exist.
+WATCHED_CHILDREN: tuple[tuple[str, str, str], ...] = (
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "Secret", "secrets"),
+    ("v1", "Service", "services"),
+    ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    ("monitoring.coreos.com/v1", "PodMonitor", "podmonitors"),
+    ("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication", "triggerauthentications"),
+)
+_WATCHED_KINDS = frozenset((api_version, kind) for api_version, kind, _ in WATCHED_CHILDREN)
 SECRET_RETRY_SECONDS = 10.0
 SECRET_READ_SHARED_SECONDS = 2.0
 # Optional children (api version, kind, name from the pool's name): pruned when the spec no
@@ -74,6 +92,11 @@ class Reconciler:
     pools: LatestObjects[PoolKey] = field(default_factory=LatestObjects)
     deployments: LatestObjects[PoolKey] = field(default_factory=LatestObjects)
     """Latest watched bodies of the pools and of their Deployments (by pool key)."""
+    children: LatestObjects[ChildKey] = field(default_factory=LatestObjects)
+    """Latest watched bodies of the other children (Secrets with digests for values)."""
+    relisted: set[tuple[str, str]] = field(default_factory=set)
+    """Child kinds (api version, kind) a watch listed since the last audit. A deletion while
+    a watch reconnects has no event; the resync lists those kinds once to drop such bodies."""
     _verified: dict[PoolKey, Verified] = field(default_factory=dict)
     _full_requested: set[PoolKey] = field(default_factory=set)
     _pruned: dict[PoolKey, tuple[str, int, bool, bool]] = field(default_factory=dict)
@@ -108,8 +131,11 @@ class Reconciler:
         self.request_full(key)
         return True
 
-    def deployment_event(self, key: PoolKey, deployment: dict[str, Any], deleted: bool) -> None:
+    def deployment_event(self, key: PoolKey, deployment: dict[str, Any], deleted: bool,
+                         listing: bool = False) -> None:
         """Note a watched version of a pool's Deployment (the caller enqueues the pool)."""
+        if listing:
+            self.relisted.add(DEPLOYMENT)
         if deleted:
             self.deployments.drop(key, deployment)
             # Often the garbage collector following the pool's deletion: read the pool itself
@@ -118,6 +144,87 @@ class Reconciler:
             self.request_full(key)
         else:
             self.deployments.put(key, deployment)
+
+    def child_event(self, api_version: str, kind: str, child: dict[str, Any],
+                    event_type: str | None) -> PoolKey | None:
+        """Note a watched version of a child other than the Deployment; the pool to reconcile,
+        if the change needs one (`event_type` None: a watch's (re)list)."""
+        meta = child.get("metadata") or {}
+        key = (api_version, kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if event_type is None:
+            self.relisted.add((api_version, kind))
+        pool_key = self._owning_pool(meta)
+        if event_type == "DELETED":
+            self.children.drop(key, child)
+            if pool_key is None:
+                return None
+            # Often the garbage collector following the pool's deletion: read the pool itself
+            # rather than re-create a child for a pool whose deletion is still on its way.
+            self.pools.drop(pool_key)
+            self.request_full(pool_key)
+            return pool_key
+        cached = self.children.get(key)
+        if not self.children.put(key, child):
+            return None  # older than what we have (e.g. our own write's answer)
+        if cached is not None and same_content(child, cached):
+            return None  # the echo of our own write, or a status update
+        if cached is None and event_type is None:
+            return None  # (re)listed and new to us: the resync's full reconcile checks it
+        if pool_key is not None:
+            self.request_full(pool_key)
+        return pool_key
+
+    def audit(self, api_version: str, kind: str, listed: Sequence[dict[str, Any]]
+              ) -> set[PoolKey]:
+        """A fresh list of a watched kind: drop cached bodies it lacks (deleted while the watch
+        was reconnecting), note the listed ones; the pools that need a full reconcile."""
+        owners: set[PoolKey] = set()
+        # Only cached keys are looked at: one whose deletion event arrived while the list was
+        # on its way must not come back from the (older) list.
+        if (api_version, kind) == DEPLOYMENT:
+            seen: dict[PoolKey, dict[str, Any]] = {}
+            for deployment in listed:
+                pool_key = self._owning_pool(deployment.get("metadata") or {})
+                if pool_key is not None:
+                    seen[pool_key] = deployment
+            for pool_key in self.deployments:
+                if pool_key in seen:
+                    self.deployments.put(pool_key, seen[pool_key])
+                else:
+                    self.deployments.drop(pool_key)
+                    owners.add(pool_key)
+        else:
+            by_key: dict[ChildKey, dict[str, Any]] = {}
+            for child in listed:
+                meta = child.get("metadata") or {}
+                by_key[(api_version, kind, meta["namespace"], meta["name"])] = child
+            of_kind = [key for key in self.children if key[:2] == (api_version, kind)]
+            for key in of_kind:
+                cached = self.children.get(key) or {}
+                if key not in by_key:
+                    # Gone, or created after the list was taken: a GET will tell.
+                    self.children.drop(key)
+                elif not self.children.put(key, by_key[key]) or same_content(by_key[key],
+                                                                             cached):
+                    continue
+                pool_key = self._owning_pool(cached.get("metadata") or {})
+                if pool_key is not None:
+                    owners.add(pool_key)
+        for pool_key in owners:
+            self.request_full(pool_key)
+        return owners
+
+    def _owning_pool(self, meta: dict[str, Any]) -> PoolKey | None:
+        """The key of the AgentPool that controls an object, from its ownerReferences."""
+        for owner in meta.get("ownerReferences") or []:
+            if owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
+                key = (str(meta.get("namespace") or ""), str(owner.get("name") or ""))
+                pool = self.pools.get(key)
+                # A child of an earlier pool of that name is the garbage collector's.
+                if pool is not None and pool["metadata"].get("uid") != owner.get("uid"):
+                    return None
+                return key
+        return None
 
     async def __call__(self, key: PoolKey) -> None:
         started = time.monotonic()
@@ -193,7 +300,8 @@ class Reconciler:
             await self._write_status(pool, observation)
             raise
 
-        self.deployments.put(key, deployment)
+        # Our apply's answer, a GET's or the watched body: the watch confirms the first two.
+        self.deployments.put(key, deployment, watched=False)
         self._last_full[key] = time.monotonic()
         self._verified[key] = Verified(
             uid=pool["metadata"]["uid"], generation=generation,
@@ -284,13 +392,54 @@ class Reconciler:
         meta = desired["metadata"]
         live = None
         if look:
-            live = await self.kube.get(desired["apiVersion"], desired["kind"],
+            # The watched body when there is one; a GET when the cache cannot vouch for it
+            # (not watched yet, only our own answer seen so far, or absent: absence is not
+            # something a cache can prove).
+            live = self._watched_child(desired)
+            if live is None:
+                live = await self.kube.get(desired["apiVersion"], desired["kind"],
+                                           meta["namespace"], meta["name"])
+                self._remember(desired, live)
+        # Secrets compare by digests of their values: the cache keeps no values.
+        if live is None or not contains(digest_secret(live), digest_secret(desired)):
+            changed = [] if live is None else differing_paths(digest_secret(live),
+                                                              digest_secret(desired))
+            try:
+                live = await self.kube.apply(desired)
+            except ApiFailure as failure:
+                if failure.code != 422 or not _recreatable(live, desired):
+                    raise
+                # Someone else's field makes ours invalid (e.g. a PDB's minAvailable next to
+                # our maxUnavailable): apply cannot remove fields it does not own, so the
+                # child is made anew.
+                await self.kube.delete(desired["apiVersion"], desired["kind"],
                                        meta["namespace"], meta["name"])
-        if live is None or not contains(live, desired):
-            changed = [] if live is None else differing_paths(live, desired)
-            live = await self.kube.apply(desired)
+                live = await self.kube.apply(desired)
+                changed = ["(re-created)", *changed]
             applied.append(announce.Applied(desired["kind"], meta["name"], changed))
+            self._remember(desired, live)
         return live
+
+    def _watched_child(self, desired: dict[str, Any]) -> dict[str, Any] | None:
+        meta = desired["metadata"]
+        kind = (desired["apiVersion"], desired["kind"])
+        if kind == DEPLOYMENT:
+            # Cached by its pool's key; the Deployment is named after the pool.
+            deployment = self.deployments.watched((meta["namespace"], meta["name"]))
+            if deployment is None or deployment["metadata"].get("name") != meta["name"]:
+                return None
+            return deployment
+        if kind not in _WATCHED_KINDS:
+            return None
+        return self.children.watched((*kind, meta["namespace"], meta["name"]))
+
+    def _remember(self, desired: dict[str, Any], live: dict[str, Any] | None) -> None:
+        """Cache what a GET or our apply returned (unconfirmed until the watch echoes it), so
+        the echo is recognised as nothing new."""
+        kind = (desired["apiVersion"], desired["kind"])
+        if live is not None and kind in _WATCHED_KINDS:
+            meta = desired["metadata"]
+            self.children.put((*kind, meta["namespace"], meta["name"]), live, watched=False)
 
     async def _announce(self, pool: dict[str, Any],
                         announcements: Sequence[announce.Announcement]) -> None:
@@ -351,6 +500,16 @@ class Reconciler:
             if int(written["metadata"].get("generation") or 0) == observation.generation:
                 self._own_status_versions[key] = written["metadata"].get("resourceVersion", "")
         await self._announce(pool, announce.flips(current, desired))
+
+
+def _recreatable(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    """Whether a child refused as invalid may be deleted and made anew: one this pool
+    controls, and never the Deployment (that would take every pod down at once)."""
+    if live is None or desired["kind"] == "Deployment":
+        return False
+    ours = {o.get("uid") for o in desired["metadata"].get("ownerReferences") or []}
+    return any(o.get("uid") in ours and o.get("controller")
+               for o in (live.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def _reconciled_before(pool: dict[str, Any]) -> bool:

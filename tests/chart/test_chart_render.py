@@ -56,21 +56,22 @@ def grants(*rows: tuple[str, str, str]) -> set[tuple[str, str, str]]:
             for verb in verbs.split(",")}
 
 
-# What operator/agentpool_operator/k8s.py, reconcile.py and handlers.py call (server-side
-# apply: patch, and create when the object is missing; optional children are read and pruned;
-# kopf watches AgentPools and owned Deployments).
+# What operator/agentpool_operator/k8s.py, reconcile.py, resync.py and handlers.py call
+# (server-side apply: patch, and create when the object is missing; optional children are read
+# and pruned; kopf watches AgentPools and every kind of child, label-selected; the resync lists
+# a child kind after its watch relisted).
 OPERATOR_NAMESPACED = grants(
     ("agentpool.dev", "agentpools", "get,list,watch"),
     ("agentpool.dev", "agentpools/status", "patch"),
     ("apps", "deployments", "get,list,watch,create,patch"),
-    ("", "configmaps", "get,create,patch"),
-    ("", "services", "get,create,patch"),
-    ("", "secrets", "get,create,patch,delete"),
-    ("policy", "poddisruptionbudgets", "get,create,patch"),
-    ("autoscaling", "horizontalpodautoscalers", "get,create,patch,delete"),
-    ("monitoring.coreos.com", "podmonitors", "get,create,patch,delete"),
-    ("keda.sh", "scaledobjects", "get,create,patch,delete"),
-    ("keda.sh", "triggerauthentications", "get,create,patch,delete"),
+    ("", "configmaps", "get,list,watch,create,patch"),
+    ("", "services", "get,list,watch,create,patch"),
+    ("", "secrets", "get,list,watch,create,patch,delete"),
+    ("policy", "poddisruptionbudgets", "get,list,watch,create,patch"),
+    ("autoscaling", "horizontalpodautoscalers", "get,list,watch,create,patch,delete"),
+    ("monitoring.coreos.com", "podmonitors", "get,list,watch,create,patch,delete"),
+    ("keda.sh", "scaledobjects", "get,list,watch,create,patch,delete"),
+    ("keda.sh", "triggerauthentications", "get,list,watch,create,patch,delete"),
     ("", "pods", "list"),
     ("", "events", "create"),
 )

@@ -1,0 +1,124 @@
+"""Watched children: which events reconcile a pool, and how a relist audit keeps the cache true.
+
+Pure: the reconciler's bookkeeping only; no request is made (its Kube is never called).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from agentpool_operator.cache import LatestObjects, digest_secret, same_content
+from agentpool_operator.k8s import Kube
+from agentpool_operator.metrics import OperatorMetrics
+from agentpool_operator.reconcile import Reconciler
+
+POOL_UID = "pool-uid"
+
+
+def reconciler() -> Reconciler:
+    found = Reconciler(kube=cast(Kube, None), metrics=cast(OperatorMetrics, None))
+    found.pools.put(("ns", "p"), {"metadata": {"name": "p", "namespace": "ns",
+                                               "uid": POOL_UID, "resourceVersion": "1"}})
+    return found
+
+
+def child(kind: str, version: str, owner_uid: str = POOL_UID, **fields: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": kind, "metadata": {
+        "name": "p", "namespace": "ns", "resourceVersion": version, "uid": "c1",
+        "ownerReferences": [{"apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
+                             "name": "p", "uid": owner_uid, "controller": True}]}, **fields}
+
+
+def test_an_edit_reconciles_the_pool_fully_but_our_echo_and_status_updates_do_not() -> None:
+    r = reconciler()
+    ours = child("Service", "10", spec={"clusterIP": "None"})
+    r.children.put(("v1", "Service", "ns", "p"), ours, watched=False)  # our apply's answer
+    assert r.child_event("v1", "Service", ours, "MODIFIED") is None  # its echo
+    assert r.children.watched(("v1", "Service", "ns", "p")) is not None  # now confirmed
+    status_only = child("Service", "11", spec={"clusterIP": "None"}, status={"x": 1})
+    assert r.child_event("v1", "Service", status_only, "MODIFIED") is None
+    edited = child("Service", "12", spec={"clusterIP": "None", "ports": []})
+    assert r.child_event("v1", "Service", edited, "MODIFIED") == ("ns", "p")
+    assert ("ns", "p") in r._full_requested
+
+
+def test_a_late_older_event_is_ignored() -> None:
+    r = reconciler()
+    r.children.put(("v1", "Service", "ns", "p"), child("Service", "20"), watched=False)
+    assert r.child_event("v1", "Service", child("Service", "19", spec={"a": 1}),
+                         "MODIFIED") is None
+    assert (r.children.get(("v1", "Service", "ns", "p")) or {})["metadata"][
+        "resourceVersion"] == "20"
+
+
+def test_a_deletion_reconciles_the_pool_and_rereads_it() -> None:
+    r = reconciler()
+    r.children.put(("v1", "Service", "ns", "p"), child("Service", "10"))
+    assert r.child_event("v1", "Service", child("Service", "11"), "DELETED") == ("ns", "p")
+    assert r.children.get(("v1", "Service", "ns", "p")) is None
+    assert r.pools.get(("ns", "p")) is None  # read again: the pool may be what was deleted
+
+
+def test_children_of_an_earlier_pool_of_that_name_are_left_to_the_garbage_collector() -> None:
+    r = reconciler()
+    assert r.child_event("v1", "Service", child("Service", "5", owner_uid="old"),
+                         "DELETED") is None
+    assert r.pools.get(("ns", "p")) is not None
+
+
+def test_a_listing_marks_the_kind_for_an_audit_and_new_bodies_wait_for_the_resync() -> None:
+    r = reconciler()
+    assert r.child_event("v1", "ConfigMap", child("ConfigMap", "3"), None) is None
+    assert r.relisted == {("v1", "ConfigMap")}
+    assert r.children.watched(("v1", "ConfigMap", "ns", "p")) is not None
+
+
+def test_an_audit_drops_what_the_list_lacks_and_reconciles_its_pool() -> None:
+    r = reconciler()
+    r.children.put(("v1", "Service", "ns", "p"), child("Service", "10"))
+    r.children.put(("v1", "ConfigMap", "ns", "p"), child("ConfigMap", "10", data={"a": "1"}))
+    assert r.audit("v1", "Service", []) == {("ns", "p")}
+    assert r.children.get(("v1", "Service", "ns", "p")) is None
+    # Listed and unchanged: nothing to do; listed and edited: reconcile.
+    assert r.audit("v1", "ConfigMap", [child("ConfigMap", "10", data={"a": "1"})]) == set()
+    assert r.audit("v1", "ConfigMap", [child("ConfigMap", "11", data={"a": "2"})]) == {
+        ("ns", "p")}
+
+
+def test_an_audit_does_not_bring_back_what_a_deletion_event_already_dropped() -> None:
+    r = reconciler()
+    assert r.audit("v1", "Service", [child("Service", "10")]) == set()
+    assert r.children.get(("v1", "Service", "ns", "p")) is None
+
+
+def test_an_audit_of_deployments_keys_them_by_pool() -> None:
+    r = reconciler()
+    deployment = {**child("Deployment", "10"), "apiVersion": "apps/v1"}
+    r.deployments.put(("ns", "p"), deployment)
+    assert r.audit("apps/v1", "Deployment", [deployment]) == set()
+    assert r.audit("apps/v1", "Deployment", []) == {("ns", "p")}
+    assert r.deployments.get(("ns", "p")) is None
+
+
+def test_own_answers_stay_unconfirmed_until_the_watch_delivers_them() -> None:
+    cache: LatestObjects[str] = LatestObjects()
+    cache.put("a", child("Service", "5"))
+    cache.put("a", child("Service", "6"), watched=False)
+    assert cache.watched("a") is None
+    cache.put("a", child("Service", "6"), watched=False)
+    assert cache.watched("a") is None
+    cache.put("a", child("Service", "6"))
+    assert cache.watched("a") is not None
+    cache.put("a", child("Service", "6"), watched=False)  # the same version: still confirmed
+    assert cache.watched("a") is not None
+
+
+def test_secret_values_are_never_cached_but_still_compare() -> None:
+    secret = {**child("Secret", "4"), "data": {"dsn": "cG9zdGdyZXM6Ly9zM2NyZXQ="}}
+    cache: LatestObjects[str] = LatestObjects()
+    cache.put("s", secret)
+    kept = cache.get("s") or {}
+    assert "cG9zdGdyZXM6Ly9zM2NyZXQ=" not in str(kept)
+    assert kept["data"] == digest_secret(secret)["data"] == digest_secret(kept)["data"]
+    assert same_content(secret, kept)
+    assert not same_content({**secret, "data": {"dsn": "b3RoZXI="}}, kept)
