@@ -16,9 +16,9 @@ API server rejects a bad spec with a message saying how to fix it.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from agentpool_operator.api.autoscaling import AutoscalingSpec
 from agentpool_operator.api.autoscaling import ScaleDownRules as ScaleDownRules
@@ -41,6 +41,14 @@ HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_]
 IMAGE_PATTERN = r"^[^\s]+$"
 STREAM_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9:._{}]*$"
 DEFAULT_PGBOUNCER_IMAGE = "ghcr.io/cloudnative-pg/pgbouncer:1.24.1"
+# prometheus-community/pgbouncer_exporter; the dashboards and alerts use its metric names.
+DEFAULT_PGBOUNCER_EXPORTER_IMAGE = "quay.io/prometheuscommunity/pgbouncer-exporter:v0.11.0"
+DEFAULT_PGBOUNCER_EXPORTER_PORT = 9127  # the exporter's registered default port
+# Measured order of magnitude for the Go exporter: ~10 MiB resident, a few millicores.
+_EXPORTER_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "10m", "memory": "24Mi"},
+    "limits": {"memory": "64Mi"},
+}
 _DAY = 86400
 
 
@@ -179,6 +187,28 @@ class DatabaseSpec(ApiModel):
     """PgBouncer sidecar settings."""
 
 
+class PgBouncerExporterSpec(ApiModel):
+    """The PgBouncer metrics exporter sidecar (prometheus-community pgbouncer_exporter).
+
+    It reads PgBouncer's admin console over loopback as a stats-only user whose credentials
+    live in the pool's derived Secret, and serves pool metrics (clients waiting, longest
+    wait, server connections in use) on `port`.
+    """
+
+    enabled: bool = True
+    """Run the exporter in every pod of a pool with a database; no effect without one."""
+    image: str = Field(default=DEFAULT_PGBOUNCER_EXPORTER_IMAGE, min_length=1, max_length=512)
+    """Exporter container image; the dashboards and alerts use the metric names of
+    prometheus-community/pgbouncer_exporter v0.11."""
+    port: int = Field(default=DEFAULT_PGBOUNCER_EXPORTER_PORT, ge=1024, le=65535)
+    """Container port of the exporter's /metrics (port name `pgb-metrics`)."""
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements.model_validate(_EXPORTER_RESOURCES),
+        json_schema_extra={"default": _EXPORTER_RESOURCES},
+    )
+    """CPU and memory of the exporter container."""
+
+
 class MonitoringSpec(ApiModel):
     """Metrics endpoints and Prometheus integration."""
 
@@ -189,7 +219,14 @@ class MonitoringSpec(ApiModel):
                 "monitoring.podMonitor needs monitoring.metrics: enable metrics or disable "
                 "the PodMonitor",
                 field_path=".podMonitor",
-            )
+            ),
+            cel(
+                "!self.pgbouncerExporter.enabled || "
+                "self.pgbouncerExporter.port != self.metricsPort",
+                "monitoring.pgbouncerExporter.port must differ from monitoring.metricsPort: "
+                "both containers listen on the pod's IP",
+                field_path=".pgbouncerExporter.port",
+            ),
         )
     )
 
@@ -199,8 +236,18 @@ class MonitoringSpec(ApiModel):
     """Container port of the metrics endpoint."""
     pod_monitor: bool = False
     """Create a PodMonitor (needs the Prometheus Operator's CRDs in the cluster)."""
-    pgbouncer_exporter: bool = True
-    """Export PgBouncer pool metrics (when a database is configured)."""
+    pgbouncer_exporter: PgBouncerExporterSpec = section(PgBouncerExporterSpec)
+    """PgBouncer metrics exporter sidecar (only in pools with a database)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_exporter_flag(cls, data: Any) -> Any:
+        # The field was a bare boolean before it grew settings; objects stored then still read.
+        if isinstance(data, dict):
+            for key in ("pgbouncerExporter", "pgbouncer_exporter"):
+                if isinstance(data.get(key), bool):
+                    data = {**data, key: {"enabled": data[key]}}
+        return data
 
 
 class AgentPoolSpec(ApiModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentpool_operator.api import API_VERSION, KIND
+from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec
 from agentpool_operator.builders.context import PoolContext
 
 Manifest = dict[str, Any]
@@ -31,6 +31,15 @@ APP_NAME = "agentpool"
 WORKER_COMPONENT = "worker"
 
 METRICS_PORT_NAME = "metrics"
+PGBOUNCER_EXPORTER_PORT_NAME = "pgb-metrics"  # port names are at most 15 characters
+
+
+def pgbouncer_exporter_enabled(spec: AgentPoolSpec) -> bool:
+    """Whether the pods run the PgBouncer metrics exporter: asked for, and PgBouncer exists.
+
+    The Deployment, the derived Secret (stats user), PgBouncer's ini (stats_users), the
+    Service and the PodMonitor all follow this one decision."""
+    return spec.database is not None and spec.monitoring.pgbouncer_exporter.enabled
 
 
 def config_map_name(pool: str) -> str:

@@ -13,12 +13,18 @@ from typing import Any
 
 from agent_runtime.config import RuntimeConfig, render_config
 from agentpool_operator.api import AgentPoolSpec, DatabaseSpec, parse_quantity
-from agentpool_operator.builders.common import Manifest, config_map_name, object_meta
+from agentpool_operator.builders.common import (
+    Manifest,
+    config_map_name,
+    object_meta,
+    pgbouncer_exporter_enabled,
+)
 from agentpool_operator.builders.context import PoolContext
 from agentpool_operator.builders.secret import (
     DATABASES_INI_KEY,
     PGBOUNCER_HOST,
     PGBOUNCER_PORT,
+    STATS_USER,
     USERLIST_KEY,
 )
 
@@ -81,9 +87,10 @@ def runtime_config(ctx: PoolContext) -> RuntimeConfig:
     return RuntimeConfig.model_validate(fields)
 
 
-def pgbouncer_ini(database: DatabaseSpec) -> str:
+def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False) -> str:
     """PgBouncer's main config: settings only, the `[databases]` entry is `%include`d from
-    the Secret mounted at /etc/pgbouncer/secret."""
+    the Secret mounted at /etc/pgbouncer/secret. With `exporter`, the exporter's user may
+    read the admin console's SHOW commands (stats_users), nothing more."""
     pgbouncer = database.pgbouncer
     settings: list[tuple[str, str]] = [
         # Loopback only: the workers share the pod's network namespace; nothing else may
@@ -106,9 +113,10 @@ def pgbouncer_ini(database: DatabaseSpec) -> str:
         # also drop the prepared statements PgBouncer tracks.
         settings.append(("server_reset_query", ""))
     settings += [
-        # No admin console users, no log or pid files: logs go to stdout, the pod is the unit.
+        # No admin console users (only the exporter's read-only stats user), no log or pid
+        # files: logs go to stdout, the pod is the unit.
         ("admin_users", ""),
-        ("stats_users", ""),
+        ("stats_users", STATS_USER if exporter else ""),
         ("logfile", ""),
         ("pidfile", ""),
     ]
@@ -121,7 +129,9 @@ def config_data(ctx: PoolContext) -> dict[str, str]:
     """The ConfigMap's `data`: the runtime config, plus PgBouncer's ini with a database."""
     data = {RUNTIME_CONFIG_KEY: render_config(runtime_config(ctx))}
     if ctx.spec.database is not None:
-        data[PGBOUNCER_INI_KEY] = pgbouncer_ini(ctx.spec.database)
+        data[PGBOUNCER_INI_KEY] = pgbouncer_ini(
+            ctx.spec.database, exporter=pgbouncer_exporter_enabled(ctx.spec)
+        )
     return data
 
 

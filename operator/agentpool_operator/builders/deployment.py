@@ -1,4 +1,5 @@
-"""The Deployment `<pool>`: the worker pods, their runtime container and PgBouncer sidecar.
+"""The Deployment `<pool>`: the worker pods, their runtime container, the PgBouncer sidecar and
+its metrics exporter.
 
 `spec.replicas` is always the AgentPool's `spec.replicas`: the operator is the Deployment's
 only replica writer, and the HorizontalPodAutoscaler scales the AgentPool through its scale
@@ -25,6 +26,7 @@ from agentpool_operator.builders.common import (
     container_security_context,
     label_selector,
     object_meta,
+    pgbouncer_exporter_enabled,
     secret_name,
     worker_labels,
 )
@@ -35,7 +37,11 @@ from agentpool_operator.builders.config import (
 )
 from agentpool_operator.builders.confighash import config_hash
 from agentpool_operator.builders.context import PoolContext
-from agentpool_operator.builders.pgbouncer import pgbouncer_container, pgbouncer_volume
+from agentpool_operator.builders.pgbouncer import (
+    pgbouncer_container,
+    pgbouncer_exporter_container,
+    pgbouncer_volume,
+)
 from agentpool_operator.builders.scheduling import pod_security_context, scheduling
 from agentpool_operator.builders.secret import DATABASE_URL_KEY
 
@@ -182,6 +188,8 @@ def pod_spec(ctx: PoolContext) -> dict[str, Any]:
     if spec.database is not None:
         pod["initContainers"] = [pgbouncer_container(spec.database)]
     pod["containers"] = [runtime_container(ctx)]
+    if pgbouncer_exporter_enabled(spec):
+        pod["containers"].append(pgbouncer_exporter_container(ctx))
     pod["volumes"] = _volumes(ctx)
     pod |= scheduling(ctx)
     return pod

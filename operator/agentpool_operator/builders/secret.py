@@ -12,6 +12,12 @@ Keys:
 * `userlist.txt` - PgBouncer's auth_file: the credentials workers log in to PgBouncer with.
 * `database-url` - `AGENTPOOL_DATABASE_URL` for the runtime: the same user through PgBouncer
   on 127.0.0.1:6432.
+* `exporter-connection-string` - only with the PgBouncer exporter: its
+  `PGBOUNCER_EXPORTER_CONNECTION_STRING`, PgBouncer's admin console (`pgbouncer` database) as
+  the stats-only user `agentpool_stats`, whose entry `userlist.txt` then also holds. That
+  user exists only in PgBouncer (`stats_users`: SHOW commands, nothing else); its password
+  is derived from the database password with HMAC-SHA256, so it is stable across reconciles
+  (the builders are pure), unguessable without the database password, and changes with it.
 
 The object carries base64 `data`, not `stringData`: the API server folds `stringData` into
 `data` and never returns it, so a `stringData` manifest would never compare equal to the live
@@ -21,17 +27,29 @@ object, and keys dropped from it would not be pruned by server-side apply.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from agentpool_operator.builders.common import Manifest, object_meta, secret_name
+from agentpool_operator.builders.common import (
+    Manifest,
+    object_meta,
+    pgbouncer_exporter_enabled,
+    secret_name,
+)
 from agentpool_operator.builders.context import PoolContext
 
 DATABASES_INI_KEY = "databases.ini"
 USERLIST_KEY = "userlist.txt"
 DATABASE_URL_KEY = "database-url"
+EXPORTER_CONNECTION_KEY = "exporter-connection-string"
+
+# PgBouncer's read-only admin console user for the exporter (see the module docstring).
+STATS_USER = "agentpool_stats"
+ADMIN_DATABASE = "pgbouncer"
 
 PGBOUNCER_HOST = "127.0.0.1"
 PGBOUNCER_PORT = 6432
@@ -119,6 +137,11 @@ def _check_usable(dsn: DatabaseDsn) -> None:
     if any(_CONTROL.search(value) for value in (dsn.host, dsn.dbname, dsn.user, dsn.password)):
         # A newline would end the ini line or the auth_file entry early.
         raise InvalidDatabaseDsn("the database DSN contains control characters")
+    if dsn.user == STATS_USER:
+        raise InvalidDatabaseDsn(
+            f"the database user in the DSN must not be {STATS_USER!r}: PgBouncer reserves that "
+            "name for the metrics exporter"
+        )
     if not _ALIAS.match(dsn.dbname) or dsn.dbname in _RESERVED_ALIASES:
         raise InvalidDatabaseDsn(
             "the database name in the DSN must be letters, digits, '_', '.' or '-' and not "
@@ -134,6 +157,13 @@ def _connstr_value(value: str) -> str:
 def _auth_file_field(value: str) -> str:
     # PgBouncer's auth_file: double-quoted fields, a double quote doubled inside.
     return '"' + value.replace('"', '""') + '"'
+
+
+def stats_password(ctx: PoolContext, dsn: DatabaseDsn) -> str:
+    """The exporter's PgBouncer password: HMAC-SHA256 of the pool's identity keyed with the
+    database password (hex, so it needs no quoting anywhere)."""
+    message = f"agentpool pgbouncer stats user {ctx.namespace}/{ctx.name}".encode()
+    return hmac.new(dsn.password.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 def secret_data(ctx: PoolContext) -> dict[str, str] | None:
@@ -152,14 +182,24 @@ def secret_data(ctx: PoolContext) -> dict[str, str] | None:
         )
     )
     userinfo = f"{quote(dsn.user, safe='')}:{quote(dsn.password, safe='')}"
-    return {
+    userlist = f"{_auth_file_field(dsn.user)} {_auth_file_field(dsn.password)}\n"
+    data = {
         DATABASES_INI_KEY: f"[databases]\n{dsn.dbname} = {entry}\n",
-        USERLIST_KEY: f"{_auth_file_field(dsn.user)} {_auth_file_field(dsn.password)}\n",
+        USERLIST_KEY: userlist,
         DATABASE_URL_KEY: (
             f"postgresql://{userinfo}@{PGBOUNCER_HOST}:{PGBOUNCER_PORT}/"
             f"{quote(dsn.dbname, safe='')}"
         ),
     }
+    if pgbouncer_exporter_enabled(ctx.spec):
+        password = stats_password(ctx, dsn)
+        data[USERLIST_KEY] += f"{_auth_file_field(STATS_USER)} {_auth_file_field(password)}\n"
+        # Loopback inside the pod, and PgBouncer is configured without TLS.
+        data[EXPORTER_CONNECTION_KEY] = (
+            f"postgres://{STATS_USER}:{password}@{PGBOUNCER_HOST}:{PGBOUNCER_PORT}/"
+            f"{ADMIN_DATABASE}?sslmode=disable"
+        )
+    return data
 
 
 def build_secret(ctx: PoolContext) -> Manifest | None:

@@ -7,17 +7,37 @@ IP is allocated for it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from agentpool_operator.builders.common import (
     METRICS_PORT_NAME,
+    PGBOUNCER_EXPORTER_PORT_NAME,
     Manifest,
     object_meta,
+    pgbouncer_exporter_enabled,
     selector_labels,
 )
 from agentpool_operator.builders.context import PoolContext
 
 
 def build_service(ctx: PoolContext) -> Manifest:
-    """The `<pool>` Service."""
+    """The `<pool>` Service (with the PgBouncer exporter's port when the pods run it)."""
+    ports: list[dict[str, Any]] = [
+        # protocol is part of the ports list's merge key: sent explicitly for apply.
+        {
+            "name": METRICS_PORT_NAME,
+            "port": ctx.spec.monitoring.metrics_port,
+            "targetPort": METRICS_PORT_NAME,
+            "protocol": "TCP",
+        }
+    ]
+    if pgbouncer_exporter_enabled(ctx.spec):
+        ports.append({
+            "name": PGBOUNCER_EXPORTER_PORT_NAME,
+            "port": ctx.spec.monitoring.pgbouncer_exporter.port,
+            "targetPort": PGBOUNCER_EXPORTER_PORT_NAME,
+            "protocol": "TCP",
+        })
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -25,15 +45,7 @@ def build_service(ctx: PoolContext) -> Manifest:
         "spec": {
             "clusterIP": "None",
             "selector": selector_labels(ctx.name),
-            "ports": [
-                # protocol is part of the ports list's merge key: sent explicitly for apply.
-                {
-                    "name": METRICS_PORT_NAME,
-                    "port": ctx.spec.monitoring.metrics_port,
-                    "targetPort": METRICS_PORT_NAME,
-                    "protocol": "TCP",
-                }
-            ],
+            "ports": ports,
             # Pods still warming up or draining have no meaningful metrics endpoint yet.
             "publishNotReadyAddresses": False,
         },

@@ -110,7 +110,8 @@ def test_pgbouncer_ini() -> None:
         "ignore_startup_parameters = extra_float_digits,options",
         "server_reset_query =",
         "admin_users =",
-        "stats_users =",
+        # The exporter's read-only user (it is on by default with a database).
+        "stats_users = agentpool_stats",
         "logfile =",
         "pidfile =",
     ):

@@ -54,7 +54,7 @@ def _mounted_files(children: builders.Children, container: dict[str, Any]) -> di
 
 def test_runtime_config_file_is_mounted_where_the_env_points() -> None:
     children = build_children(full_ctx())
-    (runtime,) = _pod(children)["containers"]
+    runtime = next(c for c in _pod(children)["containers"] if c["name"] == "runtime")
     env = {item["name"]: item for item in runtime["env"]}
     path = env[CONFIG_PATH_ENV]["value"]
     assert _mounted_files(children, runtime)[path] == "configMap/research-config/runtime.yaml"
@@ -77,7 +77,7 @@ def test_pgbouncer_finds_every_file_its_ini_names() -> None:
 
 def test_database_url_env_refers_to_a_key_of_the_derived_secret() -> None:
     children = build_children(full_ctx())
-    (runtime,) = _pod(children)["containers"]
+    runtime = next(c for c in _pod(children)["containers"] if c["name"] == "runtime")
     env = {item["name"]: item for item in runtime["env"]}
     ref = env[DATABASE_URL_ENV]["valueFrom"]["secretKeyRef"]
     assert children.secret is not None
@@ -94,7 +94,7 @@ def test_grace_period_leaves_time_after_the_runtime_drain() -> None:
 
 def test_service_and_probes_use_the_declared_port() -> None:
     children = build_children(full_ctx())
-    (runtime,) = _pod(children)["containers"]
+    runtime = next(c for c in _pod(children)["containers"] if c["name"] == "runtime")
     port_names = {port["name"] for port in runtime["ports"]}
     assert children.service["spec"]["ports"][0]["targetPort"] in port_names
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

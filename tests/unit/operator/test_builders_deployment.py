@@ -28,7 +28,8 @@ def _pod(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def _runtime(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = _pod(deployment)["containers"]
+    # The first container; the PgBouncer exporter (pools with a database) comes after it.
+    container = _pod(deployment)["containers"][0]
     assert container["name"] == "runtime"
     return dict(container)
 

@@ -14,9 +14,14 @@ from agentpool_operator.builders import (
 )
 from tests.unit.operator.builder_samples import FULL_SECRETS, full_ctx, minimal_ctx
 
+# The PgBouncer exporter's entries have their own tests (test_builders_pgbouncer_exporter.py).
+NO_EXPORTER = {"monitoring": {"pgbouncerExporter": {"enabled": False}}}
+
 
 def _decoded(dsn: str) -> dict[str, str]:
-    secret = build_secret(full_ctx(secrets=dataclasses.replace(FULL_SECRETS, database_dsn=dsn)))
+    secret = build_secret(
+        full_ctx(NO_EXPORTER, secrets=dataclasses.replace(FULL_SECRETS, database_dsn=dsn))
+    )
     assert secret is not None
     return {k: base64.b64decode(v).decode("utf-8") for k, v in secret["data"].items()}
 
@@ -99,7 +104,11 @@ def test_secret_shape_and_base64_data() -> None:
     assert secret is not None
     assert (secret["apiVersion"], secret["kind"], secret["type"]) == ("v1", "Secret", "Opaque")
     assert "stringData" not in secret
-    assert sorted(secret["data"]) == ["database-url", "databases.ini", "userlist.txt"]
+    assert sorted(secret["data"]) == [
+        "database-url", "databases.ini", "exporter-connection-string", "userlist.txt"]
+    without_exporter = build_secret(full_ctx(NO_EXPORTER))
+    assert without_exporter is not None
+    assert sorted(without_exporter["data"]) == ["database-url", "databases.ini", "userlist.txt"]
 
 
 def test_secret_contents() -> None:

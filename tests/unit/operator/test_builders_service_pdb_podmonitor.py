@@ -27,13 +27,22 @@ def test_pdb_evicts_one_pod_at_a_time_and_never_blocks_on_unhealthy_pods() -> No
     }
 
 
+POOL_RELABELING = {
+    "sourceLabels": ["__meta_kubernetes_pod_label_agentpool_dev_pool"],
+    "targetLabel": "agentpool",
+    "action": "replace",
+}
+
+
 def test_pod_monitor_scrapes_the_metrics_port() -> None:
-    monitor = build_pod_monitor(full_ctx())
+    monitor = build_pod_monitor(full_ctx({"monitoring": {"pgbouncerExporter": {"enabled": False}}}))
     assert monitor is not None
     assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
     assert monitor["spec"] == {
         "selector": {"matchLabels": selector_labels("research")},
-        "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        # The dashboards and alerts group by (namespace, agentpool), as with the chart's.
+        "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s",
+                                 "relabelings": [POOL_RELABELING]}],
     }
 
 
