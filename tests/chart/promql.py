@@ -13,7 +13,21 @@ from prometheus_client import CollectorRegistry
 from agentpool_operator.metrics_api import adapter_rules
 from agentpool_operator.monitoring.alerts import ALERTS
 from agentpool_operator.monitoring.dashboards import DASHBOARDS, variable_queries
+from agentpool_operator.monitoring.metrics import PGBOUNCER_EXPORTER_COLUMNS
 from agentpool_operator.monitoring.promql import concrete
+
+# The PgBouncer exporter the pods run (prometheus-community, Go) cannot run in the tests:
+# there is no container engine, its Go module is not on the module proxy CI may use, and
+# Debian's `prometheus-pgbouncer-exporter` is another program (Christopher Baines' 1.7, other
+# metric names) that fails on every scrape of PgBouncer >= 1.8 (SHOW STATS lost
+# `total_requests`). Expressions reading its metrics must be valid but cannot have data; the
+# live test checks instead that the real PgBouncer serves every column they are read from.
+EXPORTER_ONLY = frozenset(PGBOUNCER_EXPORTER_COLUMNS)
+
+
+def needs_data(expr: str) -> bool:
+    """Whether the live test can demand data: the expression reads no exporter metric."""
+    return not (metric_names(expr) & EXPORTER_ONLY)
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,8 @@ def shipped_expressions() -> Iterator[Expression]:
     for dashboard in DASHBOARDS:
         for panel in dashboard.panels():
             for query in panel.queries:
-                yield Expression(f"{dashboard.uid} / {panel.title}", concrete(query.expr), True)
+                expr = concrete(query.expr)
+                yield Expression(f"{dashboard.uid} / {panel.title}", expr, needs_data(expr))
         for variable in variable_queries(dashboard):
             # label_values(<selector>, label): Grafana asks for the selector's series.
             selector = variable.removeprefix("label_values(").rsplit(",", 1)[0]
@@ -49,7 +64,7 @@ def shipped_expressions() -> Iterator[Expression]:
         # A full alert expression is empty unless it fires: it must only be valid.
         yield Expression(f"alert {alert.name}", alert.expr, False)
         for signal in alert.signals:
-            yield Expression(f"alert {alert.name} signal", signal, True)
+            yield Expression(f"alert {alert.name} signal", signal, needs_data(signal))
     yield from adapter_expressions(None, [".+"])
 
 

@@ -79,6 +79,7 @@ RESTARTS_PER_15M = 5
 LEAK_GROWTH_PER_HOUR = 0.10
 LOAD_GROWTH_TOLERANCE = 1.10
 DB_POOL_SATURATION = 0.9
+PGBOUNCER_WAIT_SECONDS = 1
 
 _BACKLOG = f"max {_POOL} ({m.QUEUE_BACKLOG})"
 
@@ -246,6 +247,37 @@ DB_POOL_SATURATED = Alert(
     ),
 )
 
+_PGB = 'database!="pgbouncer"'  # not the admin console's own pool
+_PGB_WAITING = f"sum {_POD} ({m.PGBOUNCER_CLIENTS_WAITING}{{{_PGB}}})"
+_PGB_MAXWAIT = f"max {_POD} ({m.PGBOUNCER_CLIENT_MAXWAIT}{{{_PGB}}})"
+
+PGBOUNCER_CLIENTS_WAITING = Alert(
+    name="AgentPoolPgBouncerClientsWaiting",
+    # Waiting at every evaluation for 5 minutes, and the oldest waiter has waited longer than
+    # a blip: transaction pooling queues briefly under any burst, which is its job.
+    expr=both(above(_PGB_WAITING, 0), above(_PGB_MAXWAIT, PGBOUNCER_WAIT_SECONDS, ">="),
+              POD_LABELS),
+    signals=(_PGB_WAITING, _PGB_MAXWAIT),
+    for_="5m", severity="warning",
+    summary="AgentPool workers wait for PgBouncer server connections.",
+    description=(f"{{{{ $value }}}} client connection(s) of pod {{{{ $labels.pod }}}} in "
+                 f"{_pool()} have been waiting for a PgBouncer server connection for 5 "
+                 "minutes: the pod's PgBouncer pool is too small for its workers, or the "
+                 "database is slow."),
+    runbook=(
+        "Every server connection of the pod's PgBouncer pool is busy, so workers' queries "
+        "queue inside PgBouncer. 1) The database dashboard's PgBouncer row: saturation at "
+        "100 % with short transactions means the pool is too small; raise "
+        "spec.database.pgbouncer.defaultPoolSize (maxReplicas x defaultPoolSize must fit "
+        "spec.database.connectionBudget) or lower spec.workers.concurrency. 2) Saturated but "
+        "few transactions: long transactions hold the connections; look for slow queries "
+        "(`pg_stat_activity`) and transactions held across external API calls. 3) Active "
+        "connections below the pool size while clients wait: the database refuses or is slow "
+        "to accept connections (max_connections, authentication); check the pgbouncer "
+        "container's log."
+    ),
+)
+
 _NOT_READY = (f"sum by (namespace, job, status) "
               f'({m.OPERATOR_POOLS}{{condition="Ready", status!="True"}})')
 
@@ -317,6 +349,7 @@ ALERTS: tuple[Alert, ...] = (
     MEMORY_LEAK_SUSPECTED,
     MEMORY_BREAKER_OPEN,
     DB_POOL_SATURATED,
+    PGBOUNCER_CLIENTS_WAITING,
     POOL_NOT_READY,
     OPERATOR_RECONCILE_ERRORS,
     OPERATOR_WATCH_STALLED,

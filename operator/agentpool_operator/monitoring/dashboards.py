@@ -234,10 +234,15 @@ OVERVIEW = Dashboard(
     ),
 )
 
+# PgBouncer exporter series of the pools chosen, without the admin console's own pool.
+_PGB = f'{{{POOL}, database!="pgbouncer"}}'
+_PGB_POD = "sum by (namespace, agentpool, pod)"
+
 DATABASE = Dashboard(
     uid="agentpool-database",
     title="AgentPool / Database and PgBouncer",
-    description="Database connection pools of the workers (through the PgBouncer sidecar).",
+    description="Database connection pools of the workers and of their PgBouncer sidecar "
+                "(the PgBouncer row needs spec.monitoring.pgbouncerExporter).",
     rows=(
         ("Connection pools", (
             Panel("Pool utilisation", "Connections in use over the pool capacity, per pod "
@@ -262,6 +267,33 @@ DATABASE = Dashboard(
                   "queue for a connection.", "short", (
                       q(f'min by (pod) ({m.DB_CONNECTIONS}{{{POOL}, state="idle"}})',
                         "{{pod}}"),
+                  ), width=12),
+        )),
+        ("PgBouncer", (
+            Panel("Clients waiting for a server connection", "Worker connections PgBouncer "
+                  "holds because every server connection of the pool is busy, per pod. "
+                  "Sustained waiting means defaultPoolSize (or the database) is the limit.",
+                  "short", (
+                      q(f"{_PGB_POD} ({m.PGBOUNCER_CLIENTS_WAITING}{_PGB})", "{{pod}}"),
+                  ), width=12),
+            Panel("Longest client wait", "Age of the oldest client still waiting for a "
+                  "server connection, per pod (whole seconds).", "s", (
+                      q(f"max by (namespace, agentpool, pod) "
+                        f"({m.PGBOUNCER_CLIENT_MAXWAIT}{_PGB})", "{{pod}}"),
+                  ), width=12),
+            Panel("Server connections and pool size", "PgBouncer's connections to the "
+                  "database: running a transaction (active), parked (idle), all open, and "
+                  "the pool size it may open (defaultPoolSize), summed over the pods.",
+                  "short", (
+                      q(f"sum ({m.PGBOUNCER_SERVERS_ACTIVE}{_PGB})", "active"),
+                      q(f"sum ({m.PGBOUNCER_SERVERS_IDLE}{_PGB})", "idle"),
+                      q(f"sum ({m.PGBOUNCER_USED_SERVERS}{{{POOL}}})", "open"),
+                      q(f"sum ({m.PGBOUNCER_POOL_SIZE}{_PGB})", "pool size"),
+                  ), width=12),
+            Panel("PgBouncer pool saturation", "Server connections in use over the pool "
+                  "size, per pod: at 100 % further transactions wait.", "percentunit", (
+                      q(ratio(f"{_PGB_POD} ({m.PGBOUNCER_SERVERS_ACTIVE}{_PGB})",
+                              f"{_PGB_POD} ({m.PGBOUNCER_POOL_SIZE}{_PGB})"), "{{pod}}"),
                   ), width=12),
         )),
     ),

@@ -5,6 +5,10 @@ scraped from every pool pod), the operator (`agentpool_operator/metrics.py`) or 
 server (queue gauges labelled with the pool's namespace and name, `metrics_api/telemetry.py`).
 The tests check every name against the registries and against what a real Prometheus scraped,
 so a renamed metric fails the build instead of leaving an empty panel.
+
+The `PGBOUNCER_*` names are the PgBouncer exporter sidecar's: prometheus-community
+pgbouncer_exporter v0.11.0 (the image `api/models.py` pins), taken from its collector.go, each
+with the PgBouncer admin-console column it reads (`PGBOUNCER_EXPORTER_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -43,3 +47,24 @@ OPERATOR_API_WRITES = "agentpool_operator_api_writes_total"
 OPERATOR_WORKQUEUE_DEPTH = "agentpool_operator_workqueue_depth"
 OPERATOR_WATCH_STALLED = "agentpool_operator_watch_stalled"
 OPERATOR_POOLS = "agentpool_operator_pools"
+
+# PgBouncer exporter (per pod, prometheus-community pgbouncer_exporter v0.11.0). Pool series carry
+# `database` and `user`; database series `name` (the alias), `database`, `host`, `port`, ...
+# The admin console's own pool (database "pgbouncer") is excluded in every query.
+PGBOUNCER_CLIENTS_WAITING = "pgbouncer_pools_client_waiting_connections"
+PGBOUNCER_CLIENT_MAXWAIT = "pgbouncer_pools_client_maxwait_seconds"
+PGBOUNCER_SERVERS_ACTIVE = "pgbouncer_pools_server_active_connections"
+PGBOUNCER_SERVERS_IDLE = "pgbouncer_pools_server_idle_connections"
+PGBOUNCER_POOL_SIZE = "pgbouncer_databases_pool_size"
+PGBOUNCER_USED_SERVERS = "pgbouncer_used_servers"
+
+PGBOUNCER_EXPORTER_COLUMNS: dict[str, tuple[str, str]] = {
+    PGBOUNCER_CLIENTS_WAITING: ("POOLS", "cl_waiting"),
+    # Whole seconds: v0.11 reads `maxwait` and ignores `maxwait_us`.
+    PGBOUNCER_CLIENT_MAXWAIT: ("POOLS", "maxwait"),
+    PGBOUNCER_SERVERS_ACTIVE: ("POOLS", "sv_active"),
+    PGBOUNCER_SERVERS_IDLE: ("POOLS", "sv_idle"),
+    PGBOUNCER_POOL_SIZE: ("DATABASES", "pool_size"),
+    PGBOUNCER_USED_SERVERS: ("LISTS", "used_servers"),
+}
+"""Exporter metric -> (SHOW command, column or list item) it is read from."""
