@@ -106,7 +106,12 @@ class TaskClient:
     async def cancel(self, task_id: str) -> None:
         """Ask for cancellation: a queued task is recorded cancelled instead of running, a
         running one is cancelled (async handlers) within about half a second."""
-        await self._redis.set(self.keys.cancel(task_id), "1", ex=CANCEL_TTL_SECONDS)
+        # One transaction: the flag (which workers read before checking any cancel key) must
+        # never be missing while a cancel key exists, and it outlives the key it covers.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.cancel(task_id), "1", ex=CANCEL_TTL_SECONDS)
+            pipe.set(self.keys.cancel_requested, "1", ex=CANCEL_TTL_SECONDS)
+            await pipe.execute()
 
     # -- results ----------------------------------------------------------------------------
 

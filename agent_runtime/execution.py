@@ -98,7 +98,7 @@ class TaskExecutor:
             reason = f"max deliveries ({self._config.max_deliveries}) exceeded; last error: {last}"
             await self._dead_letter(delivery, envelope, reason, "max_deliveries", handler.name)
             return
-        if await self._queue.is_cancelled(envelope.task_id):
+        if delivery.may_be_cancelled and await self._queue.is_cancelled(envelope.task_id):
             await self._finish(delivery, envelope, handler, attempt, time.time(),
                                Finished("cancelled", "cancelled", error="cancelled"))
             return

@@ -40,6 +40,7 @@ class WorkerHandle:
     uss: int | None = None
     db_pool: list[int] | None = None
     boot_error: str | None = None
+    exit_error: str | None = None  # why it died or was killed, for its tasks' last error
 
     @property
     def pid(self) -> int | None:

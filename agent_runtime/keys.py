@@ -34,6 +34,12 @@ class Keys:
     def cancel(self, task_id: str) -> str:
         return f"{self.prefix}:cancel:{task_id}"
 
+    @property
+    def cancel_requested(self) -> str:
+        """Set, with the cancel keys' TTL, by every cancellation: while it does not exist no task
+        can be cancelled, so workers skip the per-task check."""
+        return f"{self.prefix}:cancel-requested"
+
     def last_error(self, task_id: str) -> str:
         """Why the last execution of a task died with its worker (hang, crash, OOM)."""
         return f"{self.prefix}:lasterr:{task_id}"

@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.keys import Keys
+from agent_runtime.messages import peek_task_id
 from agent_runtime.queue import LAST_ERROR_TTL_SECONDS, ensure_group, is_nogroup
 from agent_runtime.scripts import HAND_BACK, PROMOTE_DUE, RENEW_LEASES, TRANSFER_PENDING
 
@@ -72,6 +73,25 @@ class QueueMaintenance:
             for task_id in task_ids:
                 pipe.set(self.keys.last_error(task_id), error, ex=LAST_ERROR_TTL_SECONDS)
             await pipe.execute()
+
+    async def record_pending_errors(self, consumer: str, error: str) -> int:
+        """Remember `error` as the last error of every task a dead consumer still holds.
+
+        Read from the queue, not from what the worker last reported: a task that kills its
+        worker the moment it starts (a segfault in a C extension) is attributed too.
+        """
+        rows: Any = await self._redis.xpending_range(self.keys.stream, self.keys.group, "-",
+                                                     "+", 10_000, consumername=consumer)
+        if not rows:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.xrange(self.keys.stream, row["message_id"], row["message_id"])
+            entries: list[Any] = await pipe.execute()
+        task_ids = [peek_task_id(found[0][1]) for found in entries if found]
+        task_ids = [task_id for task_id in task_ids if task_id]
+        await self.record_last_error(task_ids, error)
+        return len(task_ids)
 
     async def pending_count(self, consumer: str) -> int:
         rows = await self._redis.xpending_range(self.keys.stream, self.keys.group, "-", "+", 1,

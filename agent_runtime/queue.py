@@ -43,11 +43,16 @@ class Completion:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One stream entry handed to this consumer, with how often it has been delivered."""
+    """One stream entry handed to this consumer, with how often it has been delivered.
+
+    `may_be_cancelled` is False when the read that delivered it also saw that no cancellation
+    had been requested, so the task needs no cancellation check before it starts.
+    """
 
     entry_id: str
     fields: dict[str, str]
     deliveries: int
+    may_be_cancelled: bool = True
 
 
 def is_nogroup(exc: ResponseError) -> bool:
@@ -82,21 +87,28 @@ class WorkQueue:
         await ensure_group(self._redis, self.keys)
 
     async def read_new(self, count: int, block_ms: int) -> list[Delivery]:
-        try:
-            reply: Any = await self._reader.xreadgroup(
-                self.keys.group, self.consumer, {self.keys.stream: ">"}, count=count,
-                block=block_ms,
-            )
-        except ResponseError as exc:
-            if not is_nogroup(exc):
-                raise
+        # The EXISTS runs right after the read returns, in the same round trip: if no
+        # cancellation was requested by then, none of these tasks needs its own check (one
+        # requested later is the running-task case, as it would be after a check).
+        async with self._reader.pipeline(transaction=False) as pipe:
+            pipe.xreadgroup(self.keys.group, self.consumer, {self.keys.stream: ">"},
+                            count=count, block=block_ms)
+            pipe.exists(self.keys.cancel_requested)
+            reply, requested = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, ResponseError):
+            if not is_nogroup(reply):
+                raise reply
             await self.ensure_group()
             return []
+        if isinstance(requested, Exception):
+            raise requested
+        may_be_cancelled = bool(requested)
         deliveries = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 if fields is not None:
-                    deliveries.append(Delivery(entry_id, normalise_fields(fields), 1))
+                    deliveries.append(Delivery(entry_id, normalise_fields(fields), 1,
+                                               may_be_cancelled))
         return deliveries
 
     async def _delivery_counts(self, ids: Iterable[str]) -> dict[str, int]:

@@ -36,7 +36,7 @@ from agent_runtime.maintenance import QueueMaintenance
 from agent_runtime.memory_guard import MemoryGuard
 from agent_runtime.metrics import RuntimeMetrics
 from agent_runtime.reaper import reap_orphans
-from agent_runtime.upkeep import DatabaseUpkeep, QueueUpkeep
+from agent_runtime.upkeep import DatabaseUpkeep, HandOver, QueueUpkeep
 from agent_runtime.worker_process import EXIT_BOOT_ERROR
 from agent_runtime.worker_process import main as worker_main
 
@@ -60,7 +60,8 @@ class Supervisor:
         self._spawn_after = dict.fromkeys(range(self.config.workers), 0.0)
         self._failures = dict.fromkeys(range(self.config.workers), 0)
         self._retiring: list[WorkerHandle] = []
-        self._transfers: list[tuple[str, int]] = []  # (dead consumer, slot to receive)
+        # (dead worker, slot to receive its entries): handed over once the slot is live again.
+        self._transfers: list[tuple[WorkerHandle, int]] = []
         # Consumers of ours that may still hold entries (forgotten once handed over).
         self._consumers: set[str] = set()
         self._memory = MemoryGuard(self.config, self.metrics, self)
@@ -199,7 +200,7 @@ class Supervisor:
 
     def _live_consumers(self) -> list[str]:
         # Include dead workers whose entries are not yet handed over: keep those leases too.
-        pending = [consumer for consumer, _slot in self._transfers]
+        pending = [handle.consumer for handle, _slot in self._transfers]
         return [h.consumer for h in self._live()] + pending
 
     # -- worker messages --------------------------------------------------------------------
@@ -268,7 +269,8 @@ class Supervisor:
         if handle.retiring is None:
             self.metrics.restarts.labels(reason).inc()
         log.warning("killing worker %s (pid %s): %s", handle.consumer, handle.pid, detail)
-        self._remember_errors(handle, f"worker killed: {detail}")
+        handle.exit_error = f"worker killed: {detail}"
+        self._remember_errors(handle, handle.exit_error)
         handle.process.kill()
 
     def _remember_errors(self, handle: WorkerHandle, error: str) -> None:
@@ -295,7 +297,8 @@ class Supervisor:
             self.metrics.restarts.labels(reason).inc()
             detail = handle.boot_error or describe_exit(code)
             log.warning("worker %s exited unexpectedly (%s)", handle.consumer, detail)
-            self._remember_errors(handle, f"worker died: {describe_exit(code)}")
+            handle.exit_error = f"worker died: {describe_exit(code)}"
+            self._remember_errors(handle, handle.exit_error)
             if not handle.ready:
                 self._failures[handle.slot] += 1
         handle.conn.close()
@@ -309,18 +312,18 @@ class Supervisor:
             if not self._draining and not backoff:
                 self._spawn(handle.slot)
         if not self._draining:
-            self._transfers.append((handle.consumer, handle.slot))
+            self._transfers.append((handle, handle.slot))
 
-    def _due_transfers(self) -> list[tuple[str, str]]:
+    def _due_transfers(self) -> list[HandOver]:
         due = []
         for source, slot in self._transfers:
             target = self._slots.get(slot)
             if target is not None and not target.exited:
-                due.append((source, target.consumer))
+                due.append(HandOver(source.consumer, target.consumer, source.exit_error))
         return due
 
     def _transferred(self, source: str, target: str, moved: int) -> None:
-        self._transfers = [(s, slot) for s, slot in self._transfers if s != source]
+        self._transfers = [(h, slot) for h, slot in self._transfers if h.consumer != source]
         self._consumers.discard(source)  # the transfer deleted it from the group
         for handle in self._live():
             if handle.consumer == target:

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
@@ -31,10 +32,19 @@ FORGET_CONSUMERS_IDLE_SECONDS = 3600.0
 DB_UPKEEP_EVERY_SECONDS = 3600.0
 
 
+@dataclass(frozen=True)
+class HandOver:
+    """A dead worker's entries, due to move to its replacement."""
+
+    source: str
+    target: str
+    error: str | None  # why the source died: recorded as its tasks' last error first
+
+
 class QueueUpkeep:
     def __init__(self, maintenance: QueueMaintenance, lease_seconds: float,
                  live_consumers: Callable[[], list[str]],
-                 transfers: Callable[[], list[tuple[str, str]]],
+                 transfers: Callable[[], list[HandOver]],
                  on_transferred: Callable[[str, str, int], None]) -> None:
         self._maintenance = maintenance
         # Renew at least twice per renewal threshold (lease/3), so one late tick is harmless.
@@ -54,9 +64,12 @@ class QueueUpkeep:
                     await self._maintenance.ensure_group()
                     group_ready = True
                 now = time.monotonic()
-                for source, target in self._transfers():
-                    moved = await self._maintenance.transfer(source, target)
-                    self._on_transferred(source, target, moved)
+                for hand_over in self._transfers():
+                    if hand_over.error:
+                        await self._maintenance.record_pending_errors(hand_over.source,
+                                                                      hand_over.error)
+                    moved = await self._maintenance.transfer(hand_over.source, hand_over.target)
+                    self._on_transferred(hand_over.source, hand_over.target, moved)
                 if now >= next_renew:
                     await self._maintenance.renew_leases(self._live_consumers())
                     next_renew = now + self._renew_every

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import subprocess
 import time
 from typing import Any
@@ -104,3 +105,9 @@ async def fail(payload: dict[str, Any], ctx: TaskContext) -> None:
 async def permanent(payload: dict[str, Any], ctx: TaskContext) -> None:
     await _mark(ctx)
     raise PermanentTaskError("bad input, do not retry")
+
+
+async def segfault(payload: dict[str, Any], ctx: TaskContext) -> None:
+    """Kills its worker the moment it starts, before the worker can report anything."""
+    await _mark(ctx)
+    os.kill(os.getpid(), signal.SIGSEGV)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from agent_runtime.client import TaskClient
 from agent_runtime.maintenance import QueueMaintenance
 from agent_runtime.messages import TaskEnvelope, TaskResult
 from agent_runtime.queue import WorkQueue
@@ -159,3 +160,21 @@ async def test_completion_records_result_and_acknowledges_even_after_a_script_fl
     # Acknowledged and deleted: nothing pending, nothing left in the stream.
     assert (await redis.xpending(queue.keys.stream, queue.keys.group))["pending"] == 0
     assert await redis.xlen(queue.keys.stream) == 0
+
+
+async def test_reads_skip_the_cancellation_check_only_while_no_cancellation_was_requested(
+        runtime_pool: RuntimePool, redis: Redis, task_client: TaskClient) -> None:
+    queue = _queue(redis, runtime_pool, "w")
+    await queue.ensure_group()
+    await _add(redis, runtime_pool, 1)
+    [quiet] = await queue.read_new(1, 100)
+    assert not quiet.may_be_cancelled  # no cancellation anywhere: start without a check
+
+    await task_client.cancel("some-other-task")
+    await _add(redis, runtime_pool, 1)
+    [after] = await queue.read_new(1, 100)
+    assert after.may_be_cancelled  # any cancellation since: this one is checked
+    # Adopted or reclaimed entries come without that knowledge, so they are always checked.
+    adopted = await queue.adopt_own(set(), 10)
+    assert len(adopted) == 2
+    assert all(d.may_be_cancelled for d in adopted)

@@ -181,3 +181,23 @@ async def test_a_dead_workers_tasks_run_before_work_queued_after_them(
     last_new = max(results[t].finished_at or 0 for t in later)
     for task_id in interrupted:
         assert (results[task_id].finished_at or 0) < last_new
+
+
+async def test_a_task_that_kills_its_worker_at_once_is_dead_lettered_with_the_cause(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    # It dies before its worker reports that it started: the cause comes from the queue.
+    runtime_pool.update(workers=1, concurrency=1, max_deliveries=2)
+    supervisor = start_supervisor(runtime_pool)
+    task_id = await task_client.submit({}, handler="segfault")
+
+    result = await task_client.wait(task_id, max_wait=60)
+
+    assert result.status == "failed"
+    assert result.error == ("max deliveries (2) exceeded; last error: "
+                            "worker died: signal 11 (SIGSEGV)")
+    assert (await _executions(redis_client, runtime_pool.config.pool))[task_id] == 2
+    assert supervisor.metric_reaching("agentpool_worker_restarts_total", 2,
+                                      reason="crash") == 2
+    # The pool recovered: a normal task runs on the replacement worker.
+    assert (await task_client.run({"n": 5}, max_wait=30))["n"] == 5

@@ -68,26 +68,42 @@ async def test_a_cancelled_caller_is_left_out_of_the_flush() -> None:
     assert recorder.flushes == [[2]]
 
 
-async def test_outbox_sends_one_iterations_messages_in_one_frame_in_order() -> None:
+async def test_outbox_holds_ends_of_tasks_briefly_and_sends_them_with_the_next_message() -> None:
     ours, theirs = multiprocessing.Pipe()
     gone: list[bool] = []
-    outbox = ipc.Outbox(ours, lambda: gone.append(True))
+    outbox = ipc.Outbox(ours, lambda: gone.append(True), delay=0.05)
+    outbox.put({"type": "done", "entry": "1-0"})
+    outbox.put({"type": "dead", "reason": "malformed"})
+    await asyncio.sleep(0)
+    assert not theirs.poll()  # ends of tasks wait for company
+    outbox.put({"type": "start", "entry": "2-0"})  # a start goes out at once, with them
+    await asyncio.sleep(0)
+    first = ipc.receive(theirs)
+    assert first is not None
+    assert [m["type"] for m in ipc.unpack(first)] == ["done", "dead", "start"]
+    assert not theirs.poll()
+
+    outbox.put({"type": "done", "entry": "2-0"})
+    started = asyncio.get_running_loop().time()
+    second = await asyncio.to_thread(ipc.receive, theirs)  # alone, it goes after the delay
+    assert asyncio.get_running_loop().time() - started >= 0.04
+    assert second == {"type": "done", "entry": "2-0"}  # a lone message is sent as is
+
+    theirs.close()
+    outbox.put({"type": "ready"})
+    outbox.flush()
+    assert gone == [True]  # supervisor gone: the worker is told, nothing raises
+
+
+async def test_outbox_without_delay_sends_each_iterations_messages_in_one_frame() -> None:
+    ours, theirs = multiprocessing.Pipe()
+    outbox = ipc.Outbox(ours, lambda: None, delay=0)
     outbox.put({"type": "start", "entry": "1-0"})
     outbox.put({"type": "done", "entry": "1-0"})
     await asyncio.sleep(0)
-    outbox.put({"type": "heartbeat"})
-    await asyncio.sleep(0)
-    first = ipc.receive(theirs)
-    second = ipc.receive(theirs)
-    assert first is not None
-    assert second is not None
-    assert [m["type"] for m in ipc.unpack(first)] == ["start", "done"]
-    assert list(ipc.unpack(second)) == [{"type": "heartbeat"}]  # a lone message is sent as is
-    assert not theirs.poll()
-    theirs.close()
-    outbox.put({"type": "done"})
-    outbox.flush()
-    assert gone == [True]  # supervisor gone: the worker is told, nothing raises
+    frame = ipc.receive(theirs)
+    assert frame is not None
+    assert [m["type"] for m in ipc.unpack(frame)] == ["start", "done"]
 
 
 @pytest.mark.parametrize("frame", [{"type": "batch", "messages": "nope"},
