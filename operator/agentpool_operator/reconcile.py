@@ -502,10 +502,20 @@ class Reconciler:
         await self._announce(pool, announce.flips(current, desired))
 
 
+# Kinds a child of which, refused as invalid after someone's edit, is deleted and made anew:
+# those the operator may delete (the chart's RBAC). Never the Deployment (that would take every
+# pod down at once); a ConfigMap or Service so refused (say, made `immutable`) is reported as
+# ApplyFailed instead.
+RECREATABLE_KINDS = frozenset({
+    ("policy/v1", "PodDisruptionBudget"), ("v1", "Secret"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"), ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")})
+
+
 def _recreatable(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
-    """Whether a child refused as invalid may be deleted and made anew: one this pool
-    controls, and never the Deployment (that would take every pod down at once)."""
-    if live is None or desired["kind"] == "Deployment":
+    """Whether a child refused as invalid may be deleted and made anew: one of the
+    RECREATABLE_KINDS that this pool controls."""
+    if live is None or (desired["apiVersion"], desired["kind"]) not in RECREATABLE_KINDS:
         return False
     ours = {o.get("uid") for o in desired["metadata"].get("ownerReferences") or []}
     return any(o.get("uid") in ours and o.get("controller")

@@ -59,7 +59,7 @@ def grants(*rows: tuple[str, str, str]) -> set[tuple[str, str, str]]:
 # What operator/agentpool_operator/k8s.py, reconcile.py, resync.py and handlers.py call
 # (server-side apply: patch, and create when the object is missing; optional children are read
 # and pruned; kopf watches AgentPools and every kind of child, label-selected; the resync lists
-# a child kind after its watch relisted).
+# a child kind after its watch relisted; a PDB an edit made invalid is deleted and made anew).
 OPERATOR_NAMESPACED = grants(
     ("agentpool.dev", "agentpools", "get,list,watch"),
     ("agentpool.dev", "agentpools/status", "patch"),
@@ -67,7 +67,7 @@ OPERATOR_NAMESPACED = grants(
     ("", "configmaps", "get,list,watch,create,patch"),
     ("", "services", "get,list,watch,create,patch"),
     ("", "secrets", "get,list,watch,create,patch,delete"),
-    ("policy", "poddisruptionbudgets", "get,list,watch,create,patch"),
+    ("policy", "poddisruptionbudgets", "get,list,watch,create,patch,delete"),
     ("autoscaling", "horizontalpodautoscalers", "get,list,watch,create,patch,delete"),
     ("monitoring.coreos.com", "podmonitors", "get,list,watch,create,patch,delete"),
     ("keda.sh", "scaledobjects", "get,list,watch,create,patch,delete"),

@@ -10,7 +10,7 @@ from typing import Any, cast
 from agentpool_operator.cache import LatestObjects, digest_secret, same_content
 from agentpool_operator.k8s import Kube
 from agentpool_operator.metrics import OperatorMetrics
-from agentpool_operator.reconcile import Reconciler
+from agentpool_operator.reconcile import Reconciler, _recreatable
 
 POOL_UID = "pool-uid"
 
@@ -122,3 +122,18 @@ def test_secret_values_are_never_cached_but_still_compare() -> None:
     assert kept["data"] == digest_secret(secret)["data"] == digest_secret(kept)["data"]
     assert same_content(secret, kept)
     assert not same_content({**secret, "data": {"dsn": "b3RoZXI="}}, kept)
+
+
+def test_only_kinds_the_operator_may_delete_are_made_anew_and_never_the_deployment() -> None:
+    def manifest(api_version: str, kind: str) -> dict[str, Any]:
+        return {**child(kind, "1"), "apiVersion": api_version}
+
+    for api_version, kind in [("policy/v1", "PodDisruptionBudget"), ("v1", "Secret")]:
+        assert _recreatable(manifest(api_version, kind), manifest(api_version, kind))
+    for api_version, kind in [("apps/v1", "Deployment"), ("v1", "ConfigMap"), ("v1", "Service")]:
+        assert not _recreatable(manifest(api_version, kind), manifest(api_version, kind))
+    pdb = manifest("policy/v1", "PodDisruptionBudget")
+    assert not _recreatable(None, pdb)  # nothing live (a first reconcile does not look)
+    someone_elses = {**child("PodDisruptionBudget", "1", owner_uid="other"),
+                     "apiVersion": "policy/v1"}
+    assert not _recreatable(someone_elses, pdb)
