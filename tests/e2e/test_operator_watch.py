@@ -123,6 +123,7 @@ def test_a_pdb_switched_to_min_available_is_made_anew(
         slow_operator: SlowResyncOperator, pools: Pools) -> None:
     pools.create("minav")
     settled(pools, "minav")
+    before = len(slow_operator.writes(pools.namespace))
     pools.cluster.kubectl("-n", pools.namespace, "patch", "pdb", "minav", "--type=json", "-p",
                           json.dumps([{"op": "remove", "path": "/spec/maxUnavailable"},
                                       {"op": "add", "path": "/spec/minAvailable", "value": 1}]))
@@ -132,4 +133,9 @@ def test_a_pdb_switched_to_min_available_is_made_anew(
         "maxUnavailable") == 1)
     assert took < REPAIR_SECONDS, f"restored after {took:.1f}s"
     assert "minAvailable" not in (pools.get("pdb", "minav") or {})["spec"]
+    # The refused apply, the deletion and the apply anew; nothing else but Event(s).
+    found = writes_since(slow_operator, pools.namespace, before)
+    assert [w for w in found if w[1] != "events"] == [
+        ("delete", "poddisruptionbudgets", "minav"), ("patch", "poddisruptionbudgets", "minav"),
+        ("patch", "poddisruptionbudgets", "minav")]
     assert (pools.condition("minav", "Degraded") or {}).get("status") == "False"
