@@ -174,44 +174,31 @@ class WorkQueue:
 
     async def complete(self, entry_id: str, envelope: TaskEnvelope | None,
                        result: TaskResult) -> None:
-        """Record the final result and acknowledge, atomically (one Lua script per task).
-        Completions made in the same event-loop iteration share one round trip; each still
-        learns only its own errors."""
+        """Record the final result and acknowledge, atomically. Completions made in the same
+        event-loop iteration share one script call (one command, one reply)."""
         await self._completions(Completion(entry_id, envelope, result))
 
-    async def _complete_together(self, batch: list[Completion]) -> list[BaseException | None]:
-        calls = [self._complete_call(done) for done in batch]
-        replies = await self._run_complete(calls)
-        if any(isinstance(reply, NoScriptError) for reply in replies):
-            # Redis restarted (or SCRIPT FLUSH): load the script again and run once more.
-            self._complete_sha = await self._redis.script_load(COMPLETE)
-            replies = await self._run_complete(calls)
-        return [_first_error([reply]) for reply in replies]
-
-    def _complete_call(self, done: Completion) -> list[Any]:
-        keys = [self.keys.result(done.result.task_id), self.keys.stream,
-                self.keys.last_error(done.result.task_id)]
-        args: list[Any] = [done.result.to_json(), self._config.result_ttl_seconds,
-                           self.keys.group, done.entry_id]
-        if done.envelope is not None and done.envelope.reply_to:
-            keys.append(done.envelope.reply_to)
-            args += [done.result.task_id, REPLY_TTL_SECONDS]
-        return [len(keys), *keys, *args]
-
-    async def _run_complete(self, calls: list[list[Any]]) -> list[Any]:
+    async def _complete_together(self, batch: list[Completion]) -> list[None]:
+        keys: list[str] = [self.keys.stream]
+        args: list[Any] = [self.keys.group, self._config.result_ttl_seconds, REPLY_TTL_SECONDS]
+        for done in batch:
+            task_id = done.result.task_id
+            reply_to = done.envelope.reply_to if done.envelope is not None else ""
+            keys += [self.keys.result(task_id), self.keys.last_error(task_id)]
+            if reply_to:
+                keys.append(reply_to)
+            args += [done.entry_id, done.result.to_json(), task_id, "1" if reply_to else "0"]
         # EVALSHA directly: redis-py's Script objects check SCRIPT EXISTS on every pipeline.
         if self._complete_sha is None:
             self._complete_sha = await self._redis.script_load(COMPLETE)
-        if len(calls) == 1:  # the usual case below full load: a plain command is cheaper
-            try:
-                return [await self._redis.evalsha(self._complete_sha, *calls[0])]
-            except ResponseError as error:
-                return [error]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(self._complete_sha, *call)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+        try:
+            await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Redis restarted (or SCRIPT FLUSH): load the script again and run once more.
+            self._complete_sha = await self._redis.script_load(COMPLETE)
+            await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+        # An error reaches every task of the batch; each records again (harmless, see COMPLETE).
+        return [None] * len(batch)
 
     async def retry(self, entry_id: str, envelope: TaskEnvelope, error: str,
                     delay: float) -> None:

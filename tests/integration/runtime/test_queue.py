@@ -149,13 +149,16 @@ async def test_completion_records_result_and_acknowledges_even_after_a_script_fl
                             enqueued_at=time.time(), reply_to=reply)
     await queue.complete(deliveries[0].entry_id, envelope, results[0])
     await redis.script_flush()  # what a Redis restart does to loaded scripts
-    await asyncio.gather(*(queue.complete(d.entry_id, None, r)
-                           for d, r in zip(deliveries[1:], results[1:], strict=True)))
+    # One batch: a task nobody waits for, then one whose client waits for its reply.
+    waited = TaskEnvelope(task_id="task-2", handler="default", payload_json="{}",
+                          enqueued_at=time.time(), reply_to=reply)
+    await asyncio.gather(queue.complete(deliveries[1].entry_id, None, results[1]),
+                         queue.complete(deliveries[2].entry_id, waited, results[2]))
 
     stored = [TaskResult.from_json(await redis.get(queue.keys.result(r.task_id)) or "")
               for r in results]
     assert [s.result for s in stored] == [{"n": 0}, {"n": 1}, {"n": 2}]
-    assert await redis.lrange(reply, 0, -1) == ["task-0"]  # the client waiting is told
+    assert await redis.lrange(reply, 0, -1) == ["task-0", "task-2"]  # the clients are told
     assert await redis.ttl(reply) > 0
     # Acknowledged and deleted: nothing pending, nothing left in the stream.
     assert (await redis.xpending(queue.keys.stream, queue.keys.group))["pending"] == 0
