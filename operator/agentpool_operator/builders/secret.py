@@ -8,7 +8,12 @@ taking the stale credentials with it.
 
 Keys:
 
-* `databases.ini` - PgBouncer's `[databases]` section, `%include`d by `pgbouncer.ini`.
+* `databases.ini` - PgBouncer's `[databases]` section, `%include`d by `pgbouncer.ini`: where
+  the database is, and no user or password. An entry with `user=` would make PgBouncer log in
+  to PostgreSQL as that user for every client it admits, so any user in `userlist.txt` - the
+  exporter's stats user too - would get the application database. Without it PgBouncer logs
+  in as the client's own user with that user's password from `userlist.txt`: the pool's user
+  reaches its database, and the stats user, which PostgreSQL does not know, is refused.
 * `userlist.txt` - PgBouncer's auth_file: the credentials workers log in to PgBouncer with.
 * `database-url` - `AGENTPOOL_DATABASE_URL` for the runtime: the same user through PgBouncer
   on 127.0.0.1:6432.
@@ -171,15 +176,10 @@ def secret_data(ctx: PoolContext) -> dict[str, str] | None:
     if ctx.spec.database is None:
         return None
     dsn = parse_database_dsn(ctx.secrets.database_dsn)
+    # No user= (nor password=): see the module docstring.
     entry = " ".join(
         f"{key}={_connstr_value(value)}"
-        for key, value in (
-            ("host", dsn.host),
-            ("port", str(dsn.port)),
-            ("dbname", dsn.dbname),
-            ("user", dsn.user),
-            ("password", dsn.password),
-        )
+        for key, value in (("host", dsn.host), ("port", str(dsn.port)), ("dbname", dsn.dbname))
     )
     userinfo = f"{quote(dsn.user, safe='')}:{quote(dsn.password, safe='')}"
     userlist = f"{_auth_file_field(dsn.user)} {_auth_file_field(dsn.password)}\n"

@@ -113,10 +113,10 @@ def test_secret_shape_and_base64_data() -> None:
 
 def test_secret_contents() -> None:
     data = _decoded("postgresql://agents:pw@postgres.data.svc/agents")
+    # No user= or password=: a forced user would let every userlist.txt user (the exporter's
+    # stats user too) into the database; PgBouncer logs in as the client, with its password.
     assert data["databases.ini"] == (
-        "[databases]\n"
-        "agents = host='postgres.data.svc' port='5432' dbname='agents' user='agents' "
-        "password='pw'\n"
+        "[databases]\nagents = host='postgres.data.svc' port='5432' dbname='agents'\n"
     )
     assert data["userlist.txt"] == '"agents" "pw"\n'
     assert data["database-url"] == "postgresql://agents:pw@127.0.0.1:6432/agents"
@@ -124,9 +124,10 @@ def test_secret_contents() -> None:
 
 def test_quotes_follow_pgbouncer_rules() -> None:
     data = _decoded("postgresql://o%27brien:a%22b%27c%20d@db/d")
-    # Connection strings double single quotes; the auth_file doubles double quotes.
-    assert "user='o''brien' password='a\"b''c d'" in data["databases.ini"]
+    # The auth_file doubles double quotes; the credentials are nowhere else but the URL.
     assert data["userlist.txt"] == '"o\'brien" "a""b\'c d"\n'
+    assert "brien" not in data["databases.ini"]
+    assert "b'c d" not in data["databases.ini"]
     # The runtime's URL is percent-encoded again, so it parses back to the same values.
     url = parse_database_dsn(data["database-url"])
     assert (url.user, url.password) == ("o'brien", "a\"b'c d")
