@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -27,12 +28,42 @@ class StartupError(RuntimeError):
     """A component did not become ready; the message carries its log tail."""
 
 
+# Ports are picked below the kernel's ephemeral range: a port picked there can be taken by any
+# outgoing connection (etcd's, the API server's, pip's) before the service that wants it binds.
+LOWEST_PORT = 20000
+
+
+def ephemeral_port_floor() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return max(low, LOWEST_PORT + 1000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that is free right now and that no outgoing connection gets."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports like `free_port`'s."""
+    rng = random.SystemRandom()
+    ceiling = ephemeral_port_floor()
+    found: list[int] = []
+    for _ in range(1000):
+        port = rng.randrange(LOWEST_PORT, ceiling)
+        if port in found:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"no {count} free ports between {LOWEST_PORT} and {ceiling}")
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

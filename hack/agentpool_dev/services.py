@@ -58,10 +58,11 @@ class ServiceSettings:
     """Where the services listen and keep their state: the one source of connection settings."""
 
     host: str = "127.0.0.1"
-    pg_port: int = 55432
-    pgbouncer_port: int = 56432
-    redis_port: int = 56379
-    prometheus_port: int = 59090
+    # Below the kernel's ephemeral range (32768+), where an outgoing connection could hold them.
+    pg_port: int = 25432
+    pgbouncer_port: int = 26432
+    redis_port: int = 26379
+    prometheus_port: int = 29090
     # Absolute: services are started with other working directories.
     state_dir: Path = field(default_factory=lambda: (paths.state_root() / "services").absolute())
     database: str = "agentpool"
