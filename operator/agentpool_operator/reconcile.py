@@ -163,6 +163,11 @@ class Reconciler:
             self.pools.drop(pool_key)
             self.request_full(pool_key)
             return pool_key
+        if pool_key is None:
+            # Labelled like ours but no pool's child (or one of an earlier pool of that name):
+            # nothing compares against it, so it is not kept.
+            self.children.drop(key)
+            return None
         cached = self.children.get(key)
         if not self.children.put(key, child):
             return None  # older than what we have (e.g. our own write's answer)
@@ -170,8 +175,7 @@ class Reconciler:
             return None  # the echo of our own write, or a status update
         if cached is None and event_type is None:
             return None  # (re)listed and new to us: the resync's full reconcile checks it
-        if pool_key is not None:
-            self.request_full(pool_key)
+        self.request_full(pool_key)
         return pool_key
 
     def audit(self, api_version: str, kind: str, listed: Sequence[dict[str, Any]]

@@ -137,3 +137,14 @@ def test_only_kinds_the_operator_may_delete_are_made_anew_and_never_the_deployme
     someone_elses = {**child("PodDisruptionBudget", "1", owner_uid="other"),
                      "apiVersion": "policy/v1"}
     assert not _recreatable(someone_elses, pdb)
+
+
+def test_objects_with_our_label_but_no_pool_owner_are_not_kept() -> None:
+    r = reconciler()
+    unowned = child("ConfigMap", "3")
+    unowned["metadata"].pop("ownerReferences")
+    assert r.child_event("v1", "ConfigMap", unowned, None) is None
+    assert r.child_event("v1", "ConfigMap", {**unowned, "data": {"a": "1"}}, "MODIFIED") is None
+    assert len(r.children) == 0
+    assert r.child_event("v1", "Service", child("Service", "4", owner_uid="old"), "ADDED") is None
+    assert len(r.children) == 0
