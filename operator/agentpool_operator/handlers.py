@@ -19,6 +19,8 @@ from agentpool_operator.resync import Resyncer
 from agentpool_operator.workqueue import WorkQueue
 
 MANAGED_BY = ",".join(f"{k}={v}" for k, v in k8s.MANAGED_BY.items())
+LIST_CHUNK_SIZE = 250
+WORKER_IDLE_SECONDS = 0.5
 
 
 def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Reconciler
@@ -87,4 +89,11 @@ def configure(settings: kopf.OperatorSettings) -> None:
     for api_version, _, plural in WATCHED_CHILDREN:
         settings.watching.label_selectors[(*_group_version(api_version), plural)] = MANAGED_BY
     settings.watching.server_timeout = 300
+    # Memory at a (re)start with thousands of children: kopf lists each kind in one response
+    # by default and gives every listed object a worker that holds its last body (with
+    # managedFields) for `idle_timeout` after handling it, 5 s by default. Our handlers keep no
+    # per-object state and take microseconds, so a worker may go as soon as it is idle; lists
+    # come in chunks, and workers handle one chunk while the next is on its way.
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     settings.networking.request_timeout = 60

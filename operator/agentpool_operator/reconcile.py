@@ -223,9 +223,9 @@ class Reconciler:
         for owner in meta.get("ownerReferences") or []:
             if owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
                 key = (str(meta.get("namespace") or ""), str(owner.get("name") or ""))
-                pool = self.pools.get(key)
+                uid = self.pools.uid(key)
                 # A child of an earlier pool of that name is the garbage collector's.
-                if pool is not None and pool["metadata"].get("uid") != owner.get("uid"):
+                if uid is not None and uid != owner.get("uid"):
                     return None
                 return key
         return None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from typing import Any
 
 import pytest
 
-from agentpool_operator.cache import LatestObjects, RecentReads, is_older
+from agentpool_operator.cache import LAST_APPLIED, LatestObjects, RecentReads, is_older
 
 
 def obj(version: str, uid: str = "u1", **extra: Any) -> dict[str, Any]:
@@ -82,3 +84,53 @@ def test_keys_lists_what_is_cached() -> None:
     cache.put("a", obj("1"))
     cache.put("b", obj("2"))
     assert cache.keys() == {"a", "b"}
+
+
+def test_bodies_round_trip_through_their_compact_form_and_each_read_is_a_fresh_copy() -> None:
+    cache: LatestObjects[str] = LatestObjects()
+    given = obj("3", spec={"replicas": 2, "name": "é", "flags": [True, None, 1.5]},
+                status={"readyReplicas": 1})
+    given["metadata"]["annotations"] = {LAST_APPLIED: '{"spec": {}}', "agentpool.dev/x": "y"}
+    cache.put("a", given)
+    read = cache.get("a")
+    assert read == {"metadata": {"resourceVersion": "3", "uid": "u1",
+                                 "annotations": {"agentpool.dev/x": "y"}},
+                    "spec": {"replicas": 2, "name": "é", "flags": [True, None, 1.5]},
+                    "status": {"readyReplicas": 1}}
+    assert LAST_APPLIED in given["metadata"]["annotations"]  # the input is left as it was
+    assert read is not None
+    read["spec"]["replicas"] = 9
+    assert (cache.get("a") or {})["spec"]["replicas"] == 2
+    assert cache.uid("a") == "u1"
+    assert cache.uid("b") is None
+    # Kept as bytes (compact JSON), not as the dicts a parsed body is made of.
+    assert all(isinstance(stored.body, bytes) for stored in cache._objects.values())
+
+
+def test_watched_marks_survive_the_compact_form() -> None:
+    cache: LatestObjects[str] = LatestObjects()
+    cache.put("a", obj("4"), watched=False)  # our own write's answer
+    assert cache.watched("a") is None
+    assert cache.get("a") is not None
+    cache.put("a", obj("4"))  # the watch's echo of that version
+    assert cache.watched("a") is not None
+    cache.put("a", obj("4"), watched=False)  # the same version again: still confirmed
+    assert cache.watched("a") is not None
+    cache.put("a", obj("5"), watched=False)  # a newer answer: unconfirmed until echoed
+    assert cache.watched("a") is None
+    assert not cache.put("a", obj("3"))  # older than what is cached: ignored
+    assert (cache.get("a") or {})["metadata"]["resourceVersion"] == "5"
+
+
+def test_secret_values_are_never_stored_in_clear() -> None:
+    cache: LatestObjects[str] = LatestObjects()
+    clear = "hunter2-password"
+    encoded = base64.b64encode(clear.encode()).decode()
+    cache.put("s", {"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"resourceVersion": "1", "uid": "u1"},
+                    "data": {"dsn": encoded}})
+    stored = b"".join(stored.body for stored in cache._objects.values())
+    assert encoded.encode() not in stored
+    assert clear.encode() not in stored
+    digest = "sha256:" + hashlib.sha256(encoded.encode()).hexdigest()
+    assert (cache.get("s") or {})["data"] == {"dsn": digest}
