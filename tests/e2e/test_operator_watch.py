@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from agentpool_dev.cluster import Cluster
-from agentpool_dev.procs import log_tail, module_env, spawn_module
-from tests.plugins.operator import OPERATOR_USER, OperatorProcess, Pools
+from tests.plugins.operator import OPERATOR_USER, OperatorProcess, Pools, running_operator
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
@@ -24,31 +23,17 @@ LONG_RESYNC_SECONDS = 600
 REPAIR_SECONDS = 10.0
 
 
-class SlowResyncOperator(OperatorProcess):
-    def start(self) -> None:
-        self.process = spawn_module(
-            "agentpool_operator",
-            ["--health-host", "127.0.0.1", "--health-port", str(self.health_port),
-             "--resync-seconds", str(LONG_RESYNC_SECONDS), "--stall-seconds", "60"],
-            module_env(self.kubeconfig), self.log_path)
-        eventually(self._ready, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def slow_operator(cluster: Cluster, agentpool_crd: dict[str, Any],
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowResyncOperator]:
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     if not (cluster.state_dir / "pki" / "ca.key").exists():
         pytest.skip("counts the operator's writes in the harness's audit log, which an existing "
                     "cluster (AGENTPOOL_TEST_KUBECONFIG) does not have")
     kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
-    process = SlowResyncOperator(cluster, kubeconfig,
-                                 tmp_path_factory.mktemp("operator") / "log")
-    process.start()
-    try:
+    with running_operator(OperatorProcess(cluster, kubeconfig,
+                                          tmp_path_factory.mktemp("operator") / "log",
+                                          resync_seconds=LONG_RESYNC_SECONDS)) as process:
         yield process
-    finally:
-        process.stop()
-        print(f"--- operator log tail ---\n{log_tail(process.log_path, 40)}")
 
 
 def settled(pools: Pools, name: str) -> None:
@@ -71,7 +56,7 @@ def repaired_within(check: Any) -> float:
     return time.monotonic() - started
 
 
-def test_a_deleted_service_is_recreated_within_seconds(slow_operator: SlowResyncOperator,
+def test_a_deleted_service_is_recreated_within_seconds(slow_operator: OperatorProcess,
                                                        pools: Pools) -> None:
     pools.create("svc")
     settled(pools, "svc")
@@ -89,7 +74,7 @@ def test_a_deleted_service_is_recreated_within_seconds(slow_operator: SlowResync
 
 
 def test_edited_pdb_and_configmap_are_restored_within_seconds(
-        slow_operator: SlowResyncOperator, pools: Pools) -> None:
+        slow_operator: OperatorProcess, pools: Pools) -> None:
     pools.create("edit")
     settled(pools, "edit")
     config = (pools.get("configmap", "edit-config") or {})["data"]
@@ -111,7 +96,7 @@ def test_edited_pdb_and_configmap_are_restored_within_seconds(
 
 
 def test_a_quiet_pool_makes_no_writes_while_its_children_are_watched(
-        slow_operator: SlowResyncOperator, pools: Pools) -> None:
+        slow_operator: OperatorProcess, pools: Pools) -> None:
     pools.create("quiet", replicas=2)
     settled(pools, "quiet")
     before = len(slow_operator.writes(pools.namespace))
@@ -120,7 +105,7 @@ def test_a_quiet_pool_makes_no_writes_while_its_children_are_watched(
 
 
 def test_a_pdb_switched_to_min_available_is_made_anew(
-        slow_operator: SlowResyncOperator, pools: Pools) -> None:
+        slow_operator: OperatorProcess, pools: Pools) -> None:
     pools.create("minav")
     settled(pools, "minav")
     before = len(slow_operator.writes(pools.namespace))

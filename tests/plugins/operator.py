@@ -8,6 +8,7 @@ Secrets they reference.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import urllib.request
@@ -32,6 +33,7 @@ class OperatorProcess:
     kubeconfig: Path
     log_path: Path
     health_port: int = field(default_factory=free_port)
+    resync_seconds: float = RESYNC_SECONDS
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +44,7 @@ class OperatorProcess:
         self.process = spawn_module(
             "agentpool_operator",
             ["--health-host", "127.0.0.1", "--health-port", str(self.health_port),
-             "--resync-seconds", str(RESYNC_SECONDS), "--stall-seconds", "60"],
+             "--resync-seconds", str(self.resync_seconds), "--stall-seconds", "60"],
             module_env(self.kubeconfig), self.log_path)
         eventually(self._ready, timeout=60)
 
@@ -92,7 +94,14 @@ def operator(cluster: Cluster, agentpool_crd: dict[str, Any],
     owns_ca = (cluster.state_dir / "pki" / "ca.key").exists()
     kubeconfig = (cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",)) if owns_ca
                   else cluster.kubeconfig)
-    process = OperatorProcess(cluster, kubeconfig, tmp_path_factory.mktemp("operator") / "log")
+    with running_operator(OperatorProcess(cluster, kubeconfig,
+                                          tmp_path_factory.mktemp("operator") / "log")) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def running_operator(process: OperatorProcess) -> Iterator[OperatorProcess]:
+    """Start `process`; stop it at the end and print its log tail (for failing tests)."""
     process.start()
     try:
         yield process
