@@ -93,8 +93,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # by default and gives every listed object a worker that holds its last body (with
     # managedFields) for `idle_timeout` after handling it, 5 s by default. Our handlers keep no
     # per-object state and take microseconds, so a worker may go as soon as it is idle; lists
-    # come in chunks, and workers handle one chunk while the next is on its way. Measured at
-    # 1,000 pools: peak RSS 218 MiB with chunks of 250 and 0.5 s, 114 MiB with 100 and 0.05 s.
+    # come in chunks, and workers handle one chunk while the next is on its way. The start-up
+    # peak at 1,000 pools still varies from run to run (114-218 MiB, bench/RESULTS.md run 7).
     settings.watching.chunk_size = LIST_CHUNK_SIZE
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     settings.networking.request_timeout = 60
