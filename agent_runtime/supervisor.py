@@ -60,8 +60,8 @@ class Supervisor:
         self._spawn_after = dict.fromkeys(range(self.config.workers), 0.0)
         self._failures = dict.fromkeys(range(self.config.workers), 0)
         self._retiring: list[WorkerHandle] = []
-        # (dead worker, slot to receive its entries): handed over once the slot is live again.
-        self._transfers: list[tuple[WorkerHandle, int]] = []
+        # Dead workers whose entries go to their slot's next worker once it is live.
+        self._transfers: list[WorkerHandle] = []
         # Consumers of ours that may still hold entries (forgotten once handed over).
         self._consumers: set[str] = set()
         self._memory = MemoryGuard(self.config, self.metrics, self)
@@ -200,7 +200,7 @@ class Supervisor:
 
     def _live_consumers(self) -> list[str]:
         # Include dead workers whose entries are not yet handed over: keep those leases too.
-        pending = [handle.consumer for handle, _slot in self._transfers]
+        pending = [handle.consumer for handle in self._transfers]
         return [h.consumer for h in self._live()] + pending
 
     # -- worker messages --------------------------------------------------------------------
@@ -312,18 +312,18 @@ class Supervisor:
             if not self._draining and not backoff:
                 self._spawn(handle.slot)
         if not self._draining:
-            self._transfers.append((handle, handle.slot))
+            self._transfers.append(handle)
 
     def _due_transfers(self) -> list[HandOver]:
         due = []
-        for source, slot in self._transfers:
-            target = self._slots.get(slot)
+        for source in self._transfers:
+            target = self._slots.get(source.slot)
             if target is not None and not target.exited:
                 due.append(HandOver(source.consumer, target.consumer, source.exit_error))
         return due
 
     def _transferred(self, source: str, target: str, moved: int) -> None:
-        self._transfers = [(h, slot) for h, slot in self._transfers if h.consumer != source]
+        self._transfers = [h for h in self._transfers if h.consumer != source]
         self._consumers.discard(source)  # the transfer deleted it from the group
         for handle in self._live():
             if handle.consumer == target:
