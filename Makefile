@@ -8,19 +8,26 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
 DEV := $(PY) -m agentpool_dev
 
-.PHONY: deps venv services-install binaries up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
+.PHONY: deps venv lock services-install binaries up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
         services-up services-down lint typecheck test test-fast clean
 
 deps: venv services-install binaries
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+# Dependencies come from the lock (requirements/, refreshed by `make lock`) with their hashes,
+# so a fresh machine installs exactly the versions tested; the project itself goes in last.
+$(VENV)/.installed: pyproject.toml requirements/dev.txt requirements/bench-arq.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet 'pip==26.3'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.txt
 	# arq pins redis<6 but runs on the runtime's redis 8: install it without that pin.
-	$(PY) -m pip install --quiet --no-deps 'arq>=0.26,<1'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/bench-arq.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
+
+# Re-resolve the lock files from pyproject.toml (newest versions it allows); commit the result.
+lock:
+	bash hack/lock.sh
 
 services-install:
 	bash hack/install-services.sh
