@@ -24,15 +24,20 @@ from agent_runtime.errors import HandlerError
 
 
 def load_ref(ref: str) -> Callable[..., Any]:
-    """Import `module:function`, with an error message that says what failed."""
-    module_name, _, attr = ref.partition(":")
+    """Import `module:function` (or `module:Class.method`, an attribute path), with an error
+    message that says what failed."""
+    module_name, _, path = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of user code is a handler error
         raise HandlerError(f"cannot import handler module {module_name!r}: {exc!r}") from exc
-    target = getattr(module, attr, None)
-    if target is None or not callable(target):
-        raise HandlerError(f"{ref!r}: module {module_name!r} has no callable {attr!r}")
+    target: Any = module
+    for attr in path.split("."):
+        target = getattr(target, attr, None)
+        if target is None:
+            raise HandlerError(f"{ref!r}: module {module_name!r} has no attribute {path!r}")
+    if not callable(target):
+        raise HandlerError(f"{ref!r}: {path!r} in module {module_name!r} is not callable")
     return target  # type: ignore[no-any-return]
 
 

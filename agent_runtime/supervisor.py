@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from agent_runtime import ipc
 from agent_runtime.config import RuntimeSettings
+from agent_runtime.contract import consumer_name
 from agent_runtime.handles import RunningEntry, WorkerHandle, describe_exit
 from agent_runtime.health import HealthServer
 from agent_runtime.maintenance import QueueMaintenance
@@ -165,7 +166,7 @@ class Supervisor:
     def _spawn(self, slot: int) -> WorkerHandle | None:
         self._generation[slot] += 1
         generation = self._generation[slot]
-        consumer = f"{self.settings.pod_name}-{self._boot_id}-{slot}.{generation}"
+        consumer = consumer_name(self.settings.pod_name, self._boot_id, slot, generation)
         max_tasks = None
         if self.config.max_tasks_per_worker is not None:
             # Jitter staggers recycling so the workers do not all restart together.

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent_runtime import contract
 from agentpool_operator import api
 from agentpool_operator.api.models import AGENTPOOL_DESCRIPTION, AgentPoolSpec
 from agentpool_operator.api.status import AgentPoolStatus
@@ -40,8 +41,8 @@ _FORMATS = frozenset(
 )
 _KEY_ORDER = {"description": 0, "type": 1, "format": 2, "enum": 3, "default": 4,
               "properties": 60, "required": 61, "additionalProperties": 62, "items": 63}
-# Name length cap: the name goes into label values and generated object names (63 chars).
-MAX_NAME_LENGTH = 50
+# The pool's name: the runtime's grammar (it names a Service, label values, child objects).
+MAX_NAME_LENGTH = contract.POOL_NAME_MAX_LENGTH
 
 
 class SchemaError(ValueError):
@@ -207,6 +208,11 @@ def openapi_schema() -> Schema:
             "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
             "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it is "
             "used in label values and in the names of the objects the operator creates",
+        }, {
+            "rule": f"self.metadata.name.matches('{contract.POOL_NAME_PATTERN}')",
+            "message": "metadata.name must be lowercase letters, digits and '-', start with a "
+            "letter and end with a letter or digit (no dots): it names the pool's Service, "
+            "an RFC 1035 label",
         }],
     }
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from agent_runtime import contract
 from agentpool_operator.api.autoscaling import AutoscalingSpec
 from agentpool_operator.api.autoscaling import ScaleDownRules as ScaleDownRules
 from agentpool_operator.api.autoscaling import ScaleUpRules as ScaleUpRules
@@ -32,14 +33,15 @@ from agentpool_operator.api.common import (
     validations,
 )
 from agentpool_operator.api.pod import PodOverrides, ResourceRequirements
-from agentpool_operator.api.quantity import Quantity
+from agentpool_operator.api.quantity import ResourceQuantity, whole_bytes
 from agentpool_operator.api.spec_rules import SPEC_RULES
 from agentpool_operator.api.status import AgentPoolStatus as AgentPoolStatus
 
-# `package.module:function` or `module:Class.method` (Python dotted identifiers).
-HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # noqa: E501
+# The handler reference and stream name grammars are the runtime's (agent_runtime.contract):
+# the API server accepts exactly the references a worker can import.
+HANDLER_PATTERN = contract.HANDLER_REF_PATTERN
+STREAM_PATTERN = contract.STREAM_PATTERN
 IMAGE_PATTERN = r"^[^\s]+$"
-STREAM_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9:._{}]*$"
 DEFAULT_PGBOUNCER_IMAGE = "ghcr.io/cloudnative-pg/pgbouncer:1.24.1"
 # prometheus-community/pgbouncer_exporter; the dashboards and alerts use its metric names.
 DEFAULT_PGBOUNCER_EXPORTER_IMAGE = "quay.io/prometheuscommunity/pgbouncer-exporter:v0.11.0"
@@ -72,23 +74,43 @@ class WorkersSpec(ApiModel):
         )
     )
 
-    per_pod: int = Field(default=2, ge=1, le=256)
+    per_pod: int = Field(default=contract.DEFAULT_WORKERS, ge=1, le=contract.MAX_WORKERS)
     """Warm worker processes per pod; each runs the handler (pod capacity = perPod x
     concurrency tasks)."""
-    concurrency: int = Field(default=8, ge=1, le=1024)
+    concurrency: int = Field(default=contract.DEFAULT_CONCURRENCY, ge=1,
+                             le=contract.MAX_CONCURRENCY)
     """Tasks each worker process runs at once (asyncio concurrency); use 1 for CPU-bound or
     blocking handlers."""
     max_tasks_per_worker: int = Field(default=0, ge=0, le=10_000_000)
     """Recycle a worker process after this many tasks, to contain leaks; 0 never recycles."""
-    max_memory_per_worker: Quantity | None = None
+    max_memory_per_worker: ResourceQuantity | None = Field(
+        default=None,
+        json_schema_extra=validations(cel(
+            "!isQuantity(string(self)) || "
+            "(quantity(string(self)).isInteger() && "
+            "quantity(string(self)).compareTo(quantity('0')) > 0)",
+            "workers.maxMemoryPerWorker must be a whole number of bytes above 0, e.g. 512Mi "
+            "(the suffix m means thousandths: 500m is half a byte)",
+        )),
+    )
     """Recycle a worker process once its memory use passes this quantity (e.g. 1Gi),
     before the container limit makes the kernel kill the whole pod; must be below
     resources.limits.memory. Unset: no per-worker cap."""
-    task_timeout_seconds: int = Field(default=300, ge=1, le=7 * _DAY)
+    task_timeout_seconds: int = Field(default=contract.DEFAULT_TASK_TIMEOUT_SECONDS, ge=1,
+                                      le=7 * _DAY)
     """Hard deadline of one task; the worker running it is killed and replaced after it."""
-    drain_grace_period_seconds: int = Field(default=330, ge=1, le=7 * _DAY)
+    drain_grace_period_seconds: int = Field(default=contract.DEFAULT_DRAIN_GRACE_SECONDS, ge=1,
+                                            le=7 * _DAY)
     """How long a stopping pod may take to finish running tasks before it is killed
     (becomes terminationGracePeriodSeconds); must be >= taskTimeoutSeconds."""
+
+    @field_validator("max_memory_per_worker")
+    @classmethod
+    def _whole_bytes(cls, value: int | str | None) -> int | str | None:
+        # Mirrors the CEL rule, for objects stored before it existed.
+        if value is not None:
+            whole_bytes(value)
+        return value
 
 
 class RedisConnection(ApiModel):
@@ -121,15 +143,15 @@ class QueueSpec(ApiModel):
     redis: RedisConnection
     """The Redis server that holds the queue."""
     stream: str | None = Field(
-        default=None, min_length=1, max_length=200, pattern=STREAM_PATTERN
+        default=None, min_length=1, max_length=contract.STREAM_MAX_LENGTH, pattern=STREAM_PATTERN
     )
     """Name of the Redis stream producers add tasks to. Unset: a key unique to this pool,
     `agentpool:{<namespace>/<pool>}:tasks`. Immutable: changing it would orphan the tasks already
     queued."""
     consumer_group: str = Field(
-        default="workers",
+        default=contract.DEFAULT_CONSUMER_GROUP,
         min_length=1,
-        max_length=200,
+        max_length=contract.STREAM_MAX_LENGTH,
         pattern=STREAM_PATTERN,
         json_schema_extra=immutable(
             "queue.consumerGroup",
@@ -139,10 +161,12 @@ class QueueSpec(ApiModel):
     )
     """Redis consumer group the workers read through. Immutable: changing it would strand
     tasks delivered to the old group and not yet acknowledged."""
-    max_deliveries: int = Field(default=5, ge=1, le=1000)
+    max_deliveries: int = Field(default=contract.DEFAULT_MAX_DELIVERIES, ge=1,
+                                le=contract.MAX_DELIVERIES_LIMIT)
     """Deliveries of one task (retries and crash redeliveries together) before it is moved
     to the pool's dead-letter stream instead of being run again."""
-    lease_seconds: int = Field(default=30, ge=5, le=3600)
+    lease_seconds: int = Field(default=contract.DEFAULT_LEASE_SECONDS,
+                               ge=contract.MIN_LEASE_SECONDS, le=3600)
     """How long a task stays claimed by a worker without a lease renewal before another pod
     may take it over; running tasks renew their lease, so long tasks are not stolen."""
 
@@ -154,7 +178,7 @@ class CacheSpec(ApiModel):
     """Give handlers a cache client."""
     redis: RedisConnection | None = None
     """The Redis server for the cache; unset uses the queue's Redis."""
-    ttl_seconds: int = Field(default=300, ge=1, le=30 * _DAY)
+    ttl_seconds: int = Field(default=contract.DEFAULT_CACHE_TTL_SECONDS, ge=1, le=30 * _DAY)
     """Default time-to-live of cache entries."""
 
 
@@ -232,7 +256,7 @@ class MonitoringSpec(ApiModel):
 
     metrics: bool = True
     """Serve the runtime's Prometheus metrics on metricsPort."""
-    metrics_port: int = Field(default=9090, ge=1024, le=65535)
+    metrics_port: int = Field(default=contract.DEFAULT_METRICS_PORT, ge=1024, le=65535)
     """Container port of the metrics endpoint."""
     pod_monitor: bool = False
     """Create a PodMonitor (needs the Prometheus Operator's CRDs in the cluster)."""
@@ -269,12 +293,12 @@ class AgentPoolSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     """When to pull the image; unset lets Kubernetes decide (Always for :latest)."""
     handler: str = Field(
-        max_length=256,
+        max_length=contract.HANDLER_REF_MAX_LENGTH,
         json_schema_extra=validations(
             cel(
                 f"self.matches({_cel_regex(HANDLER_PATTERN)})",
                 "handler must be 'module:function' (a Python import path, a colon, then an "
-                "attribute), e.g. myagents.tasks:handle",
+                "attribute path), e.g. myagents.tasks:handle or myagents.tasks:Agent.run",
             )
         ),
     )
@@ -308,9 +332,7 @@ class AgentPoolSpec(ApiModel):
     @classmethod
     def _handler_format(cls, value: str) -> str:
         # Mirrors the CEL rule, for objects that did not come through the API server.
-        if not re.match(HANDLER_PATTERN, value):
-            raise ValueError("handler must be 'module:function', e.g. myagents.tasks:handle")
-        return value
+        return contract.check_handler_ref(value)
 
     @field_validator("image")
     @classmethod

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
+from agent_runtime import contract
 from agentpool_operator.api.common import (
     DNS_SUBDOMAIN,
     ApiModel,
@@ -20,13 +21,16 @@ from agentpool_operator.api.common import (
     cel,
     validations,
 )
-from agentpool_operator.api.quantity import Quantity
+from agentpool_operator.api.labels import RESERVED_KEY_PREFIX, RESERVED_LABELS
+from agentpool_operator.api.quantity import (
+    QuantityError,
+    ResourceQuantity,
+    parse_quantity,
+    whole_bytes,
+)
 
-# Label and annotation keys the operator writes itself; user overrides must not clash.
-RESERVED_KEY_PREFIX = "agentpool.dev/"
-RESERVED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 # Environment variables the operator sets to configure the runtime.
-RESERVED_ENV_PREFIX = "AGENTPOOL_"
+RESERVED_ENV_PREFIX = contract.RESERVED_ENV_PREFIX
 
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 _QUALIFIED_KEY = (
@@ -34,7 +38,7 @@ _QUALIFIED_KEY = (
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 
-ResourceList = dict[str, Quantity]
+ResourceList = dict[str, ResourceQuantity]
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 
 
@@ -71,11 +75,42 @@ def _request_within_limit(resource: str) -> dict[str, str]:
     )
 
 
+def _memory_in_whole_bytes(part: str) -> dict[str, str]:
+    # The kubelet rounds a fractional byte count silently; a limit of 0 would mean no limit
+    # to Kubernetes but a broken memory breaker to the runtime.
+    value = f"string(self.{part}['memory'])"
+    positive = f" && quantity({value}).compareTo(quantity('0')) > 0" if part == "limits" else ""
+    return cel(
+        f"!has(self.{part}) || !('memory' in self.{part}) || !isQuantity({value}) || "
+        f"(quantity({value}).isInteger(){positive})",
+        f"resources.{part}.memory must be a whole number of bytes"
+        + (" above 0" if positive else "")
+        + ", e.g. 512Mi or 1Gi (the suffix m means thousandths: 500m is half a byte)",
+        field_path=f".{part}",
+    )
+
+
+def _cpu_in_millicores(part: str) -> dict[str, str]:
+    value = f"string(self.{part}['cpu'])"
+    return cel(
+        f"!has(self.{part}) || !('cpu' in self.{part}) || !isQuantity({value}) || "
+        f"quantity({value}).compareTo(quantity('0')) == 0 || "
+        f"quantity({value}).compareTo(quantity('1m')) >= 0",
+        f"resources.{part}.cpu must be 0 or at least 1m (a thousandth of a CPU): Kubernetes "
+        "cannot represent less",
+        field_path=f".{part}",
+    )
+
+
 class ResourceRequirements(ApiModel):
     """Compute resources of the worker container (the Kubernetes ResourceRequirements shape)."""
 
     model_config = ConfigDict(
-        json_schema_extra=validations(_request_within_limit("cpu"), _request_within_limit("memory"))
+        json_schema_extra=validations(
+            _request_within_limit("cpu"), _request_within_limit("memory"),
+            _memory_in_whole_bytes("requests"), _memory_in_whole_bytes("limits"),
+            _cpu_in_millicores("requests"), _cpu_in_millicores("limits"),
+        )
     )
 
     requests: ResourceList | None = Field(default=None, max_length=16)
@@ -84,6 +119,22 @@ class ResourceRequirements(ApiModel):
     """Maximum resources per pod. A memory limit is enforced for the whole pod's container:
     when any worker pushes it over, the kernel kills every worker in the pod (see
     workers.maxMemoryPerWorker)."""
+
+    @model_validator(mode="after")
+    def _sensible_amounts(self) -> ResourceRequirements:
+        # Mirrors the CEL rules, for objects stored before they existed.
+        for part, values in (("requests", self.requests), ("limits", self.limits)):
+            values = values or {}
+            try:
+                if "memory" in values and (
+                        part == "limits" or parse_quantity(values["memory"]) != 0):
+                    whole_bytes(values["memory"])
+                cpu = parse_quantity(values["cpu"]) if "cpu" in values else None
+            except QuantityError as exc:
+                raise ValueError(f"{part}.memory: {exc}") from None
+            if cpu is not None and 0 < cpu < parse_quantity("1m"):
+                raise ValueError(f"{part}.cpu must be 0 or at least 1m")
+        return self
 
 
 class Toleration(ApiModel):

@@ -14,13 +14,15 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 
 # The pattern of k8s.io/apimachinery resource.Quantity, as controller-gen emits it.
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
     r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+# Resource amounts cannot be negative: the same grammar without the minus sign.
+NON_NEGATIVE_QUANTITY_PATTERN = QUANTITY_PATTERN.replace(r"^(\+|-)?", r"^\+?", 1)
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 _NUMBER_RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)$")
 
@@ -38,11 +40,15 @@ class QuantityError(ValueError):
     """A value that is not a Kubernetes quantity."""
 
 
-def parse_quantity(value: int | str) -> Decimal:
+def parse_quantity(value: int | str | float) -> Decimal:
     """The exact numeric value of a quantity: `parse_quantity("1Ki") == Decimal(1024)`.
 
     Raises `QuantityError` for anything the API server would reject.
     """
+    if isinstance(value, float):
+        raise QuantityError(
+            f"{value!r} is a decimal number, not a quantity: quote it (\"{value}\") or use a "
+            "suffix, e.g. \"500m\" for half a CPU or \"1.5Gi\" for memory")
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise QuantityError(f"a quantity must be an integer or a string, not {value!r}")
     if isinstance(value, int):
@@ -73,9 +79,44 @@ def _validate(value: int | str) -> int | str:
     return value
 
 
+def _not_a_float(value: Any) -> Any:
+    # Before pydantic's int-or-str coercion, whose message would not say to quote the value.
+    if isinstance(value, float):
+        parse_quantity(value)
+    return value
+
+
+def _validate_non_negative(value: int | str) -> int | str:
+    if parse_quantity(value) < 0:
+        raise QuantityError(f"{value!r} is negative: a resource amount is 0 or more")
+    return value
+
+
 Quantity = Annotated[
     int | str,
+    BeforeValidator(_not_a_float),
     AfterValidator(_validate),
     WithJsonSchema(QUANTITY_JSON_SCHEMA),
 ]
 """A resource quantity, kept as written (int or string); see `parse_quantity`."""
+
+ResourceQuantity = Annotated[
+    int | str,
+    BeforeValidator(_not_a_float),
+    AfterValidator(_validate),
+    AfterValidator(_validate_non_negative),
+    WithJsonSchema({**QUANTITY_JSON_SCHEMA, "pattern": NON_NEGATIVE_QUANTITY_PATTERN,
+                    "minimum": 0}),
+]
+"""An amount of a resource (CPU, memory, ...): a quantity that is not negative."""
+
+
+def whole_bytes(value: int | str) -> int:
+    """A memory quantity in bytes; QuantityError unless it is a whole, positive number of
+    bytes (`500m` is half a byte: the kubelet would silently round it)."""
+    amount = parse_quantity(value)
+    if amount <= 0 or amount != amount.to_integral_value():
+        raise QuantityError(
+            f"{value!r} is not a whole number of bytes above 0: use e.g. 512Mi or 1Gi "
+            "(the suffix m means thousandths, so 500m is half a byte)")
+    return int(amount)

@@ -11,6 +11,7 @@ rely on them for objects it reads back; pydantic does not repeat them.
 
 from __future__ import annotations
 
+from agent_runtime.contract import PGBOUNCER_PORT
 from agentpool_operator.api.common import cel
 
 _BOUNDS = cel(
@@ -67,6 +68,22 @@ _WORKER_MEMORY = cel(
     field_path=".workers.maxMemoryPerWorker",
 )
 
+# Every container of a pod shares its network namespace: PgBouncer's loopback port is taken.
+_METRICS_PORT_FREE = cel(
+    f"!has(self.database) || self.monitoring.metricsPort != {PGBOUNCER_PORT}",
+    f"spec.monitoring.metricsPort must not be {PGBOUNCER_PORT}: the PgBouncer sidecar listens "
+    "on it in every pod of a pool with a database; choose another port",
+    field_path=".monitoring.metricsPort",
+)
+
+_EXPORTER_PORT_FREE = cel(
+    "!has(self.database) || !self.monitoring.pgbouncerExporter.enabled || "
+    f"self.monitoring.pgbouncerExporter.port != {PGBOUNCER_PORT}",
+    f"spec.monitoring.pgbouncerExporter.port must not be {PGBOUNCER_PORT}: the PgBouncer "
+    "sidecar listens on it in every pod of a pool with a database; choose another port",
+    field_path=".monitoring.pgbouncerExporter.port",
+)
+
 SPEC_RULES = (
     _BOUNDS,
     _REPLICAS_IN_BOUNDS,
@@ -74,4 +91,6 @@ SPEC_RULES = (
     _CONNECTION_BUDGET,
     _CLIENT_CONNECTIONS,
     _WORKER_MEMORY,
+    _METRICS_PORT_FREE,
+    _EXPORTER_PORT_FREE,
 )

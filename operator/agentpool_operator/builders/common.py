@@ -11,6 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec
+
+# The API's label keys, re-exported for the builders.
+from agentpool_operator.api.labels import COMPONENT_LABEL as COMPONENT_LABEL
+from agentpool_operator.api.labels import CONFIG_HASH_ANNOTATION as CONFIG_HASH_ANNOTATION
+from agentpool_operator.api.labels import INSTANCE_LABEL as INSTANCE_LABEL
+from agentpool_operator.api.labels import MANAGED_BY_LABEL as MANAGED_BY_LABEL
+from agentpool_operator.api.labels import NAME_LABEL as NAME_LABEL
+from agentpool_operator.api.labels import PART_OF_LABEL as PART_OF_LABEL
+from agentpool_operator.api.labels import POOL_LABEL as POOL_LABEL
 from agentpool_operator.builders.context import PoolContext
 
 Manifest = dict[str, Any]
@@ -19,13 +28,6 @@ Manifest = dict[str, Any]
 FIELD_MANAGER = "agentpool-operator"
 """The server-side apply field manager the reconciler uses for every child."""
 
-NAME_LABEL = "app.kubernetes.io/name"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-PART_OF_LABEL = "app.kubernetes.io/part-of"
-POOL_LABEL = "agentpool.dev/pool"
-CONFIG_HASH_ANNOTATION = "agentpool.dev/config-hash"
 
 APP_NAME = "agentpool"
 WORKER_COMPONENT = "worker"

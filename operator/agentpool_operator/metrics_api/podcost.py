@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from agent_runtime.contract import pod_of_consumer
 from agentpool_operator.builders.common import selector_labels
 from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
 from agentpool_operator.metrics_api.kube import Kube, KubeError
@@ -36,8 +37,7 @@ CONCURRENT_POOLS = 8
 
 def pod_for_consumer(consumer: str, pods: Iterable[str]) -> str | None:
     """The pod a Redis consumer runs in, or None (a pod that is gone, or a foreign client)."""
-    owners = [pod for pod in pods if consumer.startswith(pod + "-")]
-    return max(owners, key=len) if owners else None
+    return pod_of_consumer(consumer, tuple(pods))
 
 
 def deletion_costs(pods: Iterable[str], in_flight: Mapping[str, int]) -> dict[str, int]:

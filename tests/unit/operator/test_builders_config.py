@@ -165,3 +165,27 @@ def test_no_secret_value_outside_the_derived_secret(which: str) -> None:
         serialized = json.dumps(manifest)
         for fragment in fragments:
             assert fragment not in serialized
+
+
+def test_a_pool_left_at_every_default_renders_only_its_identity() -> None:
+    # The CRD's defaults are the runtime's (both read agent_runtime.contract): a spec that sets
+    # nothing but image, handler and queue renders no setting that overrides a runtime default.
+    rendered = json.loads(build_config_map(minimal_ctx())["data"]["runtime.yaml"])
+    assert rendered == {"pool": "echo", "namespace": "agents", "handler": "echo_agent.tasks:handle"}
+
+
+def test_the_crd_and_the_runtime_default_to_the_same_values() -> None:
+    from agentpool_operator.api import AgentPoolSpec
+
+    spec = AgentPoolSpec.model_validate(
+        {"image": "i", "handler": "m:f", "queue": {"redis": {"urlSecretRef": {"name": "r",
+                                                                           "key": "u"}}}})
+    runtime = RuntimeConfig(pool="p", handler="m:f")
+    assert (spec.workers.per_pod, spec.workers.concurrency) == (runtime.workers,
+                                                                runtime.concurrency)
+    assert spec.workers.task_timeout_seconds == runtime.task_timeout_seconds
+    assert spec.workers.drain_grace_period_seconds == runtime.drain_grace_seconds
+    assert (spec.queue.consumer_group, spec.queue.max_deliveries, spec.queue.lease_seconds) == (
+        runtime.group, runtime.max_deliveries, runtime.lease_seconds)
+    assert spec.cache.ttl_seconds == runtime.cache_ttl_seconds
+    assert spec.monitoring.metrics_port == runtime.metrics_port

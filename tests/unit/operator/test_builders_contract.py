@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +87,7 @@ def test_database_url_env_refers_to_a_key_of_the_derived_secret() -> None:
 def test_grace_period_leaves_time_after_the_runtime_drain() -> None:
     for ctx in (minimal_ctx(), full_ctx()):
         children = build_children(ctx)
-        drain = json.loads(children.config_map["data"]["runtime.yaml"])["drain_grace_seconds"]
+        drain = parse_config(children.config_map["data"]["runtime.yaml"]).drain_grace_seconds
         assert _pod(children)["terminationGracePeriodSeconds"] >= drain + 10
 
 

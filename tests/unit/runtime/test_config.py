@@ -76,7 +76,10 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("change", "message"), [
     ({"handler": "not-a-ref"}, "module:function"),
     ({"handlers": {"x": "a.b"}}, "handler 'x'"),
-    ({"pool": "Bad_Name"}, "DNS label"),
+    ({"pool": "Bad_Name"}, "RFC 1035 label"),
+    ({"pool": "1st-pool"}, "starting with a letter"),
+    ({"pool": "a.b"}, "RFC 1035 label"),
+    ({"handler": "app:tasks:run"}, "module:function"),
     ({"workers": 0}, "workers"),
     ({"unknown_setting": 1}, "unknown_setting"),
     ({"memory_breaker_close_ratio": 0.95}, "close_ratio"),

@@ -32,10 +32,22 @@ async def async_with_ctx(payload: object, ctx: object) -> object:
 NOT_CALLABLE = 42
 
 
+class Agent:
+    @staticmethod
+    def run(payload: object) -> object:
+        return {"ran": payload}
+
+
+def test_a_handler_may_be_an_attribute_path() -> None:
+    # The CRD accepts `module:Class.method`; a worker must be able to import it.
+    assert load_ref(f"{__name__}:Agent.run")("x") == {"ran": "x"}
+
+
 @pytest.mark.parametrize(("ref", "message"), [
     ("no_such_module_xyz:run", "cannot import handler module 'no_such_module_xyz'"),
-    (f"{__name__}:missing", "has no callable 'missing'"),
-    (f"{__name__}:NOT_CALLABLE", "has no callable 'NOT_CALLABLE'"),
+    (f"{__name__}:missing", "has no attribute 'missing'"),
+    (f"{__name__}:Agent.missing", "has no attribute 'Agent.missing'"),
+    (f"{__name__}:NOT_CALLABLE", "'NOT_CALLABLE' in module .* is not callable"),
 ])
 def test_bad_handler_references_say_what_failed(ref: str, message: str) -> None:
     with pytest.raises(HandlerError, match=message):

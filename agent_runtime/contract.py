@@ -1,0 +1,331 @@
+"""The operator↔runtime contract: the one place both sides take their shared facts from.
+
+The runtime's config model (`RuntimeConfig`, the file the operator renders into the pool's
+ConfigMap), the environment variables the operator sets and the runtime reads, the Redis key
+and consumer names both sides derive, the defaults the CRD and the runtime share, and the
+patterns and limits that decide what a pool may be called and which handler references a
+worker can import. The CRD models (`agentpool_operator.api`) build their fields from the
+constants here, so the API server accepts exactly what the runtime can run; the operator's
+builders render through `RuntimeConfig`; the metrics API derives key names from here.
+
+Pure: pydantic and the standard library only, no I/O, no environment reads (those live in
+`config.py`), so the operator can import it without the runtime's dependencies.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# --- Environment variables the operator sets in the runtime container ----------------------
+CONFIG_PATH_ENV = "AGENTPOOL_CONFIG"
+"""Path of the rendered config file."""
+REDIS_URL_ENV = "AGENTPOOL_REDIS_URL"
+"""Secret, required: the queue's Redis URL."""
+DATABASE_URL_ENV = "AGENTPOOL_DATABASE_URL"
+"""Secret, optional: the PostgreSQL DSN (in the pod: the PgBouncer sidecar on loopback)."""
+CACHE_REDIS_URL_ENV = "AGENTPOOL_CACHE_REDIS_URL"
+"""Secret, optional: a separate Redis for the cache helper."""
+POD_NAME_ENV = "AGENTPOOL_POD_NAME"
+"""This pod's name (downward API): consumers are named after it."""
+RESERVED_ENV_PREFIX = "AGENTPOOL_"
+"""Every variable the operator sets starts with this; users may not set such names."""
+
+# --- Names ---------------------------------------------------------------------------------
+# A pool's name becomes a Service name (an RFC 1035 label: a letter first, no dots), label
+# values (at most 63 characters) and the prefix of longer child names (`<pool>-pgbouncer`).
+POOL_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+POOL_NAME_MAX_LENGTH = 50
+# Kubernetes namespaces are RFC 1123 labels.
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAMESPACE_MAX_LENGTH = 63
+# `package.module:function` or `module:Class.method`: ASCII Python identifiers, dotted.
+_IDENTIFIER_PATH = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+HANDLER_REF_PATTERN = f"^{_IDENTIFIER_PATH}:{_IDENTIFIER_PATH}$"
+HANDLER_REF_MAX_LENGTH = 256
+# Stream and consumer-group names: Redis takes any bytes; these stay readable in redis-cli and
+# safe in Prometheus labels.
+STREAM_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9:._{}]*$"
+STREAM_MAX_LENGTH = 200
+
+# --- Defaults and limits shared by the CRD and the runtime (declared here only) -------------
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 256
+DEFAULT_CONCURRENCY = 8
+MAX_CONCURRENCY = 1024
+DEFAULT_TASK_TIMEOUT_SECONDS = 300
+DEFAULT_DRAIN_GRACE_SECONDS = 330
+"""Above the task timeout, so a stopping pod finishes the tasks it runs."""
+DEFAULT_CONSUMER_GROUP = "workers"
+DEFAULT_MAX_DELIVERIES = 5
+MAX_DELIVERIES_LIMIT = 1000
+DEFAULT_LEASE_SECONDS = 30
+MIN_LEASE_SECONDS = 5
+"""A lease is renewed every third of it; shorter ones would be renewed too often to be safe."""
+DEFAULT_METRICS_PORT = 9090
+DEFAULT_CACHE_TTL_SECONDS = 300
+PGBOUNCER_PORT = 6432
+"""PgBouncer's listen port on the pod's loopback; no other container may take it."""
+
+_HANDLER_REF = re.compile(HANDLER_REF_PATTERN)
+_POOL_NAME = re.compile(POOL_NAME_PATTERN)
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+
+
+def check_pool_name(name: str) -> str:
+    """`name` if a pool may be called so, else ValueError saying why and how to fix it."""
+    if len(name) > POOL_NAME_MAX_LENGTH or not _POOL_NAME.match(name):
+        raise ValueError(
+            f"pool name {name!r} must be an RFC 1035 label of at most {POOL_NAME_MAX_LENGTH} "
+            "characters: lowercase letters, digits and '-', starting with a letter and ending "
+            "with a letter or digit (it names the pool's Service, which allows nothing else)")
+    return name
+
+
+def check_handler_ref(ref: str) -> str:
+    """`ref` if a worker can import it (`module:attribute`), else ValueError saying why."""
+    if len(ref) > HANDLER_REF_MAX_LENGTH or not _HANDLER_REF.match(ref):
+        raise ValueError(
+            f"{ref!r} is not a handler reference: use 'module:function' or "
+            "'package.module:Class.method' (ASCII Python identifiers)")
+    return ref
+
+
+def key_prefix(pool: str, namespace: str | None) -> str:
+    """The prefix of every Redis key of a pool. `{...}` is a Redis Cluster hash tag: every key
+    of one pool lands in one slot, so multi-key MULTI blocks and scripts stay valid."""
+    identity = f"{namespace}/{pool}" if namespace else pool
+    return f"agentpool:{{{identity}}}"
+
+
+def default_stream_key(pool: str, namespace: str | None) -> str:
+    """The work stream of a pool that does not name one (`queue.stream` unset)."""
+    return f"{key_prefix(pool, namespace)}:tasks"
+
+
+def consumer_name(pod: str, boot_id: str, slot: int, generation: int) -> str:
+    """The Redis consumer of one worker: `<pod>-<boot id>-<slot>.<generation>`. The metrics
+    API maps consumers back to pods with `pod_of_consumer`."""
+    return f"{pod}-{boot_id}-{slot}.{generation}"
+
+
+def pod_of_consumer(consumer: str, pods: list[str] | tuple[str, ...]) -> str | None:
+    """The pod a consumer (named by `consumer_name`) runs in: the longest pod name that,
+    followed by "-", prefixes it; None for a pod that is gone or a foreign client."""
+    owners = [pod for pod in pods if consumer.startswith(pod + "-")]
+    return max(owners, key=len) if owners else None
+
+
+class RuntimeConfig(BaseModel):
+    """Non-secret settings rendered by the operator; every field is documented for that reason."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pool: str = Field(description="AgentPool name; namespaces every Redis key of the pool.")
+    namespace: str | None = Field(
+        default=None,
+        description="Kubernetes namespace of the AgentPool. Part of every Redis key, so pools "
+        "of the same name in different namespaces never share a queue on one Redis.",
+    )
+    handler: str = Field(description="Default task handler, `module:function` (async or "
+                         "sync); the attribute may be dotted (`module:Class.method`).")
+    handlers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra named handlers, name -> `module:function`; tasks choose one by name.",
+    )
+    init_hook: str | None = Field(
+        default=None,
+        description="Optional `module:function` run once per worker during warm-up, before "
+        "gc.freeze(); use it to load models or build clients that every task shares.",
+    )
+    workers: int = Field(default=DEFAULT_WORKERS, ge=1, le=MAX_WORKERS,
+                         description="Warm worker processes per pod.")
+    concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY,
+        description="Tasks run concurrently inside one worker (asyncio)."
+    )
+    task_timeout_seconds: float = Field(
+        default=DEFAULT_TASK_TIMEOUT_SECONDS, gt=0,
+        description="A task running longer than this is cancelled (retried)."
+    )
+    hang_grace_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Extra time after the task timeout before the supervisor kills a worker whose "
+        "task did not stop (blocking code ignores cancellation).",
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often a worker reports to the supervisor."
+    )
+    heartbeat_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A worker silent this long is unhealthy and replaced."
+    )
+    startup_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="A worker not ready (warm) after this long is replaced."
+    )
+    max_tasks_per_worker: int | None = Field(
+        default=None, ge=1, description="Recycle a worker after this many tasks (None: never)."
+    )
+    max_tasks_jitter: int = Field(
+        default=0, ge=0, description="Random extra tasks (0..jitter) so workers do not recycle "
+        "together.",
+    )
+    max_worker_memory_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Hard per-worker memory limit measured as USS; the worker is killed above it "
+        "and drained-and-replaced above `worker_memory_recycle_ratio` of it.",
+    )
+    worker_memory_recycle_ratio: float = Field(
+        default=0.85, gt=0, le=1,
+        description="Share of `max_worker_memory_bytes` above which a worker is drained and "
+        "replaced (its replacement warms up first).",
+    )
+    container_memory_limit_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Override for the pod's memory limit; by default read from the cgroup.",
+    )
+    memory_breaker_open_ratio: float = Field(
+        default=0.90, gt=0, le=1,
+        description="Stop taking new tasks when container memory exceeds this share of its limit.",
+    )
+    memory_breaker_close_ratio: float = Field(
+        default=0.80, gt=0, le=1, description="Take tasks again once memory falls below this share."
+    )
+    memory_kill_ratio: float = Field(
+        default=0.95, gt=0, le=1,
+        description="Kill the largest worker above this share, before the kernel OOM-kills the "
+        "whole container (cgroup v2 group OOM kill).",
+    )
+    drain_grace_seconds: float = Field(
+        default=DEFAULT_DRAIN_GRACE_SECONDS, gt=0,
+        description="On SIGTERM: time to finish in-flight tasks before handing them back. The "
+        "operator sets the pod's terminationGracePeriodSeconds a margin above it.",
+    )
+    stream: str | None = Field(default=None, min_length=1, max_length=STREAM_MAX_LENGTH,
+                               pattern=STREAM_PATTERN,
+                               description="Work stream key (default derived).")
+    group: str = Field(default=DEFAULT_CONSUMER_GROUP, min_length=1, max_length=STREAM_MAX_LENGTH,
+                       pattern=STREAM_PATTERN,
+                       description="Consumer group reading the work stream.")
+    dead_letter_stream: str | None = Field(default=None, description="Dead-letter stream key.")
+    max_deliveries: int = Field(
+        default=DEFAULT_MAX_DELIVERIES, ge=1, le=MAX_DELIVERIES_LIMIT,
+        description="Executions of one task (retries and crash redeliveries "
+        "together) before it is dead-lettered.",
+    )
+    lease_seconds: float = Field(
+        default=DEFAULT_LEASE_SECONDS, gt=0,
+        description="Idle time after which another pod may reclaim a task; the supervisor renews "
+        "the lease of running tasks every third of it, so long tasks are never stolen.",
+    )
+    retry_backoff_seconds: float = Field(default=1.0, ge=0, description="First retry delay.")
+    retry_backoff_max_seconds: float = Field(default=60.0, ge=0, description="Retry delay cap.")
+    max_payload_bytes: int = Field(
+        default=1_048_576, gt=0, description="Largest accepted JSON payload (encoded, bytes)."
+    )
+    result_ttl_seconds: int = Field(default=7 * 86400, gt=0, description="Redis result lifetime.")
+    idempotency_ttl_seconds: int = Field(
+        default=86400, gt=0, description="How long an idempotency key maps to its task."
+    )
+    dead_letter_max_length: int = Field(
+        default=100_000, gt=0, description="Approximate cap of the dead-letter stream."
+    )
+    cache_ttl_seconds: float = Field(default=DEFAULT_CACHE_TTL_SECONDS, gt=0,
+                                     description="Cache helper Redis TTL.")
+    cache_lru_size: int = Field(default=1024, ge=0, description="In-process LRU entries per cache.")
+    cache_lru_ttl_seconds: float = Field(default=5.0, ge=0, description="In-process LRU lifetime.")
+    http_limit: int = Field(default=100, ge=1, description="aiohttp connector: total connections.")
+    http_limit_per_host: int = Field(default=20, ge=0, description="Connections per host.")
+    http_keepalive_seconds: float = Field(default=30.0, gt=0, description="Idle keep-alive time.")
+    http_timeout_seconds: float = Field(default=60.0, gt=0, description="Total request timeout.")
+    db_pool_min_size: int = Field(default=1, ge=0, description="asyncpg pool minimum per worker.")
+    db_pool_max_size: int | None = Field(
+        default=None, ge=1, description="asyncpg pool maximum per worker (default: concurrency)."
+    )
+    db_statement_cache_size: int = Field(
+        default=0, ge=0,
+        description="asyncpg statement cache. 0 is required behind PgBouncer transaction pooling "
+        "older than 1.21 or with max_prepared_statements=0; raise it only when PgBouncer "
+        "tracks prepared statements.",
+    )
+    db_command_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="asyncpg per-query timeout."
+    )
+    db_max_inactive_connection_lifetime_seconds: float = Field(
+        default=60.0, ge=0, description="Keep below PgBouncer's client_idle_timeout."
+    )
+    events_retention_months: int = Field(
+        default=3, ge=1, description="Monthly task-event partitions kept (older are dropped)."
+    )
+    events_partitions_ahead: int = Field(
+        default=2, ge=1, description="Monthly partitions created in advance."
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics etc.")
+    metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535,
+                              description="0 picks a free port.")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+                           description="Log level of the supervisor and workers.")
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_name(cls, value: str) -> str:
+        return check_pool_name(value)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > NAMESPACE_MAX_LENGTH
+                                  or not _NAMESPACE.match(value)):
+            raise ValueError("namespace must be a DNS label (lowercase letters, digits, '-')")
+        return value
+
+    @field_validator("handler", "init_hook")
+    @classmethod
+    def _is_handler_ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_handler_ref(value)
+        return value
+
+    @field_validator("handlers")
+    @classmethod
+    def _are_handler_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, ref in value.items():
+            try:
+                check_handler_ref(ref)
+            except ValueError as exc:
+                raise ValueError(f"handler {name!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _breaker_ratios_ordered(self) -> RuntimeConfig:
+        if not self.memory_breaker_close_ratio < self.memory_breaker_open_ratio:
+            raise ValueError("memory_breaker_close_ratio must be below memory_breaker_open_ratio")
+        if not self.memory_breaker_open_ratio <= self.memory_kill_ratio:
+            raise ValueError("memory_kill_ratio must be at least memory_breaker_open_ratio")
+        return self
+
+    # Derived names. `{pool}` is a Redis Cluster hash tag: every key of one pool lands in one
+    # slot, so the MULTI blocks and Lua scripts that touch several of them stay valid.
+    @property
+    def key_prefix(self) -> str:
+        return key_prefix(self.pool, self.namespace)
+
+    @property
+    def stream_key(self) -> str:
+        return self.stream or default_stream_key(self.pool, self.namespace)
+
+    @property
+    def dead_letter_key(self) -> str:
+        return self.dead_letter_stream or f"{self.key_prefix}:dead"
+
+    @property
+    def handler_map(self) -> dict[str, str]:
+        """Task-selectable handlers: `default` is the configured default handler."""
+        return {"default": self.handler, **self.handlers}
+
+    @property
+    def effective_db_pool_max_size(self) -> int:
+        return self.db_pool_max_size or self.concurrency
