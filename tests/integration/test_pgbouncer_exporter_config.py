@@ -396,3 +396,28 @@ def test_without_stats_users_the_exporter_is_refused(
     done = _psql(bouncer.url(rendered.exporter_url), "SHOW STATS")
     assert done.returncode != 0
     assert "not allowed" in done.stderr, done.stderr
+
+
+async def test_the_dsns_tls_timeout_and_application_name_reach_the_server(
+    services: ServiceSettings,
+) -> None:
+    """DSN parameters are carried out, not dropped: a real PgBouncer runs with the rendered
+    server_tls_sslmode and server_connect_timeout, and the server connection it lends
+    carries the application_name the runtime's connection string sends."""
+    dsn = f"{services.postgres_dsn}?sslmode=disable&connect_timeout=4&application_name=ap-it"
+    launcher = _Launcher(_render(dsn))
+    try:
+        bouncer = launcher.start()
+        config = {row["key"]: row["value"] for row in _rows(
+            bouncer.url(launcher.rendered.exporter_url), "SHOW CONFIG")}
+        assert config["server_tls_sslmode"] == "disable"
+        assert float(config["server_connect_timeout"]) == 4
+        conn = await asyncpg.connect(bouncer.url(launcher.rendered.database_url),
+                                     statement_cache_size=0)
+        try:
+            name = await conn.fetchval("SELECT current_setting('application_name')")
+        finally:
+            await conn.close()
+        assert name == "ap-it"
+    finally:
+        launcher.stop_all()

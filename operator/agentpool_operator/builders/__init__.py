@@ -30,6 +30,12 @@ from agentpool_operator.builders.config import build_config_map, runtime_config
 from agentpool_operator.builders.confighash import config_hash
 from agentpool_operator.builders.context import PoolContext, SecretValues
 from agentpool_operator.builders.deployment import build_deployment
+from agentpool_operator.builders.dsn import (
+    DatabaseDsn,
+    DsnOptions,
+    InvalidDatabaseDsn,
+    parse_database_dsn,
+)
 from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC, build_hpa
 from agentpool_operator.builders.pdb import build_pdb
 from agentpool_operator.builders.podmonitor import build_pod_monitor
@@ -39,12 +45,7 @@ from agentpool_operator.builders.scaledobject import (
     build_trigger_authentication,
     keda_name,
 )
-from agentpool_operator.builders.secret import (
-    DatabaseDsn,
-    InvalidDatabaseDsn,
-    build_secret,
-    parse_database_dsn,
-)
+from agentpool_operator.builders.secret import build_secret
 from agentpool_operator.builders.service import build_service
 
 
@@ -111,6 +112,7 @@ __all__ = [
     "QUEUE_BACKLOG_METRIC",
     "Children",
     "DatabaseDsn",
+    "DsnOptions",
     "InvalidDatabaseDsn",
     "Manifest",
     "PoolContext",

@@ -20,6 +20,7 @@ from agentpool_operator.builders.common import (
     pgbouncer_exporter_enabled,
 )
 from agentpool_operator.builders.context import PoolContext
+from agentpool_operator.builders.dsn import DsnOptions
 from agentpool_operator.builders.secret import (
     DATABASES_INI_KEY,
     PGBOUNCER_HOST,
@@ -38,6 +39,11 @@ PGBOUNCER_INI_PATH = f"{PGBOUNCER_DIR}/{PGBOUNCER_INI_KEY}"
 # Statements PgBouncer (>= 1.21) tracks per client in transaction mode, so protocol-level
 # prepared statements survive a change of server connection.
 MAX_PREPARED_STATEMENTS = 200
+# Debian's ca-certificates bundle, present in the PgBouncer image.
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# libpq's ssl_min_protocol_version -> PgBouncer's server_tls_protocols (that version and up).
+_TLS_FROM = {"TLSv1": "tlsv1.0,tlsv1.1,tlsv1.2,tlsv1.3", "TLSv1.1": "tlsv1.1,tlsv1.2,tlsv1.3",
+             "TLSv1.2": "tlsv1.2,tlsv1.3", "TLSv1.3": "tlsv1.3"}
 
 
 def _bytes(quantity: int | str) -> int:
@@ -87,10 +93,28 @@ def runtime_config(ctx: PoolContext) -> RuntimeConfig:
     return RuntimeConfig.model_validate(fields)
 
 
-def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False) -> str:
+def _server_settings(options: DsnOptions) -> list[tuple[str, str]]:
+    """How PgBouncer connects to PostgreSQL, from the DSN's parameters (libpq's meaning)."""
+    settings: list[tuple[str, str]] = []
+    if options.sslmode is not None:
+        settings.append(("server_tls_sslmode", options.sslmode))
+        if options.sslmode in ("verify-ca", "verify-full"):
+            # The only CA a pod has: the image's bundle (libpq's sslrootcert=system).
+            settings.append(("server_tls_ca_file", SYSTEM_CA_BUNDLE))
+    if options.ssl_min_protocol_version is not None:
+        settings.append(("server_tls_protocols",
+                         _TLS_FROM[options.ssl_min_protocol_version]))
+    if options.connect_timeout is not None:
+        settings.append(("server_connect_timeout", str(options.connect_timeout)))
+    return settings
+
+
+def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False,
+                  options: DsnOptions | None = None) -> str:
     """PgBouncer's main config: settings only, the `[databases]` entry is `%include`d from
     the Secret mounted at /etc/pgbouncer/secret. With `exporter`, the exporter's user may
-    read the admin console's SHOW commands (stats_users), nothing more."""
+    read the admin console's SHOW commands (stats_users), nothing more. `options` are the
+    DSN's TLS and timeout parameters (not credentials, so they may live here)."""
     pgbouncer = database.pgbouncer
     settings: list[tuple[str, str]] = [
         # Loopback only: the workers share the pod's network namespace; nothing else may
@@ -108,6 +132,7 @@ def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False) -> str:
         # asyncpg and psycopg send these startup parameters; PgBouncer would refuse them.
         ("ignore_startup_parameters", "extra_float_digits,options"),
     ]
+    settings += _server_settings(options or DsnOptions())
     if pgbouncer.pool_mode == "transaction":
         # A server connection changes clients after every transaction; DISCARD ALL would
         # also drop the prepared statements PgBouncer tracks.
@@ -129,8 +154,10 @@ def config_data(ctx: PoolContext) -> dict[str, str]:
     """The ConfigMap's `data`: the runtime config, plus PgBouncer's ini with a database."""
     data = {RUNTIME_CONFIG_KEY: render_config(runtime_config(ctx))}
     if ctx.spec.database is not None:
+        dsn = ctx.database_dsn
         data[PGBOUNCER_INI_KEY] = pgbouncer_ini(
-            ctx.spec.database, exporter=pgbouncer_exporter_enabled(ctx.spec)
+            ctx.spec.database, exporter=pgbouncer_exporter_enabled(ctx.spec),
+            options=dsn.options if dsn is not None else None,
         )
     return data
 

@@ -7,8 +7,10 @@ builders in this package, which turn it into the desired child objects. Nothing 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from agentpool_operator.api import AgentPoolSpec
+from agentpool_operator.builders.dsn import DatabaseDsn, parse_database_dsn
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,14 @@ class PoolContext:
     """Whether the cluster serves monitoring.coreos.com/v1 PodMonitor."""
     keda_api: bool = False
     """Whether the cluster serves keda.sh/v1alpha1 ScaledObject (KEDA is installed)."""
+
+    @cached_property
+    def database_dsn(self) -> DatabaseDsn | None:
+        """The parsed `database.dsnSecretRef` value (parsed once per reconcile, not per
+        builder), or None without a database. Raises `InvalidDatabaseDsn`."""
+        if self.spec.database is None:
+            return None
+        return parse_database_dsn(self.secrets.database_dsn)
 
     @property
     def uses_keda(self) -> bool:

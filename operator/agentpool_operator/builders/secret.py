@@ -34,11 +34,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlencode
 
+from agent_runtime import contract
 from agentpool_operator.builders.common import (
     Manifest,
     object_meta,
@@ -46,6 +45,8 @@ from agentpool_operator.builders.common import (
     secret_name,
 )
 from agentpool_operator.builders.context import PoolContext
+from agentpool_operator.builders.dsn import STATS_USER as STATS_USER
+from agentpool_operator.builders.dsn import DatabaseDsn, DsnOptions
 
 DATABASES_INI_KEY = "databases.ini"
 USERLIST_KEY = "userlist.txt"
@@ -53,106 +54,10 @@ DATABASE_URL_KEY = "database-url"
 EXPORTER_CONNECTION_KEY = "exporter-connection-string"
 
 # PgBouncer's read-only admin console user for the exporter (see the module docstring).
-STATS_USER = "agentpool_stats"
 ADMIN_DATABASE = "pgbouncer"
 
 PGBOUNCER_HOST = "127.0.0.1"
-PGBOUNCER_PORT = 6432
-DEFAULT_POSTGRES_PORT = 5432
-
-_SCHEMES = ("postgresql", "postgres")
-# Query parameters that would override the parts we take from the URL: honouring them in the
-# PgBouncer entry is not implemented, and silently ignoring them would connect elsewhere.
-_OVERRIDING_PARAMS = frozenset({"host", "hostaddr", "port", "user", "password", "dbname"})
-# The database name doubles as PgBouncer's alias (an ini key, unquoted) and as the URL path.
-_ALIAS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-# PgBouncer's own admin console; an alias with this name is rejected at load time.
-_RESERVED_ALIASES = frozenset({"pgbouncer"})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class InvalidDatabaseDsn(ValueError):
-    """`database.dsnSecretRef` does not hold a usable `postgresql://` URL.
-
-    The message says what is wrong without quoting the DSN: it may carry a password, and the
-    reconciler copies this message into the pool's Degraded condition (InvalidDatabaseDSN).
-    """
-
-
-@dataclass(frozen=True)
-class DatabaseDsn:
-    """The parts of a PostgreSQL URL PgBouncer needs (percent-decoded)."""
-
-    host: str
-    port: int
-    dbname: str
-    user: str
-    password: str = field(repr=False)
-
-
-def parse_database_dsn(dsn: str | None) -> DatabaseDsn:
-    """Parse a `postgresql://user:password@host[:port]/dbname` URL.
-
-    A missing port means 5432 and a missing database name means the user name (libpq's
-    defaults). Raises `InvalidDatabaseDsn` (never quoting the DSN) for anything else that
-    cannot be turned into a PgBouncer entry.
-    """
-    if not dsn:
-        raise InvalidDatabaseDsn("the database DSN is empty or missing")
-    try:
-        # `from None` everywhere: urllib's messages may quote parts of the DSN.
-        parts = urlsplit(dsn.strip())
-        port = parts.port
-    except ValueError:
-        raise InvalidDatabaseDsn(
-            "the database DSN is not a valid URL (check the host and the port)"
-        ) from None
-    if parts.scheme not in _SCHEMES:
-        raise InvalidDatabaseDsn("the database DSN must be a postgresql:// or postgres:// URL")
-    if "," in parts.netloc:
-        raise InvalidDatabaseDsn("the database DSN names several hosts; use a single host")
-    if not parts.hostname:
-        raise InvalidDatabaseDsn("the database DSN has no host")
-    if port == 0:
-        raise InvalidDatabaseDsn("the database DSN's port must be between 1 and 65535")
-    if parts.username is None or not unquote(parts.username):
-        raise InvalidDatabaseDsn("the database DSN has no user name")
-    if parts.password is None or not unquote(parts.password):
-        raise InvalidDatabaseDsn("the database DSN has no password (PgBouncer needs one)")
-    query_keys = {item.split("=", 1)[0] for item in parts.query.split("&") if item}
-    if query_keys & _OVERRIDING_PARAMS:
-        raise InvalidDatabaseDsn(
-            "the database DSN sets host, port, user, password or dbname as a query parameter; "
-            "put them in the URL itself"
-        )
-    user = unquote(parts.username)
-    dbname = unquote(parts.path.lstrip("/")) or user
-    parsed = DatabaseDsn(
-        host=parts.hostname,
-        port=port if port is not None else DEFAULT_POSTGRES_PORT,
-        dbname=dbname,
-        user=user,
-        password=unquote(parts.password),
-    )
-    _check_usable(parsed)
-    return parsed
-
-
-def _check_usable(dsn: DatabaseDsn) -> None:
-    if any(_CONTROL.search(value) for value in (dsn.host, dsn.dbname, dsn.user, dsn.password)):
-        # A newline would end the ini line or the auth_file entry early.
-        raise InvalidDatabaseDsn("the database DSN contains control characters")
-    if dsn.user == STATS_USER:
-        raise InvalidDatabaseDsn(
-            f"the database user in the DSN must not be {STATS_USER!r}: PgBouncer reserves that "
-            "name for the metrics exporter"
-        )
-    if not _ALIAS.match(dsn.dbname) or dsn.dbname in _RESERVED_ALIASES:
-        raise InvalidDatabaseDsn(
-            "the database name in the DSN must be letters, digits, '_', '.' or '-' and not "
-            "'pgbouncer' (PgBouncer uses it as the database alias)"
-        )
-
+PGBOUNCER_PORT = contract.PGBOUNCER_PORT
 
 def _connstr_value(value: str) -> str:
     # PgBouncer's connection-string parser: single-quoted values, a quote doubled inside.
@@ -162,6 +67,14 @@ def _connstr_value(value: str) -> str:
 def _auth_file_field(value: str) -> str:
     # PgBouncer's auth_file: double-quoted fields, a double quote doubled inside.
     return '"' + value.replace('"', '""') + '"'
+
+
+def _runtime_query(options: DsnOptions) -> str:
+    # Of the DSN's parameters only the application name is the client's to send: PgBouncer
+    # forwards it to the server connection it lends (the others are PgBouncer's settings).
+    if options.application_name is None:
+        return ""
+    return "?" + urlencode({"application_name": options.application_name}, quote_via=quote)
 
 
 def stats_password(ctx: PoolContext, dsn: DatabaseDsn) -> str:
@@ -175,7 +88,9 @@ def secret_data(ctx: PoolContext) -> dict[str, str] | None:
     """The derived Secret's contents as plain strings, or None without a database."""
     if ctx.spec.database is None:
         return None
-    dsn = parse_database_dsn(ctx.secrets.database_dsn)
+    dsn = ctx.database_dsn
+    if dsn is None:  # only without a database, handled above
+        return None
     # No user= (nor password=): see the module docstring.
     entry = " ".join(
         f"{key}={_connstr_value(value)}"
@@ -188,7 +103,7 @@ def secret_data(ctx: PoolContext) -> dict[str, str] | None:
         USERLIST_KEY: userlist,
         DATABASE_URL_KEY: (
             f"postgresql://{userinfo}@{PGBOUNCER_HOST}:{PGBOUNCER_PORT}/"
-            f"{quote(dsn.dbname, safe='')}"
+            f"{quote(dsn.dbname, safe='')}{_runtime_query(dsn.options)}"
         ),
     }
     if pgbouncer_exporter_enabled(ctx.spec):

@@ -132,3 +132,50 @@ def test_quotes_follow_pgbouncer_rules() -> None:
     url = parse_database_dsn(data["database-url"])
     assert (url.user, url.password) == ("o'brien", "a\"b'c d")
     assert (url.host, url.port) == ("127.0.0.1", 6432)
+
+
+# --- Nothing in the DSN is silently changed or dropped --------------------------------------
+
+@pytest.mark.parametrize(("dsn", "says"), [
+    # urlsplit deletes a raw newline or tab: PgBouncer would log in with another password.
+    ("postgresql://u:pass\nword@db/d", "raw control character"),
+    ("postgresql://u:pass\tword@db/d", "raw control character"),
+    ("postgresql://u:pass%0Aword@db/d", "password contains a control character"),
+    ("postgresql://u:pa#ss@db/d", "percent-encode reserved characters"),
+    ("postgresql://u:pw@db/d?sslcert=/tmp/c.pem&keepalives=1", "keepalives, sslcert"),
+    ("postgresql://u:pw@db/d?sslmode=sometimes", "sslmode must be one of"),
+    ("postgresql://u:pw@db/d?sslrootcert=/etc/ca.pem", "use sslrootcert=system"),
+    ("postgresql://u:pw@db/d?connect_timeout=0", "connect_timeout must be a whole number"),
+    ("postgresql://u:pw@db/d?ssl_min_protocol_version=SSLv3", "ssl_min_protocol_version"),
+])
+def test_what_pgbouncer_cannot_carry_out_is_refused_with_the_reason(dsn: str, says: str) -> None:
+    with pytest.raises(InvalidDatabaseDsn, match=says):
+        parse_database_dsn(dsn)
+
+
+def _ini(dsn: str) -> str:
+    from agentpool_operator.builders import build_config_map
+
+    ctx = full_ctx(NO_EXPORTER, secrets=dataclasses.replace(FULL_SECRETS, database_dsn=dsn))
+    ini: str = build_config_map(ctx)["data"]["pgbouncer.ini"]
+    return ini
+
+
+def test_tls_and_timeout_parameters_reach_pgbouncer() -> None:
+    ini = _ini("postgresql://u:pw@db/d?sslmode=verify-full&ssl_min_protocol_version=TLSv1.2"
+               "&connect_timeout=7")
+    assert "server_tls_sslmode = verify-full" in ini
+    assert "server_tls_ca_file = /etc/ssl/certs/ca-certificates.crt" in ini
+    assert "server_tls_protocols = tlsv1.2,tlsv1.3" in ini
+    assert "server_connect_timeout = 7" in ini
+    # sslrootcert=system alone means verify-full, as in libpq.
+    assert "server_tls_sslmode = verify-full" in _ini("postgresql://u:pw@db/d?sslrootcert=system")
+    assert "server_tls" not in _ini("postgresql://u:pw@db/d")
+    assert "server_tls_sslmode = require" in _ini("postgresql://u:pw@db/d?sslmode=require")
+
+
+def test_the_application_name_travels_with_the_runtime_connection() -> None:
+    data = _decoded("postgresql://u:pw@db/d?application_name=research%20agents")
+    assert data["database-url"] == (
+        "postgresql://u:pw@127.0.0.1:6432/d?application_name=research%20agents")
+    assert "application_name" not in data["databases.ini"]
