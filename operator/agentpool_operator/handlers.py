@@ -34,6 +34,8 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Re
         meta = kwargs["meta"]
         deleted = kwargs["type"] == "DELETED"
         wanted = reconciler.pool_event(key, kwargs["event"]["object"], deleted)
+        for rival in reconciler.take_rechecks():  # pools sharing its queue
+            queue.add(rival)
         if deleted:
             queue.forget(key)
             resyncer.detector.forget(key)

@@ -21,13 +21,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentpool_operator import announce, builders
-from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec
+from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec, Reason
+from agentpool_operator.api.labels import MANAGED_BY_LABEL, POOL_LABEL
 from agentpool_operator.builders.context import PoolContext, SecretValues
 from agentpool_operator.cache import LatestObjects, RecentReads, digest_secret, same_content
-from agentpool_operator.drift import contains, differing_paths, with_applied_hash
+from agentpool_operator.drift import APPLIED_HASH, contains, differing_paths, with_applied_hash
 from agentpool_operator.errors import ApiFailure
 from agentpool_operator.k8s import Kube
 from agentpool_operator.metrics import OperatorMetrics
+from agentpool_operator.plan import InvalidSpec, plan_children
+from agentpool_operator.queue_claims import QueueClaims
 from agentpool_operator.status import (
     Observation,
     Problem,
@@ -59,6 +62,14 @@ WATCHED_CHILDREN: tuple[tuple[str, str, str], ...] = (
 )
 _WATCHED_KINDS = frozenset((api_version, kind) for api_version, kind, _ in WATCHED_CHILDREN)
 SECRET_RETRY_SECONDS = 10.0
+# A conflicting object is not ours, so no watch tells us when it goes: look again this often.
+CONFLICT_RETRY_SECONDS = 30.0
+# API refusals that retrying the same request cannot cure (invalid, forbidden, not found...):
+# reported, and tried again only when something changes (or at the resync).
+_PERMANENT_CODES = frozenset(range(400, 500)) - {408, 409, 425, 429}
+# A refused manifest is not sent again unchanged for this long (a spec change, a change of
+# the live child or this time passing sends it again: a policy may have been relaxed).
+REFUSAL_MEMORY_SECONDS = 3600.0
 SECRET_READ_SHARED_SECONDS = 2.0
 # Optional children (api version, kind, name from the pool's name): pruned when the spec no
 # longer asks for them.
@@ -94,6 +105,10 @@ class Reconciler:
     """Latest watched bodies of the pools and of their Deployments (by pool key)."""
     children: LatestObjects[ChildKey] = field(default_factory=LatestObjects)
     """Latest watched bodies of the other children (Secrets with digests for values)."""
+    queue_claims: QueueClaims = field(default_factory=QueueClaims)
+    """Which pool reads which queue (namespace, Redis Secret, stream, group)."""
+    rechecks: set[PoolKey] = field(default_factory=set)
+    """Pools whose queue claim may have changed standing; the handler enqueues them."""
     relisted: set[tuple[str, str]] = field(default_factory=set)
     """Child kinds (api version, kind) a watch listed since the last audit. A deletion while
     a watch reconnects has no event; the resync lists those kinds once to drop such bodies."""
@@ -102,6 +117,10 @@ class Reconciler:
     _pruned: dict[PoolKey, tuple[str, int, bool, bool]] = field(default_factory=dict)
     _own_status_versions: dict[PoolKey, str] = field(default_factory=dict)
     _last_full: dict[PoolKey, float] = field(default_factory=dict)
+    _refused: dict[tuple[str, str, str, str], tuple[str, str, ApiFailure, float]] = field(
+        default_factory=dict)
+    """Manifests the API server refused for good: (kind, namespace, name) -> (applied hash,
+    live resourceVersion, the failure, when)."""
     _secret_reads: RecentReads[tuple[str, str], dict[str, str] | None] = field(
         default_factory=lambda: RecentReads(SECRET_READ_SHARED_SECONDS))
 
@@ -117,6 +136,10 @@ class Reconciler:
     def pool_event(self, key: PoolKey, pool: dict[str, Any], deleted: bool) -> bool:
         """Note a watched version of a pool; whether it needs a reconcile."""
         if deleted:
+            self.rechecks |= self.queue_claims.drop(key)
+            # Its children's refusals (a name prefix may catch another pool's: one more try).
+            self._refused = {k: v for k, v in self._refused.items()
+                             if k[2] != key[0] or not k[3].startswith(key[1])}
             self.pools.drop(key, pool)
             self._verified.pop(key, None)
             self._last_full.pop(key, None)
@@ -125,11 +148,19 @@ class Reconciler:
             self._full_requested.discard(key)
             return False
         self.pools.put(key, pool)
+        for rival in self.queue_claims.put(key, pool):
+            self.rechecks.add(rival)
+            self.request_full(rival)
         version = pool.get("metadata", {}).get("resourceVersion")
         if version and version == self._own_status_versions.get(key):
             return False  # the echo of our own status write: nothing new to act on
         self.request_full(key)
         return True
+
+    def take_rechecks(self) -> set[PoolKey]:
+        """The pools to reconcile because a pool sharing their queue came or went."""
+        rechecks, self.rechecks = self.rechecks, set()
+        return rechecks
 
     def deployment_event(self, key: PoolKey, deployment: dict[str, Any], deleted: bool,
                          listing: bool = False) -> None:
@@ -274,7 +305,7 @@ class Reconciler:
         try:
             spec = AgentPoolSpec.model_validate(pool.get("spec") or {})
         except ValidationError as error:
-            problem = Problem("InvalidSpec", _validation_message(error), blocking=True)
+            problem = Problem(Reason.INVALID_SPEC, _validation_message(error), blocking=True)
             await self._write_status(pool, Observation(generation, 0, 0, None, None, [problem]))
             return  # nothing to retry until the spec changes
 
@@ -283,14 +314,21 @@ class Reconciler:
             spec_replicas=spec.replicas, selector=builders.selector_string(name), deployment=None,
         )
         try:
+            conflict = self.queue_claims.conflict(key)
+            if conflict is not None:
+                # Another pool's deletion (or its claim moving) enqueues this one again.
+                raise _Blocked(Problem(Reasons.QUEUE_CONFLICT, conflict, True))
             secrets = await self._read_secrets(namespace, spec)
             ctx = PoolContext(name=name, namespace=namespace, uid=pool["metadata"]["uid"],
                               spec=spec, secrets=secrets, pod_monitor_api=self.pod_monitor_api,
                               keda_api=self.keda_api)
             try:
-                children = builders.build_children(ctx)
+                children = plan_children(ctx)
             except builders.InvalidDatabaseDsn as error:
                 raise _Blocked(Problem(Reasons.INVALID_DATABASE_DSN, str(error), True)) from None
+            except InvalidSpec as error:
+                # Deterministic: nothing to retry until the spec changes.
+                raise _Blocked(Problem(Reason.INVALID_SPEC, str(error), True)) from None
             deployment, deployment_meta = await self._apply_children(pool, children)
             await self._prune_once(pool, children)
         except _Blocked as blocked:
@@ -302,6 +340,8 @@ class Reconciler:
         except ApiFailure as failure:
             observation.problems.append(Problem(Reasons.APPLY_FAILED, str(failure), True))
             await self._write_status(pool, observation)
+            if failure.code in _PERMANENT_CODES:
+                return  # the same request would be refused again: reported, not retried
             raise
 
         # Our apply's answer, a GET's or the watched body: the watch confirms the first two.
@@ -366,52 +406,55 @@ class Reconciler:
         """
         manifests = children.manifests
         index = next(i for i, m in enumerate(manifests) if m["kind"] == "Deployment")
-        # A pool whose status we never wrote has had no reconcile finish: its children are
-        # applied without looking for them first (apply is idempotent either way).
-        look = _reconciled_before(pool)
         applied: list[announce.Applied] = []
         try:
-            await self._ensure_all(manifests[:index], look, applied)
+            await self._ensure_all(manifests[:index], applied)
             desired = with_applied_hash(manifests[index])
-            deployment = await self._ensure(desired, look, applied)
-            await self._ensure_all(manifests[index + 1:], look, applied)
+            deployment = await self._ensure(desired, applied)
+            await self._ensure_all(manifests[index + 1:], applied)
         finally:
             await self._announce(pool, announce.applied(applied))
         return deployment, desired["metadata"]
 
-    async def _ensure_all(self, manifests: Sequence[dict[str, Any]], look: bool,
+    async def _ensure_all(self, manifests: Sequence[dict[str, Any]],
                           applied: list[announce.Applied]) -> None:
         results = await asyncio.gather(
-            *(self._ensure(with_applied_hash(m), look, applied) for m in manifests),
+            *(self._ensure(with_applied_hash(m), applied) for m in manifests),
             return_exceptions=True)
         # Every request has finished; report the first failure as a sequential loop would.
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _ensure(self, desired: dict[str, Any], look: bool,
+    async def _ensure(self, desired: dict[str, Any],
                       applied: list[announce.Applied]) -> dict[str, Any]:
-        """The live child, applied first if it lacks or differs in a field we want (or, when
-        not `look`ing, unconditionally)."""
+        """The live child, applied first if it lacks or differs in a field we want.
+
+        It is looked at first even for a new pool: an object of the child's name that someone
+        else made must be reported (ChildConflict), never taken over by our apply. The watched
+        body serves when there is one; a GET when the cache cannot vouch for it (not watched
+        yet, only our own answer seen so far, or absent: absence is not something a cache can
+        prove, and objects that are not ours are not watched)."""
         meta = desired["metadata"]
-        live = None
-        if look:
-            # The watched body when there is one; a GET when the cache cannot vouch for it
-            # (not watched yet, only our own answer seen so far, or absent: absence is not
-            # something a cache can prove).
-            live = self._watched_child(desired)
-            if live is None:
-                live = await self.kube.get(desired["apiVersion"], desired["kind"],
-                                           meta["namespace"], meta["name"])
-                self._remember(desired, live)
+        live = self._watched_child(desired)
+        if live is None:
+            live = await self.kube.get(desired["apiVersion"], desired["kind"],
+                                       meta["namespace"], meta["name"])
+            self._remember(desired, live)
+        foreign = _not_ours(live, desired)
+        if foreign is not None:
+            raise _Blocked(Problem(Reasons.CHILD_CONFLICT, foreign, True),
+                           CONFLICT_RETRY_SECONDS)
         # Secrets compare by digests of their values: the cache keeps no values.
         if live is None or not contains(digest_secret(live), digest_secret(desired)):
+            self._raise_if_refused_before(desired, live)
             changed = [] if live is None else differing_paths(digest_secret(live),
                                                               digest_secret(desired))
             try:
                 live = await self.kube.apply(desired)
             except ApiFailure as failure:
                 if failure.code != 422 or not _recreatable(live, desired):
+                    self._remember_refusal(desired, live, failure)
                     raise
                 # Someone else's field makes ours invalid (e.g. a PDB's minAvailable next to
                 # our maxUnavailable): apply cannot remove fields it does not own, so the
@@ -423,6 +466,34 @@ class Reconciler:
             applied.append(announce.Applied(desired["kind"], meta["name"], changed))
             self._remember(desired, live)
         return live
+
+    def _refusal_key(self, desired: dict[str, Any]) -> tuple[str, str, str, str]:
+        meta = desired["metadata"]
+        return (desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+
+    def _remember_refusal(self, desired: dict[str, Any], live: dict[str, Any] | None,
+                          failure: ApiFailure) -> None:
+        if failure.code in _PERMANENT_CODES:
+            version = str(((live or {}).get("metadata") or {}).get("resourceVersion") or "")
+            self._refused[self._refusal_key(desired)] = (
+                desired["metadata"]["annotations"][APPLIED_HASH], version, failure,
+                time.monotonic())
+
+    def _raise_if_refused_before(self, desired: dict[str, Any],
+                                 live: dict[str, Any] | None) -> None:
+        """Re-raise the refusal of this very manifest against this very live object, instead
+        of sending it again: the answer would be the same, and each resync would write."""
+        key = self._refusal_key(desired)
+        refused = self._refused.get(key)
+        if refused is None:
+            return
+        applied_hash, version, failure, when = refused
+        same = (applied_hash == desired["metadata"]["annotations"][APPLIED_HASH]
+                and version == str(((live or {}).get("metadata") or {}).get("resourceVersion")
+                                   or ""))
+        if same and time.monotonic() - when < REFUSAL_MEMORY_SECONDS:
+            raise failure
+        del self._refused[key]
 
     def _watched_child(self, desired: dict[str, Any]) -> dict[str, Any] | None:
         meta = desired["metadata"]
@@ -524,6 +595,37 @@ def _recreatable(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
     ours = {o.get("uid") for o in desired["metadata"].get("ownerReferences") or []}
     return any(o.get("uid") in ours and o.get("controller")
                for o in (live.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _not_ours(live: dict[str, Any] | None, desired: dict[str, Any]) -> str | None:
+    """Why an existing object with a child's name is not this pool's to apply over, or None.
+
+    Ours: controlled by this pool (its uid), or left without a controller but labelled as
+    this pool's by us (a pool deleted with --cascade=orphan and made anew), which is adopted.
+    """
+    if live is None:
+        return None
+    meta = live.get("metadata") or {}
+    ours = {o.get("uid") for o in desired["metadata"].get("ownerReferences") or []}
+    controller = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")),
+                      None)
+    what = f"{desired['kind']} {desired['metadata']['name']} already exists and"
+    fix = ("the operator never takes over objects it did not create: delete or rename that "
+           "object, or give the AgentPool another name")
+    if controller is not None:
+        if controller.get("uid") in ours:
+            return None
+        pools = {o.get("name") for o in desired["metadata"].get("ownerReferences") or []}
+        if controller.get("kind") == KIND and controller.get("name") in pools:
+            return (f"{what} belongs to an earlier AgentPool of this name; waiting for the "
+                    "garbage collector to delete it")
+        return (f"{what} is controlled by {controller.get('kind')} {controller.get('name')}; "
+                f"{fix}")
+    labels = meta.get("labels") or {}
+    pool = (desired["metadata"].get("labels") or {}).get(POOL_LABEL)
+    if labels.get(MANAGED_BY_LABEL) == "agentpool-operator" and labels.get(POOL_LABEL) == pool:
+        return None
+    return f"{what} was not created by this AgentPool; {fix}"
 
 
 def _reconciled_before(pool: dict[str, Any]) -> bool:

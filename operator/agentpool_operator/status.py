@@ -9,7 +9,10 @@ Condition reasons, by type:
   when the pool cannot be acted on at all (`InvalidSpec`, `SecretMissing`, ...).
 - Progressing: `RollingOut` (new pod template not fully rolled out), `Scaling` (pod count
   moving towards spec.replicas), `Complete` (nothing in flight).
-- Degraded: `SecretMissing`, `InvalidDatabaseDSN`, `InvalidSpec`, `CrashLooping`,
+- Degraded: `SecretMissing`, `InvalidDatabaseDSN`, `InvalidSpec` (the spec passed the API
+  server but cannot be built or run: the message names the field), `ChildConflict` (an object
+  with a child's name exists and is not this pool's: never taken over), `QueueConflict`
+  (another pool, created earlier, reads the same stream and group), `CrashLooping`,
   `PodCreationFailed` (e.g. a missing ServiceAccount or a quota), `RolloutStuck` (progress
   deadline exceeded), `ApplyFailed`; `AsExpected` when healthy.
 """
@@ -37,6 +40,22 @@ class Reasons:
     APPLY_FAILED = "ApplyFailed"
     POD_CREATION_FAILED = "PodCreationFailed"
     ROLLOUT_STUCK = "RolloutStuck"
+    CHILD_CONFLICT = "ChildConflict"
+    QUEUE_CONFLICT = "QueueConflict"
+
+
+# metav1.Condition allows 32768 characters; an API server's error (a whole rejected manifest)
+# can be longer. Each problem gets a share, so one long message cannot hide the others.
+MAX_CONDITION_MESSAGE = 32768
+MAX_PROBLEM_MESSAGE = 4096
+
+
+def clamp(message: str, limit: int) -> str:
+    """`message` cut to at most `limit` characters, saying that it was."""
+    if len(message) <= limit:
+        return message
+    marker = " ... (truncated)"
+    return message[:limit - len(marker)] + marker
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,8 @@ def compute_status(obs: Observation, current: dict[str, Any], now: dt.datetime
     blocking = next((p for p in obs.problems if p.blocking), None)
 
     if blocking is not None:
-        ready = _condition(ConditionType.READY, False, blocking.reason, blocking.message, obs, now)
+        ready = _condition(ConditionType.READY, False, blocking.reason,
+                           clamp(blocking.message, MAX_PROBLEM_MESSAGE), obs, now)
     elif counts["availableReplicas"] >= obs.min_replicas:
         ready = _condition(ConditionType.READY, True, Reasons.MIN_AVAILABLE,
                            f"{counts['availableReplicas']} pods available "
@@ -114,7 +134,8 @@ def compute_status(obs: Observation, current: dict[str, Any], now: dt.datetime
 
     if obs.problems:
         worst = blocking or obs.problems[0]
-        text = "; ".join(p.message for p in obs.problems)
+        text = clamp("; ".join(clamp(p.message, MAX_PROBLEM_MESSAGE) for p in obs.problems),
+                     MAX_CONDITION_MESSAGE)
         degraded = _condition(ConditionType.DEGRADED, True, worst.reason, text, obs, now)
     else:
         degraded = _condition(ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "", obs, now)

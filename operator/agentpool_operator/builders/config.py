@@ -59,6 +59,29 @@ def db_pool_max_size(spec: AgentPoolSpec, database: DatabaseSpec) -> int:
     return max(1, min(spec.workers.concurrency, per_worker))
 
 
+SPEC_FIELD_OF_RUNTIME_SETTING = {
+    "pool": "metadata.name",
+    "namespace": "metadata.namespace",
+    "handler": "spec.handler",
+    "workers": "spec.workers.perPod",
+    "concurrency": "spec.workers.concurrency",
+    "task_timeout_seconds": "spec.workers.taskTimeoutSeconds",
+    "max_tasks_per_worker": "spec.workers.maxTasksPerWorker",
+    "drain_grace_seconds": "spec.workers.drainGracePeriodSeconds",
+    "max_worker_memory_bytes": "spec.workers.maxMemoryPerWorker",
+    "container_memory_limit_bytes": "spec.resources.limits.memory",
+    "stream": "spec.queue.stream",
+    "group": "spec.queue.consumerGroup",
+    "max_deliveries": "spec.queue.maxDeliveries",
+    "lease_seconds": "spec.queue.leaseSeconds",
+    "metrics_port": "spec.monitoring.metricsPort",
+    "cache_ttl_seconds": "spec.cache.ttlSeconds",
+    "db_pool_max_size": "spec.database.pgbouncer.maxClientConnections",
+}
+"""Which spec field each setting `runtime_config` renders comes from, so a refusal of the
+runtime's model is reported against the field the user wrote."""
+
+
 def runtime_config(ctx: PoolContext) -> RuntimeConfig:
     """The runtime settings of a pool's pods, from its spec (secrets come from env vars)."""
     spec = ctx.spec
