@@ -83,6 +83,11 @@ _OPTIONAL: tuple[tuple[str, str, Callable[[str], str]], ...] = (
 )
 
 
+class _Refused(Exception):
+    """The reconcile ended in a failure that is reported and not retried (it would fail the
+    same way): counted as an error, nothing for the work queue to do."""
+
+
 class _Blocked(Exception):
     def __init__(self, problem: Problem, retry_after: float | None = None) -> None:
         super().__init__(problem.message)
@@ -269,6 +274,8 @@ class Reconciler:
         except Requeue:
             result = "waiting"
             raise
+        except _Refused:
+            result = "error"
         except Exception:
             result = "error"
             raise
@@ -341,7 +348,8 @@ class Reconciler:
             observation.problems.append(Problem(Reasons.APPLY_FAILED, str(failure), True))
             await self._write_status(pool, observation)
             if failure.code in _PERMANENT_CODES:
-                return  # the same request would be refused again: reported, not retried
+                # The same request would be refused again: reported, not retried.
+                raise _Refused(str(failure)) from None
             raise
 
         # Our apply's answer, a GET's or the watched body: the watch confirms the first two.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 # RFC 1123 DNS subdomain: the format of most Kubernetes object names (Secrets, classes, ...).
@@ -91,8 +91,18 @@ class SecretKeyRef(ApiModel):
 
     name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
     """Name of the Secret, in the same namespace as the AgentPool."""
-    key: str = Field(max_length=253, pattern=CONFIG_KEY)
+    key: str = Field(max_length=253, pattern=CONFIG_KEY, json_schema_extra=validations(cel(
+        "self != '.' && !self.startsWith('..')",
+        "a Secret key must not be '.' or start with '..' (Kubernetes reserves them)")))
     """Key within the Secret whose value is used."""
+
+    @field_validator("key")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        # Mirrors the CEL rule, for objects stored before it existed.
+        if value == "." or value.startswith(".."):
+            raise ValueError("a Secret key must not be '.' or start with '..'")
+        return value
 
 
 class LocalObjectReference(ApiModel):

@@ -32,7 +32,7 @@ from agentpool_operator.api.common import (
     section,
     validations,
 )
-from agentpool_operator.api.pod import PodOverrides, ResourceRequirements
+from agentpool_operator.api.pod import PodOverrides, ResourceRequirements, SidecarResources
 from agentpool_operator.api.quantity import ResourceQuantity, whole_bytes
 from agentpool_operator.api.spec_rules import SPEC_RULES
 from agentpool_operator.api.status import AgentPoolStatus as AgentPoolStatus
@@ -226,8 +226,8 @@ class PgBouncerExporterSpec(ApiModel):
     prometheus-community/pgbouncer_exporter v0.11."""
     port: int = Field(default=DEFAULT_PGBOUNCER_EXPORTER_PORT, ge=1024, le=65535)
     """Container port of the exporter's /metrics (port name `pgb-metrics`)."""
-    resources: ResourceRequirements = Field(
-        default_factory=lambda: ResourceRequirements.model_validate(_EXPORTER_RESOURCES),
+    resources: SidecarResources = Field(
+        default_factory=lambda: SidecarResources.model_validate(_EXPORTER_RESOURCES),
         json_schema_extra={"default": _EXPORTER_RESOURCES},
     )
     """CPU and memory of the exporter container."""

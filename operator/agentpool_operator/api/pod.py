@@ -9,6 +9,7 @@ are validated when the Deployment is applied.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -102,20 +103,75 @@ def _cpu_in_millicores(part: str) -> dict[str, str]:
     )
 
 
+# Containers take the standard resources and extended ones (`<domain>/<name>`, outside the
+# kubernetes.io domains); hugepages are not offered (they need more than a quantity).
+STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+_EXTENDED_RESOURCE = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\\.)+[a-z0-9]([-a-z0-9]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # noqa: E501
+_RESOURCE_NAMES = "[" + ", ".join(f"'{name}'" for name in STANDARD_RESOURCES) + "]"
+
+
+def _resource_list_rules(part: str) -> dict[str, Any]:
+    return validations(
+        cel(
+            f"self.all(k, k in {_RESOURCE_NAMES} || (k.matches('{_EXTENDED_RESOURCE}') && "
+            "!k.contains('kubernetes.io/') && !k.startsWith('requests.')))",
+            f"resources.{part} names must be cpu, memory, ephemeral-storage or an extended "
+            "resource <domain>/<name> outside kubernetes.io, e.g. nvidia.com/gpu",
+        ),
+        cel(
+            "self.all(k, !k.contains('/') || !isQuantity(string(self[k])) || "
+            "quantity(string(self[k])).isInteger())",
+            f"resources.{part} of an extended resource (<domain>/<name>) must be whole "
+            "numbers: such devices cannot be shared",
+        ),
+    )
+
+
+def _extended_requests_equal_limits() -> dict[str, str]:
+    value = "string(self.{}[k])"
+    request, limit = value.format("requests"), value.format("limits")
+    return cel(
+        "!has(self.requests) || self.requests.all(k, !k.contains('/') || "
+        f"(has(self.limits) && k in self.limits && isQuantity({request}) && "
+        f"isQuantity({limit}) && quantity({request}).compareTo(quantity({limit})) == 0))",
+        "an extended resource (<domain>/<name>) requested in resources.requests needs the "
+        "same amount in resources.limits: Kubernetes does not overcommit devices",
+    )
+
+
+_EXTENDED_RESOURCE_RE = re.compile(_EXTENDED_RESOURCE.replace("\\\\", "\\"))
+
+
+def _check_resource(part: str, name: str, value: int | str) -> None:
+    # Mirrors _resource_list_rules, for objects stored before they existed.
+    if name in STANDARD_RESOURCES:
+        return
+    if (not _EXTENDED_RESOURCE_RE.match(name) or "kubernetes.io/" in name
+            or name.startswith("requests.")):
+        raise ValueError(f"{part}: {name!r} is not cpu, memory, ephemeral-storage or an "
+                         "extended resource <domain>/<name>")
+    amount = parse_quantity(value)
+    if amount != amount.to_integral_value():
+        raise ValueError(f"{part}.{name} must be a whole number")
+
+
 class ResourceRequirements(ApiModel):
     """Compute resources of the worker container (the Kubernetes ResourceRequirements shape)."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
             _request_within_limit("cpu"), _request_within_limit("memory"),
+            _request_within_limit("ephemeral-storage"), _extended_requests_equal_limits(),
             _memory_in_whole_bytes("requests"), _memory_in_whole_bytes("limits"),
             _cpu_in_millicores("requests"), _cpu_in_millicores("limits"),
         )
     )
 
-    requests: ResourceList | None = Field(default=None, max_length=16)
+    requests: ResourceList | None = Field(default=None, max_length=8,
+                                          json_schema_extra=_resource_list_rules("requests"))
     """Minimum resources the scheduler reserves per pod, e.g. {cpu: 500m, memory: 1Gi}."""
-    limits: ResourceList | None = Field(default=None, max_length=16)
+    limits: ResourceList | None = Field(default=None, max_length=8,
+                                        json_schema_extra=_resource_list_rules("limits"))
     """Maximum resources per pod. A memory limit is enforced for the whole pod's container:
     when any worker pushes it over, the kernel kills every worker in the pod (see
     workers.maxMemoryPerWorker)."""
@@ -134,6 +190,14 @@ class ResourceRequirements(ApiModel):
                 raise ValueError(f"{part}.memory: {exc}") from None
             if cpu is not None and 0 < cpu < parse_quantity("1m"):
                 raise ValueError(f"{part}.cpu must be 0 or at least 1m")
+            for name, value in values.items():
+                _check_resource(part, name, value)
+        limits = self.limits or {}
+        for name, value in (self.requests or {}).items():
+            if "/" in name and (name not in limits
+                                or parse_quantity(value) != parse_quantity(limits[name])):
+                raise ValueError(f"requests.{name}: an extended resource needs the same "
+                                 "amount in limits")
         return self
 
 
@@ -220,7 +284,10 @@ class PodOverrides(ApiModel):
     priority_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     """PriorityClass of the worker pods."""
     topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
-        default=None, max_length=16
+        default=None, max_length=16,
+        # Kubernetes' own list-map keys: two constraints on one key and policy are refused.
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["topologyKey", "whenUnsatisfiable"]},
     )
     """How worker pods spread across zones or nodes."""
     service_account_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
@@ -254,3 +321,48 @@ class PodOverrides(ApiModel):
         default=None, max_length=64, json_schema_extra=_keys_rules("pod.annotations", ())
     )
     """Extra annotations for the worker pods."""
+
+
+class CpuMemory(ApiModel):
+    """CPU and memory amounts of a sidecar container."""
+
+    cpu: ResourceQuantity | None = Field(
+        default=None, json_schema_extra=validations(cel(
+            "!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('0')) == 0 "
+            "|| quantity(string(self)).compareTo(quantity('1m')) >= 0",
+            "cpu must be 0 or at least 1m (a thousandth of a CPU)")))
+    """CPU, e.g. 10m."""
+    memory: ResourceQuantity | None = Field(
+        default=None, json_schema_extra=validations(cel(
+            "!isQuantity(string(self)) || (quantity(string(self)).isInteger() && "
+            "quantity(string(self)).compareTo(quantity('0')) > 0)",
+            "memory must be a whole number of bytes above 0, e.g. 64Mi")))
+    """Memory, e.g. 64Mi."""
+
+    def amounts(self) -> dict[str, int | str]:
+        return self.model_dump(exclude_none=True)
+
+    @model_validator(mode="after")
+    def _sensible_amounts(self) -> CpuMemory:
+        # Mirrors the CEL rules, for objects stored before they existed.
+        if self.memory is not None:
+            whole_bytes(self.memory)
+        if self.cpu is not None and 0 < parse_quantity(self.cpu) < parse_quantity("1m"):
+            raise ValueError("cpu must be 0 or at least 1m")
+        return self
+
+
+class SidecarResources(ApiModel):
+    """Compute resources of a sidecar container: CPU and memory only."""
+
+    model_config = ConfigDict(json_schema_extra=validations(cel(
+        "!has(self.requests) || !has(self.limits) || !has(self.requests.memory) || "
+        "!has(self.limits.memory) || !isQuantity(string(self.requests.memory)) || "
+        "!isQuantity(string(self.limits.memory)) || quantity(string(self.requests.memory))"
+        ".compareTo(quantity(string(self.limits.memory))) <= 0",
+        "resources.requests.memory must not exceed resources.limits.memory")))
+
+    requests: CpuMemory | None = None
+    """What the scheduler reserves."""
+    limits: CpuMemory | None = None
+    """The most the container may use."""

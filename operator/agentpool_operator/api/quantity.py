@@ -16,10 +16,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 
-# The pattern of k8s.io/apimachinery resource.Quantity, as controller-gen emits it.
+# The grammar of k8s.io/apimachinery resource.Quantity. controller-gen's pattern also admits a
+# fractional exponent ("1e.5"), which ParseQuantity (and so the API server's `quantity()`)
+# refuses: a value the schema let through would then be skipped by every CEL rule. Exponents
+# have at most two digits: nothing a container can have needs more, and `1e3000000` would
+# only be a way to make parsers fail.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]{1,2}))?$"
 )
 # Resource amounts cannot be negative: the same grammar without the minus sign.
 NON_NEGATIVE_QUANTITY_PATTERN = QUANTITY_PATTERN.replace(r"^(\+|-)?", r"^\+?", 1)
@@ -32,6 +35,9 @@ _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "
 QUANTITY_JSON_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "integer"}, {"type": "string"}],
     "pattern": QUANTITY_PATTERN,
+    # Bounds the CEL rules' cost estimate (the API server budgets for the longest string);
+    # no real quantity comes near it.
+    "maxLength": 64,
     "x-kubernetes-int-or-string": True,
 }
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentpool_operator.api import DatabaseSpec, ResourceRequirements
+from agentpool_operator.api import DatabaseSpec
+from agentpool_operator.api.pod import SidecarResources
 from agentpool_operator.builders.common import (
     PGBOUNCER_EXPORTER_PORT_NAME,
     config_map_name,
@@ -98,12 +99,12 @@ def pgbouncer_container(database: DatabaseSpec) -> dict[str, Any]:
     }
 
 
-def _quantities(resources: ResourceRequirements) -> dict[str, Any]:
+def _quantities(resources: SidecarResources) -> dict[str, Any]:
     # Quantities as strings: the API server returns "1" for 1, and apply must compare equal.
     out: dict[str, Any] = {}
     for part, values in (("requests", resources.requests), ("limits", resources.limits)):
-        if values:
-            out[part] = {name: str(value) for name, value in values.items()}
+        if values is not None and values.amounts():
+            out[part] = {name: str(value) for name, value in values.amounts().items()}
     return out
 
 
