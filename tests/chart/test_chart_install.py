@@ -380,11 +380,11 @@ def test_namespaced_install_serves_its_namespaces_and_only_them(
     for index, namespace in enumerate(watched):
         release.wait_ready(pool(cluster, namespace, f"p{index}", services.redis_url),
                            f"p{index}")
-    # Next to them, pools whose queue cannot be read: a name the runtime refuses, and a
-    # Redis URL Secret that does not exist.
+    # Next to them, pools whose queue cannot be read: a Redis URL no client can use (with a
+    # password in it), and a Redis URL Secret that does not exist.
     broken = Pools(cluster, watched[0])
-    broken.secret("bad.name-redis", {"url": services.redis_url})
-    broken.create("bad.name", with_secret=False)
+    broken.secret("badurl-redis", {"url": "redis://:hidden-pw@redis:no-port/0"})
+    broken.create("badurl", with_secret=False)
     broken.create("lost", with_secret=False)
     stranger = pool(cluster, other, "stranger", services.redis_url)
     # Several resyncs later the operator has still not touched a pool it may not see.
@@ -401,6 +401,9 @@ def test_namespaced_install_serves_its_namespaces_and_only_them(
     assert_busy_pod_costs_more(cluster, release, services, watched[0], "p0")
     release.stop()
     release.assert_nothing_refused()
+    for process in (release.operator, release.metrics_api):
+        assert process is not None
+        assert "hidden-pw" not in process.log()
 
 
 def assert_backlog_served(release: Release, token: str, watched: list[str],
@@ -414,10 +417,16 @@ def assert_backlog_served(release: Release, token: str, watched: list[str],
         body = eventually(answered, timeout=30)
         assert [(i["metricLabels"], i["value"]) for i in body["items"]] == [
             ({"agentpool.dev/pool": f"p{index}"}, "0")]
-    # Every pool of the namespace at once: the unreadable ones are left out, not an error.
-    code, body = release.query_backlog(watched[0], None, token)
-    assert code == 200, body
-    assert [i["metricLabels"] for i in body["items"]] == [{"agentpool.dev/pool": "p0"}]
+    # The unreadable pool's own metric fails (the HPA then keeps its scale), saying why and
+    # naming no credential; the one without a Secret is not served at all.
+    def refused() -> Any:
+        code, body = release.query_backlog(watched[0], "badurl", token)
+        return body if code == 503 else None
+
+    body = eventually(refused, timeout=30)
+    assert "Redis URL cannot be used" in body
+    assert "hidden-pw" not in body
+    assert release.query_backlog(watched[0], "lost", token)[1]["items"] == []
     # Nothing of an unserved namespace.
     code, body = release.query_backlog(other, "stranger", token)
     assert (code, body["items"]) == (200, [])
@@ -443,7 +452,7 @@ def assert_gauges_of_every_served_pool(release: Release, watched: list[str],
 
     text = eventually(gauges, timeout=30)
     assert other not in text
-    assert 'agentpool="bad.name"' not in text
+    assert 'agentpool="badurl"' not in text
     assert 'agentpool="lost"' not in text
 
 

@@ -120,6 +120,10 @@ class BacklogReader:
         """The pool's backlog. Raises `BacklogError` when Redis cannot be read."""
         try:
             client = await self._client(url)
+        except ValueError as error:
+            # redis-py's parse errors name the scheme, port or option, never the password.
+            raise BacklogError(f"the pool's Redis URL cannot be used: {error}") from None
+        try:
             return await asyncio.wait_for(self._read(client, keys), timeout=self._timeout * 2)
         except (RedisError, OSError, TimeoutError) as error:
             detail = str(error) or type(error).__name__

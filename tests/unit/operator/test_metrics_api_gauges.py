@@ -8,11 +8,11 @@ import logging
 import pytest
 from prometheus_client import generate_latest
 
-from agentpool_operator.metrics_api.backlog import Backlog, BacklogError
+from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
 from agentpool_operator.metrics_api.gauges import GaugeRefresher
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.telemetry import Telemetry
-from tests.unit.operator.metrics_api_fakes import FakeKube, FakeReader
+from tests.unit.operator.metrics_api_fakes import FakeKube, FakeReader, queue_entry
 
 URL = "redis://:queue-secret-pw@redis:6379/0"
 
@@ -88,3 +88,15 @@ async def test_a_missing_directory_is_reported_once_and_the_refresh_goes_on(
     await gauges.run_once()
     assert 'agentpool_queue_backlog{agentpool="alpha",namespace="agents"} 0.0' in exposition(
         telemetry)
+
+
+@pytest.mark.parametrize("url", ["not a url", "redis://:queue-secret-pw@redis:port/0"])
+async def test_an_unusable_redis_url_is_a_queue_error_that_names_no_credentials(
+        url: str) -> None:
+    reader = BacklogReader()
+    try:
+        with pytest.raises(BacklogError, match="Redis URL cannot be used") as raised:
+            await reader.read(url, queue_entry("agents", "alpha", url).keys)
+        assert "queue-secret-pw" not in str(raised.value)
+    finally:
+        await reader.close()
