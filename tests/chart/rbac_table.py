@@ -115,14 +115,16 @@ _LIST_LINE = re.compile(r"^(\S*)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$")
 
 
 def parse_can_i_list(output: str) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
-    """`kubectl auth can-i --list` as (group, resource[/subresource], names, verbs), resource
-    rules only (non-resource URLs are every identity's and left out)."""
-    found = []
+    """`kubectl auth can-i --list` as (group, resource[/subresource], names, verbs) for the
+    resource rules, and ("", "<url>", (), verbs) for the non-resource URL rules (`url` in
+    angle brackets, so it never looks like a resource)."""
+    found: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = []
     for line in output.splitlines()[1:]:
         match = _LIST_LINE.match(line)
         assert match, f"cannot parse {line!r}"
-        resource, _urls, names, verbs = match.groups()
+        resource, urls, names, verbs = match.groups()
         if not resource:
+            found += [("", f"<{url}>", (), tuple(verbs.split())) for url in urls.split()]
             continue
         base, _, subresource = resource.partition("/")
         plural, _, group = base.partition(".")
