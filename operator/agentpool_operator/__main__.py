@@ -12,9 +12,13 @@ from typing import Any
 import kopf
 
 from agentpool_operator import handlers, logs
+from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.k8s import Kube
 from agentpool_operator.metrics import OperatorMetrics
+from agentpool_operator.metrics_api.backlog import BacklogReader
+from agentpool_operator.publisher import DirectoryPublisher
+from agentpool_operator.queuedir import parse_reference
 from agentpool_operator.reconcile import PoolKey, Reconciler
 from agentpool_operator.resync import Resyncer
 from agentpool_operator.settings import Settings, parse
@@ -48,7 +52,17 @@ async def run(settings: Settings) -> None:
         settings.health_host, settings.health_port,
     )
     queue.start()
-    resync_task = asyncio.create_task(resyncer.run(), name="resync")
+    tasks = [asyncio.create_task(resyncer.run(), name="resync")]
+    reader = BacklogReader(client_name="agentpool-operator")
+    if settings.deletion_cost_seconds > 0:
+        keeper = DeletionCostKeeper(kube, reconciler.queues, reader)
+        tasks.append(asyncio.create_task(keeper.run(settings.deletion_cost_seconds),
+                                         name="deletion-cost"))
+    if settings.queue_directory:
+        publisher = DirectoryPublisher(
+            kube, reconciler.queues, *parse_reference(settings.queue_directory),
+            listing=lambda: resyncer.last_list, verify_seconds=settings.resync_seconds)
+        tasks.append(asyncio.create_task(publisher.run(), name="queue-directory"))
     log.info("operator started", extra={"namespaces": ",".join(settings.namespaces) or "*"})
     try:
         await kopf.operator(
@@ -56,10 +70,12 @@ async def run(settings: Settings) -> None:
             clusterwide=settings.clusterwide, namespaces=settings.namespaces,
         )
     finally:
-        resync_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await resync_task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await queue.stop()
+        await reader.close()
         await runner.cleanup()
         await kube.close()
 

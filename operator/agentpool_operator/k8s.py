@@ -157,6 +157,15 @@ class Kube:
         with contextlib.suppress(_NotFound), _calling(f"delete {kind} {namespace}/{name}"):
             await self._client.delete(resource_for(api_version, kind), name, namespace=namespace)
 
+    async def annotate_pod(self, namespace: str, name: str, key: str, value: str) -> None:
+        """Set one annotation of a pod with a JSON merge patch (nothing else of the pod); a
+        pod that is gone is no error."""
+        self._count_write("patch", "Pod")
+        patch = {"metadata": {"annotations": {key: value}}}
+        with contextlib.suppress(_NotFound), _calling(f"annotate pod {namespace}/{name}"):
+            await self._client.patch(core_v1.Pod, name, patch, namespace=namespace,
+                                     patch_type=PatchType.MERGE)
+
     async def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]
                                 ) -> dict[str, Any] | None:
         """Merge `status` into the pool's status; the pool as written, None if it is gone."""

@@ -31,6 +31,7 @@ from agentpool_operator.k8s import Kube
 from agentpool_operator.metrics import OperatorMetrics
 from agentpool_operator.plan import InvalidSpec, plan_children
 from agentpool_operator.queue_claims import QueueClaims
+from agentpool_operator.queues import QueueRegistry
 from agentpool_operator.status import (
     Observation,
     Problem,
@@ -128,6 +129,8 @@ class Reconciler:
     live resourceVersion, the failure, when)."""
     _secret_reads: RecentReads[tuple[str, str], dict[str, str] | None] = field(
         default_factory=lambda: RecentReads(SECRET_READ_SHARED_SECONDS))
+    queues: QueueRegistry = field(default_factory=QueueRegistry)
+    """Each pool's queue as last read (for deletion costs and the metrics API's directory)."""
 
     def request_full(self, key: PoolKey) -> None:
         """The next reconcile of `key` reads and checks everything, not just the status."""
@@ -151,6 +154,7 @@ class Reconciler:
             self._pruned.pop(key, None)
             self._own_status_versions.pop(key, None)
             self._full_requested.discard(key)
+            self.queues.forget(key)
             return False
         self.pools.put(key, pool)
         for rival in self.queue_claims.put(key, pool):
@@ -326,6 +330,7 @@ class Reconciler:
                 # Another pool's deletion (or its claim moving) enqueues this one again.
                 raise _Blocked(Problem(Reasons.QUEUE_CONFLICT, conflict, True))
             secrets = await self._read_secrets(namespace, spec)
+            self.queues.record(key, spec, secrets.redis_url)
             ctx = PoolContext(name=name, namespace=namespace, uid=pool["metadata"]["uid"],
                               spec=spec, secrets=secrets, pod_monitor_api=self.pod_monitor_api,
                               keda_api=self.keda_api)

@@ -73,6 +73,8 @@ class Resyncer:
         self._clock = clock
         self.detector = StallDetector(settings.stall_seconds)
         self.listed_once = False
+        self.last_list: tuple[float, frozenset[PoolKey]] | None = None
+        """When the last list of pools was taken, and the pools it showed."""
 
     @property
     def stalled(self) -> bool:
@@ -97,6 +99,7 @@ class Resyncer:
         self._reconciler.pod_monitor_api = await self._kube.crd_exists(POD_MONITOR_CRD)
         self._reconciler.keda_api = await self._kube.crd_exists(KEDA_CRD)
         versions: dict[PoolKey, str] = {}
+        listed_at = self._clock()
         for namespace in self._settings.namespaces or (None,):
             for pool in await self._kube.list_pools(namespace):
                 meta = pool["metadata"]
@@ -104,6 +107,7 @@ class Resyncer:
                 versions[key] = meta.get("resourceVersion", "")
                 self._reconciler.pools.put(key, pool)
         self.detector.listed(versions, self._clock())
+        self.last_list = (listed_at, frozenset(versions))
         await self._audit_relisted()
         # A deletion the watch missed (e.g. while it reconnected) must not leave a pool behind.
         for key in self._reconciler.pools.keys() - versions.keys():

@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agentpool_operator.queuedir import parse_reference
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -22,6 +24,11 @@ class Settings:
     stall_seconds: float
     """How long the watch may lag behind a fresh list before liveness fails."""
     log_level: str
+    deletion_cost_seconds: float = 10.0
+    """Period of the pod deletion-cost pass (`deletioncost.py`); 0 turns it off."""
+    queue_directory: str = ""
+    """`NAMESPACE/NAME` of the Secret to publish the queue directory in (`publisher.py`) for
+    the metrics API server; empty: none."""
 
     @property
     def clusterwide(self) -> bool:
@@ -44,11 +51,24 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--stall-seconds", type=float,
                         default=float(env.get("AGENTPOOL_STALL_SECONDS", "180")))
     parser.add_argument("--log-level", default=env.get("AGENTPOOL_LOG_LEVEL", "INFO"))
+    parser.add_argument("--deletion-cost-seconds", type=float,
+                        default=float(env.get("AGENTPOOL_DELETION_COST_SECONDS", "10")),
+                        help="period of the pod deletion-cost pass; 0: off")
+    parser.add_argument("--queue-directory", default=env.get("AGENTPOOL_QUEUE_DIRECTORY", ""),
+                        metavar="NAMESPACE/NAME",
+                        help="publish each served pool's queue in this Secret for the metrics "
+                             "API server (the chart creates it)")
     args = parser.parse_args(argv)
+    if args.queue_directory:
+        try:
+            parse_reference(args.queue_directory)
+        except ValueError as error:
+            parser.error(f"--queue-directory: {error}")
     namespaces = args.namespace or [
         n.strip() for n in env.get("AGENTPOOL_WATCH_NAMESPACES", "").split(",") if n.strip()]
     return Settings(
         namespaces=tuple(namespaces), resync_seconds=args.resync_seconds,
         health_port=args.health_port, health_host=args.health_host, workers=args.workers,
         stall_seconds=args.stall_seconds, log_level=args.log_level.upper(),
+        deletion_cost_seconds=args.deletion_cost_seconds, queue_directory=args.queue_directory,
     )

@@ -4,9 +4,11 @@ The pods of the chart's Deployments are simulated by KWOK (Running, but nothing 
 test runs the real operator and the real metrics API server as local processes with exactly
 what the chart gives their pods: the container's arguments and environment from the installed
 Deployment, and the chart's ServiceAccount (a token from the TokenRequest API). The chart's
-RBAC is then exactly what they run with: the operator must reconcile AgentPools to Ready, the
-metrics API must authenticate and authorise a request and answer it, and the API server's
-audit log and the processes' logs must show no refused request. Run cluster-wide and
+RBAC is then exactly what they run with: the operator must reconcile AgentPools to Ready and
+set pod deletion costs, the metrics API must authenticate and authorise a request and answer
+it for the pools of every served namespace (pools it cannot read next to them never get in
+the way), and the API server's audit log and the processes' logs must show no refused
+request. Run cluster-wide and
 namespaced; the harness's own operator is paused meanwhile, so the chart's operator is the only
 one reconciling.
 """
@@ -26,11 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.procs import free_port
 from agentpool_dev.services import ServiceSettings
+from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.crd import CRD_NAME
+from agentpool_operator.deletioncost import POD_DELETION_COST
+from agentpool_operator.queues import queue_keys
 from tests.plugins.chart import (
     CHART,
     ChartProcess,
@@ -89,10 +95,10 @@ def adopt_crd(cluster: Cluster, release: str, namespace: str) -> None:
 
 def release_values(**overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "operator": {"resyncSeconds": RESYNC_SECONDS},
+        "operator": {"resyncSeconds": RESYNC_SECONDS, "deletionCostSeconds": 1},
         # The APIService would make the aggregator dial the Service's (simulated) pod IPs;
         # the server is reached on loopback instead.
-        "metricsApi": {"apiService": {"create": False}, "deletionCostInterval": 1},
+        "metricsApi": {"apiService": {"create": False}, "refreshSeconds": 1},
         "serviceMonitor": {"additionalLabels": {"release": "kube-prometheus-stack"}},
     }
     for key, value in overrides.items():
@@ -168,14 +174,14 @@ class Release:
         self.metrics_api.start()
         return self.metrics_api
 
-    def query_backlog(self, namespace: str, pool: str, token: str) -> tuple[int, Any]:
-        """Ask the metrics API for a pool's backlog the way the HPA controller does, over TLS
-        verified against the CA the chart generated."""
+    def query_backlog(self, namespace: str, pool: str | None, token: str) -> tuple[int, Any]:
+        """Ask the metrics API for a pool's backlog (None: every pool of the namespace) the way
+        the HPA controller does, over TLS verified against the CA the chart generated."""
         context = ssl.create_default_context(cafile=str(self.work / "ca.crt"))
         context.check_hostname = False  # the certificate names the Service, not 127.0.0.1
         url = (f"https://127.0.0.1:{self.secure_port}/apis/external.metrics.k8s.io/v1beta1/"
                f"namespaces/{namespace}/agentpool_queue_backlog"
-               f"?labelSelector=agentpool.dev%2Fpool%3D{pool}")
+               + (f"?labelSelector=agentpool.dev%2Fpool%3D{pool}" if pool else ""))
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         try:
             with urllib.request.urlopen(request, timeout=10, context=context) as response:
@@ -275,11 +281,11 @@ def test_cluster_wide_install_upgrade_and_uninstall(
         monitoring_crds: list[str], keda_crds: list[str], only_the_charts_operator: None,
         scratch_namespaces: list[str]) -> None:
     adopt_crd(cluster, release.name, release.namespace)
-    status = release.install(release_values())
+    status = release.install(release_values(operator={"watchAllNamespaces": True}))
     assert status["info"]["status"] == "deployed"
     assert status["version"] == 1
     notes = status["info"]["notes"]
-    assert "It reconciles AgentPools in every namespace." in notes
+    assert "It reconciles AgentPools in every namespace (operator.watchAllNamespaces" in notes
     assert "ServiceMonitor: installed" in notes
     assert "PrometheusRule: installed" in notes
     assert "agentpool_queue_backlog" in notes  # the prometheus-adapter rules, no APIService
@@ -317,7 +323,11 @@ def test_cluster_wide_install_upgrade_and_uninstall(
 
     tls_before = cluster.kubectl_json("get", "secret", f"{release.metrics_api_name}-tls",
                                       "-n", release.namespace)["data"]
-    upgraded = release.install(release_values(operator={"logLevel": "DEBUG"},
+    directory = f"{release.metrics_api_name}-queues"
+    published = cluster.kubectl_json("get", "secret", directory, "-n", release.namespace)
+    assert published.get("data"), "the operator published no queue directory"
+    upgraded = release.install(release_values(operator={"logLevel": "DEBUG",
+                                                        "watchAllNamespaces": True},
                                               prometheusRule={"ruleLabels": {"team": "ops"}}),
                                verb="upgrade")
     assert upgraded["version"] == 2
@@ -327,9 +337,12 @@ def test_cluster_wide_install_upgrade_and_uninstall(
                                 "-n", release.namespace)
     assert all(r["labels"]["team"] == "ops" for g in rule["spec"]["groups"]
                for r in g["rules"])
-    # The generated serving certificate survives upgrades (the APIService trusts its CA).
+    # The generated serving certificate survives upgrades (the APIService trusts its CA),
+    # and so does what the operator published in the chart's queue directory Secret.
     assert cluster.kubectl_json("get", "secret", f"{release.metrics_api_name}-tls",
                                 "-n", release.namespace)["data"] == tls_before
+    assert cluster.kubectl_json("get", "secret", directory, "-n", release.namespace)[
+        "data"] == published["data"]
 
     # The new pod, as the Deployment's Recreate strategy would run it.
     release.stop()
@@ -347,7 +360,7 @@ def test_cluster_wide_install_upgrade_and_uninstall(
                                "--ignore-not-found", "-o", "name").stdout.strip()
 
 
-def test_namespaced_install_reconciles_only_its_namespaces(
+def test_namespaced_install_serves_its_namespaces_and_only_them(
         cluster: Cluster, release: Release, services: ServiceSettings,
         agentpool_crd: dict[str, Any], only_the_charts_operator: None,
         scratch_namespaces: list[str]) -> None:
@@ -367,24 +380,107 @@ def test_namespaced_install_reconciles_only_its_namespaces(
     for index, namespace in enumerate(watched):
         release.wait_ready(pool(cluster, namespace, f"p{index}", services.redis_url),
                            f"p{index}")
+    # Next to them, pools whose queue cannot be read: a Redis URL no client can use (with a
+    # password in it), and a Redis URL Secret that does not exist.
+    broken = Pools(cluster, watched[0])
+    broken.secret("badurl-redis", {"url": "redis://:hidden-pw@redis:no-port/0"})
+    broken.create("badurl", with_secret=False)
+    broken.create("lost", with_secret=False)
     stranger = pool(cluster, other, "stranger", services.redis_url)
     # Several resyncs later the operator has still not touched a pool it may not see.
     time.sleep(3 * RESYNC_SECONDS)
     assert not (stranger.get("agentpool", "stranger") or {}).get("status")
     assert stranger.get("deployment", "stranger") is None
-    # The metrics API keeps the watched pools' gauges, and has no access to the others.
+
+    token = hpa_reader_token(cluster, release.namespace)
+    try:
+        assert_backlog_served(release, token, watched, other)
+    finally:
+        drop_hpa_reader(cluster, release.namespace)
+    assert_gauges_of_every_served_pool(release, watched, other)
+    assert_busy_pod_costs_more(cluster, release, services, watched[0], "p0")
+    release.stop()
+    release.assert_nothing_refused()
+    for process in (release.operator, release.metrics_api):
+        assert process is not None
+        assert "hidden-pw" not in process.log()
+
+
+def assert_backlog_served(release: Release, token: str, watched: list[str],
+                          other: str) -> None:
+    """The metrics API answers for the pools of every served namespace, and for no other."""
+    for index, namespace in enumerate(watched):
+        def answered(namespace: str = namespace, index: int = index) -> Any:
+            code, body = release.query_backlog(namespace, f"p{index}", token)
+            return body if code == 200 and body["items"] else None
+
+        body = eventually(answered, timeout=30)
+        assert [(i["metricLabels"], i["value"]) for i in body["items"]] == [
+            ({"agentpool.dev/pool": f"p{index}"}, "0")]
+    # The unreadable pool's own metric fails (the HPA then keeps its scale), saying why and
+    # naming no credential; the one without a Secret is not served at all.
+    def refused() -> Any:
+        code, body = release.query_backlog(watched[0], "badurl", token)
+        return body if code == 503 else None
+
+    body = eventually(refused, timeout=30)
+    assert "Redis URL cannot be used" in body
+    assert "hidden-pw" not in body
+    assert release.query_backlog(watched[0], "lost", token)[1]["items"] == []
+    # Nothing of an unserved namespace.
+    code, body = release.query_backlog(other, "stranger", token)
+    assert (code, body["items"]) == (200, [])
+
+
+def scraped(release: Release) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{release.metrics_port}/metrics",
+                                timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def assert_gauges_of_every_served_pool(release: Release, watched: list[str],
+                                       other: str) -> None:
+    """The queue gauges of the watched pools are there, the unreadable pools next to them
+    notwithstanding; nothing of another namespace is."""
     wanted = [f'agentpool_queue_backlog{{agentpool="p{index}",namespace="{namespace}"}}'
               for index, namespace in enumerate(watched)]
 
-    def scraped() -> str | None:
-        with urllib.request.urlopen(f"http://127.0.0.1:{release.metrics_port}/metrics",
-                                    timeout=5) as response:
-            text: str = response.read().decode()
+    def gauges() -> str | None:
+        text = scraped(release)
         return text if all(series in text for series in wanted) else None
 
-    text = eventually(scraped, timeout=30)
+    text = eventually(gauges, timeout=30)
     assert other not in text
-    # ... and it annotated the watched pools' pods with their deletion cost.
-    assert "agentpool_pod_deletion_cost_patches_total 0.0" not in text
-    release.stop()
-    release.assert_nothing_refused()
+    assert 'agentpool="badurl"' not in text
+    assert 'agentpool="lost"' not in text
+
+
+def assert_busy_pod_costs_more(cluster: Cluster, release: Release, services: ServiceSettings,
+                               namespace: str, name: str) -> None:
+    """The operator (not the metrics API) sets a pod's deletion cost to the tasks it runs."""
+    pools = Pools(cluster, namespace)
+    spec = AgentPoolSpec.model_validate((pools.get("agentpool", name) or {})["spec"])
+    keys = queue_keys(name, namespace, spec)
+    pods = cluster.kubectl_json("-n", namespace, "get", "pods", "-l",
+                                f"app.kubernetes.io/instance={name}")["items"]
+    busy = pods[0]["metadata"]["name"]
+    client = redis.Redis.from_url(services.redis_url, decode_responses=True)
+    try:
+        client.xgroup_create(keys.stream, keys.group, id="0", mkstream=True)
+        for i in range(2):
+            client.xadd(keys.stream, {"n": str(i)})
+        # Under the consumer name the runtime gives a worker of that pod.
+        client.xreadgroup(keys.group, f"{busy}-0a1b2c-0.1", {keys.stream: ">"}, count=2)
+
+        def cost() -> str | None:
+            found = pools.get("pod", busy) or {}
+            return (found.get("metadata", {}).get("annotations") or {}).get(POD_DELETION_COST)
+
+        eventually(lambda: cost() == "2", timeout=30)
+        # The metrics API's gauge refresh keeps going too: it shows the two tasks.
+        series = f'agentpool_queue_in_flight_tasks{{agentpool="{name}",namespace="{namespace}"}}'
+        eventually(lambda: f"{series} 2.0" in scraped(release), timeout=30)
+    finally:
+        client.delete(keys.stream)
+        client.close()

@@ -4,7 +4,7 @@
 objects of several value sets pass the real API server's strict validation (server-side dry
 run: unknown fields are errors; duplicate keys are caught while parsing), including the
 ServiceMonitor, PodMonitor and PrometheusRule against the Prometheus Operator's own CRDs; and
-the RBAC rules are exactly the requests the operator and the metrics API make.
+the RBAC rules are exactly the README's RBAC table (`rbac_table.py`), in every install mode.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import yaml
 from agentpool_dev.cluster import Cluster
 from agentpool_operator.crd import build_crd
 from agentpool_operator.monitoring.dashboards import DASHBOARDS
+from tests.chart import rbac_table
+from tests.chart.rbac_table import CLUSTER, Grant
 from tests.plugins.chart import CHART, MONITORING_APIS, Helm, documents
 
 Doc = dict[str, Any]
@@ -33,6 +35,9 @@ EVERYTHING_ON: dict[str, Any] = {
 }
 NAMESPACED: dict[str, Any] = {"operator": {"watchNamespaces": ["team-a", "team-b"]},
                               "crds": {"enabled": False}}
+ALL_NAMESPACES: dict[str, Any] = {"operator": {"watchAllNamespaces": True}}
+FULLNAME = "agentpool-operator"
+RELEASE_NAMESPACE = "agentpool-system"
 
 
 def by_kind(docs: list[Doc], kind: str) -> list[Doc]:
@@ -45,43 +50,53 @@ def one(docs: list[Doc], kind: str, name_suffix: str = "") -> Doc:
     return found[0]
 
 
-def rules_of(doc: Doc) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) triples a Role or ClusterRole grants."""
-    return {(group, resource, verb) for rule in doc["rules"] for group in rule["apiGroups"]
-            for resource in rule["resources"] for verb in rule["verbs"]}
+# The upstream roles the chart binds (their rules, as the API server has them; the can-i matrix
+# in test_rbac_matrix.py would notice if they differed).
+UPSTREAM_RULES: dict[str, list[Doc]] = {
+    "system:auth-delegator": [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+         "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
+         "verbs": ["create"]}],
+    "extension-apiserver-authentication-reader": [
+        {"apiGroups": [""], "resources": ["configmaps"],
+         "resourceNames": ["extension-apiserver-authentication"],
+         "verbs": ["get", "list", "watch"]}],
+}
 
 
-def grants(*rows: tuple[str, str, str]) -> set[tuple[str, str, str]]:
-    return {(group, resource, verb) for group, resource, verbs in rows
-            for verb in verbs.split(",")}
+def rendered_grants(docs: list[Doc]) -> set[Grant]:
+    """What the rendered Roles, ClusterRoles and their bindings give each ServiceAccount."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d["rules"]
+             for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    found: set[Grant] = set()
+    for binding in docs:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        ref = binding["roleRef"]
+        namespace = binding["metadata"].get("namespace")
+        key = (ref["kind"], namespace if ref["kind"] == "Role" else None, ref["name"])
+        rules = roles[key] if key in roles else UPSTREAM_RULES[ref["name"]]
+        location = namespace if binding["kind"] == "RoleBinding" else CLUSTER
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount", subject
+            found |= {Grant(subject["name"], location, group, resource, name, verb)
+                      for rule in rules for group in rule["apiGroups"]
+                      for resource in rule["resources"] for verb in rule["verbs"]
+                      for name in rule.get("resourceNames") or [None]}
+    return found
 
 
-# What operator/agentpool_operator/k8s.py, reconcile.py, resync.py and handlers.py call
-# (server-side apply: patch, and create when the object is missing; optional children are read
-# and pruned; kopf watches AgentPools and every kind of child, label-selected; the resync lists
-# a child kind after its watch relisted; a PDB an edit made invalid is deleted and made anew).
-OPERATOR_NAMESPACED = grants(
-    ("agentpool.dev", "agentpools", "get,list,watch"),
-    ("agentpool.dev", "agentpools/status", "patch"),
-    ("apps", "deployments", "get,list,watch,create,patch"),
-    ("", "configmaps", "get,list,watch,create,patch"),
-    ("", "services", "get,list,watch,create,patch"),
-    ("", "secrets", "get,list,watch,create,patch,delete"),
-    ("policy", "poddisruptionbudgets", "get,list,watch,create,patch,delete"),
-    ("autoscaling", "horizontalpodautoscalers", "get,list,watch,create,patch,delete"),
-    ("monitoring.coreos.com", "podmonitors", "get,list,watch,create,patch,delete"),
-    ("keda.sh", "scaledobjects", "get,list,watch,create,patch,delete"),
-    ("keda.sh", "triggerauthentications", "get,list,watch,create,patch,delete"),
-    ("", "pods", "list"),
-    ("", "events", "create"),
-)
-CRD_READS = grants(("apiextensions.k8s.io", "customresourcedefinitions", "get,list,watch"))
-NAMESPACE_READS = grants(("", "namespaces", "list,watch"))
-METRICS_API_NAMESPACED = grants(
-    ("agentpool.dev", "agentpools", "get,list"),
-    ("", "secrets", "get"),
-    ("", "pods", "list,patch"),
-)
+def table_grants(mode: str, served: tuple[str, ...] = (), metrics_api: bool = True,
+                 ) -> set[Grant]:
+    return rbac_table.grants(rbac_table.rows(), fullname=FULLNAME,
+                             release_namespace=RELEASE_NAMESPACE, mode=mode, served=served,
+                             metrics_api=metrics_api)
+
+
+def diff(rendered: set[Grant], table: set[Grant]) -> str:
+    return (f"rendered, not in the README table: {sorted(rendered - table, key=str)}\n"
+            f"in the README table, not rendered: {sorted(table - rendered, key=str)}")
 
 
 def test_helm_lint_strict(helm_offline: Helm) -> None:
@@ -106,6 +121,9 @@ def test_helm_lint_strict(helm_offline: Helm) -> None:
     ({"grafanaDashboards": {"labelValue": 1}}, "/grafanaDashboards/labelValue"),
     ({"serviceMonitor": {"interval": "30 seconds"}}, "/serviceMonitor/interval"),
     ({"metricsApi": {"apiService": {"create": True, "caBundel": "x"}}}, "caBundel"),
+    # Serving every namespace and a list of them at once is a contradiction.
+    ({"operator": {"watchAllNamespaces": True, "watchNamespaces": ["a"]}},
+     "/operator/watchNamespaces"),
 ])
 def test_the_values_schema_rejects_typos_and_unsafe_settings(
         helm_offline: Helm, values: dict[str, Any], error: str) -> None:
@@ -149,7 +167,6 @@ def test_operator_deployment_is_hardened_and_single(helm_offline: Helm) -> None:
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]["memory"]
     assert container["image"] == "ghcr.io/agentpool/agentpool-operator:0.1.0"
-    assert not any(a.startswith("--namespace") for a in container["args"])
     pinned = helm_offline.render({"image": {"digest": "sha256:" + "a" * 64}})
     image = one(pinned, "Deployment", "agentpool-operator")["spec"]["template"]["spec"][
         "containers"][0]["image"]
@@ -167,41 +184,49 @@ def test_crd_switches(helm_offline: Helm) -> None:
                        "CustomResourceDefinition")
 
 
-def test_cluster_wide_rbac_is_exactly_what_the_code_calls(helm_offline: Helm) -> None:
-    docs = helm_offline.render()
-    operator = one(docs, "ClusterRole", "agentpool-operator")
-    assert rules_of(operator) == OPERATOR_NAMESPACED | CRD_READS
-    metrics = one(docs, "ClusterRole", "metrics-api")
-    assert rules_of(metrics) == METRICS_API_NAMESPACED
-    assert not by_kind(docs, "Role")
-    bindings = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRoleBinding")}
-    delegator = bindings["agentpool-operator-metrics-api:auth-delegator"]
-    assert delegator["roleRef"]["name"] == "system:auth-delegator"
-    reader = one(docs, "RoleBinding", "auth-reader")
-    assert reader["metadata"]["namespace"] == "kube-system"
-    assert reader["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                 "name": "extension-apiserver-authentication-reader"}
+@pytest.mark.parametrize(("values", "mode", "served"), [
+    ({}, "namespaced", (RELEASE_NAMESPACE,)),
+    (NAMESPACED, "namespaced", ("team-a", "team-b")),
+    (ALL_NAMESPACES, "all", ()),
+], ids=["default", "namespaced", "all-namespaces"])
+def test_rbac_is_exactly_the_readme_table(helm_offline: Helm, values: dict[str, Any],
+                                          mode: str, served: tuple[str, ...]) -> None:
+    docs = helm_offline.render(values)
+    rendered, table = rendered_grants(docs), table_grants(mode, served)
+    assert rendered == table, diff(rendered, table)
     # Two identities: the operator cannot do what only the metrics API needs, and back.
     sas = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
-    assert sas == {"agentpool-operator", "agentpool-operator-metrics-api"}
+    assert sas == {FULLNAME, f"{FULLNAME}-metrics-api"}
 
 
-def test_namespaced_rbac_grants_only_the_watched_namespaces(helm_offline: Helm) -> None:
-    docs = helm_offline.render(NAMESPACED)
-    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
-             for d in by_kind(docs, "Role")}
-    assert set(roles) == {(ns, name) for ns in ("team-a", "team-b")
-                          for name in ("agentpool-operator", "agentpool-operator-metrics-api")}
-    for namespace in ("team-a", "team-b"):
-        assert rules_of(roles[(namespace, "agentpool-operator")]) == OPERATOR_NAMESPACED
-        assert rules_of(roles[(namespace, "agentpool-operator-metrics-api")]) == \
-            METRICS_API_NAMESPACED
-    (cluster_role,) = by_kind(docs, "ClusterRole")
-    assert rules_of(cluster_role) == CRD_READS | NAMESPACE_READS
-    args = one(docs, "Deployment", "agentpool-operator")["spec"]["template"]["spec"][
-        "containers"][0]["args"]
-    assert [a for a in args if a.startswith("--namespace")] == [
-        "--namespace=team-a", "--namespace=team-b"]
+def test_without_the_metrics_api_its_rows_go(helm_offline: Helm) -> None:
+    docs = helm_offline.render({"metricsApi": {"enabled": False}})
+    rendered = rendered_grants(docs)
+    table = table_grants("namespaced", (RELEASE_NAMESPACE,), metrics_api=False)
+    assert rendered == table, diff(rendered, table)
+    assert not [d for d in docs if "queues" in d["metadata"]["name"]]
+
+
+def test_the_operator_serves_only_the_namespaces_the_values_name(helm_offline: Helm) -> None:
+    def namespace_args(values: dict[str, Any]) -> list[str]:
+        args = one(helm_offline.render(values), "Deployment", "agentpool-operator")["spec"][
+            "template"]["spec"]["containers"][0]["args"]
+        return [a for a in args if a.startswith("--namespace")]
+
+    assert namespace_args({}) == [f"--namespace={RELEASE_NAMESPACE}"]
+    assert namespace_args(NAMESPACED) == ["--namespace=team-a", "--namespace=team-b"]
+    assert namespace_args(ALL_NAMESPACES) == []
+
+
+def test_both_processes_name_the_same_queue_directory(helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    directory = one(docs, "Secret", "metrics-api-queues")
+    assert "data" not in directory  # the operator fills it; Helm's upgrades leave it alone
+    wanted = f"--queue-directory={RELEASE_NAMESPACE}/{directory['metadata']['name']}"
+    for name in ("agentpool-operator", "agentpool-operator-metrics-api"):
+        args = one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0][
+            "args"]
+        assert wanted in args, (name, args)
 
 
 def test_monitoring_objects_follow_the_cluster_apis_and_values(helm_offline: Helm) -> None:
@@ -210,7 +235,11 @@ def test_monitoring_objects_follow_the_cluster_apis_and_values(helm_offline: Hel
     assert service_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True
     pod_monitor = one(docs, "PodMonitor")
-    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    # The pools' pods live in the served namespaces: by default the release namespace.
+    assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+    everywhere = one(helm_offline.render({**EVERYTHING_ON, **ALL_NAMESPACES},
+                                         api_versions=MONITORING_APIS), "PodMonitor")
+    assert everywhere["spec"]["namespaceSelector"] == {"any": True}
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["targetLabel"] == \
         "agentpool"
     rule = one(docs, "PrometheusRule")
@@ -257,6 +286,7 @@ def _variants(namespace: str) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
     yield "everything on", EVERYTHING_ON, True
     yield "namespaced", {"operator": {"watchNamespaces": [namespace]}, "crds": {"enabled": False},
                          "podMonitor": {"enabled": True}}, True
+    yield "all namespaces", {**ALL_NAMESPACES, "crds": {"enabled": False}}, False
     yield "minimal", {"metricsApi": {"enabled": False}, "grafanaDashboards": {"enabled": False},
                       "rbac": {"create": False},
                       "serviceAccount": {"create": False, "name": "existing"}}, False

@@ -25,13 +25,14 @@ import pytest
 
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.procs import free_port, log_tail, module_env, spawn_module, terminate
+from tests.plugins.operator import QUEUE_DIRECTORY
 from tests.waiting import eventually
 
 METRICS_USER = "agentpool-metrics"
 SERVICE_NAME = "agentpool-metrics-apiserver"
 SERVICE_NAMESPACE = "kube-system"
 APISERVICE_NAME = "v1beta1.external.metrics.k8s.io"
-DELETION_COST_INTERVAL = 1.0
+REFRESH_SECONDS = 1.0
 
 
 @dataclass
@@ -52,7 +53,9 @@ class MetricsApiServer:
             "agentpool_operator.metrics_api",
             ["--bind-address", "127.0.0.1", "--secure-port", str(self.port),
              "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-             "--deletion-cost-interval", str(DELETION_COST_INTERVAL)],
+             "--refresh-seconds", str(REFRESH_SECONDS),
+             # What the harness's operator publishes (tests/plugins/operator.py).
+             "--queue-directory", QUEUE_DIRECTORY],
             module_env(self.kubeconfig), self.log_path)
         eventually(self._healthy, timeout=60, interval=0.2)
 
@@ -136,8 +139,9 @@ def client_cert_of(kubeconfig: Path) -> tuple[Path, Path]:
 def metrics_api(cluster: Cluster, agentpool_crd: dict[str, Any],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsApiServer]:
     # Least-privilege RBAC for the server is the chart's job; here it runs as a cluster admin.
-    # Module scope: the cluster-wide APIService and deletion-cost writer exist only while the
-    # tests that need them run, so they cannot act on other modules' pools.
+    # Module scope: the cluster-wide APIService exists only while the tests that need it run.
+    # It serves the pools the harness's `operator` publishes: tests that query a pool need
+    # that fixture too.
     kubeconfig = cluster.kubeconfig_for(METRICS_USER, ("system:masters",))
     server = MetricsApiServer(cluster, kubeconfig,
                               tmp_path_factory.mktemp("metrics-api") / "log")

@@ -25,6 +25,10 @@ from tests.waiting import eventually
 
 OPERATOR_USER = "agentpool-operator"
 RESYNC_SECONDS = 2
+QUEUE_DIRECTORY = "kube-system/agentpool-queues"
+"""Where the harness's operator publishes the served pools' queues for the metrics API
+(`tests/plugins/metrics_api.py` reads it); the chart's processes use the chart's Secret."""
+DELETION_COST_SECONDS = 1.0
 
 
 @dataclass
@@ -44,7 +48,9 @@ class OperatorProcess:
         self.process = spawn_module(
             "agentpool_operator",
             ["--health-host", "127.0.0.1", "--health-port", str(self.health_port),
-             "--resync-seconds", str(self.resync_seconds), "--stall-seconds", "60"],
+             "--resync-seconds", str(self.resync_seconds), "--stall-seconds", "60",
+             "--queue-directory", QUEUE_DIRECTORY,
+             "--deletion-cost-seconds", str(DELETION_COST_SECONDS)],
             module_env(self.kubeconfig), self.log_path)
         eventually(self._ready, timeout=60)
 

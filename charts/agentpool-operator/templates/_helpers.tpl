@@ -81,14 +81,33 @@ app.kubernetes.io/component: metrics-api
 {{- if .root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind) }}true{{ end }}
 {{- end }}
 
-{{/* Namespaces the worker pods live in, for the PodMonitor. */}}
-{{- define "agentpool-operator.podNamespaces" -}}
-{{- default .Values.operator.watchNamespaces .Values.podMonitor.namespaces | toJson }}
+{{/* The namespaces the operator serves, as a JSON list: operator.watchNamespaces, or the
+release namespace alone; [] with operator.watchAllNamespaces (every namespace). Only there
+may the operator write workloads, pods or Secrets (README: RBAC). */}}
+{{- define "agentpool-operator.servedNamespaces" -}}
+{{- if .Values.operator.watchAllNamespaces }}
+{{- list | toJson }}
+{{- else }}
+{{- default (list .Release.Namespace) .Values.operator.watchNamespaces | toJson }}
+{{- end }}
 {{- end }}
 
-{{/* The operator's namespaced permissions: one rule per kind, only the verbs it uses.
-Server-side apply is a PATCH that creates a missing object, which the API server authorizes
-as create too. Deletes prune children a pool no longer wants. */}}
+{{/* Namespaces the worker pods live in, for the PodMonitor. */}}
+{{- define "agentpool-operator.podNamespaces" -}}
+{{- default (include "agentpool-operator.servedNamespaces" . | fromJsonArray) .Values.podMonitor.namespaces | toJson }}
+{{- end }}
+
+{{/* The Secret the operator publishes the served pools' queues in for the metrics API
+(operator/agentpool_operator/queuedir.py), in the release namespace. */}}
+{{- define "agentpool-operator.queueDirectoryName" -}}
+{{- printf "%s-queues" (include "agentpool-operator.metricsApiName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The operator's permissions in each namespace it serves: one rule per kind, only the verbs
+it uses. Server-side apply is a PATCH that creates a missing object, which the API server
+authorizes as create too. Deletes prune children a pool no longer wants. Pods: list for the
+crash-loop check and the deletion-cost pass, patch for the deletion-cost annotation
+(operator/agentpool_operator/deletioncost.py). */}}
 {{- define "agentpool-operator.operatorRules" -}}
 - apiGroups: ["agentpool.dev"]
   resources: ["agentpools"]
@@ -119,21 +138,8 @@ as create too. Deletes prune children a pool no longer wants. */}}
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- end }}
-
-{{/* The metrics API server's namespaced permissions (operator/agentpool_operator/metrics_api). */}}
-{{- define "agentpool-operator.metricsApiRules" -}}
-- apiGroups: ["agentpool.dev"]
-  resources: ["agentpools"]
-  verbs: ["get", "list"]
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["list", "patch"]
 {{- end }}

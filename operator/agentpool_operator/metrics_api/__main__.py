@@ -2,7 +2,8 @@
 
 Reads the delegated-authentication ConfigMap once, then serves HTTPS (the external metrics
 API) on `--secure-port` and plain HTTP (`/metrics`, `/healthz`, `/readyz`) on
-`--metrics-port`, and keeps pod deletion costs current, until SIGTERM or SIGINT.
+`--metrics-port`, and refreshes the queue gauges, until SIGTERM or SIGINT. Pools and their
+queues come from the operator's queue directory Secret, `--queue-directory NAMESPACE/NAME`.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from agentpool_operator.metrics_api.auth import (
     parse_auth_config,
 )
 from agentpool_operator.metrics_api.backlog import BacklogReader
+from agentpool_operator.metrics_api.gauges import GaugeRefresher
 from agentpool_operator.metrics_api.kube import Kube
-from agentpool_operator.metrics_api.podcost import DeletionCostKeeper
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.server import MetricsApi, build_app
 from agentpool_operator.metrics_api.telemetry import Telemetry
 from agentpool_operator.metrics_api.tls import serving_context
+from agentpool_operator.queuedir import parse_reference
 
 log = logging.getLogger("agentpool_operator.metrics_api")
 
@@ -49,9 +51,10 @@ class Settings:
     metrics_address: str
     metrics_port: int
     """0 turns the plain-HTTP endpoint off."""
-    namespaces: tuple[str, ...]
-    """Pools whose deletion costs and gauges are kept; empty: all namespaces."""
-    deletion_cost_interval: float
+    queue_directory: tuple[str, str]
+    """Namespace and name of the operator's queue directory Secret."""
+    refresh_seconds: float
+    """Period of the queue gauges' refresh."""
     redis_timeout: float
     log_level: str
 
@@ -61,7 +64,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(
         prog="agentpool-metrics-apiserver",
         description="Serve external.metrics.k8s.io (agentpool_queue_backlog) for AgentPools "
-                    "and keep pod deletion costs current.")
+                    "from the queue directory the operator publishes.")
     parser.add_argument("--bind-address", default="0.0.0.0")
     parser.add_argument("--secure-port", type=int, default=6443)
     parser.add_argument("--tls-cert-file", type=Path, default=None,
@@ -71,23 +74,27 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
                         help="name or IP in the self-signed certificate (repeatable)")
     parser.add_argument("--metrics-address", default="0.0.0.0")
     parser.add_argument("--metrics-port", type=int, default=8080)
-    parser.add_argument("--namespace", "-n", action="append", default=None,
-                        help="keep deletion costs of pools in this namespace (repeatable); "
-                             "default: $AGENTPOOL_WATCH_NAMESPACES or all namespaces")
-    parser.add_argument("--deletion-cost-interval", type=float, default=10.0)
+    parser.add_argument("--queue-directory", metavar="NAMESPACE/NAME",
+                        default=env.get("AGENTPOOL_QUEUE_DIRECTORY", ""),
+                        help="the Secret the operator publishes the served pools' queues in "
+                             "(its --queue-directory); default: $AGENTPOOL_QUEUE_DIRECTORY")
+    parser.add_argument("--refresh-seconds", type=float, default=10.0,
+                        help="period of the queue gauges' refresh")
     parser.add_argument("--redis-timeout", type=float, default=2.0)
     parser.add_argument("--log-level", default=env.get("AGENTPOOL_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
         parser.error("--tls-cert-file and --tls-private-key-file go together")
-    namespaces = args.namespace or [
-        n.strip() for n in env.get("AGENTPOOL_WATCH_NAMESPACES", "").split(",") if n.strip()]
+    try:
+        directory = parse_reference(args.queue_directory)
+    except ValueError as error:
+        parser.error(f"--queue-directory is required: {error}")
     return Settings(
         bind_address=args.bind_address, secure_port=args.secure_port,
         tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_private_key_file,
         tls_hosts=tuple(args.tls_host or ("localhost", "127.0.0.1")),
         metrics_address=args.metrics_address, metrics_port=args.metrics_port,
-        namespaces=tuple(namespaces), deletion_cost_interval=args.deletion_cost_interval,
+        queue_directory=directory, refresh_seconds=args.refresh_seconds,
         redis_timeout=args.redis_timeout, log_level=args.log_level.upper())
 
 
@@ -95,7 +102,7 @@ async def run(settings: Settings) -> None:
     kube = Kube.from_environment()
     reader = BacklogReader(timeout=settings.redis_timeout)
     runners: list[web.AppRunner] = []
-    keeper_task: asyncio.Task[None] | None = None
+    gauges_task: asyncio.Task[None] | None = None
     try:
         data = await kube.config_map(AUTH_CONFIGMAP_NAMESPACE, AUTH_CONFIGMAP_NAME)
         if data is None:
@@ -103,7 +110,7 @@ async def run(settings: Settings) -> None:
                         AUTH_CONFIGMAP_NAMESPACE, AUTH_CONFIGMAP_NAME)
         auth_config = parse_auth_config(data or {})
         telemetry = Telemetry()
-        directory = PoolDirectory(kube)
+        directory = PoolDirectory(kube, *settings.queue_directory)
         api = MetricsApi(Authenticator(auth_config, kube), Authorizer(kube), directory,
                          reader, telemetry)
         context = serving_context(auth_config.trust_bundle(), settings.tls_cert_file,
@@ -113,23 +120,23 @@ async def run(settings: Settings) -> None:
         runners.append(runner)
         await web.TCPSite(runner, settings.bind_address, settings.secure_port,
                           ssl_context=context).start()
-        keeper = DeletionCostKeeper(kube, directory, reader, telemetry, settings.namespaces)
+        gauges = GaugeRefresher(directory, reader, telemetry)
         if settings.metrics_port:
-            # Ready as soon as the API is served: deletion costs are a side job that must not
-            # take the APIService down when, say, one namespace's pods cannot be listed.
+            # Ready as soon as the API is served: the gauges are a side job that must not
+            # take the APIService down when, say, one pool's Redis is unreachable.
             runners.append(await health.serve(
                 health.build_app(telemetry.registry, live=lambda: True, ready=lambda: True),
                 settings.metrics_address, settings.metrics_port))
-        keeper_task = asyncio.create_task(keeper.run(settings.deletion_cost_interval),
-                                          name="deletion-cost")
+        gauges_task = asyncio.create_task(gauges.run(settings.refresh_seconds),
+                                          name="queue-gauges")
         log.info("serving external.metrics.k8s.io on %s:%d",
                  settings.bind_address, settings.secure_port)
         await _until_signalled()
     finally:
-        if keeper_task is not None:
-            keeper_task.cancel()
+        if gauges_task is not None:
+            gauges_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await keeper_task
+                await gauges_task
         for runner in reversed(runners):
             await runner.cleanup()
         await reader.close()

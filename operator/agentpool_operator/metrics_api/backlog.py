@@ -1,10 +1,11 @@
 """A pool's queue backlog, read from its Redis: waiting + in-flight tasks, and who holds them.
 
-Called by `server.py` for every external-metrics request and by `podcost.py` on its period.
-The key names come from the runtime's own contract: the operator renders the pool's
-`RuntimeConfig` (`builders.config.runtime_config`) and the runtime derives its keys from it
-with `agent_runtime.keys.Keys`, so this module cannot disagree with the workers about which
-stream, group and retry set a pool uses.
+Called by `server.py` for every external-metrics request, by `gauges.py` on its period, and
+by the operator's deletion-cost pass (`agentpool_operator/deletioncost.py`). The key names
+come from the runtime's own contract: the operator renders the pool's `RuntimeConfig` and
+derives the keys from it with `agent_runtime.keys.Keys` (`agentpool_operator/queues.py`),
+so this module cannot disagree with the workers about which stream, group and retry set a
+pool uses.
 
 Per pool, one pipelined round trip: XLEN, ZCARD of the delayed-retry set, XINFO GROUPS,
 XPENDING (summary) and TIME; when tasks wait, an XRANGE of one entry after the group's
@@ -28,9 +29,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from agent_runtime.keys import Keys
-from agentpool_operator.api import AgentPoolSpec
-from agentpool_operator.builders.config import runtime_config
-from agentpool_operator.builders.context import PoolContext, SecretValues
 
 XRANGE_CAP = 10_000
 """Most entries the lag fallback counts one by one; beyond it the estimate is XLEN - pending."""
@@ -62,13 +60,6 @@ class Backlog:
     def total(self) -> int:
         """The autoscaling signal: everything the pool still has to finish."""
         return self.waiting + self.in_flight
-
-
-def queue_keys(name: str, namespace: str, spec: AgentPoolSpec) -> Keys:
-    """The Redis keys the pool's runtime uses, derived exactly as its pods derive them."""
-    ctx = PoolContext(name=name, namespace=namespace, uid="", spec=spec,
-                      secrets=SecretValues(redis_url=""))
-    return Keys.for_config(runtime_config(ctx))
 
 
 def redacted(url: str) -> str:
@@ -104,8 +95,10 @@ class BacklogReader:
     """Reads backlogs, with one cached client per Redis URL and short timeouts (an HPA
     request must fail fast rather than hang the aggregator)."""
 
-    def __init__(self, timeout: float = 2.0, max_clients: int = MAX_CLIENTS) -> None:
+    def __init__(self, timeout: float = 2.0, max_clients: int = MAX_CLIENTS,
+                 client_name: str = "agentpool-metrics-apiserver") -> None:
         self._timeout = timeout
+        self._client_name = client_name
         self._max_clients = max_clients
         self._clients: OrderedDict[str, Redis] = OrderedDict()
 
@@ -115,7 +108,7 @@ class BacklogReader:
             client = Redis.from_url(url, decode_responses=True,
                                     socket_connect_timeout=self._timeout,
                                     socket_timeout=self._timeout,
-                                    client_name="agentpool-metrics-apiserver")
+                                    client_name=self._client_name)
             self._clients[url] = client
             while len(self._clients) > self._max_clients:
                 _, evicted = self._clients.popitem(last=False)
@@ -127,6 +120,10 @@ class BacklogReader:
         """The pool's backlog. Raises `BacklogError` when Redis cannot be read."""
         try:
             client = await self._client(url)
+        except ValueError as error:
+            # redis-py's parse errors name the scheme, port or option, never the password.
+            raise BacklogError(f"the pool's Redis URL cannot be used: {error}") from None
+        try:
             return await asyncio.wait_for(self._read(client, keys), timeout=self._timeout * 2)
         except (RedisError, OSError, TimeoutError) as error:
             detail = str(error) or type(error).__name__

@@ -1,15 +1,14 @@
 """The metrics API server's only caller of the Kubernetes API (lightkube, asyncio).
 
-Used by `auth.py` (the authentication ConfigMap, TokenReview, SubjectAccessReview),
-`pools.py` (AgentPools and the Secrets they reference) and `podcost.py` (pods, and the
-deletion-cost patch). Third-party errors are mapped here to `KubeError`; a missing object is
-None. What this needs in RBAC is listed in the package docstring.
+Used by `auth.py` (the authentication ConfigMap, TokenReview, SubjectAccessReview) and
+`pools.py` (the operator's queue directory Secret). It reads and writes nothing else: the
+server holds no write right (the reviews are queries the API server does not store).
+Third-party errors are mapped here to `KubeError`; a missing object is None. What this needs
+in RBAC is listed in the package docstring.
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping
 from typing import Any, cast
 
 import httpx2 as httpx
@@ -19,11 +18,9 @@ from lightkube.models.authentication_v1 import TokenReviewSpec
 from lightkube.models.authorization_v1 import ResourceAttributes, SubjectAccessReviewSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources import authentication_v1, authorization_v1, core_v1
-from lightkube.types import PatchType
-
-from agentpool_operator.k8s import AgentPoolResource
 
 FIELD_MANAGER = "agentpool-metrics-apiserver"
+"""The client's name in the API server's audit log (it never writes an object)."""
 
 
 class KubeError(Exception):
@@ -65,49 +62,12 @@ class Kube:
             core_v1.ConfigMap, name, namespace=namespace), missing_ok=True)
         return None if found is None else dict(found.data or {})
 
-    async def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
-        found = await self._call(f"get AgentPool {namespace}/{name}", self._client.get(
-            AgentPoolResource, name, namespace=namespace), missing_ok=True)
-        return None if found is None else _as_dict(found)
-
-    async def list_pools(self, namespace: str | None) -> list[dict[str, Any]]:
-        what = f"list AgentPools in {namespace or 'all namespaces'}"
-        try:
-            return [_as_dict(pool) async for pool in self._client.list(
-                AgentPoolResource, namespace=namespace or "*")]
-        except ApiError as error:
-            raise KubeError(f"{what}: {error.status.code} {error.status.message}") from None
-        except httpx.HTTPError as error:
-            raise KubeError(f"{what}: {error}") from None
-
-    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """One decoded value of a Secret; None when the Secret or the key is missing."""
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's `data` (base64 values, as served); None when it does not exist. Used for
+        the operator's queue directory only, the one Secret RBAC lets this server read."""
         secret = await self._call(f"get Secret {namespace}/{name}", self._client.get(
             core_v1.Secret, name, namespace=namespace), missing_ok=True)
-        if secret is None:
-            return None
-        encoded = (secret.data or {}).get(key)
-        if encoded is None:
-            return None
-        return base64.b64decode(encoded).decode("utf-8", "replace")
-
-    async def list_pods(self, namespace: str, selector: Mapping[str, str]
-                        ) -> list[dict[str, Any]]:
-        what = f"list pods in {namespace}"
-        try:
-            return [_as_dict(pod) async for pod in self._client.list(
-                core_v1.Pod, namespace=namespace, labels=dict(selector))]
-        except ApiError as error:
-            raise KubeError(f"{what}: {error.status.code} {error.status.message}") from None
-        except httpx.HTTPError as error:
-            raise KubeError(f"{what}: {error}") from None
-
-    async def annotate_pod(self, namespace: str, name: str, key: str, value: str) -> None:
-        """Set one annotation with a JSON merge patch (touches nothing else of the pod)."""
-        patch = {"metadata": {"annotations": {key: value}}}
-        await self._call(f"patch pod {namespace}/{name}", self._client.patch(
-            core_v1.Pod, name, patch, namespace=namespace, patch_type=PatchType.MERGE,
-            field_manager=FIELD_MANAGER), missing_ok=True)
+        return None if secret is None else dict(secret.data or {})
 
     async def token_review(self, token: str) -> dict[str, Any] | None:
         """The user a bearer token belongs to (`status.user`), or None if not authenticated.

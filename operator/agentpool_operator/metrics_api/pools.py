@@ -1,48 +1,34 @@
 """Which AgentPools a metrics request is about, and where each one's queue lives.
 
 Called by `server.py` (the pools in one namespace matching the HPA's label selector) and by
-`podcost.py` (every pool it looks after). A pool's metric labels are
-`{agentpool.dev/pool: <name>}`, the label the operator's HPA selects on. Resolving a pool
-means reading the Secret its `spec.queue.redis.urlSecretRef` names and deriving its Redis
-keys; the result is cached for `ttl` seconds, so an HPA polling every few seconds costs the
-API server at most one AgentPool and one Secret read per pool and period.
+`gauges.py` (every pool). The pools and their queues come from the queue directory the
+operator publishes (`agentpool_operator/queuedir.py`): one Secret in the operator's namespace,
+which this server may read by name, and no other Secret, nor AgentPools. A pool is served
+once the operator has read its Redis URL Secret; the directory holds exactly the pools of
+the namespaces the operator serves.
+
+The directory is read at most once per `ttl` seconds; a request for a pool it does not hold
+yet (just created) reads it again after `miss_ttl` seconds, so a new pool's HPA gets its
+metric within about a second of the operator publishing it. A pool's metric labels are
+`{agentpool.dev/pool: <name>}`, the label the operator's HPA selects on.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from pydantic import ValidationError
-
-from agent_runtime.keys import Keys
-from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.common import POOL_LABEL
-from agentpool_operator.metrics_api.backlog import queue_keys
 from agentpool_operator.metrics_api.kube import Kube
 from agentpool_operator.metrics_api.selector import Selector
+from agentpool_operator.queuedir import DirectoryError, PoolKey, QueueEntry, decode
 
-DEFAULT_TTL_SECONDS = 10.0
+DEFAULT_TTL_SECONDS = 5.0
+MISS_TTL_SECONDS = 1.0
 
 
 class PoolError(Exception):
-    """A pool whose queue cannot be located (invalid spec, missing Secret or key)."""
-
-
-@dataclass(frozen=True)
-class PoolTarget:
-    """One pool's queue: its keys and the Redis URL (a credential: never logged)."""
-
-    namespace: str
-    name: str
-    keys: Keys
-    redis_url: str = field(repr=False)
-
-    @property
-    def metric_labels(self) -> dict[str, str]:
-        return metric_labels(self.name)
+    """The queue directory cannot be read (missing or unreadable Secret)."""
 
 
 def metric_labels(pool: str) -> dict[str, str]:
@@ -51,64 +37,48 @@ def metric_labels(pool: str) -> dict[str, str]:
 
 
 class PoolDirectory:
-    """Finds pools and resolves them to `PoolTarget`s, with a short cache."""
+    """The operator's queue directory, cached for a few seconds."""
 
-    def __init__(self, kube: Kube, ttl: float = DEFAULT_TTL_SECONDS,
+    def __init__(self, kube: Kube, namespace: str, name: str,
+                 ttl: float = DEFAULT_TTL_SECONDS, miss_ttl: float = MISS_TTL_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._kube = kube
+        self._namespace = namespace
+        self._name = name
         self._ttl = ttl
+        self._miss_ttl = miss_ttl
         self._clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, str, PoolTarget]] = {}
+        self._read_at: float | None = None
+        self._entries: dict[PoolKey, QueueEntry] = {}
+        self.skipped = 0
+        """Entries of the last read that did not parse (left out)."""
 
-    async def select(self, namespace: str, selector: Selector) -> list[PoolTarget]:
-        """The pools in `namespace` whose metric labels match `selector`, sorted by name.
-        Raises `PoolError` for a matching pool that cannot be resolved, `KubeError` when the
-        API server cannot be read."""
+    @property
+    def reference(self) -> str:
+        return f"{self._namespace}/{self._name}"
+
+    async def entries(self, max_age: float | None = None) -> dict[PoolKey, QueueEntry]:
+        """Every published pool. Raises `PoolError` when the directory cannot be read, and
+        `KubeError` when the API server cannot answer."""
+        age = None if self._read_at is None else self._clock() - self._read_at
+        if age is None or age >= (self._ttl if max_age is None else max_age):
+            secret = await self._kube.secret_data(self._namespace, self._name)
+            if secret is None:
+                raise PoolError(f"the queue directory Secret {self.reference} does not exist "
+                                "(the chart creates it; the operator fills it)")
+            try:
+                directory = decode(secret)
+            except DirectoryError as error:
+                raise PoolError(f"the queue directory {self.reference}: {error}") from None
+            self._entries, self.skipped = directory.entries, directory.skipped
+            self._read_at = self._clock()
+        return self._entries
+
+    async def select(self, namespace: str, selector: Selector) -> list[QueueEntry]:
+        """The pools in `namespace` whose metric labels match `selector`, sorted by name."""
+        entries = await self.entries()
         pinned = selector.exact_values(POOL_LABEL)
-        if pinned is not None:
-            targets = []
-            for name in sorted(pinned):
-                target = await self._by_name(namespace, name)
-                if target is not None and selector.matches(target.metric_labels):
-                    targets.append(target)
-            return targets
-        pools = await self._kube.list_pools(namespace)
-        matching = [p for p in pools if selector.matches(metric_labels(p["metadata"]["name"]))]
-        return sorted([await self.resolve(p) for p in matching], key=lambda t: t.name)
-
-    async def _by_name(self, namespace: str, name: str) -> PoolTarget | None:
-        cached = self._cache.get((namespace, name))
-        if cached is not None and cached[0] > self._clock():
-            return cached[2]
-        pool = await self._kube.get_pool(namespace, name)
-        if pool is None:
-            self._cache.pop((namespace, name), None)
-            return None
-        return await self.resolve(pool)
-
-    async def resolve(self, pool: dict[str, Any]) -> PoolTarget:
-        """The queue of one AgentPool object (as read from the API server)."""
-        meta = pool["metadata"]
-        key = (meta["namespace"], meta["name"])
-        version = str(meta.get("resourceVersion") or "")
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > self._clock() and cached[1] == version:
-            return cached[2]
-        try:
-            spec = AgentPoolSpec.model_validate(pool.get("spec") or {})
-        except ValidationError:
-            # The operator reports the details in the pool's status; nothing to add here.
-            raise PoolError(f"AgentPool {key[0]}/{key[1]} has an invalid spec") from None
-        ref = spec.queue.redis.url_secret_ref
-        url = await self._kube.secret_value(key[0], ref.name, ref.key)
-        if not url:
-            raise PoolError(f"AgentPool {key[0]}/{key[1]}: Secret {ref.name} (key {ref.key!r}, "
-                            "spec.queue.redis.urlSecretRef) is missing")
-        target = PoolTarget(key[0], key[1], queue_keys(key[1], key[0], spec), url)
-        self._cache[key] = (self._clock() + self._ttl, version, target)
-        return target
-
-    def forget_missing(self, present: set[tuple[str, str]]) -> None:
-        """Drop cached pools that no longer exist (called after a full list)."""
-        for key in set(self._cache) - present:
-            del self._cache[key]
+        if pinned is not None and any((namespace, name) not in entries for name in pinned):
+            entries = await self.entries(max_age=self._miss_ttl)
+        return sorted((e for e in entries.values() if e.namespace == namespace
+                       and selector.matches(metric_labels(e.name))), key=lambda e: e.name)

@@ -27,7 +27,7 @@ from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC
 from agentpool_operator.metrics_api.auth import Authenticator, Authorizer, UserInfo
 from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.kube import KubeError
-from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError
+from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError, metric_labels
 from agentpool_operator.metrics_api.selector import SelectorError, parse_selector
 from agentpool_operator.metrics_api.telemetry import Telemetry
 
@@ -152,7 +152,8 @@ class MetricsApi:
             log.warning("no backlog for %r in %s: %s", request.query.get("labelSelector", ""),
                         namespace, error)
             return status(503, "ServiceUnavailable", str(error))
-        items = [(t.metric_labels, b.total) for t, b in zip(targets, backlogs, strict=True)]
+        items = [(metric_labels(t.name), b.total)
+                 for t, b in zip(targets, backlogs, strict=True)]
         return web.json_response(value_list(items, dt.datetime.now(dt.UTC)))
 
 

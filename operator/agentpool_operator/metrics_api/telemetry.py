@@ -1,6 +1,6 @@
 """The metrics API server's own Prometheus series, served on its plain-HTTP `/metrics` port.
 
-`podcost.py` sets the per-pool queue gauges on its period; they are what the chart's
+`gauges.py` sets the per-pool queue gauges on its period; they are what the chart's
 prometheus-adapter rules (`adapter_rules.py`) and dashboards read. Labels `namespace` and
 `agentpool` name the pool, so scrape this target with `honorLabels: true` (else Prometheus
 renames `namespace` to `exported_namespace`). `server.py` counts requests by HTTP code.
@@ -36,8 +36,6 @@ class Telemetry:
         self.queue_errors = Counter("agentpool_metrics_api_queue_errors",
                                     "Failed reads of a pool's queue (Redis or its Secret).",
                                     registry=r)
-        self.cost_patches = Counter("agentpool_pod_deletion_cost_patches",
-                                    "Pod deletion-cost annotations written.", registry=r)
         for code in ("200", "401", "403", "503"):
             self.requests.labels(code)
         self._pools: set[tuple[str, str]] = set()

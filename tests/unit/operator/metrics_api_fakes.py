@@ -1,5 +1,5 @@
-"""Test doubles for the metrics API server's Kubernetes adapter and Redis reader, and a
-small PKI for the authentication tests."""
+"""Test doubles for the metrics API server's Kubernetes adapter and the Redis reader (shared
+with the operator's deletion-cost pass), and a small PKI for the authentication tests."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from cryptography.x509.oid import NameOID
 from lightkube.models.authorization_v1 import ResourceAttributes
 
 from agent_runtime.keys import Keys
+from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
 from agentpool_operator.metrics_api.kube import Kube
+from agentpool_operator.queuedir import QueueEntry, encode
+from agentpool_operator.queues import queue_keys
 
 
 def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
@@ -62,18 +65,27 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+SPEC: dict[str, Any] = {"image": "registry.example/agents:1", "handler": "agents.tasks:handle",
+                        "queue": {"redis": {"urlSecretRef": {"name": "q", "key": "url"}}}}
+
+
+def queue_entry(namespace: str, name: str, url: str, **spec: Any) -> QueueEntry:
+    """A pool's queue, with the keys the operator derives for it."""
+    keys = queue_keys(name, namespace, AgentPoolSpec.model_validate({**SPEC, **spec}))
+    return QueueEntry(namespace, name, keys, url)
+
+
 @dataclass
 class FakeKube:
-    """Answers like the API server would; records the reviews it was asked for."""
+    """Answers like the API server would; records the reviews it was asked for. `queues` is
+    what the operator's queue directory holds (None: its Secret does not exist)."""
 
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     allowed_users: set[str] = field(default_factory=set)
-    pools: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    queues: dict[tuple[str, str], QueueEntry] | None = field(default_factory=dict)
+    directory_reads: list[tuple[str, str]] = field(default_factory=list)
     token_reviews: int = 0
     access_reviews: list[tuple[str, str, str, str]] = field(default_factory=list)
-    patches: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def as_kube(self) -> Kube:
         return cast(Kube, self)
@@ -90,41 +102,23 @@ class FakeKube:
         allowed = user in self.allowed_users or "system:masters" in groups
         return allowed, "" if allowed else "no RBAC policy matched"
 
-    async def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.pools.get((namespace, name))
-
-    async def list_pools(self, namespace: str | None) -> list[dict[str, Any]]:
-        return [p for (ns, _), p in sorted(self.pools.items()) if namespace in (None, ns)]
-
-    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        return self.secrets.get((namespace, name), {}).get(key)
-
-    async def list_pods(self, namespace: str, selector: dict[str, str]
-                        ) -> list[dict[str, Any]]:
-        return self.pods.get(namespace, [])
-
-    async def annotate_pod(self, namespace: str, name: str, key: str, value: str) -> None:
-        self.patches.append((namespace, name, key, value))
-        for pod in self.pods.get(namespace, []):
-            if pod["metadata"]["name"] == name:
-                pod["metadata"].setdefault("annotations", {})[key] = value
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        self.directory_reads.append((namespace, name))
+        return None if self.queues is None else encode(self.queues.values())
 
     def add_pool(self, namespace: str, name: str, url: str, **spec: Any) -> None:
-        self.pools[(namespace, name)] = {
-            "metadata": {"namespace": namespace, "name": name, "resourceVersion": "1"},
-            "spec": {"image": "registry.example/agents:1", "handler": "agents.tasks:handle",
-                     "queue": {"redis": {"urlSecretRef": {"name": f"{name}-redis",
-                                                          "key": "url"}}}, **spec}}
-        if url:
-            self.secrets[(namespace, f"{name}-redis")] = {"url": url}
+        assert self.queues is not None
+        self.queues[(namespace, name)] = queue_entry(namespace, name, url, **spec)
 
 
 @dataclass
 class FakeReader:
-    """A BacklogReader double: backlogs by stream key, or an error."""
+    """A BacklogReader double: backlogs by stream key, or an error (for every stream, or by
+    stream key: any exception)."""
 
     backlogs: dict[str, Backlog] = field(default_factory=dict)
     error: str | None = None
+    failing: dict[str, Exception] = field(default_factory=dict)
     reads: list[tuple[str, str]] = field(default_factory=list)
 
     def as_reader(self) -> BacklogReader:
@@ -134,6 +128,8 @@ class FakeReader:
         self.reads.append((url, keys.stream))
         if self.error is not None:
             raise BacklogError(self.error)
+        if keys.stream in self.failing:
+            raise self.failing[keys.stream]
         return self.backlogs.get(keys.stream, Backlog(0, 0))
 
 

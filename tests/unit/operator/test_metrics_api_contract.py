@@ -1,8 +1,9 @@
 """The metrics API server reads the keys the pool's pods really use.
 
 The pods read `runtime.yaml` from the ConfigMap the operator renders and derive their Redis
-keys with `agent_runtime.keys.Keys`; `metrics_api.backlog.queue_keys` must land on the same
-stream, group and retry set for any spec. (The consumer-name half of the contract is tested
+keys with `agent_runtime.keys.Keys`; `agentpool_operator.queues.queue_keys` (what the operator
+publishes for the metrics API and reads for deletion costs) must land on the same stream,
+group and retry set for any spec. (The consumer-name half of the contract is tested
 against a real supervisor in tests/integration/test_metrics_backlog.py.)
 """
 
@@ -14,7 +15,7 @@ from agent_runtime.config import parse_config
 from agent_runtime.keys import Keys
 from agentpool_operator.builders import PoolContext, build_config_map
 from agentpool_operator.builders.config import RUNTIME_CONFIG_KEY
-from agentpool_operator.metrics_api.backlog import queue_keys
+from agentpool_operator.queues import queue_keys
 from tests.unit.operator.builder_samples import full_ctx, minimal_ctx
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,7 +43,8 @@ def reader() -> FakeReader:
 @pytest.fixture
 async def client(kube: FakeKube, reader: FakeReader) -> AsyncIterator[TestClient[Any, Any]]:
     api = MetricsApi(Authenticator(AuthConfig(), kube.as_kube()), Authorizer(kube.as_kube()),
-                     PoolDirectory(kube.as_kube()), reader.as_reader(), Telemetry())
+                     PoolDirectory(kube.as_kube(), "agentpool-system", "queues"),
+                     reader.as_reader(), Telemetry())
     async with TestClient(TestServer(build_app(api))) as test_client:
         yield test_client
 
@@ -118,10 +120,35 @@ async def test_an_unreadable_queue_is_503_and_the_message_has_no_credentials(
     assert (response.status, body["reason"]) == (503, "ServiceUnavailable")
     assert "queue-secret-pw" not in await response.text()
 
-    reader.error = None
-    kube.add_pool("agents", "orphan", url="")  # its Secret does not exist
-    response = await client.get(METRIC, params={"labelSelector": "agentpool.dev/pool=orphan"},
+
+
+async def test_a_missing_queue_directory_is_503_and_says_which_secret(
+    client: TestClient[Any, Any], kube: FakeKube,
+) -> None:
+    kube.queues = None
+    response = await client.get(METRIC, params={"labelSelector": "agentpool.dev/pool=research"},
                                 headers=HPA)
     body = await response.json()
-    assert response.status == 503
-    assert "Secret orphan-redis" in body["message"]
+    assert (response.status, body["reason"]) == (503, "ServiceUnavailable")
+    assert "queue directory Secret agentpool-system/queues does not exist" in body["message"]
+
+
+async def test_a_pool_published_after_the_last_read_is_served_at_once(
+    client: TestClient[Any, Any], kube: FakeKube, reader: FakeReader,
+) -> None:
+    response = await client.get(METRIC, params={"labelSelector": "agentpool.dev/pool=new"},
+                                headers=HPA)
+    assert (await response.json())["items"] == []
+    kube.add_pool("agents", "new", URL)
+    reader.backlogs["agentpool:{agents/new}:tasks"] = Backlog(waiting=3, in_flight=0)
+    await asyncio.sleep(1.1)  # the directory is read again for an unknown pool after 1 s
+
+    response = await client.get(METRIC, params={"labelSelector": "agentpool.dev/pool=new"},
+                                headers=HPA)
+    assert [i["value"] for i in (await response.json())["items"]] == ["3"]
+    # Known pools are served from the directory read a moment ago.
+    reads = len(kube.directory_reads)
+    await client.get(METRIC, params={"labelSelector": "agentpool.dev/pool=research"},
+                     headers=HPA)
+    assert len(kube.directory_reads) == reads
+    assert set(kube.directory_reads) == {("agentpool-system", "queues")}

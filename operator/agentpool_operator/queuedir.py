@@ -1,0 +1,113 @@
+"""The queue directory: where each served pool's queue lives (pure: format only).
+
+The metrics API server needs, per pool, the Redis URL (a credential, in a Secret the pool
+references in its own namespace) and the Redis keys its runtime uses. Reading those Secrets
+itself would need `get secrets` wherever pools live: for the network-facing server, in every
+namespace of a cluster-wide install. The operator reads them anyway (it renders the pods'
+configuration from them), so it publishes what the metrics API needs in one Secret of its
+own namespace (`queues.py` keeps the entries, `publisher.py` writes them), and the metrics
+API may read that one Secret by name and no other (`metrics_api/pools.py`).
+
+The Secret holds one key, `queues.json.gz`: gzip of
+`{"version": 1, "pools": [{"namespace", "name", "url", "keys": {prefix, stream, group, dead}}]}`
+(gzip keeps thousands of pools far below a Secret's 1 MiB). An entry that does not parse is
+skipped, never the whole directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import json
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_runtime.keys import Keys
+
+DATA_KEY = "queues.json.gz"
+FORMAT_VERSION = 1
+PoolKey = tuple[str, str]
+
+
+class DirectoryError(Exception):
+    """The directory cannot be read at all (not a gzip of the JSON above)."""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One pool's queue: its keys and its Redis URL (a credential: never logged)."""
+
+    namespace: str
+    name: str
+    keys: Keys
+    redis_url: str = field(repr=False)
+
+    @property
+    def key(self) -> PoolKey:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Directory:
+    entries: dict[PoolKey, QueueEntry]
+    skipped: int = 0
+    """Entries that did not parse (left out)."""
+
+
+def parse_reference(text: str) -> tuple[str, str]:
+    """`namespace/name` of the directory Secret."""
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise ValueError(f"expected NAMESPACE/NAME, got {text!r}")
+    return namespace, name
+
+
+def encode(entries: Iterable[QueueEntry]) -> dict[str, str]:
+    """The Secret `data` (base64 values, as the API server takes them)."""
+    pools = [{"namespace": e.namespace, "name": e.name, "url": e.redis_url,
+              "keys": {"prefix": e.keys.prefix, "stream": e.keys.stream,
+                       "group": e.keys.group, "dead": e.keys.dead}}
+             for e in sorted(entries, key=lambda e: e.key)]
+    text = json.dumps({"version": FORMAT_VERSION, "pools": pools}, separators=(",", ":"))
+    # mtime=0: the same entries always give the same bytes.
+    blob = gzip.compress(text.encode(), mtime=0)
+    return {DATA_KEY: base64.b64encode(blob).decode()}
+
+
+def decode(data: Mapping[str, str] | None) -> Directory:
+    """The entries of a Secret's `data`; an empty or absent Secret is an empty directory."""
+    encoded = (data or {}).get(DATA_KEY)
+    if not encoded:
+        return Directory({})
+    try:
+        document = json.loads(gzip.decompress(base64.b64decode(encoded)))
+    except (binascii.Error, OSError, EOFError, zlib.error, ValueError) as error:
+        raise DirectoryError(f"{DATA_KEY} is not gzip-compressed JSON: {error}") from None
+    if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
+        raise DirectoryError(f"{DATA_KEY} has an unknown format (want version "
+                             f"{FORMAT_VERSION})")
+    entries: dict[PoolKey, QueueEntry] = {}
+    skipped = 0
+    for item in document.get("pools") or []:
+        entry = _entry(item)
+        if entry is None:
+            skipped += 1
+        else:
+            entries[entry.key] = entry
+    return Directory(entries, skipped)
+
+
+def _entry(item: Any) -> QueueEntry | None:
+    if not isinstance(item, dict) or not isinstance(item.get("keys"), dict):
+        return None
+    keys = item["keys"]
+    texts = [item.get("namespace"), item.get("name"), item.get("url"),
+             *(keys.get(k) for k in ("prefix", "stream", "group", "dead"))]
+    if not all(isinstance(t, str) and t for t in texts):
+        return None
+    return QueueEntry(namespace=item["namespace"], name=item["name"], redis_url=item["url"],
+                      keys=Keys(prefix=keys["prefix"], stream=keys["stream"],
+                                group=keys["group"], dead=keys["dead"]))
