@@ -77,7 +77,8 @@ _LABEL_KEY = st.builds(
     st.from_regex(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,10}[A-Za-z0-9])?", fullmatch=True),
 ).filter(lambda k: not k.startswith("agentpool.dev/") and not k.startswith("app.kubernetes.io/"))
 _SECRET_REF = st.fixed_dictionaries(
-    {"name": _DNS_LABEL, "key": st.from_regex(r"[-._a-zA-Z0-9]{1,12}", fullmatch=True)}
+    {"name": _DNS_LABEL, "key": st.from_regex(r"[-._a-zA-Z0-9]{1,12}", fullmatch=True).filter(
+        lambda key: key != "." and not key.startswith(".."))}
 )
 _REDIS = st.fixed_dictionaries({"urlSecretRef": _SECRET_REF})
 _STREAM = st.from_regex(r"[A-Za-z0-9][-A-Za-z0-9:._{}]{0,20}", fullmatch=True)
