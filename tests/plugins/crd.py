@@ -150,7 +150,7 @@ def _pod(draw: st.DrawFn) -> Spec:
         {"maxSkew": st.integers(1, 5), "topologyKey": st.just("topology.kubernetes.io/zone"),
          "whenUnsatisfiable": st.sampled_from(["DoNotSchedule", "ScheduleAnyway"])},
         optional={"minDomains": st.integers(1, 3)},  # kept although the model does not type it
-    ), max_size=2)))
+    ), max_size=2, unique_by=lambda c: (c["topologyKey"], c["whenUnsatisfiable"]))))
     env_names = draw(st.lists(st.from_regex(r"[A-Z][A-Z0-9_]{0,10}", fullmatch=True)
                               .filter(lambda n: not n.startswith("AGENTPOOL_")),
                               unique=True, max_size=3))
