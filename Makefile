@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
 DEV := $(PY) -m agentpool_dev
 
-.PHONY: deps venv services-install binaries up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
+.PHONY: deps venv services-install binaries images images-lock up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
         services-up services-down lint typecheck test test-fast clean
 
 deps: venv services-install binaries
@@ -28,6 +28,15 @@ services-install:
 # The first build takes 15-30 minutes on 2 cores; later runs reuse the cache and take a second.
 binaries:
 	bash hack/testcluster/build.sh
+
+# Container images for real nodes, built locally (no registry) and cached by content hash.
+images: venv
+	$(DEV) images build
+
+# Re-pin the images' Python packages after changing pyproject.toml's dependencies.
+images-lock: venv
+	$(PY) -m pip install --quiet uv
+	$(DEV) images lock
 
 cluster-up: venv binaries
 	$(DEV) cluster up
