@@ -8,10 +8,10 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
 DEV := $(PY) -m agentpool_dev
 
-.PHONY: deps venv services-install binaries images images-lock up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
+.PHONY: deps venv services-install nodes-install binaries images images-lock up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
         services-up services-down lint typecheck test test-fast clean
 
-deps: venv services-install binaries
+deps: venv services-install nodes-install binaries
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -25,9 +25,14 @@ $(VENV)/.installed: pyproject.toml
 services-install:
 	bash hack/install-services.sh
 
+# containerd, runc, CNI plugins, nftables, buildah, mmdebstrap: real nodes and image builds.
+nodes-install:
+	bash hack/install-nodes.sh
+
 # The first build takes 15-30 minutes on 2 cores; later runs reuse the cache and take a second.
 binaries:
 	bash hack/testcluster/build.sh
+	bash hack/testcluster/build.sh node
 
 # Container images for real nodes, built locally (no registry) and cached by content hash.
 images: venv
