@@ -28,7 +28,7 @@ declare -A binary_of=(
 
 missing=()
 for pkg in "${!binary_of[@]}"; do
-  [[ -x ${binary_of[$pkg]} ]] || missing+=("$pkg")
+  [[ -e ${binary_of[$pkg]} ]] || missing+=("$pkg")
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "install-nodes: all binaries present, nothing to install"
