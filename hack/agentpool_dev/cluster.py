@@ -52,6 +52,13 @@ rules:
 """
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl command; unlike its base class, its message shows kubectl's stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()}"
+
+
 def _build(*target: str) -> Path:
     result = subprocess.run(
         ["bash", str(build_script()), *target], check=True, stdout=subprocess.PIPE, text=True
@@ -128,9 +135,7 @@ class Cluster:
             env=self.env(),
         )
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(
-                result.returncode, result.args, result.stdout, result.stderr
-            )
+            raise KubectlError(result.returncode, result.args, result.stdout, result.stderr)
         return result
 
     def kubectl_json(self, *args: str) -> Any:

@@ -70,6 +70,8 @@ class ServiceSettings:
     user: str = "agentpool"
     # Loopback-only development database: a fixed password keeps DSNs reproducible.
     password: str = "agentpool-dev"
+    log_statements: bool = False
+    """Log every statement PostgreSQL executes (tests read how clients prepared them)."""
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -342,6 +344,11 @@ def _logfile(settings: ServiceSettings, name: str) -> Path:
     return settings.state_dir / name / f"{name}.log"
 
 
+def postgres_log(settings: ServiceSettings) -> Path:
+    """PostgreSQL's log file (statements too, with `log_statements`)."""
+    return _logfile(settings, "postgres")
+
+
 def _pg_socket_dir(settings: ServiceSettings) -> Path:
     return _pg_dir(settings) / "run"
 
@@ -375,6 +382,8 @@ def _start_postgres(settings: ServiceSettings) -> int:
         "synchronous_commit": "off",
         "full_page_writes": "off",
     }
+    if settings.log_statements:
+        options["log_min_duration_statement"] = "0"
     argv = [str(bins["postgres"]), "-D", str(data)]
     for key, value in options.items():
         argv += ["-c", f"{key}={value}"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 import asyncpg
@@ -18,7 +19,7 @@ import pytest
 from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig, parse_config
 from agentpool_dev import images, realnode
-from agentpool_dev.services import ServiceSettings
+from agentpool_dev.services import ServiceSettings, postgres_log
 from tests.plugins.operator import OperatorProcess, Pools
 from tests.plugins.realpods import REAL_NODE_POD
 from tests.waiting import eventually
@@ -116,6 +117,11 @@ async def test_a_pool_with_a_database_processes_tasks_in_real_pods(
     assert {row["status"] for row in rows} == {"succeeded"}
     assert {row["worker"].startswith(pod_name) for row in rows} == {True}
     assert pod["status"]["podIP"] in {row["addr"] for row in clients}
+    # In transaction mode with prepared statements on: the runtime's asyncpg caches named
+    # statements, and PgBouncer (>= 1.21) prepares them on whichever server connection runs
+    # the transaction under names of its own.
+    stored_by_name = re.compile(r"execute PGBOUNCER_\d+:\s*INSERT INTO agentpool_task_results")
+    assert stored_by_name.search(postgres_log(services).read_text()), "no prepared INSERT"
 
     logs = pools.cluster.kubectl("-n", pools.namespace, "logs", pod_name, "-c", "runtime").stdout
     assert "started worker" in logs, logs[-2000:]

@@ -52,13 +52,15 @@ def real_node(cluster: Cluster) -> realnode.RealNode:
 @pytest.fixture(scope="session")
 def pod_services(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[ServiceSettings]:
-    """PostgreSQL, PgBouncer, Redis and Prometheus listening on the cluster bridge only."""
+    """PostgreSQL, PgBouncer, Redis and Prometheus listening on the cluster bridge only
+    (PostgreSQL logs every statement: tests check how pods' PgBouncers prepared them)."""
     _require_network(cluster)
     assert cluster.net is not None
     pg, pgbouncer, redis, prometheus = free_ports(4)
     settings = ServiceSettings(host=cluster.net.host_ip, pg_port=pg, pgbouncer_port=pgbouncer,
                                redis_port=redis, prometheus_port=prometheus,
-                               state_dir=tmp_path_factory.mktemp("pod-services"))
+                               state_dir=tmp_path_factory.mktemp("pod-services"),
+                               log_statements=True)
     try:
         with session(settings) as running:
             yield running

@@ -38,6 +38,11 @@ PGBOUNCER_INI_PATH = f"{PGBOUNCER_DIR}/{PGBOUNCER_INI_KEY}"
 # Statements PgBouncer (>= 1.21) tracks per client in transaction mode, so protocol-level
 # prepared statements survive a change of server connection.
 MAX_PREPARED_STATEMENTS = 200
+# asyncpg's named-statement cache per connection, within what PgBouncer tracks. Safe because
+# the sidecar always gets `max_prepared_statements`, which PgBouncer < 1.21 refuses to start
+# with ("unknown parameter"): a pool's PgBouncer either tracks prepared statements or does
+# not run at all.
+STATEMENT_CACHE_SIZE = MAX_PREPARED_STATEMENTS // 2
 
 
 def _bytes(quantity: int | str) -> int:
@@ -84,6 +89,7 @@ def runtime_config(ctx: PoolContext) -> RuntimeConfig:
         fields["cache_ttl_seconds"] = spec.cache.ttl_seconds
     if spec.database is not None:
         fields["db_pool_max_size"] = db_pool_max_size(spec, spec.database)
+        fields["db_statement_cache_size"] = STATEMENT_CACHE_SIZE
     return RuntimeConfig.model_validate(fields)
 
 
