@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
 DEV := $(PY) -m agentpool_dev
 
-.PHONY: deps venv services-install nodes-install binaries images images-lock up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
+.PHONY: deps venv services-install nodes-install binaries images images-lock up up-kwok down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
         services-up services-down lint typecheck test test-fast clean
 
 deps: venv services-install nodes-install binaries
@@ -58,9 +58,14 @@ services-up: venv services-install
 services-down: venv
 	$(DEV) services down
 
-# The main job: control plane, services, CRD, the operator and the example AgentPool, Ready.
+# The main job: control plane with a real node, images, services, CRD, operator, the example
+# AgentPool running in a real pod, and a batch of tasks processed by it.
 up: deps
 	$(DEV) up
+
+# API-only: the same with KWOK's simulated pods (no images, no containers, no tasks).
+up-kwok: deps
+	$(DEV) up --kwok
 
 down: venv
 	$(DEV) down

@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("names", nargs="*", help="catalog keys (default: all)")
     s = sub.add_parser("services", help="PostgreSQL, Redis, PgBouncer and Prometheus on loopback")
     s.add_argument("rest", nargs=argparse.REMAINDER)
-    sub.add_parser("up", help="everything: cluster, services, CRD, operator, example pool")
+    u = sub.add_parser("up", help="everything: cluster with a real node, images, services, "
+                                  "CRD, operator, example pool, a batch of tasks")
+    u.add_argument("--kwok", action="store_true",
+                   help="API-only: KWOK's simulated pods, no images or containers")
     sub.add_parser("down", help="stop everything `up` started")
     args = parser.parse_args(argv)
     if args.component == "cluster":
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.component in ("up", "down"):
         from agentpool_dev import quickstart
 
-        return quickstart.up() if args.component == "up" else quickstart.down()
+        return quickstart.up(real=not args.kwok) if args.component == "up" else quickstart.down()
     from agentpool_dev import services  # imported lazily: it is optional for cluster commands
 
     return services.main(args.rest)

@@ -141,6 +141,21 @@ class Cluster:
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
+    def wait_condition(self, resource: str, condition: str, timeout: float = 60) -> None:
+        """Wait until `resource` (e.g. `crd/<name>`) has `condition` True.
+
+        Polls instead of `kubectl wait`, which fails at once ("status.conditions accessor
+        error") when it reads a just-created object before any condition was set."""
+        def met() -> bool:
+            found = self.kubectl("get", resource, "-o", "json", check=False)
+            if found.returncode != 0:
+                return False
+            conditions = (json.loads(found.stdout).get("status") or {}).get("conditions") or []
+            return any(c.get("type") == condition and c.get("status") == "True"
+                       for c in conditions)
+
+        procs.wait_until(f"{resource} {condition}", met, timeout)
+
     def kubeconfig_for(self, user: str, groups: tuple[str, ...] = ()) -> Path:
         """A kubeconfig for a separate identity, so its requests can be told apart (audit log)
         or held to RBAC (no `system:masters` group unless asked for)."""

@@ -342,9 +342,20 @@ def start(node: RealNode, bin_dir: Path, labels: dict[str, str], logs: Path,
     return started
 
 
-def import_images(node: RealNode, archives: list[Path]) -> None:
-    """Load image archives (docker-archive or OCI) into the node's containerd."""
-    for archive in archives:
+def image_names(node: RealNode) -> set[str]:
+    """Names of the images the node's containerd has."""
+    listed = subprocess.run(node.ctr("images", "ls", "--quiet"), capture_output=True, text=True,
+                            check=True)
+    return set(listed.stdout.split())
+
+
+def import_images(node: RealNode, archives: dict[str, Path]) -> None:
+    """Load image archives (name -> docker-archive) the node does not have yet into its
+    containerd, where the kubelet finds them (pods never pull: no registry is reachable)."""
+    present = image_names(node)
+    for name, archive in archives.items():
+        if name in present:
+            continue
         done = subprocess.run(node.ctr("images", "import", str(archive)),
                               capture_output=True, text=True)
         if done.returncode != 0:

@@ -119,7 +119,7 @@ def test_a_real_pod_runs_within_its_limits_and_down_leaves_no_trace(
     c = real_cluster
     node = c.real_node("real-node-0")
     built = images.ensure(["pause", "pgbouncer"])
-    realnode.import_images(node, [b.archive for b in built.values()])
+    realnode.import_images(node, {b.image.name: b.archive for b in built.values()})
     running = _traces(c)
     before_sysctls = running["sysctls"]
     # While the node runs, its traces are visible (so the final check can fail) ...

@@ -45,7 +45,7 @@ def real_node(cluster: Cluster) -> realnode.RealNode:
     _require_network(cluster)
     built = images.ensure(POOL_IMAGES)
     node = cluster.add_real_node()
-    realnode.import_images(node, [item.archive for item in built.values()])
+    realnode.import_images(node, {item.image.name: item.archive for item in built.values()})
     return node
 
 

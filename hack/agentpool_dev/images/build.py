@@ -181,6 +181,9 @@ def _prune(key: str, keep: Path) -> None:
             old.unlink(missing_ok=True)
 
 
-def node_archives(log: Log = _log) -> list[Path]:
-    """The archives real nodes import: every image pods may run."""
-    return [built.archive for built in ensure(log=log).values() if built.image.on_nodes]
+def node_archives(wanted: Iterable[str] | None = None, log: Log = _log) -> dict[str, Path]:
+    """Image name -> archive for real nodes to import: `wanted` (catalog keys) or every image
+    pods may run. Importing is the slow part of a node's start (unpacking ~300 MB per Python
+    image), so callers ask for what their pods use."""
+    return {built.image.name: built.archive for built in ensure(wanted, log=log).values()
+            if built.image.on_nodes and (wanted is None or built.image.key in wanted)}
