@@ -14,7 +14,8 @@ def _cluster(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else cluster.default_state_dir()
     if args.action == "up":
         started = time.monotonic()
-        running = cluster.up(state_dir)
+        running = cluster.up(state_dir, real_nodes=args.real_nodes,
+                             default_kind="real" if args.real_nodes else "kwok")
         print(f"cluster ready in {time.monotonic() - started:.1f}s at {running.server}",
               file=sys.stderr)
         print(f"export KUBECONFIG={running.kubeconfig}")
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cluster", help="the loopback Kubernetes control plane")
     c.add_argument("action", choices=["up", "down", "status", "kubeconfig"])
     c.add_argument("--state-dir", help="where its files live (default: under AGENTPOOL_STATE_DIR)")
+    c.add_argument("--real-nodes", type=int, default=0, metavar="N",
+                   help="start N real nodes (root); pods then go to real nodes by default")
     i = sub.add_parser("images", help="container images built locally (no registry)")
     i.add_argument("action", choices=["build", "keys", "lock"])
     i.add_argument("names", nargs="*", help="catalog keys (default: all)")
