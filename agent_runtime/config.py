@@ -35,6 +35,9 @@ CONFIG_PATH_ENV = "AGENTPOOL_CONFIG"
 REDIS_URL_ENV = "AGENTPOOL_REDIS_URL"
 DATABASE_URL_ENV = "AGENTPOOL_DATABASE_URL"
 CACHE_REDIS_URL_ENV = "AGENTPOOL_CACHE_REDIS_URL"
+# The pod's PgBouncer admin console as its stats-only user: when set, /metrics also serves
+# PgBouncer's pool metrics (agent_runtime/pgbouncer_metrics.py).
+PGBOUNCER_STATS_URL_ENV = "AGENTPOOL_PGBOUNCER_STATS_URL"
 POD_NAME_ENV = "AGENTPOOL_POD_NAME"
 
 _HANDLER_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -256,6 +259,7 @@ class RuntimeSecrets(BaseModel):
     redis_url: SecretStr
     database_url: SecretStr | None = None
     cache_redis_url: SecretStr | None = None
+    pgbouncer_stats_url: SecretStr | None = None
 
     @property
     def effective_cache_redis_url(self) -> str:
@@ -299,10 +303,12 @@ def secrets_from_env(environ: Mapping[str, str]) -> RuntimeSecrets:
         raise ConfigError(f"{REDIS_URL_ENV} is not set")
     database_url = environ.get(DATABASE_URL_ENV) or None
     cache_url = environ.get(CACHE_REDIS_URL_ENV) or None
+    stats_url = environ.get(PGBOUNCER_STATS_URL_ENV) or None
     return RuntimeSecrets(
         redis_url=SecretStr(redis_url),
         database_url=SecretStr(database_url) if database_url else None,
         cache_redis_url=SecretStr(cache_url) if cache_url else None,
+        pgbouncer_stats_url=SecretStr(stats_url) if stats_url else None,
     )
 
 

@@ -8,9 +8,11 @@ PostgreSQL are real servers on the cluster bridge; the operator runs as a proces
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
+import urllib.request
 from typing import Any
 
 import asyncpg
@@ -41,9 +43,6 @@ def _pool_spec(services: ServiceSettings, name: str) -> dict[str, Any]:
         "queue": {"redis": {"urlSecretRef": {"name": f"{name}-redis", "key": "url"}}},
         "database": {"dsnSecretRef": {"name": f"{name}-db", "key": "dsn"},
                      "connectionBudget": 16, "pgbouncer": {"defaultPoolSize": 4}},
-        # prometheus-community's exporter image cannot be built or pulled here (README,
-        # "PgBouncer metrics").
-        "monitoring": {"pgbouncerExporter": {"enabled": False}},
         "pod": REAL_NODE_POD,
     }
 
@@ -77,6 +76,9 @@ async def test_a_pool_with_a_database_processes_tasks_in_real_pods(
     [pod] = _pods(pools, "echo")
     assert pod["spec"]["nodeName"] == real_node.name
     assert pod["status"]["podIP"].startswith(real_node.pod_cidr.rsplit(".", 1)[0] + ".")
+    # Every container the operator renders by default for a pool with a database.
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["pgbouncer"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["runtime"]
     [sidecar] = pod["status"]["initContainerStatuses"]
     [runtime] = pod["status"]["containerStatuses"]
     # The native sidecar really runs, and started before the runtime container.
@@ -125,6 +127,21 @@ async def test_a_pool_with_a_database_processes_tasks_in_real_pods(
 
     logs = pools.cluster.kubectl("-n", pools.namespace, "logs", pod_name, "-c", "runtime").stdout
     assert "started worker" in logs, logs[-2000:]
+
+    # The runtime's /metrics, scraped from the host at the pod's address as Prometheus
+    # would, carries PgBouncer's pool metrics read from the sidecar as the stats user.
+    metrics = await asyncio.to_thread(_scrape, f"http://{pod['status']['podIP']}:9090/metrics")
+    assert re.search(r"^pgbouncer_up 1\.0$", metrics, re.M), metrics[-3000:]
+    assert re.search(r'^pgbouncer_databases_pool_size\{.*name="agentpool".*\} 4\.0$',
+                     metrics, re.M), metrics[-3000:]
+    assert re.search(r'^pgbouncer_pools_server_idle_connections\{database="agentpool",'
+                     r'user="agentpool"\} [1-9]', metrics, re.M), metrics[-3000:]
+    assert re.search(r"^agentpool_tasks_processed_total\{", metrics, re.M)
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def _describe(pools: Pools, name: str) -> str:

@@ -95,7 +95,8 @@ def runtime_config(ctx: PoolContext) -> RuntimeConfig:
 
 def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False) -> str:
     """PgBouncer's main config: settings only, the `[databases]` entry is `%include`d from
-    the Secret mounted at /etc/pgbouncer/secret. With `exporter`, the exporter's user may
+    the Secret mounted at /etc/pgbouncer/secret. With `exporter`, the stats user (the runtime
+reading PgBouncer's metrics) may
     read the admin console's SHOW commands (stats_users), nothing more."""
     pgbouncer = database.pgbouncer
     settings: list[tuple[str, str]] = [
@@ -119,7 +120,7 @@ def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False) -> str:
         # also drop the prepared statements PgBouncer tracks.
         settings.append(("server_reset_query", ""))
     settings += [
-        # No admin console users (only the exporter's read-only stats user), no log or pid
+        # No admin console users (only the read-only stats user), no log or pid
         # files: logs go to stdout, the pod is the unit.
         ("admin_users", ""),
         ("stats_users", STATS_USER if exporter else ""),
