@@ -9,6 +9,8 @@ render, so the defaults really run on the test cluster's real nodes:
   `hack/images/python-base.Containerfile`, `localhost/agentpool/python:3.11-bookworm`;
 - runtime: `agent_runtime/Dockerfile`, `ghcr.io/agentpool/agentpool-runtime:<version>`;
 - example handlers: `examples/handlers/Dockerfile`, `ghcr.io/example/echo-agent:0.1.0`;
+- the real-pod tests' handlers: `tests/e2e/images/test-handlers.Dockerfile`,
+  `localhost/agentpool/test-handlers:<version>`;
 - operator and metrics API: `operator/Dockerfile`,
   `ghcr.io/agentpool/agentpool-operator:<version>` (the chart's default);
 - PgBouncer: trixie's pgbouncer by mmdebstrap, `hack/images/pgbouncer.Containerfile`, the
@@ -126,6 +128,13 @@ def catalog() -> dict[str, Image]:
               inputs=("pyproject.toml", "README.md", "operator", "agent_runtime",
                       ".dockerignore"),
               base="python-base", base_arg="PYTHON_IMAGE", uses_wheels=True),
+        # Only for the real-pod tests: their handlers (memory, delivery) on the runtime image.
+        Image(key="test-handlers", name=f"localhost/agentpool/test-handlers:{version}",
+              dockerfile=REPO_ROOT / "tests" / "e2e" / "images" / "test-handlers.Dockerfile",
+              inputs=("tests/__init__.py", "tests/e2e/__init__.py", "tests/e2e/pod_handlers.py",
+                      "tests/integration/__init__.py", "tests/integration/runtime/__init__.py",
+                      "tests/integration/runtime/handlers.py"),
+              base="runtime", base_arg="RUNTIME_IMAGE"),
         Image(key="pgbouncer", name=_default_pgbouncer_image(),
               dockerfile=RECIPES / "pgbouncer.Containerfile", context="rootfs",
               rootfs=Rootfs(suite="trixie", packages=("pgbouncer",), version_of="pgbouncer")),
