@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from agentpool_dev import images, realnode
+from agentpool_dev import realnode
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.services import ServiceSettings
 from tests.plugins.chart import CHART, Helm, forbidden_requests
 from tests.plugins.operator import OperatorProcess, Pools
-from tests.plugins.realpods import REAL_NODE_POD
+from tests.plugins.realpods import REAL_NODE_POD, RealNodes
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
@@ -37,11 +37,9 @@ INSTANCE = "app.kubernetes.io/instance"
 
 
 @pytest.fixture(scope="module")
-def operator_image(real_node: realnode.RealNode) -> str:
-    """The operator image (the chart's default), loaded into the real node."""
-    built = images.ensure(["operator"])["operator"]
-    realnode.import_images(real_node, {built.image.name: built.archive})
-    return built.image.name
+def operator_image(real_node: realnode.RealNode, real_nodes: RealNodes) -> str:
+    """The operator image (the chart's default), loaded into the real nodes."""
+    return real_nodes.images("operator")["operator"]
 
 
 @pytest.fixture

@@ -19,11 +19,12 @@ from redis.asyncio import Redis
 
 from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig, parse_config
-from agentpool_dev import images, realnode
+from agentpool_dev import realnode
+from agentpool_dev.cluster import Cluster
 from agentpool_dev.services import ServiceSettings
 from tests.integration.runtime.handlers import executions_key
 from tests.plugins.operator import OperatorProcess, Pools
-from tests.plugins.realpods import REAL_NODE_POD
+from tests.plugins.realpods import REAL_NODE_POD, RealNodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
 
@@ -31,10 +32,8 @@ MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def handlers_image(real_node: realnode.RealNode) -> str:
-    built = images.ensure(["test-handlers"])["test-handlers"]
-    realnode.import_images(real_node, {built.image.name: built.archive})
-    return built.image.name
+def handlers_image(real_node: realnode.RealNode, real_nodes: RealNodes) -> str:
+    return real_nodes.images("test-handlers")["test-handlers"]
 
 
 def _spec(image: str, *, memory_limit: str, per_pod: int, **extra: Any) -> dict[str, Any]:
@@ -61,15 +60,16 @@ def _start(pools: Pools, services: ServiceSettings, name: str, spec: dict[str, A
     return pod, parse_config(config_map["data"]["runtime.yaml"])
 
 
-def _cgroup(node: realnode.RealNode, pod: dict[str, Any], name: str) -> Path:
-    """The runtime container's own memory cgroup folder on the node."""
+def _cgroup(cluster: Cluster, pod: dict[str, Any], name: str) -> Path:
+    """A file of the runtime container's own memory cgroup, below its node's cgroup."""
+    node = cluster.real_node(pod["spec"]["nodeName"])
     container = pod["status"]["containerStatuses"][0]["containerID"].split("//")[1]
     [found] = Path("/sys/fs/cgroup/memory", node.cgroup).rglob(f"{container}/{name}")
     return found
 
 
-def _oom_kills(node: realnode.RealNode, pod: dict[str, Any]) -> int:
-    control = _cgroup(node, pod, "memory.oom_control").read_text()
+def _oom_kills(cluster: Cluster, pod: dict[str, Any]) -> int:
+    control = _cgroup(cluster, pod, "memory.oom_control").read_text()
     match = re.search(r"^oom_kill (\d+)$", control, re.M)
     assert match, control
     return int(match.group(1))
@@ -91,7 +91,7 @@ async def test_a_leaking_worker_is_recycled_before_the_container_limit(
     pod, config = _start(pools, pod_services, "leaky", _spec(
         handlers_image, memory_limit="384Mi", per_pod=1,
         workers={"maxMemoryPerWorker": "128Mi"}))
-    assert _cgroup(real_node, pod, "memory.limit_in_bytes").read_text().strip() == str(limit)
+    assert _cgroup(pools.cluster, pod, "memory.limit_in_bytes").read_text().strip() == str(limit)
     tasks = 16  # 16 x 24 MiB kept forever: 384 MiB in one worker, past the container's limit
     async with await TaskClient.connect(pod_services.redis_url, config) as client:
         ids = await client.submit_many({"do": "leak", "mb": 24} for _ in range(tasks))
@@ -106,7 +106,7 @@ async def test_a_leaking_worker_is_recycled_before_the_container_limit(
         _metric, pod, r'^agentpool_worker_restarts_total\{reason="memory"\}')
     assert recycled >= 2
     # Not killed by the kernel, not restarted.
-    assert _oom_kills(real_node, pod) == 0
+    assert _oom_kills(pools.cluster, pod) == 0
     status = pools.cluster.kubectl_json("-n", pools.namespace, "get", "pod",
                                         pod["metadata"]["name"])["status"]
     assert status["containerStatuses"][0]["restartCount"] == 0
@@ -120,14 +120,14 @@ async def test_a_task_past_the_container_limit_is_oom_killed_and_nothing_is_lost
         handlers_image, memory_limit="256Mi", per_pod=2,
         queue={"redis": {"urlSecretRef": {"name": "bomb-redis", "key": "url"}},
                "maxDeliveries": 2}))
-    before = _oom_kills(real_node, pod)
+    before = _oom_kills(pools.cluster, pod)
     async with await TaskClient.connect(pod_services.redis_url, config) as client:
         bystanders = await client.submit_many(
             {"do": "sleepy", "seconds": 1} for _ in range(8))
         bomb = await client.submit({"do": "leak", "mb": 512, "sleep": 5})
         results = await client.wait_many([*bystanders, bomb], max_wait=240)
     # The kernel enforced the limit: the worker that allocated past it was OOM-killed.
-    assert _oom_kills(real_node, pod) > before
+    assert _oom_kills(pools.cluster, pod) > before
     # Its task was delivered again (at least once), then dead-lettered with the cause;
     # every other task finished exactly as submitted, none lost.
     failed = results[bomb]

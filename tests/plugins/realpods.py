@@ -10,6 +10,8 @@ Real nodes carry the taint `agentpool.dev/node-kind=real`: pods reach them only 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -39,13 +41,47 @@ def _require_network(cluster: Cluster) -> None:
                     f"nodes: {why}", pytrace=False)
 
 
+@dataclass
+class RealNodes:
+    """The session cluster's real nodes and the images they all have: every image a test
+    asked for is loaded into every real node, those added later included, so a pod runs
+    whichever real node the scheduler picks."""
+
+    cluster: Cluster
+    keys: set[str] = field(default_factory=set)
+
+    def _archives(self) -> dict[str, Path]:
+        built = images.ensure(sorted(self.keys))
+        return {item.image.name: item.archive for item in built.values()}
+
+    def images(self, *keys: str) -> dict[str, str]:
+        """Catalog key -> image name, loaded into every real node."""
+        self.keys.update(keys)
+        archives = self._archives()
+        for name in self.cluster.real_nodes:
+            realnode.import_images(self.cluster.real_node(name), archives)
+        catalog = images.catalog()
+        return {key: catalog[key].name for key in keys}
+
+    def nodes(self, count: int) -> list[realnode.RealNode]:
+        """At least `count` real nodes (new ones get every image asked for so far)."""
+        while len(self.cluster.real_nodes) < count:
+            node = self.cluster.add_real_node()
+            realnode.import_images(node, self._archives())
+        return [self.cluster.real_node(name) for name in self.cluster.real_nodes[:count]]
+
+
 @pytest.fixture(scope="session")
-def real_node(cluster: Cluster) -> realnode.RealNode:
-    """One real node, with the images an AgentPool with a database runs."""
+def real_nodes(cluster: Cluster) -> RealNodes:
     _require_network(cluster)
-    built = images.ensure(POOL_IMAGES)
-    node = cluster.add_real_node()
-    realnode.import_images(node, {item.image.name: item.archive for item in built.values()})
+    return RealNodes(cluster)
+
+
+@pytest.fixture(scope="session")
+def real_node(real_nodes: RealNodes) -> realnode.RealNode:
+    """The first real node, with the images an AgentPool with a database runs."""
+    [node] = real_nodes.nodes(1)
+    real_nodes.images(*POOL_IMAGES)
     return node
 
 
