@@ -9,6 +9,7 @@ built from.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -68,6 +69,7 @@ def content_hash(parts: Iterable[str], files: Iterable[Path], root: Path = REPO_
     return digest.hexdigest()[:16]
 
 
+@functools.cache
 def kubernetes_source() -> Path:
     """The k8s.io/kubernetes module the control plane is built from (in Go's module cache)."""
     # Prints the module's folder; downloads it first only if the cache lacks it.
