@@ -36,6 +36,7 @@ from agent_runtime.health import HealthServer
 from agent_runtime.maintenance import QueueMaintenance
 from agent_runtime.memory_guard import MemoryGuard
 from agent_runtime.metrics import RuntimeMetrics
+from agent_runtime.pgbouncer_metrics import PgBouncerMetrics
 from agent_runtime.reaper import reap_orphans
 from agent_runtime.upkeep import DatabaseUpkeep, HandOver, QueueUpkeep
 from agent_runtime.worker_process import EXIT_BOOT_ERROR
@@ -89,7 +90,10 @@ class Supervisor:
                                          self._live_consumers, self._due_transfers,
                                          self._transferred)
         self._db_upkeep = DatabaseUpkeep(self.settings)
-        self.health = HealthServer(self.metrics, self._liveness, self._readiness)
+        stats_url = self.settings.secrets.pgbouncer_stats_url
+        pgbouncer = (PgBouncerMetrics(stats_url.get_secret_value()).render
+                     if stats_url is not None else None)
+        self.health = HealthServer(self.metrics, self._liveness, self._readiness, pgbouncer)
         port = await self.health.start(self.config.metrics_host, self.config.metrics_port)
         log.info("supervisor %s: %d workers x %d slots, metrics on %s:%d", self._boot_id,
                  self.config.workers, self.config.concurrency, self.config.metrics_host, port)

@@ -18,4 +18,6 @@ uv=("$tools/bin/uv" pip compile --quiet --universal --python-version 3.11 --gene
 "${uv[@]}" pyproject.toml --extra dev --extra bench -o requirements/dev.txt
 "${uv[@]}" pyproject.toml -c requirements/dev.txt -o requirements/runtime.txt
 "${uv[@]}" requirements/bench-arq.in --no-deps -o requirements/bench-arq.txt
-echo "lock: refreshed requirements/{dev,runtime,bench-arq}.txt"
+# The images' wheelhouse: runtime.txt evaluated for the images' Python (same versions).
+PATH="$tools/bin:$PATH" PYTHONPATH=hack "${PYTHON:-.venv/bin/python}" -m agentpool_dev images lock
+echo "lock: refreshed requirements/{dev,runtime,bench-arq}.txt and hack/images/python-requirements.lock"

@@ -3,15 +3,24 @@
 # kube-scheduler, kubectl), KWOK and Helm from their upstream Go modules into a
 # version-keyed cache folder outside the repo. Reuses the folder when complete.
 # Prints the bin folder on stdout.
+#
+# `build.sh node` builds the real node's kubelet and kube-proxy instead (module
+# node/, the same Kubernetes release and replace block) into a folder of their
+# own, so adding or changing them never invalidates the control plane's cache.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+target="${1:-control-plane}"
 
 # The cache key covers every input that changes the binaries: the pinned
-# versions and the go.mod/go.sum files of the three build modules.
-key="k8s-${KUBE_VERSION}-kwok-${KWOK_VERSION}-helm-${HELM_VERSION}-$(
-  cat "$here/go.mod" "$here/go.sum" "$here"/kwok/go.* "$here"/helm/go.* | sha256sum | cut -c1-12)"
+# versions and the go.mod/go.sum files of the build modules.
+if [[ $target == node ]]; then
+  key="node-${KUBE_VERSION}-$(cat "$here"/node/go.* | sha256sum | cut -c1-12)"
+else
+  key="k8s-${KUBE_VERSION}-kwok-${KWOK_VERSION}-helm-${HELM_VERSION}-$(
+    cat "$here/go.mod" "$here/go.sum" "$here"/kwok/go.* "$here"/helm/go.* | sha256sum | cut -c1-12)"
+fi
 cache_root="${AGENTPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentpool}/testcluster"
 bin="$cache_root/$key/bin"
 stamp="$bin/.complete"
@@ -33,6 +42,22 @@ done
 
 start=$(date +%s)
 log() { echo "[build $(( $(date +%s) - start ))s] $*" >&2; }
+
+if [[ $target == node ]]; then
+  # CGO off like upstream's static builds: the kubelet then uses Go's resolver and no libc,
+  # and runc (Debian's, with seccomp) is what touches the kernel's container features.
+  for tool in kubelet kube-proxy; do
+    if [[ ! -x "$bin/$tool" ]]; then
+      log "building $tool $KUBE_VERSION"
+      (cd "$here/node" && go build -pgo=off -ldflags "$ldflags" -o "$bin/$tool.tmp" "k8s.io/kubernetes/cmd/$tool")
+      mv "$bin/$tool.tmp" "$bin/$tool"
+    fi
+  done
+  touch "$stamp"
+  log "done"
+  echo "$bin"
+  exit 0
+fi
 
 # Build one at a time: parallel links of these binaries need several GiB each.
 for tool in kube-apiserver kube-controller-manager kube-scheduler kubectl; do

@@ -10,9 +10,10 @@ rule go through Prometheus' HTTP API: each must be valid, each query and signal 
 least one finite sample, and every metric name they read must be among the names Prometheus
 actually scraped.
 
-The exception is the PgBouncer exporter's metrics (see `tests/chart/promql.py` for why the
-exporter cannot run here): their queries must be valid, and the test PgBouncer, after the
-load went through it, must serve every SHOW column and list item the exporter reads them from.
+The exception is PgBouncer's metrics, which only pods with a PgBouncer sidecar serve (see
+`tests/chart/promql.py`): here their queries must be valid, and the test PgBouncer, after the
+load went through it, must serve every SHOW column and list item they are read from;
+`tests/e2e/test_real_pod_prometheus.py` gets them data from real pods.
 """
 
 from __future__ import annotations

@@ -93,3 +93,14 @@ def test_the_installed_versions_are_the_locked_ones() -> None:
             stale.append(f"{name} {installed} (locked {pinned})")
     assert not stale, "installed versions differ from the lock, run `make venv`: " + ", ".join(
         stale)
+
+
+def test_the_images_install_the_locked_versions() -> None:
+    # The images' wheelhouse lock is runtime.txt evaluated for the images' Python (plus the
+    # build backend): every package both name must have the same version.
+    images = REPO_ROOT / "hack" / "images" / "python-requirements.lock"
+    runtime, wheelhouse = _pins(LOCKS / "runtime.txt"), _pins(images)
+    assert runtime.keys() <= wheelhouse.keys(), runtime.keys() - wheelhouse.keys()
+    differing = {name: (str(v), str(wheelhouse[name])) for name, v in runtime.items()
+                 if name in wheelhouse and wheelhouse[name] != v}
+    assert not differing, f"run `make lock`: {differing}"

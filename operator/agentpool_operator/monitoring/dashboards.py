@@ -234,7 +234,7 @@ OVERVIEW = Dashboard(
     ),
 )
 
-# PgBouncer exporter series of the pools chosen, without the admin console's own pool.
+# PgBouncer series of the pools chosen, without the admin console's own pool.
 _PGB = f'{{{POOL}, database!="pgbouncer"}}'
 _PGB_POD = "sum by (namespace, agentpool, pod)"
 

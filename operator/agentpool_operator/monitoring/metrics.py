@@ -6,9 +6,10 @@ server (queue gauges labelled with the pool's namespace and name, `metrics_api/t
 The tests check every name against the registries and against what a real Prometheus scraped,
 so a renamed metric fails the build instead of leaving an empty panel.
 
-The `PGBOUNCER_*` names are the PgBouncer exporter sidecar's: prometheus-community
-pgbouncer_exporter v0.11.0 (the image `api/models.py` pins), taken from its collector.go, each
-with the PgBouncer admin-console column it reads (`PGBOUNCER_EXPORTER_COLUMNS`).
+The `PGBOUNCER_*` names are prometheus-community pgbouncer_exporter v0.11.0's (taken from its
+collector.go), which the runtime serves itself from PgBouncer's admin console
+(`agent_runtime/pgbouncer_metrics.py`), each with the column it reads
+(`PGBOUNCER_EXPORTER_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ OPERATOR_WORKQUEUE_DEPTH = "agentpool_operator_workqueue_depth"
 OPERATOR_WATCH_STALLED = "agentpool_operator_watch_stalled"
 OPERATOR_POOLS = "agentpool_operator_pools"
 
-# PgBouncer exporter (per pod, prometheus-community pgbouncer_exporter v0.11.0). Pool series carry
-# `database` and `user`; database series `name` (the alias), `database`, `host`, `port`, ...
-# The admin console's own pool (database "pgbouncer") is excluded in every query.
+# PgBouncer (per pod, served by the runtime under pgbouncer_exporter v0.11.0's names). Pool
+# series carry `database` and `user`; database series `name` (the alias), `database`, `host`,
+# `port`, ... The admin console's own pool (database "pgbouncer") is excluded in every query.
 PGBOUNCER_CLIENTS_WAITING = "pgbouncer_pools_client_waiting_connections"
 PGBOUNCER_CLIENT_MAXWAIT = "pgbouncer_pools_client_maxwait_seconds"
 PGBOUNCER_SERVERS_ACTIVE = "pgbouncer_pools_server_active_connections"

@@ -1,6 +1,7 @@
-"""The PgBouncer config the operator renders works against a real PgBouncer: the exporter's
-stats user reads every SHOW command pgbouncer_exporter v0.11 runs and nothing else, and the
-pool's own database user still gets through to PostgreSQL.
+"""The PgBouncer config the operator renders works against a real PgBouncer: the stats user
+(the runtime reading PgBouncer's metrics) reads every SHOW command pgbouncer_exporter v0.11 runs
+and nothing else, the runtime's reader turns them into the exporter's metrics, and the pool's
+own database user still gets through to PostgreSQL.
 
 What runs is exactly what the operator puts in the ConfigMap and the derived Secret for a pool
 whose database is the test PostgreSQL (`build_children`, as the builder unit tests call it),
@@ -37,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from agent_runtime.pgbouncer_metrics import PgBouncerMetrics
 from agentpool_dev import services as svc
 from agentpool_dev.procs import free_port
 from agentpool_dev.services import ServiceSettings
@@ -107,7 +109,7 @@ def _render(database_dsn: str) -> Rendered:
         userlist=secret["userlist.txt"],
         databases_ini=secret["databases.ini"],
         database_url=secret["database-url"],
-        exporter_url=secret["exporter-connection-string"],
+        exporter_url=secret["pgbouncer-stats-url"],
         default_pool_size=pgbouncer.default_pool_size,
         max_client_conn=pgbouncer.max_client_connections,
     )
@@ -367,8 +369,8 @@ async def test_the_pool_user_still_queries_through_pgbouncer(
 ) -> None:
     """The runtime's DSN (the derived Secret's database-url) still reaches PostgreSQL."""
     url = bouncer.url(rendered.database_url)
-    # The runtime's default (agent_runtime/config.py db_statement_cache_size): no named
-    # statements, so this works with or without max_prepared_statements.
+    # No named statements, so this works with or without max_prepared_statements (the pods'
+    # runtime caches them: the real-pod test checks that against PgBouncer 1.24).
     conn = await asyncpg.connect(url, statement_cache_size=0)
     try:
         row = await conn.fetchrow("SELECT current_user, current_database(), 1 AS one")
@@ -396,6 +398,46 @@ def test_without_stats_users_the_exporter_is_refused(
     done = _psql(bouncer.url(rendered.exporter_url), "SHOW STATS")
     assert done.returncode != 0
     assert "not allowed" in done.stderr, done.stderr
+
+
+def _samples(text: str) -> dict[str, list[tuple[str, float]]]:
+    """Prometheus text -> metric name -> [(labels, value)]."""
+    found: dict[str, list[tuple[str, float]]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            name, _, labels = series.partition("{")
+            found.setdefault(name, []).append((labels, float(value)))
+    return found
+
+
+async def test_the_runtime_serves_the_exporters_metrics_from_it(
+    bouncer: Bouncer, rendered: Rendered
+) -> None:
+    """What the runtime adds to /metrics (agent_runtime/pgbouncer_metrics.py), read as the
+    stats user with the rendered URL: pgbouncer_exporter's names, the dashboards' series."""
+    text = (await PgBouncerMetrics(bouncer.url(rendered.exporter_url)).render()).decode()
+    samples = _samples(text)
+    assert samples["pgbouncer_up"] == [("", 1.0)]
+    app_db = urlsplit(rendered.database_url).path.lstrip("/")
+    pool_sizes = {labels: value for labels, value in samples["pgbouncer_databases_pool_size"]}
+    assert any(f'name="{app_db}"' in labels and value == rendered.default_pool_size
+               for labels, value in pool_sizes.items()), pool_sizes
+    for name in ("pgbouncer_pools_client_waiting_connections",
+                 "pgbouncer_pools_client_maxwait_seconds",
+                 "pgbouncer_pools_server_active_connections",
+                 "pgbouncer_pools_server_idle_connections", "pgbouncer_used_servers"):
+        assert name in samples, f"{name} missing from:\n{text}"
+    assert all('database="' in labels and 'user="' in labels
+               for labels, _ in samples["pgbouncer_pools_client_waiting_connections"])
+
+
+async def test_an_unreachable_pgbouncer_is_reported_not_raised(
+    bouncer: Bouncer, rendered: Rendered
+) -> None:
+    wrong = _with_password(bouncer.url(rendered.exporter_url), "0" * 64)
+    text = (await PgBouncerMetrics(wrong).render()).decode()
+    assert _samples(text) == {"pgbouncer_up": [("", 0.0)]}
 
 
 async def test_the_dsns_tls_timeout_and_application_name_reach_the_server(
