@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from agent_runtime.config import RuntimeConfig, RuntimeSettings
 from agent_runtime.db import ResultStore, create_pool
+from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.errors import TaskCancelledError, TaskFailedError, TaskWaitTimeout
 from agent_runtime.keys import Keys
 from agent_runtime.messages import TaskEnvelope, TaskResult, encode_payload, new_task_id
@@ -42,7 +43,8 @@ class TaskClient:
     @classmethod
     async def connect(cls, redis_url: str, config: RuntimeConfig,
                       database_url: str | None = None) -> TaskClient:
-        redis = Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5.0)
+        redis = Redis.from_url(redis_url, decode_responses=True, encoding_errors=TEXT_ERRORS,
+                               socket_connect_timeout=5.0)
         closers: list[Callable[[], Any]] = [redis.aclose]
         store = None
         if database_url:

@@ -26,6 +26,13 @@ from redis.exceptions import RedisError
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.context import TaskContext, WorkerResources
 from agent_runtime.db import ResultStore
+from agent_runtime.entries import (
+    EntryLimits,
+    bytes_safe,
+    clean_task_id,
+    dead_letter_copy,
+    decode_entry,
+)
 from agent_runtime.errors import MalformedTaskError, PermanentTaskError
 from agent_runtime.handlers import Handler, HandlerRegistry
 from agent_runtime.ipc import Message
@@ -34,7 +41,6 @@ from agent_runtime.messages import (
     TaskResult,
     TaskStatus,
     execution_number,
-    peek_task_id,
     retry_delay,
     truncate_error,
 )
@@ -77,10 +83,11 @@ class TaskExecutor:
         self._notify = notify
         self._on_unhealthy = on_unhealthy
         self._config: RuntimeConfig = resources.settings.config
+        self._limits = EntryLimits(self._config.max_payload_bytes, queue.keys.reply(""))
 
     async def run(self, delivery: Delivery, running: RunningTask) -> None:
         try:
-            envelope = TaskEnvelope.from_fields(delivery.fields)
+            envelope = decode_entry(delivery.fields, self._limits)
         except MalformedTaskError as exc:
             await self._dead_letter(delivery, None, str(exc), "malformed", "unknown")
             return
@@ -177,8 +184,9 @@ class TaskExecutor:
                                                     finished.error or "", delay))
         elif finished.dead_reason:
             final = result
+            copy = dead_letter_copy(delivery.fields, self._limits)
             await durably(lambda: self._queue.dead_letter(
-                delivery.entry_id, delivery.fields, finished.error or "", envelope, final))
+                delivery.entry_id, copy, finished.error or "", envelope, final))
         else:
             final = result
             await durably(lambda: self._queue.complete(delivery.entry_id, envelope, final))
@@ -189,7 +197,8 @@ class TaskExecutor:
 
     async def _dead_letter(self, delivery: Delivery, envelope: TaskEnvelope | None, reason: str,
                            kind: str, handler_name: str) -> None:
-        task_id = envelope.task_id if envelope else peek_task_id(delivery.fields)
+        reason = bytes_safe(reason)
+        task_id = envelope.task_id if envelope else clean_task_id(delivery.fields)
         result = None
         if task_id:
             result = TaskResult(task_id=task_id, status="failed", handler=handler_name,
@@ -198,11 +207,12 @@ class TaskExecutor:
                                 finished_at=time.time(), worker=self._queue.consumer)
             await self._store_in_db(result, [(task_id, "dead_lettered", time.time(),
                                               {"error": reason})])
-        await durably(lambda: self._queue.dead_letter(delivery.entry_id, delivery.fields,
-                                                      reason, envelope, result))
+        copy = dead_letter_copy(delivery.fields, self._limits)
+        await durably(lambda: self._queue.dead_letter(delivery.entry_id, copy, reason, envelope,
+                                                      result))
         self._notify({"type": "dead", "handler": handler_name, "reason": kind})
-        log.warning("dead-lettered entry %s (task %s): %s", delivery.entry_id, task_id or "?",
-                    reason)
+        log.warning("dead-lettered entry %s (task %s): %s", delivery.entry_id,
+                    task_id or "?", reason)
 
     async def _store_in_db(self, result: TaskResult | None, events: list[Event]) -> None:
         store = self._store

@@ -61,7 +61,8 @@ class QueueMaintenance:
 
     async def promote_due(self, limit: int = 500) -> int:
         """Move retries whose backoff has elapsed from the delayed set to the stream."""
-        moved = await self._script(PROMOTE_DUE, [self.keys.delayed, self.keys.stream],
+        moved = await self._script(PROMOTE_DUE, [self.keys.delayed, self.keys.stream,
+                                                 self.keys.dead],
                                    [repr(time.time()), limit])
         return int(moved)
 

@@ -18,6 +18,7 @@ An envelope is stored as flat stream-entry fields so `XRANGE` stays readable for
 from __future__ import annotations
 
 import json
+import math
 import random
 import uuid
 from collections.abc import Mapping
@@ -88,7 +89,8 @@ class TaskEnvelope:
         return fields
 
     def for_retry(self, error: str) -> TaskEnvelope:
-        return replace(self, retries=self.retries + 1, error=error[:MAX_ERROR_CHARS])
+        return replace(self, retries=self.retries + 1,
+                       error=truncate_error(error)[:MAX_ERROR_CHARS])
 
     @classmethod
     def from_fields(cls, raw: Mapping[Any, Any]) -> TaskEnvelope:
@@ -101,17 +103,24 @@ class TaskEnvelope:
             json.loads(fields["payload"])
         except ValueError as exc:
             raise MalformedTaskError(f"malformed task: payload is not JSON ({exc})") from exc
+        except RecursionError:
+            raise MalformedTaskError("malformed task: payload is nested too deeply to decode "
+                                     "as JSON") from None
         try:
             enqueued_at = float(fields["enqueued_at"])
             retries = int(fields.get("retries") or 0)
         except ValueError as exc:
             raise MalformedTaskError(f"malformed task: bad number ({exc})") from exc
+        if not math.isfinite(enqueued_at):
+            raise MalformedTaskError(f"malformed task: bad number (enqueued_at {enqueued_at})")
+        if retries < 0:
+            raise MalformedTaskError(f"malformed task: bad number (retries {retries} < 0)")
         return cls(
             task_id=fields["id"],
             handler=fields["handler"],
             payload_json=fields["payload"],
             enqueued_at=enqueued_at,
-            retries=max(retries, 0),
+            retries=retries,
             error=fields.get("error", ""),
             reply_to=fields.get("reply", ""),
             idempotency_key=fields.get("idem", ""),
@@ -151,6 +160,9 @@ class TaskResult:
 
 
 def truncate_error(message: str) -> str:
+    """An error message as it is stored: at most MAX_ERROR_CHARS, and valid UTF-8 whatever the
+    handler's exception held (a lone surrogate would fail every write to PostgreSQL)."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "..."
 
 

@@ -14,8 +14,9 @@ needs MAXLEN trimming (which would drop unacknowledged entries; see `maintenance
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,12 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from agent_runtime.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.entries import bytes_safe
 from agent_runtime.keys import Keys
 from agent_runtime.messages import TaskEnvelope, TaskResult, normalise_fields
 from agent_runtime.scripts import COMPLETE, HAND_BACK
+
+log = logging.getLogger(__name__)
 
 REPLY_TTL_SECONDS = 86400
 LAST_ERROR_TTL_SECONDS = 7 * 86400
@@ -192,11 +196,14 @@ class WorkQueue:
         if self._complete_sha is None:
             self._complete_sha = await self._redis.script_load(COMPLETE)
         try:
-            await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+            unreplied = await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
         except NoScriptError:
             # Redis restarted (or SCRIPT FLUSH): load the script again and run once more.
             self._complete_sha = await self._redis.script_load(COMPLETE)
-            await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+            unreplied = await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+        for task_id in unreplied or []:
+            log.warning("task %s: its reply key is not a list; result stored without a reply",
+                        bytes_safe(str(task_id)))
         # An error reaches every task of the batch; each records again (harmless, see COMPLETE).
         return [None] * len(batch)
 
@@ -219,10 +226,11 @@ class WorkQueue:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.dead, dead, maxlen=self._config.dead_letter_max_length,
                       approximate=True)
+            best_effort: set[int] = set()
             if result is not None:
-                self._stage_result(pipe, envelope, result)
+                best_effort = self._stage_result(pipe, envelope, result)
             self._stage_ack(pipe, entry_id, result.task_id if result else "")
-            await _execute(pipe)
+            await _execute(pipe, best_effort)
 
     async def hand_back(self, entry_ids: list[str]) -> int:
         """Return unfinished entries to the stream for any consumer (drain deadline)."""
@@ -234,12 +242,16 @@ class WorkQueue:
         return int(handed)
 
     def _stage_result(self, pipe: Any, envelope: TaskEnvelope | None,
-                      result: TaskResult) -> None:
+                      result: TaskResult) -> set[int]:
+        """Stage the result and the reply; returns the positions of the reply's commands,
+        which may fail (a reply key of another type) without failing the transaction."""
         pipe.set(self.keys.result(result.task_id), result.to_json(),
                  ex=self._config.result_ttl_seconds)
-        if envelope is not None and envelope.reply_to:
-            pipe.rpush(envelope.reply_to, result.task_id)
-            pipe.expire(envelope.reply_to, REPLY_TTL_SECONDS)
+        if envelope is None or not envelope.reply_to:
+            return set()
+        pipe.rpush(envelope.reply_to, result.task_id)
+        pipe.expire(envelope.reply_to, REPLY_TTL_SECONDS)
+        return {len(pipe) - 2, len(pipe) - 1}
 
     def _stage_ack(self, pipe: Any, entry_id: str, task_id: str) -> None:
         pipe.xack(self.keys.stream, self.keys.group, entry_id)
@@ -248,17 +260,19 @@ class WorkQueue:
             pipe.delete(self.keys.last_error(task_id))
 
 
-async def _execute(pipe: Any) -> None:
-    """EXEC, tolerating only NOGROUP on XACK (the group vanished with a Redis restart, so there
-    is nothing left to acknowledge); any other error is raised."""
-    error = _first_error(await pipe.execute(raise_on_error=False))
+async def _execute(pipe: Any, best_effort: Collection[int] = ()) -> None:
+    """EXEC, tolerating NOGROUP on XACK (the group vanished with a Redis restart, so there is
+    nothing left to acknowledge) and any error of the commands at `best_effort` positions
+    (EXEC does not roll back: the others took effect); any other error is raised."""
+    error = _first_error(await pipe.execute(raise_on_error=False), best_effort)
     if error is not None:
         raise error
 
 
-def _first_error(replies: list[Any]) -> ResponseError | None:
-    for reply in replies:
-        if isinstance(reply, ResponseError) and not is_nogroup(reply):
+def _first_error(replies: list[Any], best_effort: Collection[int]) -> ResponseError | None:
+    for position, reply in enumerate(replies):
+        if (isinstance(reply, ResponseError) and not is_nogroup(reply)
+                and position not in best_effort):
             return reply
     return None
 

@@ -15,15 +15,23 @@ from __future__ import annotations
 # replies per task and a pipeline one per task (parsing them was a third of a busy worker's
 # CPU). Like EXEC it does not roll back; an XACK without the group (Redis lost it) is not an
 # error. Running it again is harmless: the same result is stored, the entry is already gone.
+# A reply key holding another type is skipped (the result is stored and the entry acknowledged
+# all the same; the client still finds the result by reading it): the ids of those tasks are
+# returned, so the worker can say so.
 COMPLETE = """
 local k = 2
+local unreplied = {}
 for a = 4, #ARGV, 4 do
   redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', tonumber(ARGV[2]))
   local last_error = KEYS[k + 1]
   k = k + 2
   if ARGV[a + 3] == '1' then
-    redis.call('RPUSH', KEYS[k], ARGV[a + 2])
-    redis.call('EXPIRE', KEYS[k], tonumber(ARGV[3]))
+    local pushed = redis.pcall('RPUSH', KEYS[k], ARGV[a + 2])
+    if type(pushed) == 'table' and pushed.err then
+      unreplied[#unreplied + 1] = ARGV[a + 2]
+    else
+      redis.call('EXPIRE', KEYS[k], tonumber(ARGV[3]))
+    end
     k = k + 1
   end
   local acked = redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[a])
@@ -33,7 +41,7 @@ for a = 4, #ARGV, 4 do
   redis.call('XDEL', KEYS[1], ARGV[a])
   redis.call('DEL', last_error)
 end
-return 1
+return unreplied
 """
 
 # KEYS: stream, idempotency key. ARGV: ttl, task id, field, value, ...
@@ -113,19 +121,25 @@ end
 return handed
 """
 
-# KEYS: delayed set, stream. ARGV: now (Unix seconds), limit.
-# Moves retries whose time has come from the delayed set to the work stream.
+# KEYS: delayed set, stream, dead-letter stream. ARGV: now (Unix seconds), limit.
+# Moves retries whose time has come from the delayed set to the work stream. A member that is
+# not a JSON object of fields (nothing the runtime writes) goes to the dead-letter stream with
+# the reason instead: dropped silently, it would be a lost task.
 PROMOTE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, member in ipairs(due) do
   local ok, fields = pcall(cjson.decode, member)
-  if ok and type(fields) == 'table' then
+  if ok and type(fields) == 'table' and next(fields) ~= nil then
     local flat = {}
     for k, v in pairs(fields) do
-      flat[#flat + 1] = k
+      flat[#flat + 1] = tostring(k)
       flat[#flat + 1] = tostring(v)
     end
     redis.call('XADD', KEYS[2], '*', unpack(flat))
+  else
+    redis.call('XADD', KEYS[3], '*', 'delayed_member', member,
+               'dead_reason', 'malformed task: delayed retry is not a JSON object of fields',
+               'dead_at', ARGV[1])
   end
   redis.call('ZREM', KEYS[1], member)
 end

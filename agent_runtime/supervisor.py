@@ -30,13 +30,15 @@ from redis.exceptions import RedisError
 
 from agent_runtime import ipc
 from agent_runtime.config import RuntimeSettings
+from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.handles import RunningEntry, WorkerHandle, describe_exit
 from agent_runtime.health import HealthServer
 from agent_runtime.maintenance import QueueMaintenance
 from agent_runtime.memory_guard import MemoryGuard
 from agent_runtime.metrics import RuntimeMetrics
 from agent_runtime.reaper import reap_orphans
-from agent_runtime.upkeep import DatabaseUpkeep, HandOver, QueueUpkeep
+from agent_runtime.supervised import Supervised, all_ok
+from agent_runtime.upkeep import DatabaseUpkeep, HandOver, LeaseRenewal, QueueUpkeep
 from agent_runtime.worker_process import EXIT_BOOT_ERROR
 from agent_runtime.worker_process import main as worker_main
 
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 MEMORY_EVERY_SECONDS = 0.5
 MAX_SPAWN_BACKOFF_SECONDS = 30.0
+# A chore loop (lease renewal, queue upkeep) silent this long is stuck: liveness fails.
+CHORE_STALL_SECONDS = 60.0
 
 
 class Supervisor:
@@ -70,6 +74,7 @@ class Supervisor:
         self._exit_seen = asyncio.Event()
         self._stop = asyncio.Event()
         self._last_tick = time.monotonic()
+        self._leases_confirmed_at = 0.0
         self._next_memory_check = 0.0
         self.health: HealthServer | None = None
 
@@ -81,13 +86,21 @@ class Supervisor:
         modules = ["agent_runtime.worker_process"] + [r.partition(":")[0] for r in refs if r]
         self._mp.set_forkserver_preload(sorted(set(modules)))
         redis = Redis.from_url(self.settings.secrets.redis_url.get_secret_value(),
-                               decode_responses=True, socket_connect_timeout=5.0,
-                               socket_timeout=10.0, client_name=f"{self.settings.pod_name}-sup")
+                               decode_responses=True, encoding_errors=TEXT_ERRORS,
+                               socket_connect_timeout=5.0, socket_timeout=10.0,
+                               client_name=f"{self.settings.pod_name}-sup")
         self._maintenance = QueueMaintenance(redis, self.config)
-        self._queue_upkeep = QueueUpkeep(self._maintenance, self.config.lease_seconds,
-                                         self._live_consumers, self._due_transfers,
+        self._leases = LeaseRenewal(self._maintenance, self.config.lease_seconds,
+                                    self._live_consumers, self._leases_confirmed)
+        self._queue_upkeep = QueueUpkeep(self._maintenance, self._due_transfers,
                                          self._transferred)
         self._db_upkeep = DatabaseUpkeep(self.settings)
+        self._chores = [
+            Supervised("lease renewal", self._leases.run, stall_seconds=CHORE_STALL_SECONDS),
+            Supervised("queue upkeep", self._queue_upkeep.run,
+                       stall_seconds=CHORE_STALL_SECONDS),
+            Supervised("database upkeep", self._db_upkeep.run),
+        ]
         self.health = HealthServer(self.metrics, self._liveness, self._readiness)
         port = await self.health.start(self.config.metrics_host, self.config.metrics_port)
         log.info("supervisor %s: %d workers x %d slots, metrics on %s:%d", self._boot_id,
@@ -95,9 +108,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        background = [asyncio.create_task(self._queue_upkeep.run(), name="queue-upkeep"),
-                      asyncio.create_task(self._db_upkeep.run(), name="db-upkeep"),
-                      asyncio.create_task(self._ticks(), name="ticks")]
+        background = [asyncio.create_task(chore.run(), name=chore.name)
+                      for chore in self._chores]
+        background.append(asyncio.create_task(self._ticks(), name="ticks"))
         try:
             await self._stop.wait()
             await self._drain()
@@ -197,6 +210,9 @@ class Supervisor:
     def _live(self) -> list[WorkerHandle]:
         current = [h for h in self._slots.values() if h is not None]
         return [h for h in current + self._retiring if not h.exited]
+
+    def _leases_confirmed(self, at: float) -> None:
+        self._leases_confirmed_at = at
 
     def _live_consumers(self) -> list[str]:
         # Include dead workers whose entries are not yet handed over: keep those leases too.
@@ -390,13 +406,18 @@ class Supervisor:
 
     def _liveness(self) -> tuple[bool, str]:
         stalled = time.monotonic() - self._last_tick
-        return (stalled < 10.0, f"supervisor tick {stalled:.1f}s ago")
+        return all_ok([(stalled < 10.0, f"supervisor tick {stalled:.1f}s ago"),
+                       *(chore.alive() for chore in self._chores)])
 
     def _readiness(self) -> tuple[bool, str]:
         if self._draining:
             return False, "draining"
-        if not self._queue_upkeep.redis_ok:
-            return False, f"redis unavailable: {self._queue_upkeep.last_error}"
+        chores_ok, detail = all_ok([chore.ready() for chore in self._chores])
+        if not chores_ok:
+            return False, detail
+        for redis in (self._queue_upkeep.redis, self._leases.redis):
+            if not redis.ok:
+                return False, f"redis unavailable: {redis.last_error}"
         if not self._db_upkeep.schema_ready:
             return False, f"database schema not ready: {self._db_upkeep.last_error}"
         if self._memory.breaker.is_open:

@@ -25,6 +25,7 @@ from agent_runtime.cache import CacheInvalidations
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.context import WorkerResources
 from agent_runtime.db import ResultStore, create_pool
+from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.execution import RunningTask, TaskExecutor
 from agent_runtime.handlers import HandlerRegistry, run_hook
 from agent_runtime.http import HttpClient
@@ -38,10 +39,11 @@ READ_BLOCK_MS = 500
 CANCEL_POLL_SECONDS = 0.5
 
 
-def redis_client(url: str, *, name: str, read_timeout: float) -> Redis:
+def redis_client(url: str, *, name: str, read_timeout: float,
+                 encoding_errors: str = "strict") -> Redis:
     return Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0,
                           socket_timeout=read_timeout, health_check_interval=30,
-                          client_name=name)
+                          client_name=name, encoding_errors=encoding_errors)
 
 
 class Worker:
@@ -83,14 +85,18 @@ class Worker:
         # collector again, so their pages stay shared with the fork server (copy-on-write).
         gc.freeze()
         secrets = self.settings.secrets
-        redis = redis_client(secrets.redis_url.get_secret_value(), name=self.consumer,
-                             read_timeout=10.0)
-        reader = redis_client(secrets.redis_url.get_secret_value(), name=self.consumer,
-                              read_timeout=READ_BLOCK_MS / 1000 + 10.0)
+        url = secrets.redis_url.get_secret_value()
+        # Handlers get a client with plain string replies (`ctx.redis`); the queue's own clients
+        # never fail to decode what another producer wrote (see `entries.py`).
+        redis = redis_client(url, name=self.consumer, read_timeout=10.0)
+        queue_redis = redis_client(url, name=self.consumer, read_timeout=10.0,
+                                   encoding_errors=TEXT_ERRORS)
+        reader = redis_client(url, name=self.consumer, read_timeout=READ_BLOCK_MS / 1000 + 10.0,
+                              encoding_errors=TEXT_ERRORS)
         cache_url = secrets.effective_cache_redis_url
-        cache_redis = (redis if cache_url == secrets.redis_url.get_secret_value()
+        cache_redis = (redis if cache_url == url
                        else redis_client(cache_url, name=self.consumer, read_timeout=10.0))
-        self._closers += [redis.aclose, reader.aclose]
+        self._closers += [redis.aclose, queue_redis.aclose, reader.aclose]
         if cache_redis is not redis:
             self._closers.append(cache_redis.aclose)
         await redis.ping()
@@ -111,7 +117,7 @@ class Worker:
                                                  self.resources.caches)
         self._invalidations.start()
         self.store = store
-        self.queue = WorkQueue(redis, reader, self.config, self.consumer)
+        self.queue = WorkQueue(queue_redis, reader, self.config, self.consumer)
         await self.queue.ensure_group()
         self.executor = TaskExecutor(self.queue, registry, self.resources, store, self._send,
                                      self._become_unhealthy)

@@ -74,7 +74,7 @@ class ResultWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         with contextlib.suppress(Exception):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
         with contextlib.suppress(Exception):
             await self._client.config_set("notify-keyspace-events", self._saved_flags)
         await self._client.aclose()

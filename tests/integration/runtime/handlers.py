@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import psutil
+import redis
 
 from agent_runtime import PermanentTaskError, TaskContext
 
@@ -38,6 +39,20 @@ def pids_key(pool: str) -> str:
 
 def cleanups_key(pool: str) -> str:
     return f"test:{pool}:cleanups"
+
+
+def attempts_key(pool: str, task_id: str) -> str:
+    """The `ctx.attempt` of every execution of a task, in order."""
+    return f"test:{pool}:attempts:{task_id}"
+
+
+def overlaps_key(pool: str) -> str:
+    """Per task: executions that started while another execution of it was still running."""
+    return f"test:{pool}:overlaps"
+
+
+def _runs_key(pool: str, task_id: str) -> str:
+    return f"test:{pool}:runs:{task_id}"
 
 
 async def _mark(ctx: TaskContext) -> None:
@@ -111,3 +126,67 @@ async def segfault(payload: dict[str, Any], ctx: TaskContext) -> None:
     """Kills its worker the moment it starts, before the worker can report anything."""
     await _mark(ctx)
     os.kill(os.getpid(), signal.SIGSEGV)
+
+
+async def flaky(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Fails its first execution, succeeds after (needs the retry to be promoted)."""
+    await _mark(ctx)
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return {"attempt": ctx.attempt}
+
+
+async def block_at_once(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Blocks the worker's event loop from its very first line, before any await (a CPU loop or
+    a blocking call right at the start), for `seconds`; counts the execution synchronously."""
+    _sync_redis(ctx).hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+    time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 - blocking the loop is the point
+    return "woke"
+
+
+def _sync_redis(ctx: TaskContext) -> redis.Redis:
+    kwargs = ctx.redis.connection_pool.connection_kwargs
+    return redis.Redis(host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379),
+                       db=kwargs.get("db", 0), decode_responses=True)
+
+
+async def crash_twice_then_fail(payload: dict[str, Any], ctx: TaskContext) -> None:
+    """By its own execution count (not `ctx.attempt`): executions 1 and 2 kill the worker,
+    the 3rd raises (a retry: a new stream entry), and so on in that cycle. Records every
+    `ctx.attempt` it was given."""
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        pipe.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+        pipe.rpush(attempts_key(ctx.pool, ctx.task_id), ctx.attempt)
+        executions, _ = await pipe.execute()
+    if int(executions) % 3 != 0:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    raise RuntimeError(f"fails on execution {executions}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def exclusive(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Runs `seconds` and notices if another execution of the same task is running at the same
+    time anywhere on this host: every execution registers its pid under the task while it
+    runs, and one that finds another registered execution whose process is still alive counts
+    an overlap. (A killed execution leaves its registration behind, but its process is dead.)"""
+    runs, me = _runs_key(ctx.pool, ctx.task_id), str(os.getpid())
+    async with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(runs, me, time.time())
+        pipe.hkeys(runs)
+        pipe.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+        pipe.rpush(attempts_key(ctx.pool, ctx.task_id), ctx.attempt)
+        _, registered, _, _ = await pipe.execute()
+    others = [int(pid) for pid in registered if pid != me and _alive(int(pid))]
+    if others:
+        await ctx.redis.hincrby(overlaps_key(ctx.pool), ctx.task_id, 1)
+    try:
+        await asyncio.sleep(float(payload.get("seconds", 0)))
+    finally:
+        await ctx.redis.hdel(runs, me)
+    return {"n": payload.get("n"), "attempt": ctx.attempt, "pid": os.getpid()}
