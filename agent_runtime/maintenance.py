@@ -8,6 +8,7 @@ and a pod that dies stops renewing, which is exactly what lets other pods reclai
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from redis.asyncio import Redis
@@ -18,6 +19,9 @@ from agent_runtime.keys import Keys
 from agent_runtime.messages import peek_task_id
 from agent_runtime.queue import LAST_ERROR_TTL_SECONDS, ensure_group, is_nogroup
 from agent_runtime.scripts import HAND_BACK, PROMOTE_DUE, RENEW_LEASES, TRANSFER_PENDING
+
+# A lease is renewed once this share of it has passed.
+RENEW_THRESHOLD_SHARE = 1 / 3
 
 
 class QueueMaintenance:
@@ -43,20 +47,24 @@ class QueueMaintenance:
         third of it has passed, so a delayed tick still renews in time)."""
         if not consumers:
             return 0
-        threshold_ms = int(self._config.lease_seconds * 1000 / 3)
+        threshold_ms = int(self._config.lease_seconds * 1000 * RENEW_THRESHOLD_SHARE)
         renewed = await self._script(RENEW_LEASES, [self.keys.stream],
                                      [self.keys.group, threshold_ms, *consumers])
         return int(renewed)
 
-    async def transfer(self, from_consumer: str, to_consumer: str) -> int:
-        """Move a dead worker's entries to the consumer of its replacement."""
+    async def transfer(self, from_consumer: str, to_consumer: str,
+                       started: Collection[str] = ()) -> int:
+        """Move a dead worker's entries to the consumer of its replacement; `started`: the
+        entries whose execution had started there (only those count a delivery)."""
         moved = await self._script(TRANSFER_PENDING, [self.keys.stream],
-                                   [self.keys.group, from_consumer, to_consumer])
+                                   [self.keys.group, from_consumer, to_consumer,
+                                    *sorted(started)])
         return int(moved)
 
-    async def hand_back_all(self, consumer: str) -> int:
+    async def hand_back_all(self, consumer: str, started: Collection[str] = ()) -> int:
         """Put everything a consumer holds back on the stream (final step of a drain)."""
-        handed = await self._script(HAND_BACK, [self.keys.stream], [self.keys.group, consumer])
+        handed = await self._script(HAND_BACK, [self.keys.stream],
+                                    [self.keys.group, consumer, 0, *sorted(started)])
         return int(handed)
 
     async def promote_due(self, limit: int = 500) -> int:
@@ -75,19 +83,19 @@ class QueueMaintenance:
                 pipe.set(self.keys.last_error(task_id), error, ex=LAST_ERROR_TTL_SECONDS)
             await pipe.execute()
 
-    async def record_pending_errors(self, consumer: str, error: str) -> int:
-        """Remember `error` as the last error of every task a dead consumer still holds.
+    async def record_entry_errors(self, entry_ids: Collection[str], error: str) -> int:
+        """Remember `error` as the last error of the tasks of these entries (those whose
+        execution had started on a worker that died).
 
-        Read from the queue, not from what the worker last reported: a task that kills its
-        worker the moment it starts (a segfault in a C extension) is attributed too.
+        The task ids are read from the queue, not from what the worker last reported: a task
+        that kills its worker the moment it starts (a segfault in a C extension) is attributed
+        too.
         """
-        rows: Any = await self._redis.xpending_range(self.keys.stream, self.keys.group, "-",
-                                                     "+", 10_000, consumername=consumer)
-        if not rows:
+        if not entry_ids:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.xrange(self.keys.stream, row["message_id"], row["message_id"])
+            for entry_id in entry_ids:
+                pipe.xrange(self.keys.stream, entry_id, entry_id)
             entries: list[Any] = await pipe.execute()
         task_ids = [peek_task_id(found[0][1]) for found in entries if found]
         task_ids = [task_id for task_id in task_ids if task_id]

@@ -9,7 +9,9 @@ An envelope is stored as flat stream-entry fields so `XRANGE` stays readable for
     handler      handler name from the pool's `handler_map` ("default" when omitted)
     payload      the JSON payload, as JSON text
     enqueued_at  submission time, Unix seconds (feeds the queue-wait histogram)
-    retries      executions that already ended in a retry (0 for a new task)
+    retries      executions of the task before this entry: runs that ended in a retry, that
+                 died with their worker or pod, or were interrupted by a drain (0 for a new
+                 task), so the attempt count goes on across entries
     error        the error of the last failed execution (empty for a new task)
     reply        optional Redis list the worker pushes the task id to when it finishes
     idem         optional idempotency key the task was submitted under
@@ -88,8 +90,9 @@ class TaskEnvelope:
                 fields[name] = value
         return fields
 
-    def for_retry(self, error: str) -> TaskEnvelope:
-        return replace(self, retries=self.retries + 1,
+    def for_retry(self, error: str, executions: int) -> TaskEnvelope:
+        """The envelope of the next entry of this task, after `executions` runs in all."""
+        return replace(self, retries=max(executions, self.retries + 1),
                        error=truncate_error(error)[:MAX_ERROR_CHARS])
 
     @classmethod
@@ -175,6 +178,7 @@ def retry_delay(retries: int, base: float, cap: float, rng: random.Random | None
 
 
 def execution_number(retries: int, deliveries: int) -> int:
-    """Which execution of a task this is: earlier retried runs plus deliveries of this entry
-    (each crash or hang of a worker adds a delivery)."""
+    """Which execution of a task this is: runs before this entry (`retries`) plus the
+    executions of this entry, this one included (`deliveries`: a delivery counts only when the
+    execution started - each run that died with its worker adds one; see `board.py`)."""
     return retries + max(deliveries, 1)

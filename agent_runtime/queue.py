@@ -28,7 +28,7 @@ from agent_runtime.config import RuntimeConfig
 from agent_runtime.entries import bytes_safe
 from agent_runtime.keys import Keys
 from agent_runtime.messages import TaskEnvelope, TaskResult, normalise_fields
-from agent_runtime.scripts import COMPLETE, HAND_BACK
+from agent_runtime.scripts import ADOPT, COMPLETE, HAND_BACK
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ class Completion:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One stream entry handed to this consumer, with how often it has been delivered.
+    """One stream entry handed to this consumer, with its delivery count: executions of this
+    entry that started, this one included (a delivery to a worker that died before starting
+    it does not count; see `scripts.TRANSFER_PENDING`).
 
     `may_be_cancelled` is False when the read that delivered it also saw that no cancellation
     had been requested, so the task needs no cancellation check before it starts.
@@ -57,6 +59,12 @@ class Delivery:
     fields: dict[str, str]
     deliveries: int
     may_be_cancelled: bool = True
+
+    @property
+    def suspect(self) -> bool:
+        """An execution of this entry died with its worker or pod (or it was handed back as a
+        suspect): it may be what killed it, so it runs alone."""
+        return self.deliveries > 1 or self.fields.get("suspect") == "1"
 
 
 def is_nogroup(exc: ResponseError) -> bool:
@@ -126,24 +134,13 @@ class WorkQueue:
         return {row["message_id"]: int(row["times_delivered"]) for row in rows}
 
     async def adopt_own(self, exclude: set[str], count: int) -> list[Delivery]:
-        """Claim entries already owned by this consumer but not running here: moved to us by the
-        supervisor after our predecessor died. The claim counts as a delivery."""
-        rows: Any = await self._redis.xpending_range(
-            self.keys.stream, self.keys.group, min="-", max="+", count=count + len(exclude),
-            consumername=self.consumer,
-        )
-        ids: list[str] = [row["message_id"] for row in rows
-                          if row["message_id"] not in exclude][:count]
-        if not ids:
-            return []
-        claimed: Any = await self._redis.xclaim(self.keys.stream, self.keys.group, self.consumer,
-                                                0, list(ids))
-        found: dict[str, Any] = {i: f for i, f in claimed if f is not None}
-        gone = [entry_id for entry_id in ids if entry_id not in found]
-        if gone:  # deleted from the stream; nothing left to run, clear the PEL
-            await self._redis.xack(self.keys.stream, self.keys.group, *gone)
-        counts = await self._delivery_counts(found)
-        return [Delivery(i, normalise_fields(f), counts.get(i, 1)) for i, f in found.items()]
+        """Entries already owned by this consumer but not running here: moved to us by the
+        supervisor after our predecessor died. Adopting is not a delivery: the hand-over
+        counted the executions that had started."""
+        rows: Any = await self._redis.eval(ADOPT, 1, self.keys.stream, self.keys.group,
+                                           self.consumer, count, *sorted(exclude))
+        return [Delivery(str(entry_id), _pairs(fields), int(deliveries))
+                for entry_id, deliveries, fields in rows or []]
 
     async def reclaim_idle(self, count: int) -> list[Delivery]:
         """Take entries whose lease expired: their consumer's pod stopped renewing them."""
@@ -154,9 +151,12 @@ class WorkQueue:
         )
         # Resume from the cursor next time instead of rescanning the head of the PEL.
         self._autoclaim_cursor = str(reply[0])
+        # Counted as a delivery: the pod that held these is gone, and with it the knowledge of
+        # whether they had started. Counting keeps maxDeliveries a hard bound (a task that
+        # kills its whole pod must not loop forever); the count also makes them suspects.
         entries = [(i, f) for i, f in reply[1] if f is not None]
         counts = await self._delivery_counts(i for i, _ in entries)
-        return [Delivery(i, normalise_fields(f), counts.get(i, 1)) for i, f in entries]
+        return [Delivery(i, normalise_fields(f), counts.get(i, 2)) for i, f in entries]
 
     async def cancelled(self, task_ids: list[str]) -> set[str]:
         if not task_ids:
@@ -207,10 +207,12 @@ class WorkQueue:
         # An error reaches every task of the batch; each records again (harmless, see COMPLETE).
         return [None] * len(batch)
 
-    async def retry(self, entry_id: str, envelope: TaskEnvelope, error: str,
+    async def retry(self, entry_id: str, envelope: TaskEnvelope, executions: int, error: str,
                     delay: float) -> None:
-        """Park the task in the delayed set for its next attempt and acknowledge, atomically."""
-        member = json.dumps(envelope.for_retry(error).to_fields(), sort_keys=True)
+        """Park the task in the delayed set for its next attempt and acknowledge, atomically.
+        `executions`: how many times the task has run, this time included; the new entry
+        carries it on, so its attempts keep counting up."""
+        member = json.dumps(envelope.for_retry(error, executions).to_fields(), sort_keys=True)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.keys.delayed, {member: time.time() + delay})
             self._stage_ack(pipe, entry_id, envelope.task_id)
@@ -232,13 +234,14 @@ class WorkQueue:
             self._stage_ack(pipe, entry_id, result.task_id if result else "")
             await _execute(pipe, best_effort)
 
-    async def hand_back(self, entry_ids: list[str]) -> int:
-        """Return unfinished entries to the stream for any consumer (drain deadline)."""
+    async def hand_back(self, entry_ids: list[str], started: set[str]) -> int:
+        """Return unfinished entries to the stream for any consumer (drain deadline);
+        `started`: those whose execution had started (it counts as one)."""
         if not entry_ids:
             return 0
         handed = await self._redis.eval(
-            HAND_BACK, 1, self.keys.stream, self.keys.group, self.consumer, *entry_ids
-        )
+            HAND_BACK, 1, self.keys.stream, self.keys.group, self.consumer, len(entry_ids),
+            *entry_ids, *sorted(started))
         return int(handed)
 
     def _stage_result(self, pipe: Any, envelope: TaskEnvelope | None,
@@ -275,6 +278,11 @@ def _first_error(replies: list[Any], best_effort: Collection[int]) -> ResponseEr
                 and position not in best_effort):
             return reply
     return None
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """Stream entry fields as a script returns them: [name, value, name, value, ...]."""
+    return normalise_fields(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

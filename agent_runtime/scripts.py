@@ -74,18 +74,24 @@ end
 return renewed
 """
 
-# KEYS: stream. ARGV: group, from consumer, to consumer.
-# Moves a dead worker's pending entries to its replacement (JUSTID: the replacement's own claim
-# counts the delivery) and deletes the dead consumer, which is safe once its PEL is empty.
+# KEYS: stream. ARGV: group, from consumer, to consumer, then the entries whose execution
+# started on the from consumer's worker (read from its board).
+# Moves a dead worker's pending entries to its replacement and deletes the dead consumer,
+# which is safe once its PEL is empty. An entry's delivery count goes up only if its execution
+# had started (RETRYCOUNT): a task that never ran on the dead worker has not used a delivery.
+# A count above 1 marks the entry a suspect, which the replacement runs alone.
 TRANSFER_PENDING = """
+local started = {}
+for i = 4, #ARGV do started[ARGV[i]] = true end
 local moved = 0
 for _ = 1, 1000 do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000, ARGV[2])
   if #pending == 0 then break end
-  local args = {KEYS[1], ARGV[1], ARGV[3], 0}
-  for _, p in ipairs(pending) do args[#args + 1] = p[1] end
-  args[#args + 1] = 'JUSTID'
-  redis.call('XCLAIM', unpack(args))
+  for _, p in ipairs(pending) do
+    local count = p[4]
+    if started[p[1]] then count = count + 1 end
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, p[1], 'RETRYCOUNT', count, 'JUSTID')
+  end
   moved = moved + #pending
 end
 local left = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
@@ -93,15 +99,45 @@ if #left == 0 then redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]
 return moved
 """
 
-# KEYS: stream. ARGV: group, consumer, [entry id, ...] (none: all of the consumer's entries).
-# Puts entries the consumer still owns back at the tail of the stream as new entries (same task
-# id, same retry count), then acknowledges and deletes the originals: any consumer can take them
-# at once, without waiting for a lease to expire. Used on drain. Returns how many went back.
+# KEYS: stream. ARGV: group, consumer, how many, then entry ids to leave out (running here).
+# The consumer's own pending entries that it is not running (moved to it after its
+# predecessor died), each as {id, delivery count, fields}: one round trip, and no claim, so
+# adopting does not count as a delivery (the hand-over already counted what had started).
+# Entries deleted from the stream meanwhile are acknowledged: nothing is left to run.
+ADOPT = """
+local skip = {}
+for i = 4, #ARGV do skip[ARGV[i]] = true end
+local wanted = tonumber(ARGV[3])
+local out = {}
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', wanted + #ARGV - 3, ARGV[2])
+for _, p in ipairs(pending) do
+  if #out >= wanted then break end
+  if not skip[p[1]] then
+    local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])
+    if #entry == 1 then
+      out[#out + 1] = {p[1], p[4], entry[1][2]}
+    else
+      redis.call('XACK', KEYS[1], ARGV[1], p[1])
+    end
+  end
+end
+return out
+"""
+
+# KEYS: stream. ARGV: group, consumer, n, then n entry ids (n = 0: every pending entry of the
+# consumer), then the entries whose execution started (on a board).
+# Puts entries the consumer still owns back at the tail of the stream as new entries, then
+# acknowledges and deletes the originals: any consumer can take them at once, without waiting
+# for a lease to expire. Used on drain. The new entry carries the executions so far in
+# `retries` (those of the original entry, plus the interrupted one if it had started), and
+# `suspect` if an execution of it had died with its worker. Returns how many went back.
 HAND_BACK = """
+local n = tonumber(ARGV[3])
 local ids = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
-else
+local started = {}
+for i = 4, 3 + n do ids[#ids + 1] = ARGV[i] end
+for i = 4 + n, #ARGV do started[ARGV[i]] = true end
+if n == 0 then
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 10000, ARGV[2])
   for _, p in ipairs(pending) do ids[#ids + 1] = p[1] end
 end
@@ -111,7 +147,30 @@ for _, id in ipairs(ids) do
   if #owned == 1 then
     local entry = redis.call('XRANGE', KEYS[1], id, id)
     if #entry == 1 then
-      redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+      local count = owned[1][4]
+      local ran = count - 1
+      if started[id] then ran = count end
+      local fields = entry[1][2]
+      local found, marked = false, false
+      for f = 1, #fields, 2 do
+        if fields[f] == 'retries' then
+          found = true
+          if ran > 0 and string.match(fields[f + 1], '^%d+$') then
+            fields[f + 1] = tostring(tonumber(fields[f + 1]) + ran)
+          end
+        elseif fields[f] == 'suspect' then
+          marked = true
+        end
+      end
+      if not found and ran > 0 then
+        fields[#fields + 1] = 'retries'
+        fields[#fields + 1] = tostring(ran)
+      end
+      if count > 1 and not marked then
+        fields[#fields + 1] = 'suspect'
+        fields[#fields + 1] = '1'
+      end
+      redis.call('XADD', KEYS[1], '*', unpack(fields))
       handed = handed + 1
     end
     redis.call('XACK', KEYS[1], ARGV[1], id)

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent_runtime import ipc
+from agent_runtime.board import Board
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.handles import RunningEntry, WorkerHandle, describe_exit
@@ -74,7 +75,10 @@ class Supervisor:
         self._exit_seen = asyncio.Event()
         self._stop = asyncio.Event()
         self._last_tick = time.monotonic()
-        self._leases_confirmed_at = 0.0
+        self._leases_ok_until = 0.0  # monotonic; see `_leases_confirmed`
+        # Entries whose execution had started, per consumer of ours, read from the boards of
+        # workers that exited (for the final hand-back of a drain).
+        self._started: dict[str, tuple[str, ...]] = {}
         self._next_memory_check = 0.0
         self.health: HealthServer | None = None
 
@@ -163,7 +167,8 @@ class Supervisor:
             try:
                 handed = 0
                 for consumer in sorted(self._consumers):
-                    handed += await self._maintenance.hand_back_all(consumer)
+                    handed += await self._maintenance.hand_back_all(
+                        consumer, self._started.get(consumer, ()))
                     await self._maintenance.forget_consumer(consumer)
                 if handed:
                     log.info("supervisor handed back %d task(s)", handed)
@@ -185,20 +190,24 @@ class Supervisor:
             max_tasks = self.config.max_tasks_per_worker + random.randint(
                 0, self.config.max_tasks_jitter)
         parent_conn, child_conn = self._mp.Pipe(duplex=True)
+        board = Board.create(self.config.concurrency)
+        board.confirm_leases_until(self._leases_ok_until)
         process = self._mp.Process(
             target=worker_main, name=f"agentpool-worker-{slot}",
-            args=(self.settings, slot, consumer, child_conn, max_tasks))
+            args=(self.settings, slot, consumer, child_conn, max_tasks, board))
         try:
             process.start()
         except OSError as exc:
             log.error("cannot start worker for slot %d: %s", slot, exc)
             parent_conn.close()
             child_conn.close()
+            board.close()
             self._spawn_after[slot] = time.monotonic() + 1.0
             return None
         child_conn.close()
         handle = WorkerHandle(slot=slot, generation=generation, consumer=consumer,
-                              process=process, conn=parent_conn, max_tasks=max_tasks)
+                              process=process, conn=parent_conn, max_tasks=max_tasks,
+                              board=board)
         self._slots[slot] = handle
         self._consumers.add(consumer)
         loop = asyncio.get_running_loop()
@@ -212,7 +221,12 @@ class Supervisor:
         return [h for h in current + self._retiring if not h.exited]
 
     def _leases_confirmed(self, at: float) -> None:
-        self._leases_confirmed_at = at
+        """Every lease of this pod was renewed by `at`: running tasks may go on until their
+        leases could lapse, less a margin; each worker reads that from its board."""
+        self._leases_ok_until = at + self._leases.safe_for
+        for handle in self._live():
+            if handle.board is not None:
+                handle.board.confirm_leases_until(self._leases_ok_until)
 
     def _live_consumers(self) -> list[str]:
         # Include dead workers whose entries are not yet handed over: keep those leases too.
@@ -286,11 +300,15 @@ class Supervisor:
             self.metrics.restarts.labels(reason).inc()
         log.warning("killing worker %s (pid %s): %s", handle.consumer, handle.pid, detail)
         handle.exit_error = f"worker killed: {detail}"
-        self._remember_errors(handle, handle.exit_error)
+        started = [slot.entry_id for slot in handle.started_slots()]
+        self._remember_errors(handle, started, handle.exit_error)
         handle.process.kill()
 
-    def _remember_errors(self, handle: WorkerHandle, error: str) -> None:
-        task_ids = [e.task_id for e in handle.running.values() if e.task_id]
+    def _remember_errors(self, handle: WorkerHandle, entry_ids: list[str] | tuple[str, ...],
+                         error: str) -> None:
+        """At once, from what the worker reported; the hand-over records it again from the
+        queue (which also knows tasks that died before the worker could report them)."""
+        task_ids = handle.task_ids(entry_ids)
         if task_ids:
             asyncio.get_running_loop().create_task(self._record_errors(task_ids, error))
 
@@ -304,7 +322,9 @@ class Supervisor:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(handle.conn.fileno())
         handle.process.join(timeout=0)
+        handle.close_board()
         handle.exited = True
+        self._started[handle.consumer] = handle.started_at_exit
         self._exit_seen.set()
         code = handle.process.exitcode
         expected = handle.kill_reason is not None or handle.retiring is not None
@@ -314,7 +334,7 @@ class Supervisor:
             detail = handle.boot_error or describe_exit(code)
             log.warning("worker %s exited unexpectedly (%s)", handle.consumer, detail)
             handle.exit_error = f"worker died: {describe_exit(code)}"
-            self._remember_errors(handle, handle.exit_error)
+            self._remember_errors(handle, handle.started_at_exit, handle.exit_error)
             if not handle.ready:
                 self._failures[handle.slot] += 1
         handle.conn.close()
@@ -335,12 +355,14 @@ class Supervisor:
         for source in self._transfers:
             target = self._slots.get(source.slot)
             if target is not None and not target.exited:
-                due.append(HandOver(source.consumer, target.consumer, source.exit_error))
+                due.append(HandOver(source.consumer, target.consumer, source.exit_error,
+                                    source.started_at_exit))
         return due
 
     def _transferred(self, source: str, target: str, moved: int) -> None:
         self._transfers = [h for h in self._transfers if h.consumer != source]
         self._consumers.discard(source)  # the transfer deleted it from the group
+        self._started.pop(source, None)
         for handle in self._live():
             if handle.consumer == target:
                 # Even with nothing moved: the replacement re-checks what it owns.
@@ -361,10 +383,9 @@ class Supervisor:
     def _tick(self) -> None:
         now = time.monotonic()
         self._last_tick = now
-        wall = time.time()
         reap_orphans()  # only as PID 1 (no init in the container)
         for handle in self._live():
-            self._check_worker(handle, now, wall)
+            self._check_worker(handle, now)
         if not self._draining:
             for slot, occupant in self._slots.items():
                 if occupant is None and now >= self._spawn_after[slot]:
@@ -378,21 +399,21 @@ class Supervisor:
         for handle in live:
             states[handle.state] = states.get(handle.state, 0) + 1
         self.metrics.set_worker_states(states)
-        self.metrics.longest_running.set(max((h.oldest_task_age(wall) for h in live),
+        self.metrics.longest_running.set(max((h.oldest_task_age(now) for h in live),
                                              default=0.0))
         pools = [h.db_pool for h in live if h.db_pool]
         self.metrics.db_connections.labels("used").set(sum(p[0] - p[1] for p in pools))
         self.metrics.db_connections.labels("idle").set(sum(p[1] for p in pools))
         self.metrics.db_connections_max.set(sum(p[2] for p in pools))
 
-    def _check_worker(self, handle: WorkerHandle, now: float, wall: float) -> None:
+    def _check_worker(self, handle: WorkerHandle, now: float) -> None:
         config = self.config
         if not handle.ready and now - handle.spawned_at > config.startup_timeout_seconds:
             self.kill(handle, "startup_timeout",
                        f"not warm after {config.startup_timeout_seconds:g}s")
         elif handle.ready and now - handle.last_seen > config.heartbeat_timeout_seconds:
             self.kill(handle, "heartbeat", f"silent for {now - handle.last_seen:.0f}s")
-        elif handle.oldest_task_age(wall) > config.task_timeout_seconds + config.hang_grace_seconds:
+        elif handle.oldest_task_age(now) > config.task_timeout_seconds + config.hang_grace_seconds:
             self.kill(handle, "timeout",
                        f"task exceeded its {config.task_timeout_seconds:g}s timeout")
         elif handle.retiring is not None and now > handle.retire_deadline:
@@ -422,6 +443,8 @@ class Supervisor:
             return False, f"database schema not ready: {self._db_upkeep.last_error}"
         if self._memory.breaker.is_open:
             return False, "memory breaker open"
+        if time.monotonic() >= self._leases_ok_until:
+            return False, "leases not confirmed (tasks wait until Redis renews them)"
         warm = sum(1 for h in self._live() if h.ready and h.retiring is None)
         if not warm:
             return False, "no warm worker"

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.db import create_pool
-from agent_runtime.maintenance import QueueMaintenance
+from agent_runtime.maintenance import RENEW_THRESHOLD_SHARE, QueueMaintenance
 from agent_runtime.migrations import ensure_schema, maintain_partitions
 from agent_runtime.supervised import Beat
 
@@ -45,6 +45,7 @@ class HandOver:
     source: str
     target: str
     error: str | None  # why the source died: recorded as its tasks' last error first
+    started: tuple[str, ...] = ()  # its entries whose execution had started (its board)
 
 
 class RedisState:
@@ -76,6 +77,10 @@ class LeaseRenewal:
         self._maintenance = maintenance
         # Renew at least twice per renewal threshold (lease/3), so one late run is harmless.
         self.every = max(min(lease_seconds / 6, 5.0), 0.1)
+        # After a renewal every lease has at least lease - threshold to go: tasks may run that
+        # long past it, less a margin for the workers' checks (`lifeline.py`) to act in.
+        margin = min(max(lease_seconds / 10, 0.5), 5.0)
+        self.safe_for = lease_seconds * (1 - RENEW_THRESHOLD_SHARE) - margin
         self._consumers = consumers
         self._on_confirmed = on_confirmed
         self.redis = RedisState("lease renewal")
@@ -112,9 +117,10 @@ class QueueUpkeep:
                     group_ready = True
                 for hand_over in self._transfers():
                     if hand_over.error:
-                        await self._maintenance.record_pending_errors(hand_over.source,
-                                                                      hand_over.error)
-                    moved = await self._maintenance.transfer(hand_over.source, hand_over.target)
+                        await self._maintenance.record_entry_errors(hand_over.started,
+                                                                    hand_over.error)
+                    moved = await self._maintenance.transfer(hand_over.source, hand_over.target,
+                                                             hand_over.started)
                     self._on_transferred(hand_over.source, hand_over.target, moved)
                 await self._maintenance.promote_due()
                 if time.monotonic() >= next_trim:
