@@ -18,17 +18,32 @@ from agent_runtime.config import RuntimeConfig
 from agent_runtime.keys import Keys
 from agent_runtime.messages import peek_task_id
 from agent_runtime.queue import LAST_ERROR_TTL_SECONDS, ensure_group, is_nogroup
-from agent_runtime.scripts import HAND_BACK, PROMOTE_DUE, RENEW_LEASES, TRANSFER_PENDING
+from agent_runtime.scripts import (
+    HAND_BACK,
+    PROMOTE_DUE,
+    PRUNE_CONSUMERS,
+    RENEW_LEASES,
+    TRANSFER_PENDING,
+)
 
 # A lease is renewed once this share of it has passed.
 RENEW_THRESHOLD_SHARE = 1 / 3
 
 
+# A pod that has not renewed its leases for this many leases is gone.
+GONE_AFTER_LEASES = 3
+# Pods are forgotten this long after they were last seen.
+FORGET_PODS_AFTER_SECONDS = 86400.0
+
+
 class QueueMaintenance:
-    def __init__(self, redis: Redis, config: RuntimeConfig) -> None:
+    def __init__(self, redis: Redis, config: RuntimeConfig, pod_id: str = "") -> None:
+        """`pod_id`: this supervisor's boot, the prefix of its consumers' names ("" for tools
+        that only maintain)."""
         self._redis = redis
         self._config = config
         self.keys = Keys.for_config(config)
+        self.pod_id = pod_id
 
     async def _script(self, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -44,12 +59,13 @@ class QueueMaintenance:
 
     async def renew_leases(self, consumers: list[str]) -> int:
         """Reset the idle time of every entry the given consumers hold (renew each lease once a
-        third of it has passed, so a delayed tick still renews in time)."""
-        if not consumers:
+        third of it has passed, so a delayed tick still renews in time), and mark this pod
+        alive."""
+        if not consumers and not self.pod_id:
             return 0
         threshold_ms = int(self._config.lease_seconds * 1000 * RENEW_THRESHOLD_SHARE)
-        renewed = await self._script(RENEW_LEASES, [self.keys.stream],
-                                     [self.keys.group, threshold_ms, *consumers])
+        renewed = await self._script(RENEW_LEASES, [self.keys.stream, self.keys.pods],
+                                     [self.keys.group, threshold_ms, self.pod_id, *consumers])
         return int(renewed)
 
     async def transfer(self, from_consumer: str, to_consumer: str,
@@ -137,20 +153,22 @@ class QueueMaintenance:
         # MINID keeps entries >= floor; the floor entry itself may be pending or unread.
         return int(await self._redis.xtrim(self.keys.stream, minid=floor, approximate=False))
 
-    async def prune_consumers(self, idle_seconds: float) -> int:
-        """Delete consumers that hold nothing and were idle for long (pods that went away).
-        Consumers with pending entries are kept: deleting them would orphan their entries."""
-        try:
-            consumers = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group)
-        except ResponseError:
-            return 0
-        removed = 0
-        for consumer in consumers:
-            if int(consumer["pending"]) == 0 and int(consumer["idle"]) > idle_seconds * 1000:
-                await self._redis.xgroup_delconsumer(self.keys.stream, self.keys.group,
-                                                     str(consumer["name"]))
-                removed += 1
-        return removed
+    async def prune_consumers(self, idle_seconds: float) -> list[str]:
+        """Delete consumers that hold nothing and whose pod is gone (it stopped renewing its
+        leases `GONE_AFTER_LEASES` leases ago), or, for consumers of no known pod, that were
+        idle `idle_seconds`. Consumers holding entries are kept: deleting them would orphan
+        their entries; they go once others have reclaimed those. Returns the deleted names."""
+        gone_after_ms = int(GONE_AFTER_LEASES * self._config.lease_seconds * 1000)
+        removed = await self._script(
+            PRUNE_CONSUMERS, [self.keys.stream, self.keys.pods],
+            [self.keys.group, gone_after_ms, int(idle_seconds * 1000),
+             int(FORGET_PODS_AFTER_SECONDS * 1000)])
+        return [str(name) for name in removed or []]
+
+    async def leave(self) -> None:
+        """This pod stops: it is no longer alive for PRUNE_CONSUMERS (after a drain)."""
+        if self.pod_id:
+            await self._redis.zrem(self.keys.pods, self.pod_id)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

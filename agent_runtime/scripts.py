@@ -54,12 +54,13 @@ redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 return ARGV[2]
 """
 
-# KEYS: stream. ARGV: group, min idle ms, consumer, consumer, ...
+# KEYS: stream, pods. ARGV: group, min idle ms, pod id ("" for none), consumer, consumer, ...
 # Resets the idle time of the consumers' pending entries without bumping their delivery counts
-# (JUSTID): the lease of running tasks, so XAUTOCLAIM in other pods never steals them.
+# (JUSTID): the lease of running tasks, so XAUTOCLAIM in other pods never steals them. Also
+# records that the pod is alive (score: Redis's clock, ms), for PRUNE_CONSUMERS.
 RENEW_LEASES = """
 local renewed = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[2]),
                              '-', '+', 1000, ARGV[i])
   if #pending > 0 then
@@ -71,7 +72,46 @@ for i = 3, #ARGV do
     renewed = renewed + #pending
   end
 end
+if ARGV[3] ~= '' then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[3])
+end
 return renewed
+"""
+
+# KEYS: stream, pods. ARGV: group, gone after ms, idle ms (consumers of no known pod), forget
+# pods after ms.
+# Deletes the consumers that hold nothing and whose pod is gone: it has not renewed its leases
+# for `gone after` (consumers are named "<pod id>-<slot>.<generation>"); a consumer of no
+# registered pod goes once idle that long. The emptiness check and the deletion are one step,
+# so a consumer that takes an entry meanwhile is never deleted with it (its entry would be lost
+# to every consumer). Returns the deleted names.
+PRUNE_CONSUMERS = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return {} end
+local removed = {}
+for _, row in ipairs(consumers) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  if tonumber(info['pending']) == 0 then
+    local owner = string.match(info['name'], '^(.+)%-[^%-]+$')
+    local seen = owner and redis.call('ZSCORE', KEYS[2], owner)
+    local gone
+    if seen then
+      gone = now - tonumber(seen) > tonumber(ARGV[2])
+    else
+      gone = tonumber(info['idle']) > tonumber(ARGV[3])
+    end
+    if gone then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+      removed[#removed + 1] = info['name']
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]))
+return removed
 """
 
 # KEYS: stream. ARGV: group, from consumer, to consumer, then the entries whose execution

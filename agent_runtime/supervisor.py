@@ -93,11 +93,12 @@ class Supervisor:
                                decode_responses=True, encoding_errors=TEXT_ERRORS,
                                socket_connect_timeout=5.0, socket_timeout=10.0,
                                client_name=f"{self.settings.pod_name}-sup")
-        self._maintenance = QueueMaintenance(redis, self.config)
+        self._maintenance = QueueMaintenance(redis, self.config,
+                                             pod_id=f"{self.settings.pod_name}-{self._boot_id}")
         self._leases = LeaseRenewal(self._maintenance, self.config.lease_seconds,
                                     self._live_consumers, self._leases_confirmed)
         self._queue_upkeep = QueueUpkeep(self._maintenance, self._due_transfers,
-                                         self._transferred)
+                                         self._transferred, self.config.lease_seconds)
         self._db_upkeep = DatabaseUpkeep(self.settings)
         self._chores = [
             Supervised("lease renewal", self._leases.run, stall_seconds=CHORE_STALL_SECONDS),
@@ -170,6 +171,7 @@ class Supervisor:
                     handed += await self._maintenance.hand_back_all(
                         consumer, self._started.get(consumer, ()))
                     await self._maintenance.forget_consumer(consumer)
+                await self._maintenance.leave()
                 if handed:
                     log.info("supervisor handed back %d task(s)", handed)
                 return

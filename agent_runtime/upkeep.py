@@ -6,8 +6,8 @@ its traceback and the loop restarts; readiness and liveness say when it cannot r
   consumers hold, so other pods never reclaim a running task; reports when the leases were
   last confirmed, from which the supervisor derives until when running tasks may go on.
 * queue upkeep (every 0.5 s): hand dead workers' entries to their replacements, promote due
-  retries; every minute trim the stream safely and forget empty consumers of pods that went
-  away.
+  retries; every lease (at most a minute) forget the empty consumers of pods that stopped
+  renewing (`maintenance.prune_consumers`); every minute trim the stream safely.
 * database upkeep (at start, then hourly): migrations, upcoming monthly partitions, retention.
 Redis and database errors are expected (servers restart): they are logged, reflected in
 readiness, and retried without counting as crashes.
@@ -101,14 +101,17 @@ class LeaseRenewal:
 class QueueUpkeep:
     def __init__(self, maintenance: QueueMaintenance,
                  transfers: Callable[[], list[HandOver]],
-                 on_transferred: Callable[[str, str, int], None]) -> None:
+                 on_transferred: Callable[[str, str, int], None],
+                 lease_seconds: float) -> None:
         self._maintenance = maintenance
         self._transfers = transfers
         self._on_transferred = on_transferred
+        # Consumers of pods gone for a few leases are forgotten about that fast.
+        self._prune_every = min(max(lease_seconds, 1.0), TRIM_EVERY_SECONDS)
         self.redis = RedisState("queue upkeep")
 
     async def run(self, beat: Beat) -> None:
-        next_trim = 0.0
+        next_trim = next_prune = 0.0
         group_ready = False
         while True:
             try:
@@ -126,7 +129,13 @@ class QueueUpkeep:
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + TRIM_EVERY_SECONDS
                     await self._maintenance.safe_trim()
-                    await self._maintenance.prune_consumers(FORGET_CONSUMERS_IDLE_SECONDS)
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self._prune_every
+                    removed = await self._maintenance.prune_consumers(
+                        FORGET_CONSUMERS_IDLE_SECONDS)
+                    if removed:
+                        log.info("forgot %d consumer(s) of pods that are gone: %s",
+                                 len(removed), ", ".join(removed))
                 self.redis.succeeded()
             except (RedisError, OSError) as exc:
                 self.redis.failed(exc)

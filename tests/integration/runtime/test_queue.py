@@ -219,3 +219,39 @@ async def test_reads_skip_the_cancellation_check_only_while_no_cancellation_was_
     adopted = await queue.adopt_own(set(), 10)
     assert len(adopted) == 2
     assert all(d.may_be_cancelled for d in adopted)
+
+
+async def _consumer_names(redis: Redis, pool: RuntimePool) -> dict[str, int]:
+    rows = await redis.xinfo_consumers(pool.config.stream_key, "workers")
+    return {str(row["name"]): int(row["pending"]) for row in rows}
+
+
+async def test_consumers_of_gone_pods_are_removed_once_empty_and_live_ones_never(
+        runtime_pool: RuntimePool, redis: Redis) -> None:
+    runtime_pool.update(lease_seconds=1)
+    live = QueueMaintenance(redis, runtime_pool.config, pod_id="live-aaa")
+    gone = QueueMaintenance(redis, runtime_pool.config, pod_id="gone-bbb")
+    await live.ensure_group()
+    await _add(redis, runtime_pool, 3)
+    # A live pod's idle consumer (its worker paused) and a busy one.
+    await _queue(redis, runtime_pool, "live-aaa-0.1").read_new(1, 100)
+    await redis.xgroup_createconsumer(runtime_pool.config.stream_key, "workers", "live-aaa-1.1")
+    # A pod that stopped renewing: one consumer empty, one still holding an entry.
+    await _queue(redis, runtime_pool, "gone-bbb-0.1").read_new(1, 100)
+    await redis.xgroup_createconsumer(runtime_pool.config.stream_key, "workers", "gone-bbb-1.1")
+    # Something that is not ours (no pod registered): only the long idle rule applies.
+    await redis.xgroup_createconsumer(runtime_pool.config.stream_key, "workers", "other")
+    await gone.renew_leases(["gone-bbb-0.1", "gone-bbb-1.1"])
+    await asyncio.sleep(3.2)  # more than three leases without a renewal from gone-bbb
+    await live.renew_leases(["live-aaa-0.1", "live-aaa-1.1"])
+
+    assert await live.prune_consumers(idle_seconds=3600) == ["gone-bbb-1.1"]
+
+    left = await _consumer_names(redis, runtime_pool)
+    assert left == {"live-aaa-0.1": 1, "live-aaa-1.1": 0, "gone-bbb-0.1": 1, "other": 0}
+    # Its entry is reclaimed elsewhere; then the gone pod's last consumer goes too.
+    thief = _queue(redis, runtime_pool, "live-aaa-1.1")
+    assert len(await thief.reclaim_idle(10)) == 1
+    assert await live.prune_consumers(idle_seconds=3600) == ["gone-bbb-0.1"]
+    assert set(await _consumer_names(redis, runtime_pool)) == {"live-aaa-0.1", "live-aaa-1.1",
+                                                               "other"}
