@@ -13,12 +13,14 @@ client has a database (results outlive their Redis TTL there).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 
 from agent_runtime.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig, RuntimeSettings
@@ -29,6 +31,8 @@ from agent_runtime.keys import Keys
 from agent_runtime.messages import TaskEnvelope, TaskResult, encode_payload, new_task_id
 from agent_runtime.replies import ReplyReader
 from agent_runtime.scripts import SUBMIT_IDEMPOTENT
+
+log = logging.getLogger(__name__)
 
 CANCEL_TTL_SECONDS = 86400
 RECHECK_SECONDS = 1.0
@@ -149,6 +153,16 @@ class TaskClient:
             return {}
         return await self._result_reads(tuple(task_ids))
 
+    async def _read_through(self, task_ids: list[str]) -> dict[str, TaskResult]:
+        """`_get_many` for a wait: Redis restarting is a reason to look again at the next
+        re-read, not to give up waiting (the wait's own deadline still holds)."""
+        try:
+            return await self._get_many(task_ids)
+        except (RedisError, OSError) as exc:
+            log.warning("reading results failed (%s); looking again in %.0fs", exc,
+                        RECHECK_SECONDS)
+            return {}
+
     async def _read_results(self, requests: list[tuple[str, ...]]) -> list[dict[str, TaskResult]]:
         wanted = list(dict.fromkeys(t for ids in requests for t in ids))
         found: dict[str, TaskResult] = {}
@@ -177,12 +191,12 @@ class TaskClient:
                                           f"not finished after {max_wait:g}s", done)
                 if now >= next_recheck:
                     # Also finds tasks whose reply went to another client (submitted there).
-                    done.update(await self._get_many([t for t in wanted if t not in done]))
                     next_recheck = now + RECHECK_SECONDS
+                    done.update(await self._read_through([t for t in wanted if t not in done]))
                 else:
                     until = next_recheck if deadline is None else min(next_recheck, deadline)
                     arrived = await watch.arrivals(max(until - now, 0.0))
-                    done.update(await self._get_many([t for t in arrived if t not in done]))
+                    done.update(await self._read_through([t for t in arrived if t not in done]))
                 if on_progress is not None:
                     on_progress(len(done), len(wanted), done)
         return {t: done[t] for t in wanted}

@@ -22,7 +22,7 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
@@ -50,6 +50,29 @@ MEMORY_EVERY_SECONDS = 0.5
 MAX_SPAWN_BACKOFF_SECONDS = 30.0
 # A chore loop (lease renewal, queue upkeep) silent this long is stuck: liveness fails.
 CHORE_STALL_SECONDS = 60.0
+SHUTDOWN_WAIT_SECONDS = 5.0
+
+
+async def within(step: Coroutine[Any, Any, Any], seconds: float) -> None:
+    """Run a shutdown step, but give up waiting for it after `seconds` (see `run`)."""
+    task = asyncio.ensure_future(step)
+    await asyncio.wait({task}, timeout=seconds)
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log where every asyncio task of the supervisor waits, down the whole chain of
+    awaits (for people debugging a stuck pod: `kill -USR1 <pid>`)."""
+    for task in asyncio.all_tasks():
+        frames = []
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                frames.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} "
+                              f"{frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        log.warning("task %s (%s):\n%s", task.get_name(), task._state.lower(),
+                    "\n".join(frames))
 
 
 class Supervisor:
@@ -113,6 +136,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         background = [asyncio.create_task(chore.run(), name=chore.name)
                       for chore in self._chores]
         background.append(asyncio.create_task(self._ticks(), name="ticks"))
@@ -122,9 +146,15 @@ class Supervisor:
         finally:
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await self.health.stop()
-            await redis.aclose()
+            # Bounded: a task stuck in a client library's cleanup must not keep a stopped pod
+            # from exiting (its workers are gone and its tasks handed back by now).
+            _, stuck = await asyncio.wait(background, timeout=SHUTDOWN_WAIT_SECONDS)
+            if stuck:
+                log.error("%s did not stop within %.0fs; exiting without waiting for them",
+                          ", ".join(task.get_name() for task in stuck), SHUTDOWN_WAIT_SECONDS)
+                dump_tasks()
+            await within(self.health.stop(), SHUTDOWN_WAIT_SECONDS)
+            await within(redis.aclose(), SHUTDOWN_WAIT_SECONDS)
         log.info("supervisor stopped")
         return 0
 

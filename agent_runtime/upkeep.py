@@ -36,6 +36,10 @@ TICK_SECONDS = 0.5
 TRIM_EVERY_SECONDS = 60.0
 FORGET_CONSUMERS_IDLE_SECONDS = 3600.0
 DB_UPKEEP_EVERY_SECONDS = 3600.0
+# One round of a chore longer than this is abandoned (a Redis call that never answers) and
+# counts as Redis being unavailable; the next round starts afresh.
+ITERATION_TIMEOUT_SECONDS = 30.0
+NO_ANSWER = f"no answer within {ITERATION_TIMEOUT_SECONDS:g}s"
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,12 @@ class LeaseRenewal:
         while True:
             sent = time.monotonic()
             try:
-                await self._maintenance.renew_leases(self._consumers())
+                async with asyncio.timeout(ITERATION_TIMEOUT_SECONDS):
+                    await self._maintenance.renew_leases(self._consumers())
                 self._on_confirmed(sent)
                 self.redis.succeeded()
+            except TimeoutError:
+                self.redis.failed(TimeoutError(NO_ANSWER))
             except (RedisError, OSError) as exc:
                 self.redis.failed(exc)
             beat()
@@ -108,40 +115,46 @@ class QueueUpkeep:
         self._on_transferred = on_transferred
         # Consumers of pods gone for a few leases are forgotten about that fast.
         self._prune_every = min(max(lease_seconds, 1.0), TRIM_EVERY_SECONDS)
+        self._next_trim = self._next_prune = 0.0
+        self._group_ready = False
         self.redis = RedisState("queue upkeep")
 
     async def run(self, beat: Beat) -> None:
-        next_trim = next_prune = 0.0
-        group_ready = False
         while True:
             try:
-                if not group_ready:
-                    await self._maintenance.ensure_group()
-                    group_ready = True
-                for hand_over in self._transfers():
-                    if hand_over.error:
-                        await self._maintenance.record_entry_errors(hand_over.started,
-                                                                    hand_over.error)
-                    moved = await self._maintenance.transfer(hand_over.source, hand_over.target,
-                                                             hand_over.started)
-                    self._on_transferred(hand_over.source, hand_over.target, moved)
-                await self._maintenance.promote_due()
-                if time.monotonic() >= next_trim:
-                    next_trim = time.monotonic() + TRIM_EVERY_SECONDS
-                    await self._maintenance.safe_trim()
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + self._prune_every
-                    removed = await self._maintenance.prune_consumers(
-                        FORGET_CONSUMERS_IDLE_SECONDS)
-                    if removed:
-                        log.info("forgot %d consumer(s) of pods that are gone: %s",
-                                 len(removed), ", ".join(removed))
+                async with asyncio.timeout(ITERATION_TIMEOUT_SECONDS):
+                    await self._iteration()
                 self.redis.succeeded()
+            except TimeoutError:
+                self.redis.failed(TimeoutError(NO_ANSWER))
+                self._group_ready = False
             except (RedisError, OSError) as exc:
                 self.redis.failed(exc)
-                group_ready = False  # it may have been lost with the server's data
+                self._group_ready = False  # it may have been lost with the server's data
             beat()
             await asyncio.sleep(TICK_SECONDS)
+
+    async def _iteration(self) -> None:
+        if not self._group_ready:
+            await self._maintenance.ensure_group()
+            self._group_ready = True
+        for hand_over in self._transfers():
+            if hand_over.error:
+                await self._maintenance.record_entry_errors(hand_over.started, hand_over.error)
+            moved = await self._maintenance.transfer(hand_over.source, hand_over.target,
+                                                     hand_over.started)
+            self._on_transferred(hand_over.source, hand_over.target, moved)
+        await self._maintenance.promote_due()
+        now = time.monotonic()
+        if now >= self._next_trim:
+            self._next_trim = now + TRIM_EVERY_SECONDS
+            await self._maintenance.safe_trim()
+        if now >= self._next_prune:
+            self._next_prune = now + self._prune_every
+            removed = await self._maintenance.prune_consumers(FORGET_CONSUMERS_IDLE_SECONDS)
+            if removed:
+                log.info("forgot %d consumer(s) of pods that are gone: %s", len(removed),
+                         ", ".join(removed))
 
 
 class DatabaseUpkeep:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 READ_BLOCK_MS = 500
 CANCEL_POLL_SECONDS = 0.5
 LEASE_WAIT_SECONDS = 0.1
+CLOSE_WAIT_SECONDS = 2.0
 
 
 def redis_client(url: str, *, name: str, read_timeout: float,
@@ -152,7 +153,9 @@ class Worker:
             self._lifeline.stop()
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            # Bounded, like every step below: the process exits anyway (`os._exit`), and a
+            # task stuck in a client library's cleanup must not keep it alive.
+            await asyncio.wait(background, timeout=CLOSE_WAIT_SECONDS)
             self._send_heartbeat()  # last metric deltas
             self._outbox.flush()
             await self._close()
@@ -352,7 +355,12 @@ class Worker:
                     running.task.cancel()
 
     async def _close(self) -> None:
-        await self._invalidations.stop()
-        for close in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                await close()
+        steps = [asyncio.ensure_future(self._invalidations.stop())]
+        steps += [asyncio.ensure_future(close()) for close in reversed(self._closers)]
+        _, stuck = await asyncio.wait(steps, timeout=CLOSE_WAIT_SECONDS)
+        if stuck:
+            log.warning("worker %s: %d connection(s) did not close in time", self.consumer,
+                        len(stuck))
+        for step in steps:
+            if step.done() and not step.cancelled():
+                step.exception()  # retrieved: closing errors do not matter on the way out

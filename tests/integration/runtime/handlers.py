@@ -11,7 +11,10 @@ import gc
 import os
 import signal
 import subprocess
+import tempfile
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -51,8 +54,6 @@ def overlaps_key(pool: str) -> str:
     return f"test:{pool}:overlaps"
 
 
-def _runs_key(pool: str, task_id: str) -> str:
-    return f"test:{pool}:runs:{task_id}"
 
 
 async def _mark(ctx: TaskContext) -> None:
@@ -170,23 +171,32 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def runs_dir(pool: str, task_id: str) -> Path:
+    """Where the executions of a task that are running now register (one file each). A
+    local directory, not Redis: a registration must be removed even when Redis is
+    restarting at the end of a run, or a later run would take it for a live one."""
+    return Path(tempfile.gettempdir()) / "agentpool-test-runs" / pool / task_id
+
+
 async def exclusive(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """Runs `seconds` and notices if another execution of the same task is running at the same
-    time anywhere on this host: every execution registers its pid under the task while it
-    runs, and one that finds another registered execution whose process is still alive counts
-    an overlap. (A killed execution leaves its registration behind, but its process is dead.)"""
-    runs, me = _runs_key(ctx.pool, ctx.task_id), str(os.getpid())
-    async with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(runs, me, time.time())
-        pipe.hkeys(runs)
-        pipe.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
-        pipe.rpush(attempts_key(ctx.pool, ctx.task_id), ctx.attempt)
-        _, registered, _, _ = await pipe.execute()
-    others = [int(pid) for pid in registered if pid != me and _alive(int(pid))]
-    if others:
-        await ctx.redis.hincrby(overlaps_key(ctx.pool), ctx.task_id, 1)
+    time anywhere on this host: every execution registers a file named by its pid while it
+    runs, and one that finds another registration whose process is still alive counts an
+    overlap. (A killed execution leaves its file behind, but its process is dead.)"""
+    runs = runs_dir(ctx.pool, ctx.task_id)
+    runs.mkdir(parents=True, exist_ok=True)
+    mine = runs / f"{os.getpid()}-{uuid.uuid4().hex}"
+    mine.touch()
     try:
+        others = [path for path in runs.iterdir()
+                  if path != mine and _alive(int(path.name.partition("-")[0]))]
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            if others:
+                pipe.hincrby(overlaps_key(ctx.pool), ctx.task_id, 1)
+            pipe.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+            pipe.rpush(attempts_key(ctx.pool, ctx.task_id), ctx.attempt)
+            await pipe.execute()
         await asyncio.sleep(float(payload.get("seconds", 0)))
     finally:
-        await ctx.redis.hdel(runs, me)
+        mine.unlink(missing_ok=True)
     return {"n": payload.get("n"), "attempt": ctx.attempt, "pid": os.getpid()}
