@@ -17,6 +17,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from agent_runtime.board import Board, Slot, SlotState
+from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
 
 
 @dataclass
@@ -104,8 +105,8 @@ class WorkerHandle:
 
 
 EXIT_MEANINGS = {
-    4: "its supervisor was gone",
-    5: "the pod's leases could not be confirmed",
+    EXIT_SUPERVISOR_GONE: "its supervisor was gone",
+    EXIT_LEASES_LAPSING: "the pod's leases could not be confirmed",
 }
 
 

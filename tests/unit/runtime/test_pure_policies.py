@@ -10,6 +10,7 @@ from unittest.mock import Mock
 from agent_runtime.breaker import BreakerAction, MemoryBreaker
 from agent_runtime.cache import LruCache
 from agent_runtime.handles import WorkerHandle, describe_exit
+from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
 from agent_runtime.migrations import (
     add_months,
     create_partition_sql,
@@ -98,3 +99,7 @@ def test_exit_descriptions() -> None:
     assert describe_exit(-signal.SIGKILL) == "signal 9 (SIGKILL)"
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(None) == "no exit status"
+    # A worker that stopped itself says why (see lifeline.py).
+    assert describe_exit(EXIT_SUPERVISOR_GONE) == "exit code 4 (its supervisor was gone)"
+    assert describe_exit(EXIT_LEASES_LAPSING) == ("exit code 5 (the pod's leases could not be "
+                                                  "confirmed)")
