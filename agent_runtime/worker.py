@@ -162,7 +162,8 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
-        return self.config.concurrency - len(self._running)
+        # A board slot held by a sync handler's thread that outlived its task is not free.
+        return min(self.config.concurrency - len(self._running), len(self._free_slots))
 
     def _may_start(self) -> bool:
         """Not paused, and the pod's leases are confirmed: a task started now could not be
