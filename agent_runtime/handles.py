@@ -40,6 +40,7 @@ class WorkerHandle:
     ready: bool = False
     running: dict[str, RunningEntry] = field(default_factory=dict)
     retiring: str | None = None  # why we asked it to drain
+    retire_detail: str | None = None  # what the worker said (unhealthy: which handler, why)
     retire_deadline: float = 0.0
     kill_reason: str | None = None  # why we killed it (it is about to exit)
     exited: bool = False

@@ -300,6 +300,8 @@ class Supervisor:
                 ipc.send(handle.conn, {"type": "pause"})
         elif kind in ("retiring", "unhealthy"):
             reason = "max_tasks" if kind == "retiring" else "unhealthy"
+            if kind == "unhealthy":
+                handle.retire_detail = str(message.get("reason", "unhealthy"))
             self.retire(handle, reason, drain=False)
         elif kind == "boot_error":
             handle.boot_error = str(message.get("error"))
@@ -369,6 +371,11 @@ class Supervisor:
             self._remember_errors(handle, handle.started_at_exit, handle.exit_error)
             if not handle.ready:
                 self._failures[handle.slot] += 1
+        elif handle.exit_error is None and handle.started_at_exit:
+            # Retired, and it still had handlers running (a sync handler's thread past its
+            # timeout): their tasks run again elsewhere; say why they stopped.
+            handle.exit_error = f"worker retired: {handle.retire_detail or handle.retiring}"
+            self._remember_errors(handle, handle.started_at_exit, handle.exit_error)
         handle.conn.close()
         if handle in self._retiring:
             self._retiring.remove(handle)

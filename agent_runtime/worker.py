@@ -309,8 +309,10 @@ class Worker:
         self._outbox.put(message)
 
     def _become_unhealthy(self, reason: str) -> None:
+        """A sync handler's thread outlived its timeout: take no more work, and give the
+        thread until the supervisor's deadline (the hang grace) to end on its own."""
         self._send({"type": "unhealthy", "reason": reason})
-        self.drain(self.config.task_timeout_seconds)
+        self.drain(self.config.hang_grace_seconds)
 
     def _on_control(self, message: ipc.Message) -> None:
         """A message from the supervisor (read by the lifeline thread)."""

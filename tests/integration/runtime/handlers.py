@@ -200,3 +200,22 @@ async def exclusive(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]
     finally:
         mine.unlink(missing_ok=True)
     return {"n": payload.get("n"), "attempt": ctx.attempt, "pid": os.getpid()}
+
+
+def sync_exclusive(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """`exclusive` as a sync handler (it runs in a thread, which a timeout cannot stop)."""
+    runs = runs_dir(ctx.pool, ctx.task_id)
+    runs.mkdir(parents=True, exist_ok=True)
+    mine = runs / f"{os.getpid()}-{uuid.uuid4().hex}"
+    mine.touch()
+    try:
+        others = [path for path in runs.iterdir()
+                  if path != mine and _alive(int(path.name.partition("-")[0]))]
+        client = _sync_redis(ctx)
+        if others:
+            client.hincrby(overlaps_key(ctx.pool), ctx.task_id, 1)
+        client.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+        time.sleep(float(payload["seconds"]))
+    finally:
+        mine.unlink(missing_ok=True)
+    return "done"

@@ -113,3 +113,22 @@ async def test_workers_stop_before_their_leases_lapse_when_the_supervisor_freeze
 
     await eventually_async(ready, within=30)
     assert "the pod's leases were last confirmed" in first.log()
+
+
+async def test_a_sync_handler_past_its_timeout_is_not_retried_while_its_thread_runs(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    # A thread cannot be cancelled: the timeout fires after 1 s, the thread sleeps on to 3 s.
+    # Its retry must not start on the other worker before the thread has ended.
+    runtime_pool.update(workers=2, concurrency=2, task_timeout_seconds=1, hang_grace_seconds=10,
+                        max_deliveries=2, retry_backoff_seconds=0.1)
+    start_supervisor(runtime_pool)
+    task_id = await task_client.submit({"seconds": 3}, handler="sync_exclusive")
+
+    result = await task_client.wait(task_id, max_wait=60)
+
+    assert result.status == "failed"
+    assert result.error == "task timed out after 1s"
+    pool = runtime_pool.config.pool
+    assert await redis_client.hget(executions_key(pool), task_id) == "2"
+    assert await redis_client.hgetall(overlaps_key(pool)) == {}
