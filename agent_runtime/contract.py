@@ -216,8 +216,8 @@ class RuntimeConfig(BaseModel):
     dead_letter_stream: str | None = Field(default=None, description="Dead-letter stream key.")
     max_deliveries: int = Field(
         default=DEFAULT_MAX_DELIVERIES, ge=1, le=MAX_DELIVERIES_LIMIT,
-        description="Executions of one task (retries and crash redeliveries "
-        "together) before it is dead-lettered.",
+        description="Executions of one task that started (retries and runs that took their "
+        "worker down, together) before it is dead-lettered; a hard bound.",
     )
     lease_seconds: float = Field(
         default=DEFAULT_LEASE_SECONDS, gt=0,

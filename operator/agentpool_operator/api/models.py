@@ -155,8 +155,9 @@ class QueueSpec(ApiModel):
     tasks delivered to the old group and not yet acknowledged."""
     max_deliveries: int = Field(default=contract.DEFAULT_MAX_DELIVERIES, ge=1,
                                 le=contract.MAX_DELIVERIES_LIMIT)
-    """Deliveries of one task (retries and crash redeliveries together) before it is moved
-    to the pool's dead-letter stream instead of being run again."""
+    """Executions of one task that started (retries, and runs that took their worker down,
+    together) before it is moved to the pool's dead-letter stream instead of being run again;
+    a hand-over of a task that never started does not count. A hard bound."""
     lease_seconds: int = Field(default=contract.DEFAULT_LEASE_SECONDS,
                                ge=contract.MIN_LEASE_SECONDS, le=3600)
     """How long a task stays claimed by a worker without a lease renewal before another pod
