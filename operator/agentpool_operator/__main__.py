@@ -19,19 +19,20 @@ from agentpool_operator.metrics import OperatorMetrics
 from agentpool_operator.metrics_api.backlog import BacklogReader
 from agentpool_operator.publisher import DirectoryPublisher
 from agentpool_operator.queuedir import parse_reference
-from agentpool_operator.reconcile import PoolKey, Reconciler
+from agentpool_operator.reconcile import Reconciler
 from agentpool_operator.resync import Resyncer
 from agentpool_operator.settings import Settings, parse
+from agentpool_operator.store import PoolKey
 from agentpool_operator.workqueue import WorkQueue
 
 log = logging.getLogger("agentpool_operator")
 
 
 async def run(settings: Settings) -> None:
-    conditions: dict[PoolKey, dict[str, str]] = {}
-    metrics = OperatorMetrics(lambda: conditions)
+    # The pools gauge reads the conditions the status writer last computed.
+    metrics = OperatorMetrics(lambda: reconciler.status.conditions)
     kube = Kube.from_environment(count_write=metrics.count_write)
-    reconciler = Reconciler(kube=kube, metrics=metrics, conditions=conditions)
+    reconciler = Reconciler.for_cluster(kube, metrics)
     queue: WorkQueue[PoolKey] = WorkQueue(reconciler, workers=settings.workers)
     metrics.queue_depth.set_function(lambda: len(queue))
     resyncer = Resyncer(kube, queue, reconciler, settings)
