@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from agentpool_operator.builders.common import POOL_LABEL
+from agentpool_operator.api.labels import POOL_LABEL
 from agentpool_operator.metrics_api.kube import Kube
 from agentpool_operator.metrics_api.selector import Selector
 from agentpool_operator.queuedir import DirectoryError, PoolKey, QueueEntry, decode

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC
+from agentpool_operator.api.autoscaling import QUEUE_BACKLOG_METRIC
 from agentpool_operator.metrics_api.auth import Authenticator, Authorizer, UserInfo
 from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.kube import KubeError
