@@ -11,11 +11,11 @@ from typing import Any
 
 import kopf
 
-from agentpool_operator import handlers, logs
+from agentpool_operator import logs, watches
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
+from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
-from agentpool_operator.metrics import OperatorMetrics
 from agentpool_operator.metrics_api.backlog import BacklogReader
 from agentpool_operator.publisher import DirectoryPublisher
 from agentpool_operator.queuedir import parse_reference
@@ -38,7 +38,7 @@ async def run(settings: Settings) -> None:
     resyncer = Resyncer(kube, queue, reconciler, settings)
     metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
 
-    registry = handlers.build_registry(queue, resyncer, reconciler)
+    registry = watches.build_registry(queue, resyncer, reconciler)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -46,7 +46,7 @@ async def run(settings: Settings) -> None:
         return info or kopf.login_with_kubeconfig(**kwargs)
 
     kopf_settings = kopf.OperatorSettings()
-    handlers.configure(kopf_settings)
+    watches.configure(kopf_settings)
     runner = await serve(
         build_app(metrics.registry, live=lambda: not resyncer.stalled,
                   ready=lambda: resyncer.listed_once),

@@ -25,8 +25,8 @@ from agentpool_operator.builders.context import PoolContext, SecretValues
 from agentpool_operator.builders.kinds import KEDA_CRD, POD_MONITOR_CRD
 from agentpool_operator.cache import RecentReads
 from agentpool_operator.errors import ApiFailure
+from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
-from agentpool_operator.metrics import OperatorMetrics
 from agentpool_operator.outcomes import Blocked, Refused
 from agentpool_operator.plan import InvalidSpec, plan_children
 from agentpool_operator.queues import QueueRegistry

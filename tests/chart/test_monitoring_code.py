@@ -21,7 +21,7 @@ import yaml
 from agent_runtime.metrics import RuntimeMetrics
 from agentpool_dev.services import ServiceSettings
 from agentpool_operator.crd import build_crd
-from agentpool_operator.metrics import OperatorMetrics
+from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.metrics_api.telemetry import Telemetry
 from agentpool_operator.monitoring import gen
 from agentpool_operator.monitoring.alerts import ALERTS

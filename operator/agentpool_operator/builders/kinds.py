@@ -1,7 +1,7 @@
 """The one registry of an AgentPool's child kinds (pure data).
 
 Everything that needs to know which children a pool has reads it from here: `build_children`
-(the `Children` record and the apply order), the watches (`handlers.py`), pruning and
+(the `Children` record and the apply order), the watches (`watches.py`), pruning and
 re-creation (`apply.py`), the CRDs the resync checks for, the client's resource table
 (`k8s.py`) and the test that holds the chart's RBAC to exactly these kinds. Adding a child is
 adding an entry (and its builder).
