@@ -76,14 +76,14 @@ down: venv
 # Generated files: the CRD from the pydantic models, and the chart's dashboards, alert rules,
 # adapter rules and CRD template from the monitoring code. Tests fail when they are stale.
 crds: venv
-	$(PY) -m agentpool_operator.gen_crd
+	$(PY) -m agentpool_tools.gen_crd
 
 chart-generate: crds
-	$(PY) -m agentpool_operator.monitoring
+	$(PY) -m agentpool_tools.monitoring
 
 chart-check: venv
-	$(PY) -m agentpool_operator.gen_crd --check
-	$(PY) -m agentpool_operator.monitoring --check
+	$(PY) -m agentpool_tools.gen_crd --check
+	$(PY) -m agentpool_tools.monitoring --check
 
 # The chart alone: lint, render, strict validation, install/upgrade/uninstall, promtool, PromQL.
 test-chart: deps

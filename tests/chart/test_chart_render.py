@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
+from agentpool_tools.crd import build_crd
+from agentpool_tools.monitoring.dashboards import DASHBOARDS
 
 from agentpool_dev.cluster import Cluster
 from agentpool_operator.builders.kinds import CHILD_KINDS
-from agentpool_operator.crd import build_crd
-from agentpool_operator.monitoring.dashboards import DASHBOARDS
 from tests.chart import rbac_table
 from tests.chart.rbac_table import CLUSTER, Grant
 from tests.plugins.chart import CHART, MONITORING_APIS, Helm, documents
