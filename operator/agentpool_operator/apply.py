@@ -72,47 +72,57 @@ class Applier:
         Deployment, and what observes it (HPA, PodMonitor, ...) after. Children within a round
         are independent, so their requests run concurrently.
         """
-        manifests = children.manifests
+        manifests = [with_applied_hash(m) for m in children.manifests]
+        lives = await self._look(manifests)
         index = next(i for i, m in enumerate(manifests) if m["kind"] == "Deployment")
         applied: list[announce.Applied] = []
         try:
-            await self._ensure_all(manifests[:index], applied)
-            desired = with_applied_hash(manifests[index])
-            deployment = await self._ensure(desired, applied)
-            await self._ensure_all(manifests[index + 1:], applied)
+            await self._ensure_all(manifests[:index], lives[:index], applied)
+            deployment = await self._ensure(manifests[index], lives[index], applied)
+            await self._ensure_all(manifests[index + 1:], lives[index + 1:], applied)
         finally:
             await post_announcements(self.kube, pool, announce.applied(applied))
-        return deployment, desired["metadata"]
+        return deployment, manifests[index]["metadata"]
+
+    async def _look(self, manifests: Sequence[dict[str, Any]]
+                    ) -> list[dict[str, Any] | None]:
+        """The live object of every child, before anything is applied: an object of a child's
+        name that someone else made must be reported (ChildConflict), and nothing of the
+        pool made while it stands. The watched body serves when there is one; a GET when the
+        store cannot vouch for it (not watched yet, only our own answer seen so far, or
+        absent: absence is not something a cache can prove, and objects that are not ours
+        are not watched)."""
+        async def live(desired: dict[str, Any]) -> dict[str, Any] | None:
+            found = self.store.watched_child(desired)
+            if found is None:
+                meta = desired["metadata"]
+                found = await self.kube.get(desired["apiVersion"], desired["kind"],
+                                            meta["namespace"], meta["name"])
+                self.store.remember(desired, found)
+            return found
+
+        lives = list(await asyncio.gather(*(live(m) for m in manifests)))
+        conflicts = [reason for reason in map(not_ours, lives, manifests) if reason is not None]
+        if conflicts:
+            raise Blocked(Problem(reason=Reason.CHILD_CONFLICT, message="; ".join(conflicts),
+                                  blocking=True), CONFLICT_RETRY_SECONDS)
+        return lives
 
     async def _ensure_all(self, manifests: Sequence[dict[str, Any]],
+                          lives: Sequence[dict[str, Any] | None],
                           applied: list[announce.Applied]) -> None:
         results = await asyncio.gather(
-            *(self._ensure(with_applied_hash(m), applied) for m in manifests),
+            *(self._ensure(m, live, applied) for m, live in zip(manifests, lives, strict=True)),
             return_exceptions=True)
         # Every request has finished; report the first failure as a sequential loop would.
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _ensure(self, desired: dict[str, Any],
+    async def _ensure(self, desired: dict[str, Any], live: dict[str, Any] | None,
                       applied: list[announce.Applied]) -> dict[str, Any]:
-        """The live child, applied first if it lacks or differs in a field we want.
-
-        It is looked at first even for a new pool: an object of the child's name that someone
-        else made must be reported (ChildConflict), never taken over by our apply. The watched
-        body serves when there is one; a GET when the store cannot vouch for it (not watched
-        yet, only our own answer seen so far, or absent: absence is not something a cache can
-        prove, and objects that are not ours are not watched)."""
+        """The live child, applied first if it lacks or differs in a field we want."""
         meta = desired["metadata"]
-        live = self.store.watched_child(desired)
-        if live is None:
-            live = await self.kube.get(desired["apiVersion"], desired["kind"],
-                                       meta["namespace"], meta["name"])
-            self.store.remember(desired, live)
-        foreign = not_ours(live, desired)
-        if foreign is not None:
-            raise Blocked(Problem(reason=Reason.CHILD_CONFLICT, message=foreign, blocking=True),
-                          CONFLICT_RETRY_SECONDS)
         # Secrets compare by digests of their values: the store keeps no values.
         if live is None or not contains(digest_secret(live), digest_secret(desired)):
             self._raise_if_refused_before(desired, live)

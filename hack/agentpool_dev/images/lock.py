@@ -2,8 +2,8 @@
 images' interpreter (bookworm's 3.11.2 on glibc 2.36) rather than the host's.
 
 It is the project's lock for the images (`requirements/runtime.txt` and `operator.txt`, whose
-pins are exact) evaluated for that interpreter, plus the build backend: the images get the versions the suite ran on, and only
-the wheels their Python needs are downloaded.
+pins are exact) evaluated for that interpreter, plus the build backend: the images get the
+versions the suite ran on, and only the wheels their Python needs are downloaded.
 
 Resolved by uv (`uv pip compile --python-version --python-platform`), which evaluates
 environment markers for that target; pip's `--python-version` does not (it would drop
