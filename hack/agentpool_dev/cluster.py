@@ -78,6 +78,13 @@ def find_node_binaries() -> Path:
     return Path(override) if override else _build("node")
 
 
+def find_prometheus() -> Path:
+    """Prometheus with Kubernetes service discovery (Debian's has none), building it first
+    when absent (`build.sh prometheus`)."""
+    override = os.environ.get("AGENTPOOL_PROMETHEUS_BIN")
+    return Path(override) if override else _build("prometheus") / "prometheus"
+
+
 @dataclass
 class Cluster:
     """A control plane's files and processes; `kubeconfig` is what clients use."""
