@@ -38,9 +38,11 @@ nodes-install:
 	bash hack/install-nodes.sh
 
 # The first build takes 15-30 minutes on 2 cores; later runs reuse the cache and take a second.
+# Prometheus (with Kubernetes service discovery, for the real-pod tests) is cached the same way.
 binaries:
 	bash hack/testcluster/build.sh
 	bash hack/testcluster/build.sh node
+	bash hack/testcluster/build.sh prometheus
 
 # Container images for real nodes, built locally (no registry) and cached by content hash.
 images: venv

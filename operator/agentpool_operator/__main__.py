@@ -7,11 +7,10 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import kopf
 
-from agentpool_operator import logs, watches
+from agentpool_operator import login, logs, watches
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.instrumentation import OperatorMetrics
@@ -40,10 +39,7 @@ async def run(settings: Settings) -> None:
 
     registry = watches.build_registry(queue, resyncer, reconciler)
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-        return info or kopf.login_with_kubeconfig(**kwargs)
+    kopf.on.login(registry=registry)(login.login)
 
     kopf_settings = kopf.OperatorSettings()
     watches.configure(kopf_settings)
