@@ -106,7 +106,8 @@ async def test_tokens_are_reserved_then_settled(redis: Redis, budget_id: str) ->
     first = await limiter.acquire(tokens=400)
     await limiter.acquire(tokens=400)
     refused = await limiter.try_acquire(tokens=400)
-    assert isinstance(refused, tuple) and refused[1] == "tokens_per_minute"
+    assert isinstance(refused, tuple)
+    assert refused[1] == "tokens_per_minute"
     assert refused[0] > 50  # the reservations leave the window in about a minute
     await first.settle(100)  # the call used less than its estimate
     assert isinstance(await limiter.try_acquire(tokens=400), Permit)
@@ -146,6 +147,7 @@ async def test_grants_lost_by_redis_hold_the_key_for_a_window(redis: Redis,
     # Redis restarted without them: its log is empty, but the provider still counts them.
     await redis.delete(*limiter.keys.all)
     refused = await limiter.try_acquire()
-    assert isinstance(refused, tuple) and refused[1] == "recovering"
+    assert isinstance(refused, tuple)
+    assert refused[1] == "recovering"
     permit = await limiter.acquire(max_wait=5)
     assert permit.waited_seconds >= 0.5
