@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from agentpool_tools.crd import build_crd
+from agentpool_tools.crd import CRDS, CrdSource, build_crd
 from agentpool_tools.monitoring.dashboards import DASHBOARDS
 
 from agentpool_dev.cluster import Cluster
@@ -174,12 +174,14 @@ def test_operator_deployment_is_hardened_and_single(helm_offline: Helm) -> None:
     assert image == "ghcr.io/agentpool/agentpool-operator@sha256:" + "a" * 64
 
 
-def test_crd_switches(helm_offline: Helm) -> None:
-    crd = one(helm_offline.render(), "CustomResourceDefinition")
-    assert crd["spec"] == build_crd()["spec"]
-    assert build_crd()["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+@pytest.mark.parametrize("source", CRDS, ids=lambda source: source.kind)
+def test_crd_switches(helm_offline: Helm, source: CrdSource) -> None:
+    crd = one(helm_offline.render(), "CustomResourceDefinition", source.name)
+    assert crd["spec"] == build_crd(source)["spec"]
+    assert build_crd(source)["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
     assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    unkept = one(helm_offline.render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    unkept = one(helm_offline.render({"crds": {"keep": False}}), "CustomResourceDefinition",
+                 source.name)
     assert "annotations" not in unkept["metadata"]
     assert not by_kind(helm_offline.render({"crds": {"enabled": False}}),
                        "CustomResourceDefinition")
