@@ -13,7 +13,7 @@ from agentpool_tools.crd import AGENTBUDGET, CRDS, build_crd, openapi_schema, st
 from agentpool_tools.monitoring import gen
 from pydantic import ValidationError
 
-from agentpool_operator.api import AgentBudgetSpec
+from agentpool_operator.api import AgentBudgetSpec, AgentPoolSpec, BudgetReference
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = {"name": "openai", "requestsPerMinute": 500, "tokensPerMinute": 90_000,
@@ -85,3 +85,15 @@ def test_sharing_is_granted_by_the_budget_per_namespace() -> None:
     alone = AgentBudgetSpec.model_validate({"keys": [KEY]})
     assert not alone.shared_with_namespace("b", own_namespace="a")
 
+
+def test_a_pool_references_budgets_by_name_and_namespace() -> None:
+    spec = AgentPoolSpec.model_validate({
+        "image": "x:1", "handler": "m:f",
+        "queue": {"redis": {"urlSecretRef": {"name": "r", "key": "url"}}},
+        "budgets": [{"name": "llm"}, {"name": "shared", "namespace": "platform",
+                                      "secretRef": {"name": "llm-keys"}}]})
+    assert spec.budgets == [BudgetReference(name="llm"), BudgetReference.model_validate(
+        {"name": "shared", "namespace": "platform", "secretRef": {"name": "llm-keys"}})]
+    budgets = openapi_schema()["properties"]["spec"]["properties"]["budgets"]
+    assert budgets["maxItems"] == 16
+    assert budgets["x-kubernetes-validations"]
