@@ -343,7 +343,9 @@ def test_the_operators_rights_on_children_follow_the_registry_of_child_kinds(
     for (group, plural), verbs in needed.items():
         granted = {verb for g, r, verb in served if (g, r) == (group, plural)}
         assert granted == verbs, (group, plural, sorted(granted), sorted(verbs))
-    # Writes on anything else: the pool's status, Events, pods' deletion cost; nothing more.
+    # Writes on anything else: the pool's and budget's status, Events, pods' deletion cost;
+    # nothing more (an AgentBudget itself is only read).
     others = {(g, r) for g, r, verb in served if verb in ("create", "patch", "delete", "update")
               } - set(needed)
-    assert others == {("agentpool.dev", "agentpools/status"), ("", "events"), ("", "pods")}
+    assert others == {("agentpool.dev", "agentpools/status"),
+                      ("agentpool.dev", "agentbudgets/status"), ("", "events"), ("", "pods")}
