@@ -265,8 +265,9 @@ PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )
 BUDGET_PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
-    {"name": "Keys", "type": "string", "description": "Names of the budget's keys.",
-     "jsonPath": ".spec.keys[*].name"},
+    # A printer column shows only a JSONPath's first result: the key names cannot be listed.
+    {"name": "Keys", "type": "integer", "description": "Keys the budget defines.",
+     "jsonPath": ".status.keyCount"},
     {"name": "Pools", "type": "integer", "description": "AgentPools using the budget.",
      "jsonPath": ".status.poolCount"},
     {"name": "Ready", "type": "string", "description": "Status of the Ready condition.",

@@ -141,7 +141,8 @@ def budget_status(budget: Mapping[str, Any], pools: list[str], current: Mapping[
     """The status an AgentBudget should have: its users and its Ready condition (whose
     lastTransitionTime moves only when it flips)."""
     generation = int((budget.get("metadata") or {}).get("generation") or 0)
-    if parse_budget(budget) is None:
+    spec = parse_budget(budget)
+    if spec is None:
         ready = Condition(type=ConditionType.READY, status="False", reason=Reason.INVALID_SPEC,
                           observed_generation=generation, last_transition_time=now,
                           message="the spec cannot be read (stored under an older CRD?): "
@@ -157,6 +158,7 @@ def budget_status(budget: Mapping[str, Any], pools: list[str], current: Mapping[
         conditions = []
     conditions, _ = set_condition(conditions, ready)
     return AgentBudgetStatus(
-        observed_generation=generation, pool_count=len(pools),
+        observed_generation=generation, key_count=len(spec.keys) if spec else None,
+        pool_count=len(pools),
         pools=pools[:MAX_LISTED_POOLS], conditions=conditions,
     ).to_json()

@@ -50,7 +50,7 @@ def test_the_budget_crd_names_and_columns() -> None:
     assert crd["metadata"]["name"] == "agentbudgets.agentpool.dev"
     names = crd["spec"]["names"]
     assert (names["kind"], names["plural"], names["shortNames"], names["categories"]) == (
-        "AgentBudget", "agentbudgets", ["agb"], ["agentpool"])
+        "AgentBudget", "agentbudgets", ["agb"], [])
     (version,) = crd["spec"]["versions"]
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}

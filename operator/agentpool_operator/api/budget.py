@@ -33,7 +33,10 @@ BUDGET_KIND = "AgentBudget"
 BUDGET_PLURAL = "agentbudgets"
 BUDGET_SINGULAR = "agentbudget"
 BUDGET_SHORT_NAMES = ("agb",)
-BUDGET_CATEGORIES = ("agentpool",)
+BUDGET_CATEGORIES: tuple[str, ...] = ()
+"""None: kubectl expands a category before it matches a resource name, so with AgentBudget
+in AgentPool's category `agentpool`, `kubectl get agentpool NAME` would also look for an
+AgentBudget NAME and fail where there is none."""
 MAX_BUDGET_KEYS = 64
 MAX_SHARED_NAMESPACES = 256
 MAX_POOL_BUDGETS = 16
@@ -127,6 +130,8 @@ class AgentBudgetStatus(ApiModel):
 
     observed_generation: int | None = Field(default=None, ge=0)
     """The .metadata.generation the operator last acted on."""
+    key_count: int | None = Field(default=None, ge=0)
+    """How many keys the budget defines (the Keys printer column)."""
     pool_count: int | None = Field(default=None, ge=0)
     """How many AgentPools use the budget (they reference it and it is shared with them)."""
     pools: list[str] | None = Field(
