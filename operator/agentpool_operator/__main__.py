@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import kopf
 
 from agentpool_operator import login, logs, watches
+from agentpool_operator.budget_status import BudgetStatusWriter
+from agentpool_operator.budgets import BudgetId
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.instrumentation import OperatorMetrics
@@ -37,7 +39,10 @@ async def run(settings: Settings) -> None:
     resyncer = Resyncer(kube, queue, reconciler, settings)
     metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
 
-    registry = watches.build_registry(queue, resyncer, reconciler)
+    budget_queue: WorkQueue[BudgetId] = WorkQueue(
+        BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once), workers=1)
+
+    registry = watches.build_registry(queue, resyncer, reconciler, budget_queue)
 
     kopf.on.login(registry=registry)(login.login)
 
@@ -49,6 +54,7 @@ async def run(settings: Settings) -> None:
         settings.health_host, settings.health_port,
     )
     queue.start()
+    budget_queue.start()
     tasks = [asyncio.create_task(resyncer.run(), name="resync")]
     reader = BacklogReader(client_name="agentpool-operator")
     if settings.deletion_cost_seconds > 0:
@@ -72,6 +78,7 @@ async def run(settings: Settings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await queue.stop()
+        await budget_queue.stop()
         await reader.close()
         await runner.cleanup()
         await kube.close()

@@ -23,7 +23,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources import apiextensions_v1, core_v1
 from lightkube.types import PatchType
 
-from agentpool_operator.api import GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.api import BUDGET_KIND, BUDGET_PLURAL, GROUP, KIND, PLURAL, VERSION
 from agentpool_operator.builders.kinds import CHILD_KINDS, ChildKind
 from agentpool_operator.errors import ApiFailure, TransientError
 
@@ -32,6 +32,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "agentpool-operator"}
 """The label on every child: the watches and lists of children select on it."""
 
 AgentPoolResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+AgentBudgetResource = create_namespaced_resource(GROUP, VERSION, BUDGET_KIND, BUDGET_PLURAL)
 
 
 def _child_resource(child: ChildKind) -> type[NamespacedResource]:
@@ -47,6 +48,7 @@ def _child_resource(child: ChildKind) -> type[NamespacedResource]:
 _RESOURCES: dict[tuple[str, str], type[NamespacedResource]] = {
     **{(child.api_version, child.kind): _child_resource(child) for child in CHILD_KINDS},
     (f"{GROUP}/{VERSION}", KIND): AgentPoolResource,
+    (f"{GROUP}/{VERSION}", BUDGET_KIND): AgentBudgetResource,
 }
 _TRANSIENT_CODES = {409, 429, 500, 502, 503, 504}
 
@@ -172,6 +174,20 @@ class Kube:
             with _calling(f"update status of AgentPool {namespace}/{name}"):
                 obj = await self._client.patch(
                     AgentPoolResource.Status, name, {"status": status}, namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                )
+        except _NotFound:
+            return None
+        return _as_dict(obj)
+
+    async def patch_budget_status(self, namespace: str, name: str, status: dict[str, Any]
+                                  ) -> dict[str, Any] | None:
+        """Merge `status` into an AgentBudget's status; the budget as written, None if gone."""
+        self._count_write("patch-status", BUDGET_KIND)
+        try:
+            with _calling(f"update status of AgentBudget {namespace}/{name}"):
+                obj = await self._client.patch(
+                    AgentBudgetResource.Status, name, {"status": status}, namespace=namespace,
                     patch_type=PatchType.MERGE,
                 )
         except _NotFound:

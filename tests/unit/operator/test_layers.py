@@ -27,6 +27,8 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
                        "datetime", "random", "socket", "subprocess"),
      "builders are pure functions of a PoolContext"),
     ("plan.py", (*RECONCILE, *KUBE_CLIENTS), "the plan step is pure"),
+    ("budgets.py", (*RECONCILE, *KUBE_CLIENTS, "redis"),
+     "resolving a pool's budgets is pure: the reconcile reads them"),
     ("status.py", (*RECONCILE, *KUBE_CLIENTS), "status computation is pure"),
     ("store.py", ("agentpool_operator.k8s", "agentpool_operator.apply",
                   "agentpool_operator.reconcile", *KUBE_CLIENTS),
