@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         TaskFailedError,
         TaskWaitTimeout,
     )
-    from agent_runtime.messages import TaskResult
+    from agent_runtime.queue.envelope import TaskResult
 
 _EXPORTS = {
     "AgentPoolError": "agent_runtime.errors",
@@ -41,7 +41,7 @@ _EXPORTS = {
     "TaskClient": "agent_runtime.client",
     "TaskContext": "agent_runtime.context",
     "TaskFailedError": "agent_runtime.errors",
-    "TaskResult": "agent_runtime.messages",
+    "TaskResult": "agent_runtime.queue.envelope",
     "TaskWaitTimeout": "agent_runtime.errors",
     "load_settings": "agent_runtime.config",
 }

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agent_runtime.keys import Keys
+from agent_runtime.queue.keys import Keys
 from agent_runtime.stats import WorkerStats
 
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 Used by applications and by `cli.py`. Submitting is one XADD (or one Lua call with an
 idempotency key: the same key within `idempotency_ttl_seconds` returns the first task's id
 instead of queuing a duplicate). Each client has a reply list the workers push finished task
-ids to; one reader per client pops it and wakes the waits concerned (`replies.py`), so any
+ids to; one reader per client pops it and wakes the waits concerned (`queue/replies.py`), so any
 number of concurrent waits share one client without polling. Reads of results made in the
 same event-loop iteration share one MGET, and callers beyond the connection pool's size wait
 for a connection instead of failing. Results of tasks submitted elsewhere are still found by a
@@ -22,15 +22,15 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
-from agent_runtime.coalesce import PerIteration
+from agent_runtime.aio.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig, RuntimeSettings
 from agent_runtime.db import ResultStore, create_pool
-from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.errors import TaskCancelledError, TaskFailedError, TaskWaitTimeout
-from agent_runtime.keys import Keys
-from agent_runtime.messages import TaskEnvelope, TaskResult, encode_payload, new_task_id
-from agent_runtime.replies import ReplyReader
-from agent_runtime.scripts import SUBMIT_IDEMPOTENT
+from agent_runtime.queue.envelope import TaskEnvelope, TaskResult, encode_payload, new_task_id
+from agent_runtime.queue.keys import Keys
+from agent_runtime.queue.replies import ReplyReader
+from agent_runtime.queue.scripts import SUBMIT_IDEMPOTENT
+from agent_runtime.queue.validation import TEXT_ERRORS
 
 log = logging.getLogger(__name__)
 

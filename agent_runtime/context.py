@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from agent_runtime.cache import Cache
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.http import HttpClient
-from agent_runtime.keys import Keys
+from agent_runtime.queue.keys import Keys
 from agent_runtime.stats import WorkerStats
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.messages import TaskResult
+from agent_runtime.queue.envelope import TaskResult
 
 # Errors after which a retry may succeed (PgBouncer or PostgreSQL restarting, network blips).
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (

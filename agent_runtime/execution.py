@@ -27,17 +27,11 @@ from agent_runtime.board import Board
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.context import TaskContext, WorkerResources
 from agent_runtime.db import ResultStore
-from agent_runtime.entries import (
-    EntryLimits,
-    bytes_safe,
-    clean_task_id,
-    dead_letter_copy,
-    decode_entry,
-)
 from agent_runtime.errors import MalformedTaskError, PermanentTaskError
 from agent_runtime.handlers import Handler, HandlerRegistry
 from agent_runtime.ipc import Message
-from agent_runtime.messages import (
+from agent_runtime.queue.consumer import Delivery, TaskConsumer
+from agent_runtime.queue.envelope import (
     TaskEnvelope,
     TaskResult,
     TaskStatus,
@@ -45,7 +39,13 @@ from agent_runtime.messages import (
     retry_delay,
     truncate_error,
 )
-from agent_runtime.queue import Delivery, WorkQueue
+from agent_runtime.queue.validation import (
+    EntryLimits,
+    bytes_safe,
+    clean_task_id,
+    dead_letter_copy,
+    decode_entry,
+)
 
 log = logging.getLogger(__name__)
 Event = tuple[str, str, float, dict[str, Any]]
@@ -79,7 +79,7 @@ class Finished:
 
 
 class TaskExecutor:
-    def __init__(self, queue: WorkQueue, registry: HandlerRegistry, resources: WorkerResources,
+    def __init__(self, queue: TaskConsumer, registry: HandlerRegistry, resources: WorkerResources,
                  store: ResultStore | None, notify: Callable[[Message], None],
                  on_unhealthy: Callable[[str], None], board: Board) -> None:
         self._queue = queue

@@ -29,18 +29,18 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent_runtime import ipc
+from agent_runtime.aio.supervised import Supervised, all_ok
 from agent_runtime.board import Board
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.contract import consumer_name
-from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.handles import RunningEntry, WorkerHandle, describe_exit
 from agent_runtime.health import HealthServer
-from agent_runtime.maintenance import QueueMaintenance
 from agent_runtime.memory_guard import MemoryGuard
 from agent_runtime.metrics import RuntimeMetrics
 from agent_runtime.pgbouncer_metrics import PgBouncerMetrics
+from agent_runtime.queue.maintenance import QueueMaintenance
+from agent_runtime.queue.validation import TEXT_ERRORS
 from agent_runtime.reaper import reap_orphans
-from agent_runtime.supervised import Supervised, all_ok
 from agent_runtime.upkeep import DatabaseUpkeep, HandOver, LeaseRenewal, QueueUpkeep
 from agent_runtime.worker_process import EXIT_BOOT_ERROR
 from agent_runtime.worker_process import main as worker_main

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from agent_runtime.aio.supervised import Beat
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.db import create_pool
-from agent_runtime.maintenance import RENEW_THRESHOLD_SHARE, QueueMaintenance
 from agent_runtime.migrations import ensure_schema, maintain_partitions
-from agent_runtime.supervised import Beat
+from agent_runtime.queue.maintenance import RENEW_THRESHOLD_SHARE, QueueMaintenance
 
 log = logging.getLogger(__name__)
 

@@ -26,20 +26,20 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent_runtime import ipc
+from agent_runtime.aio.supervised import Beat, Supervised
 from agent_runtime.board import Board
 from agent_runtime.cache import CacheInvalidations
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.context import WorkerResources
 from agent_runtime.db import ResultStore, create_pool
-from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.execution import RunningTask, TaskExecutor
 from agent_runtime.handlers import HandlerRegistry, run_hook
 from agent_runtime.http import HttpClient
-from agent_runtime.keys import Keys
 from agent_runtime.lifeline import Lifeline
-from agent_runtime.queue import Delivery, WorkQueue
+from agent_runtime.queue.consumer import Delivery, TaskConsumer
+from agent_runtime.queue.keys import Keys
+from agent_runtime.queue.validation import TEXT_ERRORS
 from agent_runtime.stats import WorkerStats
-from agent_runtime.supervised import Beat, Supervised
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def redis_client(url: str, *, name: str, read_timeout: float,
 class Worker:
     # Set by warm_up(); the worker reports ready only after it succeeded.
     resources: WorkerResources
-    queue: WorkQueue
+    queue: TaskConsumer
     executor: TaskExecutor
     store: ResultStore | None
     _invalidations: CacheInvalidations
@@ -103,7 +103,7 @@ class Worker:
         secrets = self.settings.secrets
         url = secrets.redis_url.get_secret_value()
         # Handlers get a client with plain string replies (`ctx.redis`); the queue's own clients
-        # never fail to decode what another producer wrote (see `entries.py`).
+        # never fail to decode what another producer wrote (see `queue/validation.py`).
         redis = redis_client(url, name=self.consumer, read_timeout=10.0)
         queue_redis = redis_client(url, name=self.consumer, read_timeout=10.0,
                                    encoding_errors=TEXT_ERRORS)
@@ -133,7 +133,7 @@ class Worker:
                                                  self.resources.caches)
         self._invalidations.start()
         self.store = store
-        self.queue = WorkQueue(queue_redis, reader, self.config, self.consumer)
+        self.queue = TaskConsumer(queue_redis, reader, self.config, self.consumer)
         await self.queue.ensure_group()
         self.executor = TaskExecutor(self.queue, registry, self.resources, store, self._send,
                                      self._become_unhealthy, self._board)

@@ -11,12 +11,12 @@ from typing import Any
 
 import kopf
 
+from agent_runtime.queue.backlog import BacklogReader
 from agentpool_operator import handlers, logs
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.k8s import Kube
 from agentpool_operator.metrics import OperatorMetrics
-from agentpool_operator.metrics_api.backlog import BacklogReader
 from agentpool_operator.publisher import DirectoryPublisher
 from agentpool_operator.queuedir import parse_reference
 from agentpool_operator.reconcile import PoolKey, Reconciler

@@ -25,10 +25,10 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from agent_runtime.contract import pod_of_consumer
+from agent_runtime.queue.backlog import BacklogError, BacklogReader
 from agentpool_operator.builders.common import selector_labels
 from agentpool_operator.errors import OperatorError
 from agentpool_operator.k8s import Kube
-from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.queuedir import PoolKey, QueueEntry
 from agentpool_operator.queues import QueueRegistry
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
+from agent_runtime.queue.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.kube import KubeError
 from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError
 from agentpool_operator.metrics_api.telemetry import Telemetry

@@ -23,9 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
+from agent_runtime.queue.backlog import BacklogError, BacklogReader
 from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC
 from agentpool_operator.metrics_api.auth import Authenticator, Authorizer, UserInfo
-from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.kube import KubeError
 from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError, metric_labels
 from agentpool_operator.metrics_api.selector import SelectorError, parse_selector

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from agent_runtime import ipc
-from agent_runtime.coalesce import PerIteration
+from agent_runtime.aio.coalesce import PerIteration
 
 
 class Recorder:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent_runtime.errors import MalformedTaskError
-from agent_runtime.messages import TaskEnvelope
+from agent_runtime.queue.envelope import TaskEnvelope
 
 TEXT_ERRORS = "surrogateescape"
 # Fields that become parts of Redis keys or metric labels.

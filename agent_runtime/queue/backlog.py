@@ -1,11 +1,12 @@
 """A pool's queue backlog, read from its Redis: waiting + in-flight tasks, and who holds them.
 
-Called by `server.py` for every external-metrics request, by `gauges.py` on its period, and
-by the operator's deletion-cost pass (`agentpool_operator/deletioncost.py`). The key names
-come from the runtime's own contract: the operator renders the pool's `RuntimeConfig` and
-derives the keys from it with `agent_runtime.keys.Keys` (`agentpool_operator/queues.py`),
-so this module cannot disagree with the workers about which stream, group and retry set a
-pool uses.
+The queue's one reader for outsiders: the operator's metrics API (`server.py` for every
+external-metrics request, `gauges.py` on its period) and its deletion-cost pass
+(`agentpool_operator/deletioncost.py`) import it. It lives with the queue because it reads the
+queue's own layout (stream, group, delayed set; `keys.py`): the operator renders the pool's
+`RuntimeConfig` and derives the keys from it with `Keys.for_config`
+(`agentpool_operator/queues.py`), so this module cannot disagree with the workers about which
+stream, group and retry set a pool uses.
 
 Per pool, one pipelined round trip: XLEN, ZCARD of the delayed-retry set, XINFO GROUPS,
 XPENDING (summary) and TIME; when tasks wait, an XRANGE of one entry after the group's
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from agent_runtime.keys import Keys
+from agent_runtime.queue.keys import Keys
 
 XRANGE_CAP = 10_000
 """Most entries the lag fallback counts one by one; beyond it the estimate is XLEN - pending."""

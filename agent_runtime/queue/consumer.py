@@ -1,11 +1,11 @@
 """The worker's side of the Redis Streams work queue (consumer group, at-least-once).
 
-Called by `worker.py`. A task is taken with XREADGROUP (at most the worker's free slots), by
-adopting entries the supervisor moved to this consumer after a worker died, or by XAUTOCLAIM of
-entries whose lease expired (their pod is gone). It leaves the pending list (PEL) only in one
-MULTI/EXEC that also records its outcome - result, retry or dead letter - so a worker dying at
-any point either leaves the entry pending (it runs again) or the outcome recorded (done).
-Duplicates are possible (at-least-once); loss is not.
+Called by the worker (`agent_runtime.worker`). A task is taken with XREADGROUP (at most the
+worker's free slots), by adopting entries the supervisor moved to this consumer after a worker
+died, or by XAUTOCLAIM of entries whose lease expired (their pod is gone). It leaves the pending
+list (PEL) only in one MULTI/EXEC that also records its outcome - result, retry or dead letter -
+so a worker dying at any point either leaves the entry pending (it runs again) or the outcome
+recorded (done). Duplicates are possible (at-least-once); loss is not.
 
 Entries are XDELeted when acknowledged, so the stream holds only unfinished work and never
 needs MAXLEN trimming (which would drop unacknowledged entries; see `maintenance.safe_trim`).
@@ -23,12 +23,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from agent_runtime.coalesce import PerIteration
+from agent_runtime.aio.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.entries import bytes_safe
-from agent_runtime.keys import Keys
-from agent_runtime.messages import TaskEnvelope, TaskResult, normalise_fields
-from agent_runtime.scripts import ADOPT, COMPLETE, HAND_BACK
+from agent_runtime.queue.envelope import TaskEnvelope, TaskResult, normalise_fields
+from agent_runtime.queue.keys import Keys
+from agent_runtime.queue.scripts import ADOPT, COMPLETE, HAND_BACK
+from agent_runtime.queue.validation import bytes_safe
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ async def ensure_group(redis: Redis, keys: Keys) -> None:
             raise
 
 
-class WorkQueue:
+class TaskConsumer:
     def __init__(self, redis: Redis, reader: Redis, config: RuntimeConfig, consumer: str) -> None:
         # `reader` is a separate client: a BLOCKed XREADGROUP holds its connection, and must not
         # delay the acks and renewals that go through `redis`.

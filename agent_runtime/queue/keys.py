@@ -1,7 +1,7 @@
 """Redis key names of one pool, derived from its config (pure).
 
 Every key carries the pool's hash tag (`agentpool:{pool}:...`), so the multi-key transactions and
-Lua scripts in `queue.py` and `maintenance.py` work unchanged on Redis Cluster.
+Lua scripts in `consumer.py` and `maintenance.py` work unchanged on Redis Cluster.
 """
 
 from __future__ import annotations

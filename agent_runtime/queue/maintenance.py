@@ -1,9 +1,9 @@
 """The supervisor's side of the work queue: leases, hand-over, delayed retries, trimming.
 
-Called from `supervisor.py`'s periodic loop. None of this runs inside workers, so a worker whose
-event loop is blocked still has its leases renewed until the supervisor decides to kill it -
-and a pod that dies stops renewing, which is exactly what lets other pods reclaim its tasks.
-"""
+Called from the supervisor's chores (`agent_runtime.supervisor.upkeep`). None of this runs
+inside workers, so a worker whose event loop is blocked still has its leases renewed until the
+supervisor decides to kill it - and a pod that dies stops renewing, which is exactly what lets
+other pods reclaim its tasks."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.keys import Keys
-from agent_runtime.messages import peek_task_id
-from agent_runtime.queue import LAST_ERROR_TTL_SECONDS, ensure_group, is_nogroup
-from agent_runtime.scripts import (
+from agent_runtime.queue.consumer import LAST_ERROR_TTL_SECONDS, ensure_group, is_nogroup
+from agent_runtime.queue.envelope import peek_task_id
+from agent_runtime.queue.keys import Keys
+from agent_runtime.queue.scripts import (
     HAND_BACK,
     PROMOTE_DUE,
     PRUNE_CONSUMERS,

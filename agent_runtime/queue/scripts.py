@@ -2,8 +2,8 @@
 
 Each script does a check and the action that depends on it in one step, so no other client can
 act in between (for example claim an entry between our ownership check and our claim). Used by
-`client.py` (SUBMIT_IDEMPOTENT), `queue.py` (COMPLETE, HAND_BACK) and `maintenance.py` (the
-rest).
+the producer (SUBMIT_IDEMPOTENT), the consumer (COMPLETE, ADOPT, HAND_BACK) and the
+maintenance (the rest).
 """
 
 from __future__ import annotations
