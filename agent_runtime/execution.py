@@ -25,8 +25,7 @@ from redis.exceptions import RedisError
 
 from agent_runtime.board import Board
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.context import TaskContext, WorkerResources
-from agent_runtime.db import ResultStore
+from agent_runtime.db.results import ResultStore
 from agent_runtime.errors import MalformedTaskError, PermanentTaskError
 from agent_runtime.handlers import Handler, HandlerRegistry
 from agent_runtime.ipc import Message
@@ -46,6 +45,7 @@ from agent_runtime.queue.validation import (
     dead_letter_copy,
     decode_entry,
 )
+from agent_runtime.sdk.context import TaskContext, WorkerResources
 
 log = logging.getLogger(__name__)
 Event = tuple[str, str, float, dict[str, Any]]

@@ -26,8 +26,8 @@ from redis.exceptions import RedisError
 
 from agent_runtime.aio.supervised import Beat
 from agent_runtime.config import RuntimeSettings
-from agent_runtime.db import create_pool
-from agent_runtime.migrations import ensure_schema, maintain_partitions
+from agent_runtime.db.migrations import ensure_schema, maintain_partitions
+from agent_runtime.db.pool import create_pool
 from agent_runtime.queue.maintenance import RENEW_THRESHOLD_SHARE, QueueMaintenance
 
 log = logging.getLogger(__name__)

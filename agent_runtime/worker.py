@@ -28,17 +28,18 @@ from redis.exceptions import RedisError
 from agent_runtime import ipc
 from agent_runtime.aio.supervised import Beat, Supervised
 from agent_runtime.board import Board
-from agent_runtime.cache import CacheInvalidations
 from agent_runtime.config import RuntimeSettings
-from agent_runtime.context import WorkerResources
-from agent_runtime.db import ResultStore, create_pool
+from agent_runtime.db.pool import create_pool
+from agent_runtime.db.results import ResultStore
 from agent_runtime.execution import RunningTask, TaskExecutor
 from agent_runtime.handlers import HandlerRegistry, run_hook
-from agent_runtime.http import HttpClient
 from agent_runtime.lifeline import Lifeline
 from agent_runtime.queue.consumer import Delivery, TaskConsumer
 from agent_runtime.queue.keys import Keys
 from agent_runtime.queue.validation import TEXT_ERRORS
+from agent_runtime.sdk.cache import CacheInvalidations
+from agent_runtime.sdk.context import WorkerResources
+from agent_runtime.sdk.http import HttpClient
 from agent_runtime.stats import WorkerStats
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent_runtime.client import TaskClient
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.procs import free_port
 from agentpool_dev.services import ServiceSettings, pgbouncer_show

@@ -14,9 +14,9 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import RECHECK_SECONDS, TaskClient
 from agent_runtime.queue.consumer import Delivery, TaskConsumer
 from agent_runtime.queue.envelope import TaskEnvelope, TaskResult
+from agent_runtime.sdk.client import RECHECK_SECONDS, TaskClient
 from tests.plugins.runtime import RuntimePool
 
 pytestmark = [pytest.mark.services]

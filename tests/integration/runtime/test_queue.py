@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.queue.consumer import TaskConsumer
 from agent_runtime.queue.envelope import TaskEnvelope, TaskResult, execution_number
 from agent_runtime.queue.maintenance import QueueMaintenance
+from agent_runtime.sdk.client import TaskClient
 from tests.plugins.runtime import RuntimePool
 
 pytestmark = [pytest.mark.services]

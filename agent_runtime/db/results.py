@@ -1,14 +1,8 @@
-"""PostgreSQL access through PgBouncer (transaction pooling) with asyncpg.
+"""Task results and events in PostgreSQL, written through PgBouncer (transaction pooling).
 
-Used by `worker.py` (write each finished task's result and events before acknowledging it), by
-`supervisor.py` (migrations and partition upkeep) and by `client.py` (read results back).
+Used by the worker (write each finished task's result and events before acknowledging it) and
+by the client (read results back, after their Redis copy expired).
 
-Settings for transaction pooling (see the runtime notes, section 7):
-* `statement_cache_size` from config, 0 by default: PgBouncer < 1.21 cannot keep asyncpg's named
-  prepared statements on one server connection. With the cache off asyncpg re-sends Parse,
-  which transaction pooling handles (asyncpg >= 0.29).
-* `reset=None`-like behaviour: we pass an empty reset query; the default one (`RESET ALL`,
-  `UNLISTEN *`, ...) costs a round trip per release and would run on an arbitrary backend.
 * Multi-statement writes run in an explicit transaction, the unit PgBouncer pins to one server.
 * JSON goes in as text cast to jsonb and comes out as text, so no per-connection type
   introspection or codec set-up is needed.
@@ -20,40 +14,7 @@ import datetime as dt
 import json
 from typing import Any
 
-import asyncpg
-
-from agent_runtime.config import RuntimeConfig
 from agent_runtime.queue.envelope import TaskResult
-
-# Errors after which a retry may succeed (PgBouncer or PostgreSQL restarting, network blips).
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.ConnectionFailureError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.ProtocolViolationError,  # PgBouncer: "server conn crashed?" and the like
-)
-
-
-async def _no_reset(_conn: Any) -> None:
-    return None
-
-
-async def create_pool(dsn: str, config: RuntimeConfig, *, max_size: int | None = None) -> Any:
-    return await asyncpg.create_pool(
-        dsn,
-        min_size=min(config.db_pool_min_size, max_size or config.effective_db_pool_max_size),
-        max_size=max_size or config.effective_db_pool_max_size,
-        statement_cache_size=config.db_statement_cache_size,
-        max_inactive_connection_lifetime=config.db_max_inactive_connection_lifetime_seconds,
-        command_timeout=config.db_command_timeout_seconds,
-        reset=_no_reset,
-        server_settings={"application_name": f"agentpool-{config.pool}"},
-    )
 
 
 def _ts(value: float | None) -> dt.datetime | None:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent_runtime.queue.keys import Keys
-from agent_runtime.stats import WorkerStats
+from agent_runtime.sdk.metrics_sink import MetricsSink
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class LruCache:
 
 class Cache:
     def __init__(self, redis: Redis, keys: Keys, name: str, *, ttl: float, lru_size: int,
-                 lru_ttl: float, stats: WorkerStats | None = None) -> None:
+                 lru_ttl: float, stats: MetricsSink | None = None) -> None:
         self.name = name
         self._redis = redis
         self._keys = keys

@@ -24,7 +24,8 @@ from redis.exceptions import RedisError
 
 from agent_runtime.aio.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig, RuntimeSettings
-from agent_runtime.db import ResultStore, create_pool
+from agent_runtime.db.pool import create_pool
+from agent_runtime.db.results import ResultStore
 from agent_runtime.errors import TaskCancelledError, TaskFailedError, TaskWaitTimeout
 from agent_runtime.queue.envelope import TaskEnvelope, TaskResult, encode_payload, new_task_id
 from agent_runtime.queue.keys import Keys

@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.jsonstream import JsonStreamParser
-from agent_runtime.stats import WorkerStats
+from agent_runtime.sdk.jsonstream import JsonStreamParser
+from agent_runtime.sdk.metrics_sink import MetricsSink
 
 METRIC = "agentpool_external_request_duration_seconds"
 
@@ -34,7 +34,7 @@ def outcome_of(status: int | None) -> str:
 
 
 class HttpClient:
-    def __init__(self, config: RuntimeConfig, stats: WorkerStats | None = None) -> None:
+    def __init__(self, config: RuntimeConfig, stats: MetricsSink | None = None) -> None:
         self._config = config
         self._stats = stats
         self._session: aiohttp.ClientSession | None = None

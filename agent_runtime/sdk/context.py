@@ -15,11 +15,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from agent_runtime.cache import Cache
 from agent_runtime.config import RuntimeSettings
-from agent_runtime.http import HttpClient
 from agent_runtime.queue.keys import Keys
-from agent_runtime.stats import WorkerStats
+from agent_runtime.sdk.cache import Cache
+from agent_runtime.sdk.http import HttpClient
+from agent_runtime.sdk.metrics_sink import MetricsSink
 
 log = logging.getLogger(__name__)
 Cleanup = Callable[[], Awaitable[None] | None]
@@ -32,7 +32,7 @@ class WorkerResources:
     redis: Redis
     cache_redis: Redis
     http: HttpClient
-    stats: WorkerStats
+    stats: MetricsSink
     db: Any = None  # asyncpg pool, when a database is configured
     caches: dict[str, Cache] = field(default_factory=dict)
 
