@@ -1,6 +1,6 @@
 """The worker's side of the Redis Streams work queue (consumer group, at-least-once).
 
-Called by the worker (`agent_runtime.worker`). A task is taken with XREADGROUP (at most the
+Called by the worker (`agent_runtime.worker.worker`). A task is taken with XREADGROUP (at most the
 worker's free slots), by adopting entries the supervisor moved to this consumer after a worker
 died, or by XAUTOCLAIM of entries whose lease expired (their pod is gone). It leaves the pending
 list (PEL) only in one MULTI/EXEC that also records its outcome - result, retry or dead letter -

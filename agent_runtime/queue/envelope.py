@@ -180,5 +180,5 @@ def retry_delay(retries: int, base: float, cap: float, rng: random.Random | None
 def execution_number(retries: int, deliveries: int) -> int:
     """Which execution of a task this is: runs before this entry (`retries`) plus the
     executions of this entry, this one included (`deliveries`: a delivery counts only when the
-    execution started - each run that died with its worker adds one; see `board.py`)."""
+    execution started - each run that died with its worker adds one; see `ipc/board.py`)."""
     return retries + max(deliveries, 1)

@@ -1,11 +1,11 @@
 """Decodes a work-stream entry from any producer, trusting nothing in it (pure).
 
-Used by `execution.py` before a task runs. The SDK writes well-formed entries, but anything can
-XADD to the stream: another producer's bytes, a payload above the pool's limit (the SDK checks
-it, XADD does not), JSON nested deeper than the parser allows, a reply key outside the pool.
-Each check turns such an entry into a `MalformedTaskError` whose message - the dead-letter
-reason - is plain UTF-8 text whatever the entry held, so the worker dead-letters the entry at
-first sight and the tasks read with it are not affected.
+Used by the worker (`worker/execution.py`) before a task runs. The SDK writes well-formed
+entries, but anything can XADD to the stream: another producer's bytes, a payload above the
+pool's limit (the SDK checks it, XADD does not), JSON nested deeper than the parser allows, a
+reply key outside the pool. Each check turns such an entry into a `MalformedTaskError` whose
+message - the dead-letter reason - is plain UTF-8 text whatever the entry held, so the worker
+dead-letters the entry at first sight and the tasks read with it are not affected.
 
 The runtime's own Redis clients decode with `surrogateescape` (`TEXT_ERRORS`): bytes that are
 not UTF-8 arrive as lone surrogates instead of raising inside the client, and are written back

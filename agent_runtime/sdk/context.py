@@ -1,9 +1,9 @@
 """What a handler sees: `TaskContext` per task, backed by the worker's shared `WorkerResources`.
 
-Created by `worker.py`. Resources (Redis, the asyncpg pool, the HTTP session, caches) are opened
-once per worker during warm-up and shared by every task the worker runs; a context adds the
-task's identity and its cleanup callbacks, which run after the task whatever its outcome.
-"""
+Created by the worker (`worker/worker.py`). Resources (Redis, the asyncpg pool, the HTTP
+session, caches) are opened once per worker during warm-up and shared by every task the worker
+runs; a context adds the task's identity and its cleanup callbacks, which run after the task
+whatever its outcome."""
 
 from __future__ import annotations
 

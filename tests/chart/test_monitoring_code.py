@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_runtime.metrics import RuntimeMetrics
+from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
 from agentpool_dev.services import ServiceSettings
 from agentpool_operator.crd import build_crd
 from agentpool_operator.metrics import OperatorMetrics

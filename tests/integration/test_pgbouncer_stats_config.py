@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from agent_runtime.pgbouncer_metrics import PgBouncerMetrics
+from agent_runtime.supervisor.pgbouncer_metrics import PgBouncerMetrics
 from agentpool_dev import services as svc
 from agentpool_dev.procs import free_port
 from agentpool_dev.services import ServiceSettings

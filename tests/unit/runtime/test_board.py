@@ -11,8 +11,8 @@ from unittest.mock import Mock
 
 import pytest
 
-from agent_runtime.board import Board, SlotState
-from agent_runtime.handles import WorkerHandle
+from agent_runtime.ipc.board import Board, SlotState
+from agent_runtime.supervisor.worker_handle import WorkerHandle
 
 
 def _worker(board: Board, entry_ids: list[str]) -> None:

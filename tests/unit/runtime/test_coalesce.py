@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from agent_runtime import ipc
 from agent_runtime.aio.coalesce import PerIteration
+from agent_runtime.ipc import pipe
 
 
 class Recorder:
@@ -71,7 +71,7 @@ async def test_a_cancelled_caller_is_left_out_of_the_flush() -> None:
 async def test_outbox_holds_task_events_briefly_and_sends_them_with_the_next_message() -> None:
     ours, theirs = multiprocessing.Pipe()
     gone: list[bool] = []
-    outbox = ipc.Outbox(ours, lambda: gone.append(True), delay=0.05)
+    outbox = pipe.Outbox(ours, lambda: gone.append(True), delay=0.05)
     outbox.put({"type": "done", "entry": "1-0"})
     outbox.put({"type": "dead", "reason": "malformed"})
     outbox.put({"type": "start", "entry": "2-0"})  # deadlines go by the board, not by this
@@ -79,14 +79,14 @@ async def test_outbox_holds_task_events_briefly_and_sends_them_with_the_next_mes
     assert not theirs.poll()  # task events wait for company
     outbox.put({"type": "retiring"})  # anything else goes out at once, with them
     await asyncio.sleep(0)
-    first = ipc.receive(theirs)
+    first = pipe.receive(theirs)
     assert first is not None
-    assert [m["type"] for m in ipc.unpack(first)] == ["done", "dead", "start", "retiring"]
+    assert [m["type"] for m in pipe.unpack(first)] == ["done", "dead", "start", "retiring"]
     assert not theirs.poll()
 
     outbox.put({"type": "done", "entry": "2-0"})
     started = asyncio.get_running_loop().time()
-    second = await asyncio.to_thread(ipc.receive, theirs)  # alone, it goes after the delay
+    second = await asyncio.to_thread(pipe.receive, theirs)  # alone, it goes after the delay
     assert asyncio.get_running_loop().time() - started >= 0.04
     assert second == {"type": "done", "entry": "2-0"}  # a lone message is sent as is
 
@@ -98,16 +98,16 @@ async def test_outbox_holds_task_events_briefly_and_sends_them_with_the_next_mes
 
 async def test_outbox_without_delay_sends_each_iterations_messages_in_one_frame() -> None:
     ours, theirs = multiprocessing.Pipe()
-    outbox = ipc.Outbox(ours, lambda: None, delay=0)
+    outbox = pipe.Outbox(ours, lambda: None, delay=0)
     outbox.put({"type": "start", "entry": "1-0"})
     outbox.put({"type": "done", "entry": "1-0"})
     await asyncio.sleep(0)
-    frame = ipc.receive(theirs)
+    frame = pipe.receive(theirs)
     assert frame is not None
-    assert [m["type"] for m in ipc.unpack(frame)] == ["start", "done"]
+    assert [m["type"] for m in pipe.unpack(frame)] == ["start", "done"]
 
 
 @pytest.mark.parametrize("frame", [{"type": "batch", "messages": "nope"},
                                    {"type": "batch", "messages": [1, "x"]}])
-def test_a_malformed_batch_carries_no_messages(frame: ipc.Message) -> None:
-    assert list(ipc.unpack(frame)) == []
+def test_a_malformed_batch_carries_no_messages(frame: pipe.Message) -> None:
+    assert list(pipe.unpack(frame)) == []

@@ -11,10 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.errors import HandlerError
-from agent_runtime.handlers import Handler, HandlerRegistry, load_ref
-from agent_runtime.memory import read_container_memory
-from agent_runtime.metrics import RuntimeMetrics
-from agent_runtime.stats import WorkerStats
+from agent_runtime.supervisor.memory import read_container_memory
+from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
+from agent_runtime.worker.stats import WorkerStats
+from agent_runtime.worker.task_handlers import Handler, HandlerRegistry, load_ref
 
 
 def payload_only(payload: dict[str, int]) -> int:

@@ -9,9 +9,9 @@ import multiprocessing
 import threading
 import time
 
-from agent_runtime import ipc
-from agent_runtime.board import Board
-from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE, Lifeline
+from agent_runtime.ipc import pipe
+from agent_runtime.ipc.board import Board
+from agent_runtime.worker.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE, Lifeline
 
 
 class Exits:
@@ -33,17 +33,17 @@ def _board(confirmed_for: float) -> Board:
 async def test_messages_reach_the_loop_and_a_closed_pipe_ends_the_process() -> None:
     ours, theirs = multiprocessing.Pipe()
     exits = Exits()
-    received: list[ipc.Message] = []
+    received: list[pipe.Message] = []
     arrived = asyncio.Event()
 
-    def on_message(message: ipc.Message) -> None:
+    def on_message(message: pipe.Message) -> None:
         received.append(message)
         arrived.set()
 
     lifeline = Lifeline(ours, _board(60), "w", on_message, exit_process=exits)
     lifeline.start(asyncio.get_running_loop())
 
-    ipc.send(theirs, {"type": "drain", "seconds": 3})
+    pipe.send(theirs, {"type": "drain", "seconds": 3})
     await asyncio.wait_for(arrived.wait(), 5)
     assert received == [{"type": "drain", "seconds": 3}]
 

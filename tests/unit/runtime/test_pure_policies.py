@@ -7,7 +7,6 @@ import multiprocessing
 import signal
 from unittest.mock import Mock
 
-from agent_runtime.breaker import BreakerAction, MemoryBreaker
 from agent_runtime.db.migrations import (
     add_months,
     create_partition_sql,
@@ -16,9 +15,10 @@ from agent_runtime.db.migrations import (
     partition_name,
     wanted_partitions,
 )
-from agent_runtime.handles import WorkerHandle, describe_exit
-from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
 from agent_runtime.sdk.cache import LruCache
+from agent_runtime.supervisor.breaker import BreakerAction, MemoryBreaker
+from agent_runtime.supervisor.worker_handle import WorkerHandle, describe_exit
+from agent_runtime.worker.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
 
 
 def test_breaker_opens_closes_with_hysteresis_and_kills_near_the_limit() -> None:

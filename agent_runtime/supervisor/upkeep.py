@@ -1,6 +1,6 @@
 """The supervisor's periodic chores against Redis and PostgreSQL.
 
-Run by `supervisor.py` as supervised background tasks (`supervised.py`: a crash is logged with
+Run by `supervisor.py` as supervised background tasks (`aio/supervised.py`: a crash is logged with
 its traceback and the loop restarts; readiness and liveness say when it cannot recover):
 * lease renewal (every min(lease/6, 5 s)): reset the idle time of every entry this pod's
   consumers hold, so other pods never reclaim a running task; reports when the leases were
@@ -82,7 +82,7 @@ class LeaseRenewal:
         # Renew at least twice per renewal threshold (lease/3), so one late run is harmless.
         self.every = max(min(lease_seconds / 6, 5.0), 0.1)
         # After a renewal every lease has at least lease - threshold to go: tasks may run that
-        # long past it, less a margin for the workers' checks (`lifeline.py`) to act in.
+        # long past it, less a margin for the workers' checks (`worker/lifeline.py`) to act in.
         margin = min(max(lease_seconds / 10, 0.5), 5.0)
         self.safe_for = lease_seconds * (1 - RENEW_THRESHOLD_SHARE) - margin
         self._consumers = consumers

@@ -23,12 +23,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from agent_runtime.board import Board
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.db.results import ResultStore
 from agent_runtime.errors import MalformedTaskError, PermanentTaskError
-from agent_runtime.handlers import Handler, HandlerRegistry
-from agent_runtime.ipc import Message
+from agent_runtime.ipc.board import Board
+from agent_runtime.ipc.pipe import Message
 from agent_runtime.queue.consumer import Delivery, TaskConsumer
 from agent_runtime.queue.envelope import (
     TaskEnvelope,
@@ -46,6 +45,7 @@ from agent_runtime.queue.validation import (
     decode_entry,
 )
 from agent_runtime.sdk.context import TaskContext, WorkerResources
+from agent_runtime.worker.task_handlers import Handler, HandlerRegistry
 
 log = logging.getLogger(__name__)
 Event = tuple[str, str, float, dict[str, Any]]

@@ -1,11 +1,10 @@
 """The pod's single Prometheus registry, owned by the supervisor.
 
-Workers report task events and metric deltas over their pipe (`ipc.py`, `stats.py`); the
-supervisor turns them into the series below, which `health.py` serves on `/metrics`. Names
-follow the project's catalogue (docs: monitoring notes, section 1.5): `agentpool_` prefix, base
-units, `_total` counters, closed label sets. The pool name is not a label here: it comes from the
-pod's target labels at scrape time.
-"""
+Workers report task events and metric deltas over their pipe (`agent_runtime.ipc`,
+`worker/stats.py`); the supervisor turns them into the series below, which `health.py` serves on
+`/metrics`. Names follow the project's catalogue (docs: monitoring notes, section 1.5):
+`agentpool_` prefix, base units, `_total` counters, closed label sets. The pool name is not a
+label here: it comes from the pod's target labels at scrape time."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent_runtime.pgwire import PgWireError, simple_queries
+from agent_runtime.supervisor.pgwire import PgWireError, simple_queries
 
 # pgbouncer_exporter v0.11 (collector.go): metric -> SHOW POOLS column, labels database, user.
 POOL_COLUMNS = {

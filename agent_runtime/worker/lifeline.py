@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
-from agent_runtime import ipc
-from agent_runtime.board import Board
+from agent_runtime.ipc import pipe
+from agent_runtime.ipc.board import Board
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ CHECK_EVERY_SECONDS = 0.1
 
 class Lifeline:
     def __init__(self, conn: Connection, board: Board, consumer: str,
-                 on_message: Callable[[ipc.Message], None],
+                 on_message: Callable[[pipe.Message], None],
                  exit_process: Callable[[int], None] = os._exit) -> None:
         self._conn = conn
         self._board = board
@@ -73,7 +73,7 @@ class Lifeline:
                 return
             if not ready:
                 continue
-            message = ipc.receive(self._conn)
+            message = pipe.receive(self._conn)
             if message is None:
                 if self._stopped.is_set():
                     return

@@ -11,8 +11,8 @@ That is what makes these facts independent of the worker's event loop:
   blocked the loop before its first `await` (the loop never got to say that it started);
 * when a worker dies, the supervisor knows which of its entries really started - only those
   count as a delivery - and the board outlives the worker, which is why the supervisor keeps it;
-* the worker's lifeline thread (`lifeline.py`) stops the process before a lease the supervisor
-  could not renew can lapse, even when the supervisor itself is stuck.
+* the worker's lifeline thread (`worker/lifeline.py`) stops the process before a lease the
+  supervisor could not renew can lapse, even when the supervisor itself is stuck.
 
 Each slot is guarded by a sequence number (odd while the worker writes it), so the supervisor
 never acts on a half-written slot: it reads again. Times are CLOCK_MONOTONIC, which all

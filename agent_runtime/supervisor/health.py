@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from agent_runtime.metrics import RuntimeMetrics
+from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
 
 Probe = Callable[[], tuple[bool, str]]
 Extra = Callable[[], Awaitable[bytes]]

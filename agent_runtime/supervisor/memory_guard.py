@@ -15,11 +15,11 @@ import logging
 import time
 from typing import Any, Protocol
 
-from agent_runtime.breaker import BreakerAction, MemoryBreaker
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.handles import WorkerHandle
-from agent_runtime.memory import read_container_memory, worker_uss
-from agent_runtime.metrics import RuntimeMetrics
+from agent_runtime.supervisor.breaker import BreakerAction, MemoryBreaker
+from agent_runtime.supervisor.memory import read_container_memory, worker_uss
+from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
+from agent_runtime.supervisor.worker_handle import WorkerHandle
 
 log = logging.getLogger(__name__)
 

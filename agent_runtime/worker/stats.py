@@ -1,11 +1,11 @@
 """Metric deltas collected inside a worker and shipped to the supervisor with each heartbeat.
 
 Workers own no Prometheus registry (no multiprocess directory that grows with every recycled
-PID): helpers such as `cache.py`, `http.py` and `worker.py` record into a `WorkerStats`, and
-`worker.py` drains it into its heartbeat. The supervisor applies the deltas to its single
-registry (`metrics.py`), so counters never go backwards when a worker is replaced. A worker
-killed with SIGKILL loses at most one heartbeat interval of these deltas.
-"""
+PID): helpers such as `ctx.cache`, `ctx.http` (`agent_runtime.sdk`) and `worker.py` record into
+a `WorkerStats`, and `worker.py` drains it into its heartbeat. The supervisor applies the deltas
+to its single registry (`supervisor/pod_metrics.py`), so counters never go backwards when a
+worker is replaced. A worker killed with SIGKILL loses at most one heartbeat interval of these
+deltas."""
 
 from __future__ import annotations
 

@@ -1,15 +1,14 @@
 """One warm worker process: warm-up, then read tasks into free slots and run them concurrently.
 
-Started by `supervisor.py` (through `worker_process.main`). Reads never take more entries than
-the worker has free slots (no prefetch: a crash re-runs only what was running). Before reading
-new work it adopts entries moved to it from a dead predecessor and reclaims entries whose lease
-expired. An entry delivered more than once (a suspect: an execution of it died with its
-worker) runs alone, so that if it kills this worker too, no other task dies with it. Every
-task's slot on the board (`board.py`) says what it holds and whether its handler started.
-Reports to the supervisor over its pipe (`ipc.py`): ready, task start/finish, and a heartbeat
-with metric deltas; obeys drain/pause/resume/adopt, read by the lifeline thread
-(`lifeline.py`), which also ends the process when the supervisor is gone.
-"""
+Started by the supervisor (through `process.main`). Reads never take more entries than the
+worker has free slots (no prefetch: a crash re-runs only what was running). Before reading new
+work it adopts entries moved to it from a dead predecessor and reclaims entries whose lease
+expired. An entry delivered more than once (a suspect: an execution of it died with its worker)
+runs alone, so that if it kills this worker too, no other task dies with it. Every task's slot
+on the board (`ipc/board.py`) says what it holds and whether its handler started. Reports to the
+supervisor over its pipe (`agent_runtime.ipc`): ready, task start/finish, and a heartbeat with
+metric deltas; obeys drain/pause/resume/adopt, read by the lifeline thread (`lifeline.py`),
+which also ends the process when the supervisor is gone."""
 
 from __future__ import annotations
 
@@ -25,22 +24,22 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agent_runtime import ipc
 from agent_runtime.aio.supervised import Beat, Supervised
-from agent_runtime.board import Board
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.db.pool import create_pool
 from agent_runtime.db.results import ResultStore
-from agent_runtime.execution import RunningTask, TaskExecutor
-from agent_runtime.handlers import HandlerRegistry, run_hook
-from agent_runtime.lifeline import Lifeline
+from agent_runtime.ipc import pipe
+from agent_runtime.ipc.board import Board
 from agent_runtime.queue.consumer import Delivery, TaskConsumer
 from agent_runtime.queue.keys import Keys
 from agent_runtime.queue.validation import TEXT_ERRORS
 from agent_runtime.sdk.cache import CacheInvalidations
 from agent_runtime.sdk.context import WorkerResources
 from agent_runtime.sdk.http import HttpClient
-from agent_runtime.stats import WorkerStats
+from agent_runtime.worker.execution import RunningTask, TaskExecutor
+from agent_runtime.worker.lifeline import Lifeline
+from agent_runtime.worker.stats import WorkerStats
+from agent_runtime.worker.task_handlers import HandlerRegistry, run_hook
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class Worker:
         self._redis_ok = True
         self._closers: list[Any] = []
         self._lifeline = Lifeline(conn, board, consumer, self._on_control)
-        self._outbox = ipc.Outbox(conn, self._lifeline.supervisor_gone)
+        self._outbox = pipe.Outbox(conn, self._lifeline.supervisor_gone)
 
     # -- warm-up ----------------------------------------------------------------------------
 
@@ -306,7 +305,7 @@ class Worker:
 
     # -- supervisor link --------------------------------------------------------------------
 
-    def _send(self, message: ipc.Message) -> None:
+    def _send(self, message: pipe.Message) -> None:
         self._outbox.put(message)
 
     def _become_unhealthy(self, reason: str) -> None:
@@ -315,7 +314,7 @@ class Worker:
         self._send({"type": "unhealthy", "reason": reason})
         self.drain(self.config.hang_grace_seconds)
 
-    def _on_control(self, message: ipc.Message) -> None:
+    def _on_control(self, message: pipe.Message) -> None:
         """A message from the supervisor (read by the lifeline thread)."""
         kind = message.get("type")
         if kind == "drain":

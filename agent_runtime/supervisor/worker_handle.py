@@ -3,7 +3,7 @@
 Owned by `supervisor.py`; this module only keeps the facts (what runs where since when, last
 sign of life) and derives the worker's state from them, so the decisions stay in one place.
 When a handler started, and which entries really started, come from the worker's board
-(`board.py`), which is written independently of the worker's event loop and read here even
+(`ipc/board.py`), which is written independently of the worker's event loop and read here even
 after the worker died; the messages add task ids and handler names for metrics and errors.
 """
 
@@ -16,8 +16,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from agent_runtime.board import Board, Slot, SlotState
-from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
+from agent_runtime.ipc.board import Board, Slot, SlotState
+from agent_runtime.worker.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
 
 
 @dataclass

@@ -28,22 +28,22 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agent_runtime import ipc
 from agent_runtime.aio.supervised import Supervised, all_ok
-from agent_runtime.board import Board
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.contract import consumer_name
-from agent_runtime.handles import RunningEntry, WorkerHandle, describe_exit
-from agent_runtime.health import HealthServer
-from agent_runtime.memory_guard import MemoryGuard
-from agent_runtime.metrics import RuntimeMetrics
-from agent_runtime.pgbouncer_metrics import PgBouncerMetrics
+from agent_runtime.ipc import pipe
+from agent_runtime.ipc.board import Board
 from agent_runtime.queue.maintenance import QueueMaintenance
 from agent_runtime.queue.validation import TEXT_ERRORS
-from agent_runtime.reaper import reap_orphans
-from agent_runtime.upkeep import DatabaseUpkeep, HandOver, LeaseRenewal, QueueUpkeep
-from agent_runtime.worker_process import EXIT_BOOT_ERROR
-from agent_runtime.worker_process import main as worker_main
+from agent_runtime.supervisor.health import HealthServer
+from agent_runtime.supervisor.memory_guard import MemoryGuard
+from agent_runtime.supervisor.pgbouncer_metrics import PgBouncerMetrics
+from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
+from agent_runtime.supervisor.reaper import reap_orphans
+from agent_runtime.supervisor.upkeep import DatabaseUpkeep, HandOver, LeaseRenewal, QueueUpkeep
+from agent_runtime.supervisor.worker_handle import RunningEntry, WorkerHandle, describe_exit
+from agent_runtime.worker.process import EXIT_BOOT_ERROR
+from agent_runtime.worker.process import main as worker_main
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Supervisor:
     async def run(self) -> int:
         # The fork server imports these once; every worker starts with them loaded and shared.
         refs = [*self.config.handler_map.values(), self.config.init_hook or ""]
-        modules = ["agent_runtime.worker_process"] + [r.partition(":")[0] for r in refs if r]
+        modules = ["agent_runtime.worker.process"] + [r.partition(":")[0] for r in refs if r]
         self._mp.set_forkserver_preload(sorted(set(modules)))
         redis = Redis.from_url(self.settings.secrets.redis_url.get_secret_value(),
                                decode_responses=True, encoding_errors=TEXT_ERRORS,
@@ -175,7 +175,7 @@ class Supervisor:
     async def _drain(self) -> None:
         grace = self.config.drain_grace_seconds
         for handle in self._live():
-            ipc.send(handle.conn, {"type": "drain", "seconds": grace})
+            pipe.send(handle.conn, {"type": "drain", "seconds": grace})
         # Workers hand back what they could not finish by `grace`; allow them a moment for it.
         self._drain_deadline = time.monotonic() + grace + 2.0
         await self._wait_for_exits(lambda: self._drain_deadline)
@@ -273,15 +273,15 @@ class Supervisor:
     # -- worker messages --------------------------------------------------------------------
 
     def _on_message(self, handle: WorkerHandle) -> None:
-        message = ipc.receive(handle.conn)
+        message = pipe.receive(handle.conn)
         if message is None:
             asyncio.get_running_loop().remove_reader(handle.conn.fileno())
             return
         handle.last_seen = time.monotonic()
-        for member in ipc.unpack(message):
+        for member in pipe.unpack(message):
             self._dispatch(handle, member)
 
-    def _dispatch(self, handle: WorkerHandle, message: ipc.Message) -> None:
+    def _dispatch(self, handle: WorkerHandle, message: pipe.Message) -> None:
         kind = message.get("type")
         if kind == "heartbeat":
             handle.apply_heartbeat(message)
@@ -302,7 +302,7 @@ class Supervisor:
             handle.ready = True
             self._failures[handle.slot] = 0
             if self._memory.breaker.is_open:
-                ipc.send(handle.conn, {"type": "pause"})
+                pipe.send(handle.conn, {"type": "pause"})
         elif kind in ("retiring", "unhealthy"):
             reason = "max_tasks" if kind == "retiring" else "unhealthy"
             if kind == "unhealthy":
@@ -323,7 +323,7 @@ class Supervisor:
         self.metrics.restarts.labels(reason).inc()
         log.info("recycling worker %s (%s)", handle.consumer, reason)
         if drain:
-            ipc.send(handle.conn, {"type": "drain",
+            pipe.send(handle.conn, {"type": "drain",
                                    "seconds": self.config.task_timeout_seconds})
         if self._slots.get(handle.slot) is handle:
             self._retiring.append(handle)
@@ -410,7 +410,7 @@ class Supervisor:
         for handle in self._live():
             if handle.consumer == target:
                 # Even with nothing moved: the replacement re-checks what it owns.
-                ipc.send(handle.conn, {"type": "adopt"})
+                pipe.send(handle.conn, {"type": "adopt"})
         if moved:
             log.info("moved %d task(s) of %s to %s", moved, source, target)
 
@@ -465,7 +465,7 @@ class Supervisor:
 
     def broadcast(self, message: dict[str, Any]) -> None:
         for handle in self._live():
-            ipc.send(handle.conn, message)
+            pipe.send(handle.conn, message)
 
     # -- probes -----------------------------------------------------------------------------
 
