@@ -1,76 +1,47 @@
-"""Messages between a worker and its supervisor over the worker's pipe (JSON, one per frame).
+"""Frames over a worker's pipe: sending, receiving, and the worker's `Outbox`.
 
-Worker -> supervisor (`type` field):
-    ready       warm-up finished; the worker reads tasks from now on
-    boot_error  warm-up failed (handler import, init hook, connections); `error` says why
-    heartbeat   every `heartbeat_interval_seconds`: running tasks, metric deltas, DB pool sizes
-    start       a task started (`entry`, `task`, `handler`, `wait` = seconds since submission);
-                for metrics and task ids: deadlines and hand-overs go by the board
-    done        a task execution ended (`outcome`, `duration`, `retried`, `dead`)
-    dead        an entry was dead-lettered without running (`handler`, `reason`)
-    retiring    the worker reached its task budget and drains itself (`reason`)
-    unhealthy   the worker cannot continue safely (a sync handler ignored its timeout)
-    batch       several of the above in order (`messages`): a worker sends what one event-loop
-                iteration produced in one write (see `Outbox`)
-
-Supervisor -> worker:
-    drain       stop reading; finish running tasks within `seconds`, hand back the rest, exit
-    pause       stop reading new tasks (memory circuit breaker open)
-    resume      read again
-    adopt       entries of a dead predecessor were moved to you; claim and run them
+The messages and their encoding are `messages.py`; this module moves frames. A frame is one
+`send_bytes` on the `multiprocessing` pipe between a worker and its supervisor and carries
+every message of one event-loop iteration (see `Outbox`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
 
-Message = dict[str, Any]
+from agent_runtime.ipc.messages import TASK_EVENTS, Message, decode, encode
 
 
-def send(conn: Connection, message: Message) -> bool:
-    """Send one message; False if the other side is gone (the caller decides what that means)."""
+def send(conn: Connection, *messages: Message) -> bool:
+    """Send one frame; False if the other side is gone (the caller decides what that means)."""
+    return send_frame(conn, messages)
+
+
+def send_frame(conn: Connection, messages: Sequence[Message]) -> bool:
     try:
-        conn.send_bytes(json.dumps(message, separators=(",", ":")).encode("utf-8"))
+        conn.send_bytes(encode(messages))
     except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
         return False
     return True
 
 
-def receive(conn: Connection) -> Message | None:
-    """Receive one message; None at end of stream or on a frame that is not a message."""
+def receive(conn: Connection) -> list[Message] | None:
+    """The messages of one frame; None at end of stream (the other side is gone)."""
     try:
         data = conn.recv_bytes()
     except (EOFError, OSError):
         return None
-    try:
-        message = json.loads(data)
-    except ValueError:
-        return {}
-    return message if isinstance(message, dict) else {}
+    return decode(data)
 
 
-def unpack(message: Message) -> Iterator[Message]:
-    """The messages a frame carries: itself, or the members of a `batch`, in order."""
-    if message.get("type") != "batch":
-        yield message
-        return
-    members = message.get("messages")
-    for member in members if isinstance(members, list) else []:
-        if isinstance(member, dict):
-            yield member
-
-
-# Task events (start, done, dead) wait this long for company: with tasks arriving one at a
-# time, a frame per event woke the supervisor twice per task. They only feed metrics, which
+# Task events (`messages.TASK_EVENTS`) wait this long for company: with tasks arriving one at
+# a time, a frame per event woke the supervisor twice per task. They only feed metrics, which
 # lag by at most this much; the supervisor learns that a handler started from the worker's
 # board (`board.py`), written before the handler's first line, so a handler that blocks the
 # loop is still killed at its deadline. Everything else goes out in the current iteration.
 TASK_EVENT_DELAY_SECONDS = 0.005
-TASK_EVENTS = frozenset({"start", "done", "dead"})
 
 
 class Outbox:
@@ -96,7 +67,7 @@ class Outbox:
         if self._soon is not None:
             return
         loop = asyncio.get_running_loop()
-        if message.get("type") not in TASK_EVENTS or self._delay <= 0:
+        if not isinstance(message, TASK_EVENTS) or self._delay <= 0:
             self._soon = loop.call_soon(self.flush)
         elif self._later is None:
             self._later = loop.call_later(self._delay, self.flush)
@@ -110,6 +81,5 @@ class Outbox:
         queued, self._queued = self._queued, []
         if not queued:
             return
-        frame = queued[0] if len(queued) == 1 else {"type": "batch", "messages": queued}
-        if not send(self._conn, frame):
+        if not send_frame(self._conn, queued):
             self._on_gone()

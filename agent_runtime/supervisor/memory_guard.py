@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.ipc.messages import Pause, Resume, SupervisorMessage
 from agent_runtime.supervisor.breaker import BreakerAction, MemoryBreaker
 from agent_runtime.supervisor.memory import read_container_memory, worker_uss
 from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
@@ -29,7 +30,7 @@ RECYCLE_WHILE_OPEN_SECONDS = 10.0
 class Actions(Protocol):
     def kill(self, handle: WorkerHandle, reason: str, detail: str) -> None: ...
     def retire(self, handle: WorkerHandle, reason: str) -> None: ...
-    def broadcast(self, message: dict[str, Any]) -> None: ...
+    def broadcast(self, message: SupervisorMessage) -> None: ...
 
 
 class MemoryGuard:
@@ -78,12 +79,12 @@ class MemoryGuard:
         if action is BreakerAction.OPEN:
             self._opened_at = time.monotonic()
             log.warning("memory breaker open: %d of %s bytes; pausing workers", used, limit)
-            self._actions.broadcast({"type": "pause"})
+            self._actions.broadcast(Pause())
         elif action is BreakerAction.CLOSE:
             log.info("memory breaker closed: %d of %s bytes; resuming workers", used, limit)
-            self._actions.broadcast({"type": "resume"})
+            self._actions.broadcast(Resume())
         elif action is BreakerAction.KILL_LARGEST:
-            self._actions.broadcast({"type": "pause"})
+            self._actions.broadcast(Pause())
             biggest = max(live, key=lambda h: h.uss or 0, default=None)
             if biggest is not None:
                 self._actions.kill(biggest, "memory", f"pod memory {used} of {limit} bytes")

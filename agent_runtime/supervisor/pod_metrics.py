@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from agent_runtime.ipc.messages import MetricDelta
+
 TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 EXTERNAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
@@ -114,17 +116,16 @@ class RuntimeMetrics:
         if outcome == "success":
             self.last_success.set(finished_at)
 
-    def apply_worker_stats(self, rows: Iterable[list[Any]]) -> None:
-        for row in rows:
+    def apply_worker_stats(self, deltas: Iterable[MetricDelta]) -> None:
+        for delta in deltas:
             try:
-                kind, name, labels, value = row
-                metric = self._from_workers[name]
-                if kind == "c":
-                    metric.labels(**labels).inc(float(value))
-                elif kind == "h":
-                    metric.labels(**labels).observe(float(value))
+                metric = self._from_workers[delta.name]
+                if delta.kind == "c":
+                    metric.labels(**delta.labels).inc(delta.value)
+                elif delta.kind == "h":
+                    metric.labels(**delta.labels).observe(delta.value)
             except (KeyError, ValueError, TypeError):
-                continue  # a malformed delta must not break the supervisor
+                continue  # a delta for another series or labels must not break the supervisor
 
     def set_worker_states(self, counts: Mapping[str, int]) -> None:
         for state in WORKER_STATES:

@@ -33,6 +33,22 @@ from agent_runtime.config import RuntimeSettings
 from agent_runtime.contract import consumer_name
 from agent_runtime.ipc import pipe
 from agent_runtime.ipc.board import Board
+from agent_runtime.ipc.exits import EXIT_BOOT_ERROR, describe_exit
+from agent_runtime.ipc.messages import (
+    Adopt,
+    BootError,
+    DeadLettered,
+    Drain,
+    Heartbeat,
+    Message,
+    Pause,
+    Ready,
+    Retiring,
+    SupervisorMessage,
+    TaskDone,
+    TaskStarted,
+    Unhealthy,
+)
 from agent_runtime.queue.maintenance import QueueMaintenance
 from agent_runtime.queue.validation import TEXT_ERRORS
 from agent_runtime.supervisor.health import HealthServer
@@ -41,8 +57,7 @@ from agent_runtime.supervisor.pgbouncer_metrics import PgBouncerMetrics
 from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
 from agent_runtime.supervisor.reaper import reap_orphans
 from agent_runtime.supervisor.upkeep import DatabaseUpkeep, HandOver, LeaseRenewal, QueueUpkeep
-from agent_runtime.supervisor.worker_handle import RunningEntry, WorkerHandle, describe_exit
-from agent_runtime.worker.process import EXIT_BOOT_ERROR
+from agent_runtime.supervisor.worker_handle import WorkerHandle
 from agent_runtime.worker.process import main as worker_main
 
 log = logging.getLogger(__name__)
@@ -175,7 +190,7 @@ class Supervisor:
     async def _drain(self) -> None:
         grace = self.config.drain_grace_seconds
         for handle in self._live():
-            pipe.send(handle.conn, {"type": "drain", "seconds": grace})
+            pipe.send(handle.conn, Drain(grace))
         # Workers hand back what they could not finish by `grace`; allow them a moment for it.
         self._drain_deadline = time.monotonic() + grace + 2.0
         await self._wait_for_exits(lambda: self._drain_deadline)
@@ -273,43 +288,40 @@ class Supervisor:
     # -- worker messages --------------------------------------------------------------------
 
     def _on_message(self, handle: WorkerHandle) -> None:
-        message = pipe.receive(handle.conn)
-        if message is None:
+        messages = pipe.receive(handle.conn)
+        if messages is None:
             asyncio.get_running_loop().remove_reader(handle.conn.fileno())
             return
         handle.last_seen = time.monotonic()
-        for member in pipe.unpack(message):
-            self._dispatch(handle, member)
+        for message in messages:
+            self._dispatch(handle, message)
 
-    def _dispatch(self, handle: WorkerHandle, message: pipe.Message) -> None:
-        kind = message.get("type")
-        if kind == "heartbeat":
-            handle.apply_heartbeat(message)
-            self.metrics.apply_worker_stats(message.get("stats", []))
-        elif kind == "start":
-            handle.running[str(message["entry"])] = RunningEntry(
-                str(message["task"]), str(message["handler"]), float(message["at"]))
-            self.metrics.task_started(str(message["handler"]), float(message["wait"]))
-        elif kind == "done":
-            handle.running.pop(str(message["entry"]), None)
-            self.metrics.task_finished(str(message["handler"]), str(message["outcome"]),
-                                       float(message["duration"]), bool(message["retried"]),
-                                       message.get("dead"), float(message["at"]))
-        elif kind == "dead":
-            self.metrics.dead_lettered.labels(str(message["handler"]),
-                                              str(message["reason"])).inc()
-        elif kind == "ready":
-            handle.ready = True
-            self._failures[handle.slot] = 0
-            if self._memory.breaker.is_open:
-                pipe.send(handle.conn, {"type": "pause"})
-        elif kind in ("retiring", "unhealthy"):
-            reason = "max_tasks" if kind == "retiring" else "unhealthy"
-            if kind == "unhealthy":
-                handle.retire_detail = str(message.get("reason", "unhealthy"))
-            self.retire(handle, reason, drain=False)
-        elif kind == "boot_error":
-            handle.boot_error = str(message.get("error"))
+    def _dispatch(self, handle: WorkerHandle, message: Message) -> None:
+        match message:
+            case Heartbeat():
+                handle.apply_heartbeat(message)
+                self.metrics.apply_worker_stats(message.stats)
+            case TaskStarted():
+                handle.running[message.entry] = message.running
+                self.metrics.task_started(message.handler, message.wait)
+            case TaskDone():
+                handle.running.pop(message.entry, None)
+                self.metrics.task_finished(message.handler, message.outcome, message.duration,
+                                           message.retried, message.dead, message.at)
+            case DeadLettered():
+                self.metrics.dead_lettered.labels(message.handler, message.reason).inc()
+            case Ready():
+                handle.ready = True
+                self._failures[handle.slot] = 0
+                if self._memory.breaker.is_open:
+                    pipe.send(handle.conn, Pause())
+            case Retiring():
+                self.retire(handle, "max_tasks", drain=False)
+            case Unhealthy():
+                handle.retire_detail = message.reason
+                self.retire(handle, "unhealthy", drain=False)
+            case BootError():
+                handle.boot_error = message.error
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -323,8 +335,7 @@ class Supervisor:
         self.metrics.restarts.labels(reason).inc()
         log.info("recycling worker %s (%s)", handle.consumer, reason)
         if drain:
-            pipe.send(handle.conn, {"type": "drain",
-                                   "seconds": self.config.task_timeout_seconds})
+            pipe.send(handle.conn, Drain(self.config.task_timeout_seconds))
         if self._slots.get(handle.slot) is handle:
             self._retiring.append(handle)
             self._slots[handle.slot] = None
@@ -410,7 +421,7 @@ class Supervisor:
         for handle in self._live():
             if handle.consumer == target:
                 # Even with nothing moved: the replacement re-checks what it owns.
-                pipe.send(handle.conn, {"type": "adopt"})
+                pipe.send(handle.conn, Adopt())
         if moved:
             log.info("moved %d task(s) of %s to %s", moved, source, target)
 
@@ -463,7 +474,7 @@ class Supervisor:
         elif handle.retiring is not None and now > handle.retire_deadline:
             self.kill(handle, handle.retiring, "did not finish draining in time")
 
-    def broadcast(self, message: dict[str, Any]) -> None:
+    def broadcast(self, message: SupervisorMessage) -> None:
         for handle in self._live():
             pipe.send(handle.conn, message)
 

@@ -9,22 +9,13 @@ after the worker died; the messages add task ids and handler names for metrics a
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from agent_runtime.ipc.board import Board, Slot, SlotState
-from agent_runtime.worker.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
-
-
-@dataclass
-class RunningEntry:
-    task_id: str
-    handler: str
-    started_at: float  # Unix time, from the worker (same host clock)
+from agent_runtime.ipc.messages import DbPoolSizes, Heartbeat, RunningEntry
 
 
 @dataclass
@@ -45,7 +36,7 @@ class WorkerHandle:
     kill_reason: str | None = None  # why we killed it (it is about to exit)
     exited: bool = False
     uss: int | None = None
-    db_pool: list[int] | None = None
+    db_pool: DbPoolSizes | None = None
     boot_error: str | None = None
     exit_error: str | None = None  # why it died or was killed, for its tasks' last error
     board: Board | None = None
@@ -67,20 +58,11 @@ class WorkerHandle:
             return "starting"
         return "busy" if self.running else "idle"
 
-    def apply_heartbeat(self, message: dict[str, Any]) -> None:
+    def apply_heartbeat(self, heartbeat: Heartbeat) -> None:
         """A heartbeat carries the full list of running tasks: resynchronise with it, so a
         lost start/done message cannot leave a phantom task that looks hung forever."""
-        running = {}
-        for row in message.get("running", []):
-            try:
-                entry_id, task_id, handler, started_at = row
-                running[str(entry_id)] = RunningEntry(str(task_id), str(handler),
-                                                      float(started_at))
-            except (TypeError, ValueError):
-                continue
-        self.running = running
-        db = message.get("db")
-        self.db_pool = [int(x) for x in db] if isinstance(db, list) and len(db) == 3 else None
+        self.running = {entry.entry_id: entry for entry in heartbeat.running}
+        self.db_pool = heartbeat.db
 
     def oldest_task_age(self, now: float) -> float:
         """Seconds since the oldest running handler started (`now`: monotonic), from the
@@ -103,22 +85,3 @@ class WorkerHandle:
         """Task ids of these entries, as far as the worker reported them."""
         known = (self.running.get(entry_id) for entry_id in entry_ids)
         return [entry.task_id for entry in known if entry is not None and entry.task_id]
-
-
-EXIT_MEANINGS = {
-    EXIT_SUPERVISOR_GONE: "its supervisor was gone",
-    EXIT_LEASES_LAPSING: "the pod's leases could not be confirmed",
-}
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    if code in EXIT_MEANINGS:
-        return f"exit code {code} ({EXIT_MEANINGS[code]})"
-    if code < 0:
-        try:
-            return f"signal {-code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"

@@ -27,7 +27,7 @@ from agent_runtime.config import RuntimeConfig
 from agent_runtime.db.results import ResultStore
 from agent_runtime.errors import MalformedTaskError, PermanentTaskError
 from agent_runtime.ipc.board import Board
-from agent_runtime.ipc.pipe import Message
+from agent_runtime.ipc.messages import DeadLettered, TaskDone, TaskStarted, WorkerMessage
 from agent_runtime.queue.consumer import Delivery, TaskConsumer
 from agent_runtime.queue.envelope import (
     TaskEnvelope,
@@ -80,7 +80,7 @@ class Finished:
 
 class TaskExecutor:
     def __init__(self, queue: TaskConsumer, registry: HandlerRegistry, resources: WorkerResources,
-                 store: ResultStore | None, notify: Callable[[Message], None],
+                 store: ResultStore | None, notify: Callable[[WorkerMessage], None],
                  on_unhealthy: Callable[[str], None], board: Board) -> None:
         self._queue = queue
         self._board = board
@@ -118,9 +118,9 @@ class TaskExecutor:
             return
         started = time.time()
         running.started_at = started
-        self._notify({"type": "start", "entry": delivery.entry_id, "task": envelope.task_id,
-                      "handler": handler.name, "wait": started - envelope.enqueued_at,
-                      "at": started})
+        self._notify(TaskStarted(entry=delivery.entry_id, task=envelope.task_id,
+                                 handler=handler.name, wait=started - envelope.enqueued_at,
+                                 at=started))
         finished = await self._execute(envelope, handler, attempt, running)
         self._board.recording(running.slot, running.entry_id)
         await self._finish(delivery, envelope, handler, attempt, started, finished)
@@ -217,10 +217,10 @@ class TaskExecutor:
         else:
             final = result
             await durably(lambda: self._queue.complete(delivery.entry_id, envelope, final))
-        self._notify({"type": "done", "entry": delivery.entry_id, "task": envelope.task_id,
-                      "handler": handler.name, "outcome": finished.outcome,
-                      "duration": now - started, "retried": finished.status is None,
-                      "dead": finished.dead_reason, "at": now})
+        self._notify(TaskDone(entry=delivery.entry_id, task=envelope.task_id,
+                              handler=handler.name, outcome=finished.outcome,
+                              duration=now - started, retried=finished.status is None,
+                              dead=finished.dead_reason, at=now))
 
     async def _dead_letter(self, delivery: Delivery, envelope: TaskEnvelope | None, reason: str,
                            kind: str, handler_name: str) -> None:
@@ -237,7 +237,7 @@ class TaskExecutor:
         copy = dead_letter_copy(delivery.fields, self._limits)
         await durably(lambda: self._queue.dead_letter(delivery.entry_id, copy, reason, envelope,
                                                       result))
-        self._notify({"type": "dead", "handler": handler_name, "reason": kind})
+        self._notify(DeadLettered(handler=handler_name, reason=kind))
         log.warning("dead-lettered entry %s (task %s): %s", delivery.entry_id,
                     task_id or "?", reason)
 

@@ -28,17 +28,17 @@ from multiprocessing.connection import Connection
 
 from agent_runtime.ipc import pipe
 from agent_runtime.ipc.board import Board
+from agent_runtime.ipc.exits import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
+from agent_runtime.ipc.messages import SupervisorMessage
 
 log = logging.getLogger(__name__)
 
-EXIT_SUPERVISOR_GONE = 4
-EXIT_LEASES_LAPSING = 5
 CHECK_EVERY_SECONDS = 0.1
 
 
 class Lifeline:
     def __init__(self, conn: Connection, board: Board, consumer: str,
-                 on_message: Callable[[pipe.Message], None],
+                 on_message: Callable[[SupervisorMessage], None],
                  exit_process: Callable[[int], None] = os._exit) -> None:
         self._conn = conn
         self._board = board
@@ -73,14 +73,16 @@ class Lifeline:
                 return
             if not ready:
                 continue
-            message = pipe.receive(self._conn)
-            if message is None:
+            messages = pipe.receive(self._conn)
+            if messages is None:
                 if self._stopped.is_set():
                     return
                 self._die(EXIT_SUPERVISOR_GONE, "the supervisor is gone; nothing renews this "
                           "pod's leases, so the running tasks stop now and are reclaimed later")
                 return
-            if self._loop is not None:
+            for message in messages:
+                if self._loop is None or not isinstance(message, SupervisorMessage):
+                    continue
                 try:
                     self._loop.call_soon_threadsafe(self._on_message, message)
                 except RuntimeError:  # the loop closed: the worker is exiting anyway

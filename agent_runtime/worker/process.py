@@ -18,11 +18,10 @@ from multiprocessing.connection import Connection
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.ipc import pipe
 from agent_runtime.ipc.board import Board
-from agent_runtime.worker.lifeline import EXIT_SUPERVISOR_GONE
+from agent_runtime.ipc.exits import EXIT_BOOT_ERROR, EXIT_OK, EXIT_SUPERVISOR_GONE
+from agent_runtime.ipc.messages import BootError
 from agent_runtime.worker.worker import Worker
 
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3  # warm-up failed; the supervisor backs off before the next attempt
 PR_SET_PDEATHSIG = 1
 # The kernel OOM killer prefers workers over the supervisor (which only supervises).
 WORKER_OOM_SCORE_ADJ = 800
@@ -53,7 +52,7 @@ async def _amain(worker: Worker, conn: Connection) -> int:
         await worker.warm_up()
     except Exception as exc:  # user code (imports, init hook) or connections failed
         log.exception("worker %s failed to warm up", worker.consumer)
-        pipe.send(conn, {"type": "boot_error", "error": f"{type(exc).__name__}: {exc}"})
+        pipe.send(conn, BootError(f"{type(exc).__name__}: {exc}"))
         return EXIT_BOOT_ERROR
     await worker.run()
     return EXIT_OK

@@ -10,7 +10,8 @@ deltas."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+
+from agent_runtime.ipc.messages import MetricDelta
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -36,11 +37,11 @@ class WorkerStats:
         if len(self._observations) < self.MAX_OBSERVATIONS:
             self._observations.append((name, freeze_labels(labels), value))
 
-    def drain(self) -> list[list[Any]]:
-        """Everything recorded since the last drain, as JSON-friendly rows, and reset."""
-        rows: list[list[Any]] = [["c", name, dict(labels), value]
-                                 for (name, labels), value in self._counters.items()]
-        rows.extend(["h", name, dict(labels), value]
+    def drain(self) -> list[MetricDelta]:
+        """Everything recorded since the last drain, and reset."""
+        rows = [MetricDelta("c", name, dict(labels), value)
+                for (name, labels), value in self._counters.items()]
+        rows.extend(MetricDelta("h", name, dict(labels), value)
                     for name, labels, value in self._observations)
         self._counters.clear()
         self._observations.clear()

@@ -30,6 +30,20 @@ from agent_runtime.db.pool import create_pool
 from agent_runtime.db.results import ResultStore
 from agent_runtime.ipc import pipe
 from agent_runtime.ipc.board import Board
+from agent_runtime.ipc.messages import (
+    Adopt,
+    DbPoolSizes,
+    Drain,
+    Heartbeat,
+    Pause,
+    Ready,
+    Resume,
+    Retiring,
+    RunningEntry,
+    SupervisorMessage,
+    Unhealthy,
+    WorkerMessage,
+)
 from agent_runtime.queue.consumer import Delivery, TaskConsumer
 from agent_runtime.queue.keys import Keys
 from agent_runtime.queue.validation import TEXT_ERRORS
@@ -145,7 +159,7 @@ class Worker:
         chores = [Supervised("heartbeats", self._heartbeats),
                   Supervised("cancellation watch", self._watch_cancellations)]
         background = [asyncio.create_task(chore.run(), name=chore.name) for chore in chores]
-        self._send({"type": "ready", "consumer": self.consumer})
+        self._send(Ready(self.consumer))
         try:
             await self._consume()
             await self._finish_drain()
@@ -263,7 +277,7 @@ class Worker:
     def _check_task_budget(self) -> None:
         if (self._max_tasks is not None and self._finished_tasks >= self._max_tasks
                 and not self._draining):
-            self._send({"type": "retiring", "reason": "max_tasks"})
+            self._send(Retiring("max_tasks"))
             self.drain(self.config.task_timeout_seconds + self.config.hang_grace_seconds)
 
     # -- drain ------------------------------------------------------------------------------
@@ -305,34 +319,34 @@ class Worker:
 
     # -- supervisor link --------------------------------------------------------------------
 
-    def _send(self, message: pipe.Message) -> None:
+    def _send(self, message: WorkerMessage) -> None:
         self._outbox.put(message)
 
     def _become_unhealthy(self, reason: str) -> None:
         """A sync handler's thread outlived its timeout: take no more work, and give the
         thread until the supervisor's deadline (the hang grace) to end on its own."""
-        self._send({"type": "unhealthy", "reason": reason})
+        self._send(Unhealthy(reason))
         self.drain(self.config.hang_grace_seconds)
 
-    def _on_control(self, message: pipe.Message) -> None:
+    def _on_control(self, message: SupervisorMessage) -> None:
         """A message from the supervisor (read by the lifeline thread)."""
-        kind = message.get("type")
-        if kind == "drain":
-            self.drain(float(message.get("seconds", self.config.drain_grace_seconds)))
-        elif kind == "pause":
-            self._paused = True
-        elif kind == "resume":
-            self._paused = False
-        elif kind == "adopt":
-            self._adopt_requested = True
+        match message:
+            case Drain(seconds=seconds):
+                self.drain(seconds)
+            case Pause():
+                self._paused = True
+            case Resume():
+                self._paused = False
+            case Adopt():
+                self._adopt_requested = True
         self._wake.set()
 
     def _send_heartbeat(self) -> None:
-        running = [[r.entry_id, r.task_id, r.handler, r.started_at]
-                   for r in self._running.values()]
-        db = list(self.store.pool_sizes()) if self.store is not None else None
-        self._outbox.put({"type": "heartbeat", "running": running, "stats": self._stats.drain(),
-                          "db": db, "redis_ok": self._redis_ok, "draining": self._draining})
+        running = tuple(RunningEntry(r.entry_id, r.task_id, r.handler, r.started_at)
+                        for r in self._running.values())
+        db = DbPoolSizes(*self.store.pool_sizes()) if self.store is not None else None
+        self._outbox.put(Heartbeat(running=running, stats=tuple(self._stats.drain()), db=db,
+                                   redis_ok=self._redis_ok, draining=self._draining))
 
     async def _heartbeats(self, beat: Beat) -> None:
         while True:

@@ -15,10 +15,11 @@ from agent_runtime.db.migrations import (
     partition_name,
     wanted_partitions,
 )
+from agent_runtime.ipc.exits import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE, describe_exit
+from agent_runtime.ipc.messages import DbPoolSizes, Heartbeat, RunningEntry
 from agent_runtime.sdk.cache import LruCache
 from agent_runtime.supervisor.breaker import BreakerAction, MemoryBreaker
-from agent_runtime.supervisor.worker_handle import WorkerHandle, describe_exit
-from agent_runtime.worker.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
+from agent_runtime.supervisor.worker_handle import WorkerHandle
 
 
 def test_breaker_opens_closes_with_hysteresis_and_kills_near_the_limit() -> None:
@@ -85,10 +86,11 @@ def test_worker_state_follows_what_it_reports() -> None:
     assert handle.state == "starting"
     handle.ready = True
     assert handle.state == "idle"
-    handle.apply_heartbeat({"running": [["1-0", "t", "h", 100.0], ["bad"]], "db": [2, 1, 4]})
+    handle.apply_heartbeat(Heartbeat(running=(RunningEntry("1-0", "t", "h", 100.0),), stats=(),
+                                     db=DbPoolSizes(2, 1, 4), redis_ok=True, draining=False))
     assert handle.state == "busy"
     assert handle.task_ids(["1-0", "2-0"]) == ["t"]
-    assert handle.db_pool == [2, 1, 4]
+    assert handle.db_pool == (2, 1, 4)
     handle.retiring = "memory"
     assert handle.state == "draining"
     handle.kill_reason = "timeout"
