@@ -1,14 +1,15 @@
 """The task SDK's client: submit tasks, await their results, cancel them.
 
-Used by applications and by `cli.py`. Submitting is one XADD (or one Lua call with an
-idempotency key: the same key within `idempotency_ttl_seconds` returns the first task's id
-instead of queuing a duplicate). Each client has a reply list the workers push finished task
-ids to; one reader per client pops it and wakes the waits concerned (`queue/replies.py`), so any
-number of concurrent waits share one client without polling. Reads of results made in the
-same event-loop iteration share one MGET, and callers beyond the connection pool's size wait
-for a connection instead of failing. Results of tasks submitted elsewhere are still found by a
-periodic read of their result keys. Results are read from Redis, then from PostgreSQL when the
-client has a database (results outlive their Redis TTL there).
+Used by applications and by `cli.py`. What it writes and reads in Redis is the queue's
+producer side (`queue/producer.py`: one XADD per task, or one Lua call with an idempotency
+key); the client adds payload encoding, waiting and the database fallback. Each client has a
+reply list the workers push finished task ids to; one reader per client pops it and wakes the
+waits concerned (`queue/replies.py`), so any number of concurrent waits share one client
+without polling. Reads of results made in the same event-loop iteration share one MGET, and
+callers beyond the connection pool's size wait for a connection instead of failing. Results of
+tasks submitted elsewhere are still found by a periodic read of their result keys. Results are
+read from Redis, then from PostgreSQL when the client has a database (results outlive their
+Redis TTL there).
 """
 
 from __future__ import annotations
@@ -28,14 +29,12 @@ from agent_runtime.db.pool import create_pool
 from agent_runtime.db.results import ResultStore
 from agent_runtime.errors import TaskCancelledError, TaskFailedError, TaskWaitTimeout
 from agent_runtime.queue.envelope import TaskEnvelope, TaskResult, encode_payload, new_task_id
-from agent_runtime.queue.keys import Keys
+from agent_runtime.queue.producer import TaskProducer
 from agent_runtime.queue.replies import ReplyReader
-from agent_runtime.queue.scripts import SUBMIT_IDEMPOTENT
 from agent_runtime.queue.validation import TEXT_ERRORS
 
 log = logging.getLogger(__name__)
 
-CANCEL_TTL_SECONDS = 86400
 RECHECK_SECONDS = 1.0
 MAX_CONNECTIONS = 50
 CONNECTION_WAIT_SECONDS = 30.0
@@ -45,11 +44,11 @@ Progress = Callable[[int, int, dict[str, TaskResult]], None]
 class TaskClient:
     def __init__(self, redis: Redis, config: RuntimeConfig, *, store: ResultStore | None = None,
                  closers: Sequence[Callable[[], Any]] = ()) -> None:
-        self._redis = redis
         self._config = config
         self._store = store
         self._closers = list(closers)
-        self.keys = Keys.for_config(config)
+        self._queue = TaskProducer(redis, config)
+        self.keys = self._queue.keys
         self.reply_key = self.keys.reply(uuid.uuid4().hex)
         self._replies = ReplyReader(redis, self.reply_key)
         self._result_reads = PerIteration[tuple[str, ...], dict[str, TaskResult]](
@@ -104,45 +103,26 @@ class TaskClient:
                      idempotency_key: str | None = None) -> str:
         """Queue a task; returns its id (the earlier task's id for a repeated idempotency key).
         Raises PayloadTooLargeError / InvalidPayloadError before touching Redis."""
-        envelope = self._envelope(payload, handler, task_id, idempotency_key)
-        fields: dict[Any, Any] = envelope.to_fields()
-        if not idempotency_key:
-            await self._redis.xadd(self.keys.stream, fields)
-            return envelope.task_id
-        flat = [item for pair in fields.items() for item in pair]
-        existing = await self._redis.eval(
-            SUBMIT_IDEMPOTENT, 2, self.keys.stream, self.keys.idempotency(idempotency_key),
-            self._config.idempotency_ttl_seconds, envelope.task_id, *flat)
-        return str(existing)
+        return await self._queue.add(self._envelope(payload, handler, task_id, idempotency_key))
 
     async def submit_many(self, payloads: Iterable[Any], *, handler: str = "default") -> list[str]:
         """Queue many tasks in pipelined round trips (no idempotency keys)."""
         envelopes = [self._envelope(p, handler, None, None) for p in payloads]
-        for start in range(0, len(envelopes), 1000):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for envelope in envelopes[start:start + 1000]:
-                    fields: dict[Any, Any] = envelope.to_fields()
-                    pipe.xadd(self.keys.stream, fields)
-                await pipe.execute()
+        await self._queue.add_many(envelopes)
         return [e.task_id for e in envelopes]
 
     async def cancel(self, task_id: str) -> None:
         """Ask for cancellation: a queued task is recorded cancelled instead of running, a
         running one is cancelled (async handlers) within about half a second."""
-        # One transaction: the flag (which workers read before checking any cancel key) must
-        # never be missing while a cancel key exists, and it outlives the key it covers.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.cancel(task_id), "1", ex=CANCEL_TTL_SECONDS)
-            pipe.set(self.keys.cancel_requested, "1", ex=CANCEL_TTL_SECONDS)
-            await pipe.execute()
+        await self._queue.cancel(task_id)
 
     # -- results ----------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> TaskResult | None:
         """The final result, or None while the task is queued or running."""
-        raw = await self._redis.get(self.keys.result(task_id))
-        if raw is not None:
-            return TaskResult.from_json(raw)
+        result = await self._queue.result(task_id)
+        if result is not None:
+            return result
         if self._store is not None:
             return await self._store.fetch(task_id)
         return None
@@ -165,14 +145,7 @@ class TaskClient:
             return {}
 
     async def _read_results(self, requests: list[tuple[str, ...]]) -> list[dict[str, TaskResult]]:
-        wanted = list(dict.fromkeys(t for ids in requests for t in ids))
-        found: dict[str, TaskResult] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            raws = await self._redis.mget([self.keys.result(t) for t in chunk])
-            for task_id, raw in zip(chunk, raws, strict=True):
-                if raw is not None:
-                    found[task_id] = TaskResult.from_json(raw)
+        found = await self._queue.results(dict.fromkeys(t for ids in requests for t in ids))
         return [{t: found[t] for t in ids if t in found} for ids in requests]
 
     async def wait_many(self, task_ids: Iterable[str], max_wait: float | None = None,
@@ -222,13 +195,8 @@ class TaskClient:
 
     async def dead_letters(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         """The most recent dead-lettered entries, newest first (with `dead_reason`)."""
-        rows: Any = await self._redis.xrevrange(self.keys.dead, count=count)
-        return [(str(entry_id), dict(fields)) for entry_id, fields in rows or []]
+        return await self._queue.dead_letters(count)
 
     async def queue_depth(self) -> int:
         """Entries in the work stream (queued plus running) and retries waiting."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(self.keys.stream)
-            pipe.zcard(self.keys.delayed)
-            stream, delayed = await pipe.execute()
-        return int(stream) + int(delayed)
+        return await self._queue.depth()
