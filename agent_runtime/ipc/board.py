@@ -40,7 +40,7 @@ _SLOT_SIZE = 64
 MAX_ENTRY_ID = 48  # "<ms>-<seq>" is at most 41 characters
 
 
-class SlotState(enum.IntEnum):
+class TaskSlotState(enum.IntEnum):
     FREE = 0
     DELIVERED = 1  # the worker holds the entry; its handler has not started
     STARTED = 2  # the handler runs: an execution, and its deadline applies
@@ -48,16 +48,16 @@ class SlotState(enum.IntEnum):
 
 
 @dataclass(frozen=True)
-class Slot:
+class TaskSlot:
     index: int
-    state: SlotState
+    state: TaskSlotState
     entry_id: str
     started_at: float  # monotonic; 0 unless started
 
     @property
     def started(self) -> bool:
         """The handler ran (or runs): this delivery was a real execution."""
-        return self.state in (SlotState.STARTED, SlotState.RECORDING)
+        return self.state in (TaskSlotState.STARTED, TaskSlotState.RECORDING)
 
 
 def _memory_file(size: int) -> int:
@@ -107,7 +107,7 @@ class Board:
 
     # -- slots (written by the worker) -------------------------------------------------------
 
-    def _write(self, index: int, state: SlotState, entry_id: str, started_at: float) -> None:
+    def _write(self, index: int, state: TaskSlotState, entry_id: str, started_at: float) -> None:
         offset = _HEADER_SIZE + index * _SLOT_SIZE
         seq = self._seq[index]
         _SEQ.pack_into(self._map, offset, seq + 1)  # odd: being written
@@ -117,20 +117,20 @@ class Board:
         _SEQ.pack_into(self._map, offset, seq + 2)
 
     def hold(self, index: int, entry_id: str) -> None:
-        self._write(index, SlotState.DELIVERED, entry_id, 0.0)
+        self._write(index, TaskSlotState.DELIVERED, entry_id, 0.0)
 
     def start(self, index: int, entry_id: str) -> None:
-        self._write(index, SlotState.STARTED, entry_id, time.monotonic())
+        self._write(index, TaskSlotState.STARTED, entry_id, time.monotonic())
 
     def recording(self, index: int, entry_id: str) -> None:
-        self._write(index, SlotState.RECORDING, entry_id, 0.0)
+        self._write(index, TaskSlotState.RECORDING, entry_id, 0.0)
 
     def free(self, index: int) -> None:
-        self._write(index, SlotState.FREE, "", 0.0)
+        self._write(index, TaskSlotState.FREE, "", 0.0)
 
     # -- reading (the supervisor; the worker's lifeline) ------------------------------------
 
-    def read(self, index: int) -> Slot | None:
+    def read(self, index: int) -> TaskSlot | None:
         """One slot as it was between two writes; None if it kept changing under us."""
         offset = _HEADER_SIZE + index * _SLOT_SIZE
         for _ in range(100):
@@ -141,19 +141,19 @@ class Board:
             (after,) = _SEQ.unpack_from(self._map, offset)
             if before == after:
                 try:
-                    kind = SlotState(state)
+                    kind = TaskSlotState(state)
                 except ValueError:
                     return None
-                return Slot(index, kind, raw.rstrip(b"\0").decode("ascii", "replace"),
+                return TaskSlot(index, kind, raw.rstrip(b"\0").decode("ascii", "replace"),
                             started_at)
         return None
 
-    def held(self) -> list[Slot]:
+    def held(self) -> list[TaskSlot]:
         """Every slot that holds an entry."""
         slots = (self.read(index) for index in range(self.slots))
-        return [slot for slot in slots if slot is not None and slot.state is not SlotState.FREE]
+        return [slot for slot in slots if slot is not None and slot.state is not TaskSlotState.FREE]
 
-    def started(self) -> list[Slot]:
+    def started(self) -> list[TaskSlot]:
         return [slot for slot in self.held() if slot.started]
 
 

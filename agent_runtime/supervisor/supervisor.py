@@ -1,9 +1,9 @@
 """The pod's main process: keeps N warm workers, replaces bad ones, drains on SIGTERM.
 
-Started by `cli.py`. Workers are forked from a multiprocessing fork server that preloaded the
-runtime and the user's handler modules: each new worker starts in milliseconds with the code
-already imported and shared copy-on-write, and the supervisor itself may run threads and an
-event loop (forking those directly is unsafe).
+Started by `cli.py`. Each of the pod's `workers` slots (`slots.py`) holds one worker process,
+started from a fork server that preloaded the handlers (`launcher.py`). Workers report over
+their pipe (`agent_runtime.ipc`): the messages update each worker's record (`worker_handle.py`)
+and the pod's metrics.
 
 Every 0.2 s the supervisor checks each worker: not warm in time, silent past the heartbeat
 timeout, or running a task past timeout + grace -> SIGKILL and replace; memory is policed by
@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import random
 import secrets
 import signal
 import time
@@ -30,9 +28,7 @@ from redis.exceptions import RedisError
 
 from agent_runtime.aio.supervised import Supervised, all_ok
 from agent_runtime.config import RuntimeSettings
-from agent_runtime.contract import consumer_name
 from agent_runtime.ipc import pipe
-from agent_runtime.ipc.board import Board
 from agent_runtime.ipc.exits import EXIT_BOOT_ERROR, describe_exit
 from agent_runtime.ipc.messages import (
     Adopt,
@@ -52,19 +48,19 @@ from agent_runtime.ipc.messages import (
 from agent_runtime.queue.maintenance import QueueMaintenance
 from agent_runtime.queue.validation import TEXT_ERRORS
 from agent_runtime.supervisor.health import HealthServer
+from agent_runtime.supervisor.launcher import WorkerLauncher
 from agent_runtime.supervisor.memory_guard import MemoryGuard
 from agent_runtime.supervisor.pgbouncer_metrics import PgBouncerMetrics
 from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
 from agent_runtime.supervisor.reaper import reap_orphans
+from agent_runtime.supervisor.slots import Slot
 from agent_runtime.supervisor.upkeep import DatabaseUpkeep, HandOver, LeaseRenewal, QueueUpkeep
 from agent_runtime.supervisor.worker_handle import WorkerHandle
-from agent_runtime.worker.process import main as worker_main
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
 MEMORY_EVERY_SECONDS = 0.5
-MAX_SPAWN_BACKOFF_SECONDS = 30.0
 # A chore loop (lease renewal, queue upkeep) silent this long is stuck: liveness fails.
 CHORE_STALL_SECONDS = 60.0
 SHUTDOWN_WAIT_SECONDS = 5.0
@@ -99,11 +95,8 @@ class Supervisor:
         self.metrics = RuntimeMetrics(self.config.handler_map)
         self.metrics.workers_max.set(self.config.workers)
         self._boot_id = secrets.token_hex(3)
-        self._mp = multiprocessing.get_context("forkserver")
-        self._slots: dict[int, WorkerHandle | None] = dict.fromkeys(range(self.config.workers))
-        self._generation = dict.fromkeys(range(self.config.workers), 0)
-        self._spawn_after = dict.fromkeys(range(self.config.workers), 0.0)
-        self._failures = dict.fromkeys(range(self.config.workers), 0)
+        self._launcher = WorkerLauncher(settings, self._boot_id)
+        self._slots = [Slot(index) for index in range(self.config.workers)]
         self._retiring: list[WorkerHandle] = []
         # Dead workers whose entries go to their slot's next worker once it is live.
         self._transfers: list[WorkerHandle] = []
@@ -125,10 +118,7 @@ class Supervisor:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> int:
-        # The fork server imports these once; every worker starts with them loaded and shared.
-        refs = [*self.config.handler_map.values(), self.config.init_hook or ""]
-        modules = ["agent_runtime.worker.process"] + [r.partition(":")[0] for r in refs if r]
-        self._mp.set_forkserver_preload(sorted(set(modules)))
+        self._launcher.preload()
         redis = Redis.from_url(self.settings.secrets.redis_url.get_secret_value(),
                                decode_responses=True, encoding_errors=TEXT_ERRORS,
                                socket_connect_timeout=5.0, socket_timeout=10.0,
@@ -232,44 +222,23 @@ class Supervisor:
 
     # -- spawning ---------------------------------------------------------------------------
 
-    def _spawn(self, slot: int) -> WorkerHandle | None:
-        self._generation[slot] += 1
-        generation = self._generation[slot]
-        consumer = consumer_name(self.settings.pod_name, self._boot_id, slot, generation)
-        max_tasks = None
-        if self.config.max_tasks_per_worker is not None:
-            # Jitter staggers recycling so the workers do not all restart together.
-            max_tasks = self.config.max_tasks_per_worker + random.randint(
-                0, self.config.max_tasks_jitter)
-        parent_conn, child_conn = self._mp.Pipe(duplex=True)
-        board = Board.create(self.config.concurrency)
-        board.confirm_leases_until(self._leases_ok_until)
-        process = self._mp.Process(
-            target=worker_main, name=f"agentpool-worker-{slot}",
-            args=(self.settings, slot, consumer, child_conn, max_tasks, board))
+    def _spawn(self, slot: Slot) -> WorkerHandle | None:
         try:
-            process.start()
+            handle = self._launcher.launch(slot.index, slot.next_generation(),
+                                           self._leases_ok_until)
         except OSError as exc:
-            log.error("cannot start worker for slot %d: %s", slot, exc)
-            parent_conn.close()
-            child_conn.close()
-            board.close()
-            self._spawn_after[slot] = time.monotonic() + 1.0
+            log.error("cannot start worker for slot %d: %s", slot.index, exc)
+            slot.start_failed(time.monotonic())
             return None
-        child_conn.close()
-        handle = WorkerHandle(slot=slot, generation=generation, consumer=consumer,
-                              process=process, conn=parent_conn, max_tasks=max_tasks,
-                              board=board)
-        self._slots[slot] = handle
-        self._consumers.add(consumer)
+        slot.worker = handle
+        self._consumers.add(handle.consumer)
         loop = asyncio.get_running_loop()
-        loop.add_reader(parent_conn.fileno(), self._on_message, handle)
-        loop.add_reader(process.sentinel, self._on_exit, handle)
-        log.info("started worker %s (pid %s, max tasks %s)", consumer, process.pid, max_tasks)
+        loop.add_reader(handle.conn.fileno(), self._on_message, handle)
+        loop.add_reader(handle.process.sentinel, self._on_exit, handle)
         return handle
 
     def _live(self) -> list[WorkerHandle]:
-        current = [h for h in self._slots.values() if h is not None]
+        current = [slot.worker for slot in self._slots if slot.worker is not None]
         return [h for h in current + self._retiring if not h.exited]
 
     def _leases_confirmed(self, at: float) -> None:
@@ -312,7 +281,7 @@ class Supervisor:
                 self.metrics.dead_lettered.labels(message.handler, message.reason).inc()
             case Ready():
                 handle.ready = True
-                self._failures[handle.slot] = 0
+                self._slots[handle.slot].warmed_up()
                 if self._memory.breaker.is_open:
                     pipe.send(handle.conn, Pause())
             case Retiring():
@@ -336,11 +305,13 @@ class Supervisor:
         log.info("recycling worker %s (%s)", handle.consumer, reason)
         if drain:
             pipe.send(handle.conn, Drain(self.config.task_timeout_seconds))
-        if self._slots.get(handle.slot) is handle:
+        slot = self._slots[handle.slot]
+        if slot.holds(handle):
+            # It leaves its slot now: the replacement warms up while it drains.
             self._retiring.append(handle)
-            self._slots[handle.slot] = None
+            slot.worker = None
             if not self._draining:
-                self._spawn(handle.slot)
+                self._spawn(slot)
 
     def kill(self, handle: WorkerHandle, reason: str, detail: str) -> None:
         if handle.kill_reason is not None or handle.exited:
@@ -386,7 +357,7 @@ class Supervisor:
             handle.exit_error = f"worker died: {describe_exit(code)}"
             self._remember_errors(handle, handle.started_at_exit, handle.exit_error)
             if not handle.ready:
-                self._failures[handle.slot] += 1
+                self._slots[handle.slot].died_cold()
         elif handle.exit_error is None and handle.started_at_exit:
             # Retired, and it still had handlers running (a sync handler's thread past its
             # timeout): their tasks run again elsewhere; say why they stopped.
@@ -395,20 +366,18 @@ class Supervisor:
         handle.conn.close()
         if handle in self._retiring:
             self._retiring.remove(handle)
-        if self._slots.get(handle.slot) is handle:
-            self._slots[handle.slot] = None
-            failures = self._failures[handle.slot]
-            backoff = min(0.5 * 2 ** (failures - 1), MAX_SPAWN_BACKOFF_SECONDS) if failures else 0
-            self._spawn_after[handle.slot] = time.monotonic() + backoff
+        slot = self._slots[handle.slot]
+        if slot.holds(handle):
+            backoff = slot.vacate(time.monotonic())
             if not self._draining and not backoff:
-                self._spawn(handle.slot)
+                self._spawn(slot)
         if not self._draining:
             self._transfers.append(handle)
 
     def _due_transfers(self) -> list[HandOver]:
         due = []
         for source in self._transfers:
-            target = self._slots.get(source.slot)
+            target = self._slots[source.slot].worker
             if target is not None and not target.exited:
                 due.append(HandOver(source.consumer, target.consumer, source.exit_error,
                                     source.started_at_exit))
@@ -442,12 +411,12 @@ class Supervisor:
         for handle in self._live():
             self._check_worker(handle, now)
         if not self._draining:
-            for slot, occupant in self._slots.items():
-                if occupant is None and now >= self._spawn_after[slot]:
+            for slot in self._slots:
+                if slot.due(now):
                     self._spawn(slot)
         if now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_EVERY_SECONDS
-            current = {id(h) for h in self._slots.values() if h is not None}
+            current = {id(slot.worker) for slot in self._slots if slot.worker is not None}
             self._memory.check(self._live(), current)
         live = self._live()
         states: dict[str, int] = {}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from agent_runtime.ipc.board import Board, Slot, SlotState
+from agent_runtime.ipc.board import Board, TaskSlot, TaskSlotState
 from agent_runtime.ipc.messages import DbPoolSizes, Heartbeat, RunningEntry
 
 
@@ -68,10 +68,10 @@ class WorkerHandle:
         """Seconds since the oldest running handler started (`now`: monotonic), from the
         board: a handler that blocked the worker's loop from its first line counts too."""
         started = [slot.started_at for slot in self.started_slots()
-                   if slot.state is SlotState.STARTED]
+                   if slot.state is TaskSlotState.STARTED]
         return now - min(started) if started else 0.0
 
-    def started_slots(self) -> list[Slot]:
+    def started_slots(self) -> list[TaskSlot]:
         return self.board.started() if self.board is not None and not self.exited else []
 
     def close_board(self) -> None:

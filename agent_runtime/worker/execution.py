@@ -59,7 +59,7 @@ class RunningTask:
     task_id: str
     handler: str
     started_at: float
-    slot: int = 0  # its slot on the worker's board
+    board_slot: int = 0  # its slot on the worker's board
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
     in_handler: bool = False
@@ -122,7 +122,7 @@ class TaskExecutor:
                                  handler=handler.name, wait=started - envelope.enqueued_at,
                                  at=started))
         finished = await self._execute(envelope, handler, attempt, running)
-        self._board.recording(running.slot, running.entry_id)
+        self._board.recording(running.board_slot, running.entry_id)
         await self._finish(delivery, envelope, handler, attempt, started, finished)
 
     async def _execute(self, envelope: TaskEnvelope, handler: Handler, attempt: int,
@@ -136,7 +136,7 @@ class TaskExecutor:
         running.in_handler = True
         # The last step before the handler's first line, in the same event-loop step: the
         # supervisor learns of the start even if the handler then blocks the loop.
-        self._board.start(running.slot, running.entry_id)
+        self._board.start(running.board_slot, running.entry_id)
         running.handler_started = True
         try:
             async with asyncio.timeout(timeout) as deadline:

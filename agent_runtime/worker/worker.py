@@ -246,7 +246,7 @@ class Worker:
             slot = self._free_slots.pop()
             self._board.hold(slot, delivery.entry_id)
             running = RunningTask(entry_id=delivery.entry_id, task_id="", handler="",
-                                  started_at=time.time(), slot=slot)
+                                  started_at=time.time(), board_slot=slot)
             running.task = asyncio.create_task(self._run_one(delivery, running))
             self._running[delivery.entry_id] = running
 
@@ -267,8 +267,8 @@ class Worker:
                 # A sync handler's thread that outlived its task keeps its slot "started":
                 # the supervisor kills this worker at the deadline and no one re-runs it
                 # while the thread still runs.
-                self._board.free(running.slot)
-                self._free_slots.append(running.slot)
+                self._board.free(running.board_slot)
+                self._free_slots.append(running.board_slot)
             if self._solo == delivery.entry_id:
                 self._solo = None
             self._wake.set()

@@ -19,6 +19,7 @@ from agent_runtime.ipc.exits import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE, d
 from agent_runtime.ipc.messages import DbPoolSizes, Heartbeat, RunningEntry
 from agent_runtime.sdk.cache import LruCache
 from agent_runtime.supervisor.breaker import BreakerAction, MemoryBreaker
+from agent_runtime.supervisor.slots import Slot
 from agent_runtime.supervisor.worker_handle import WorkerHandle
 
 
@@ -105,3 +106,20 @@ def test_exit_descriptions() -> None:
     assert describe_exit(EXIT_SUPERVISOR_GONE) == "exit code 4 (its supervisor was gone)"
     assert describe_exit(EXIT_LEASES_LAPSING) == ("exit code 5 (the pod's leases could not be "
                                                   "confirmed)")
+
+
+def test_a_slot_whose_workers_die_cold_backs_off_and_a_warm_worker_resets_it() -> None:
+    slot = Slot(0)
+    assert slot.due(now=0.0)
+    backoffs = []
+    for _ in range(8):
+        slot.worker = _handle()
+        slot.died_cold()
+        backoffs.append(slot.vacate(now=100.0))
+    assert backoffs == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert not slot.due(now=129.9)
+    assert slot.due(now=130.0)
+    slot.warmed_up()
+    slot.worker = _handle()
+    assert slot.vacate(now=200.0) == 0.0  # a worker that was warm is replaced at once
+    assert [slot.next_generation(), slot.next_generation()] == [1, 2]
