@@ -38,9 +38,11 @@ nodes-install:
 	bash hack/install-nodes.sh
 
 # The first build takes 15-30 minutes on 2 cores; later runs reuse the cache and take a second.
+# Prometheus (with Kubernetes service discovery, for the real-pod tests) is cached the same way.
 binaries:
 	bash hack/testcluster/build.sh
 	bash hack/testcluster/build.sh node
+	bash hack/testcluster/build.sh prometheus
 
 # Container images for real nodes, built locally (no registry) and cached by content hash.
 images: venv
@@ -76,14 +78,14 @@ down: venv
 # Generated files: the CRD from the pydantic models, and the chart's dashboards, alert rules,
 # adapter rules and CRD template from the monitoring code. Tests fail when they are stale.
 crds: venv
-	$(PY) -m agentpool_operator.gen_crd
+	$(PY) -m agentpool_tools.gen_crd
 
 chart-generate: crds
-	$(PY) -m agentpool_operator.monitoring
+	$(PY) -m agentpool_tools.monitoring
 
 chart-check: venv
-	$(PY) -m agentpool_operator.gen_crd --check
-	$(PY) -m agentpool_operator.monitoring --check
+	$(PY) -m agentpool_tools.gen_crd --check
+	$(PY) -m agentpool_tools.monitoring --check
 
 # The chart alone: lint, render, strict validation, install/upgrade/uninstall, promtool, PromQL.
 test-chart: deps

@@ -34,6 +34,7 @@ from agentpool_dev.paths import build_script, state_root
 from agentpool_dev.realnode import NODE_KIND_LABEL
 
 SERVICE_CIDR = "10.96.0.0/24"
+"""The Service range of a cluster without its own network; with one, `NodeNet.service_cidr`."""
 POD_CIDR = "10.244.0.1/16"
 FAKE_NODES = ("kwok-node-0", "kwok-node-1")
 REAL_NODE_PREFIX = "real-node-"
@@ -78,6 +79,13 @@ def find_node_binaries() -> Path:
     return Path(override) if override else _build("node")
 
 
+def find_prometheus() -> Path:
+    """Prometheus with Kubernetes service discovery (Debian's has none), building it first
+    when absent (`build.sh prometheus`)."""
+    override = os.environ.get("AGENTPOOL_PROMETHEUS_BIN")
+    return Path(override) if override else _build("prometheus") / "prometheus"
+
+
 @dataclass
 class Cluster:
     """A control plane's files and processes; `kubeconfig` is what clients use."""
@@ -97,6 +105,10 @@ class Cluster:
     def host(self) -> str:
         """The address the API server serves on: the bridge's, or loopback."""
         return self.net.host_ip if self.net is not None else LOOPBACK
+
+    @property
+    def service_cidr(self) -> str:
+        return self.net.service_cidr if self.net is not None else SERVICE_CIDR
 
     @property
     def server(self) -> str:
@@ -248,7 +260,7 @@ def _apiserver_args(c: Cluster, pki: pki_mod.Pki) -> list[str]:
         f"--tls-private-key-file={pki.apiserver_key}",
         f"--client-ca-file={pki.ca_crt}",
         "--authorization-mode=Node,RBAC",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={c.service_cidr}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-signing-key-file={pki.sa_key}",
         f"--service-account-key-file={pki.sa_pub}",
@@ -421,7 +433,7 @@ def _ready(c: Cluster, name: str) -> bool:
 
 
 def _boot(c: Cluster, timeout: float) -> None:
-    extra_ips = (c.net.host_ip,) if c.net is not None else ()
+    extra_ips = (c.net.host_ip, c.net.kubernetes_service_ip) if c.net is not None else ()
     pki = pki_mod.generate(c.state_dir / "pki", extra_ips=extra_ips)
     (c.state_dir / "audit-policy.yaml").write_text(_AUDIT_POLICY)
     _write_kubeconfig(c.kubeconfig, c.server, pki)

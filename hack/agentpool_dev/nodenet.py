@@ -5,9 +5,13 @@ Real nodes never use the machine's network stack. The harness creates a bridge
 reach listen there), and for node i a network namespace joined to the bridge by a veth pair
 (node address 172.30.<k>.<10+i>). CNI gives the node's pods 10.<100+k>.<i>.0/24 inside that
 namespace; the host and the other nodes reach them by routes through the node's address.
+The cluster's Services get 10.96.<k>.0/24, and the host reaches them through node 0, whose
+kube-proxy rewrites them like on any node: the API server, which runs on the host, dials an
+aggregated API's Service (the metrics API pod) as it would on a control-plane node.
 
 Why this shape (see the workplace's network rule): every packet a pod or node sends ends at
-an address on a link the harness made. The node namespaces have a default route to the host
+an address on a link the harness made, and so does every packet the host sends to the
+cluster's pod and Service ranges. The node namespaces have a default route to the host
 bridge, and the bridge has forwarding off, so a packet for anywhere else is dropped by the host
 instead of being routed off the machine; no NAT and no host firewall rule is ever added.
 kube-proxy's rules live inside the node namespaces and die with them.
@@ -69,6 +73,17 @@ class NodeNet:
     def cluster_cidr(self) -> str:
         """All real pods' addresses (kube-proxy's --cluster-cidr)."""
         return f"10.{100 + self.index}.0.0/16"
+
+    @property
+    def service_cidr(self) -> str:
+        """The cluster's Service range: one per network, so that clusters side by side can
+        each have the host's route to theirs."""
+        return f"10.96.{self.index}.0/24"
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The `kubernetes` Service's cluster IP (the range's first address)."""
+        return f"10.96.{self.index}.1"
 
     def node_ip(self, node: int) -> str:
         return f"172.30.{self.index}.{10 + node}"
@@ -174,6 +189,12 @@ def add_node(net: NodeNet, node: int) -> None:
         run([*net.nsenter(other), "ip", "route", "add", net.pod_cidr(node), "via",
              net.node_ip(node)])
     run(["ip", "route", "add", net.pod_cidr(node), "via", net.node_ip(node), "dev", net.bridge])
+    if node == 0:
+        # Host -> Service IPs: through the first node, whose kube-proxy rewrites them to the
+        # endpoints (and masquerades, the source being outside the cluster CIDR). A Service
+        # IP without endpoints, or an endpoint off the cluster, ends back at the host, which
+        # forwards nothing from the bridge. Gone with the bridge, like the routes above.
+        run(["ip", "route", "add", net.service_cidr, "via", net.node_ip(0), "dev", net.bridge])
 
 
 def _mounted(path: Path) -> bool:

@@ -7,45 +7,42 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import kopf
 
 from agent_runtime.queue.backlog import BacklogReader
-from agentpool_operator import handlers, logs
+from agentpool_operator import login, logs, watches
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
+from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
-from agentpool_operator.metrics import OperatorMetrics
 from agentpool_operator.publisher import DirectoryPublisher
 from agentpool_operator.queuedir import parse_reference
-from agentpool_operator.reconcile import PoolKey, Reconciler
+from agentpool_operator.reconcile import Reconciler
 from agentpool_operator.resync import Resyncer
 from agentpool_operator.settings import Settings, parse
+from agentpool_operator.store import PoolKey
 from agentpool_operator.workqueue import WorkQueue
 
 log = logging.getLogger("agentpool_operator")
 
 
 async def run(settings: Settings) -> None:
-    conditions: dict[PoolKey, dict[str, str]] = {}
-    metrics = OperatorMetrics(lambda: conditions)
+    # The pools gauge reads the conditions the status writer last computed.
+    metrics = OperatorMetrics(lambda: reconciler.status.conditions)
     kube = Kube.from_environment(count_write=metrics.count_write)
-    reconciler = Reconciler(kube=kube, metrics=metrics, conditions=conditions)
+    reconciler = Reconciler.for_cluster(kube, metrics)
     queue: WorkQueue[PoolKey] = WorkQueue(reconciler, workers=settings.workers)
     metrics.queue_depth.set_function(lambda: len(queue))
     resyncer = Resyncer(kube, queue, reconciler, settings)
     metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
 
-    registry = handlers.build_registry(queue, resyncer, reconciler)
+    registry = watches.build_registry(queue, resyncer, reconciler)
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-        return info or kopf.login_with_kubeconfig(**kwargs)
+    kopf.on.login(registry=registry)(login.login)
 
     kopf_settings = kopf.OperatorSettings()
-    handlers.configure(kopf_settings)
+    watches.configure(kopf_settings)
     runner = await serve(
         build_app(metrics.registry, live=lambda: not resyncer.stalled,
                   ready=lambda: resyncer.listed_once),

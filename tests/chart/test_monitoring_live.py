@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentpool_tools.monitoring.catalogue import PGBOUNCER_EXPORTER_COLUMNS
 from aiohttp import web
 
 from agent_runtime.sdk.client import TaskClient
@@ -39,7 +40,6 @@ from agentpool_dev.services import ServiceSettings, pgbouncer_show
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.config import runtime_config
 from agentpool_operator.builders.context import PoolContext, SecretValues
-from agentpool_operator.monitoring.metrics import PGBOUNCER_EXPORTER_COLUMNS
 from tests.chart.promql import (
     EXPORTER_ONLY,
     Expression,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agentpool_dev import cgroups, images, realnode
+from agentpool_dev import cgroups, images, procs, realnode
 from agentpool_dev import cluster as cluster_mod
 from agentpool_dev.realnode import NODE_KIND_LABEL
 from tests.waiting import eventually
@@ -34,7 +35,7 @@ RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
 PROBE_SCRIPT = """
 printf '[databases]\\n[pgbouncer]\\nlisten_addr = 0.0.0.0\\nlisten_port = 6432\\n\
 auth_type = trust\\nunix_socket_dir =\\nlogfile =\\npidfile =\\n' > /tmp/p.ini
-if timeout 5 bash -c 'exec 3<>/dev/tcp/10.96.0.1/443'; then echo api-service=reached;
+if timeout 5 bash -c "exec 3<>/dev/tcp/$API_SERVICE/443"; then echo api-service=reached;
 else echo api-service=failed; fi
 if timeout 5 bash -c "exec 3<>/dev/tcp/$OUTSIDE/$OUTSIDE_PORT"; then echo outside=reached;
 else echo outside=unreachable; fi
@@ -83,7 +84,7 @@ def real_cluster(tmp_path: Path) -> Iterator[cluster_mod.Cluster]:
         running.stop()
 
 
-def _probe_pod(outside: tuple[str, int]) -> dict[str, Any]:
+def _probe_pod(outside: tuple[str, int], api_service: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
         "spec": {
@@ -94,7 +95,8 @@ def _probe_pod(outside: tuple[str, int]) -> dict[str, Any]:
             "containers": [{
                 "name": "probe", "image": images.catalog()["pgbouncer"].name,
                 "command": ["bash", "-c", PROBE_SCRIPT],
-                "env": [{"name": "OUTSIDE", "value": outside[0]},
+                "env": [{"name": "API_SERVICE", "value": api_service},
+                        {"name": "OUTSIDE", "value": outside[0]},
                         {"name": "OUTSIDE_PORT", "value": str(outside[1])}],
                 "resources": {"limits": {"memory": "48Mi"}},
                 "securityContext": RESTRICTED,
@@ -128,7 +130,9 @@ def test_a_real_pod_runs_within_its_limits_and_down_leaves_no_trace(
     assert running["cgroups"]
 
     outside = _outside_address()
-    c.kubectl("apply", "-f", "-", input=json.dumps(_probe_pod(outside)))
+    assert c.net is not None
+    api_service = c.net.kubernetes_service_ip
+    c.kubectl("apply", "-f", "-", input=json.dumps(_probe_pod(outside, api_service)))
     def probe_log() -> str | None:
         out = c.kubectl("logs", "probe", check=False).stdout
         return out if "outside=" in out else None
@@ -142,6 +146,12 @@ def test_a_real_pod_runs_within_its_limits_and_down_leaves_no_trace(
     ip = pod["status"]["podIP"]
     assert ip.startswith(node.pod_cidr.rsplit(".", 1)[0] + ".")
     eventually(lambda: _tcp_open(ip, 6432), timeout=30)
+    # ... and the cluster's Services, through the node's kube-proxy, as the API server does
+    # for aggregated APIs: here the `kubernetes` Service, which leads back to the API server.
+    # The API server answers there with a certificate that names that address.
+    assert c.net.service_cidr in running["routes"]
+    trusted = ssl.create_default_context(cafile=str(c.state_dir / "pki" / "ca.crt"))
+    eventually(lambda: procs.http_ok(f"https://{api_service}/version", trusted), timeout=30)
     # The memory limit is the kernel's, in the container's cgroup below the node's.
     container_id = pod["status"]["containerStatuses"][0]["containerID"].split("//")[1]
     limits = list(Path("/sys/fs/cgroup/memory", node.cgroup).rglob(

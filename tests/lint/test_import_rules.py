@@ -1,4 +1,4 @@
-"""The architecture's import rules, checked on the source (the README's "Architecture" section
+"""The runtime's import rules, checked on the source (the README's "Architecture" section
 says the same in words).
 
 Each row of `RULES` governs a module and everything under it (its scope): `may_import` lists the
@@ -81,18 +81,11 @@ RUNTIME_RULES = [
                      "agent_runtime.queue", "agent_runtime.db", "agent_runtime.worker.process"),
          why="the supervisor starts workers (their process entry point) and talks to them "
              "only through `ipc`; it uses neither their internals nor the SDK"),
-    # What the runtime publishes to the operator (the operator's own rules are added below).
-    Rule("agentpool_operator",
-         may_import=("agent_runtime.contract", "agent_runtime.config",
-                     "agent_runtime.queue.keys", "agent_runtime.queue.backlog"),
-         why="the operator takes from the runtime only the contract, the config it renders, "
-             "and the queue's key names and backlog reader"),
 ]
 
-# -- the operator (its layering is added here) -------------------------------------------------
-OPERATOR_RULES: list[Rule] = []
-
-RULES = RUNTIME_RULES + OPERATOR_RULES
+# The operator's layers, and what it may take from the runtime, are held by
+# tests/unit/operator/test_layers.py.
+RULES = RUNTIME_RULES
 
 
 def _modules() -> dict[str, Path]:

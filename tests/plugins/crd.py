@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from agentpool_tools.crd import CRD_NAME
+from agentpool_tools.gen_crd import render
 from hypothesis import strategies as st
 
-from agentpool_operator.crd import CRD_NAME
-from agentpool_operator.gen_crd import render
 from tests.waiting import eventually
 
 if TYPE_CHECKING:

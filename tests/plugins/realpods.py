@@ -9,6 +9,8 @@ Real nodes carry the taint `agentpool.dev/node-kind=real`: pods reach them only 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,19 +88,23 @@ def real_node(real_nodes: RealNodes) -> realnode.RealNode:
 
 
 @pytest.fixture(scope="session")
-def pod_services(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[ServiceSettings]:
+def pod_services(cluster: Cluster) -> Iterator[ServiceSettings]:
     """PostgreSQL, PgBouncer, Redis and Prometheus listening on the cluster bridge only
     (PostgreSQL logs every statement: tests check how pods' PgBouncers prepared them)."""
     _require_network(cluster)
     assert cluster.net is not None
     pg, pgbouncer, redis, prometheus = free_ports(4)
+    # Not under pytest's temporary root: the services run as their own user, which needs to
+    # traverse it, and every pytest session starting on the machine makes that root private
+    # again (0700), which would cut PostgreSQL off its data directory mid-run.
+    state_dir = Path(tempfile.mkdtemp(prefix="agentpool-pod-services-"))
     settings = ServiceSettings(host=cluster.net.host_ip, pg_port=pg, pgbouncer_port=pgbouncer,
                                redis_port=redis, prometheus_port=prometheus,
-                               state_dir=tmp_path_factory.mktemp("pod-services"),
-                               log_statements=True)
+                               state_dir=state_dir, log_statements=True)
     try:
         with session(settings) as running:
             yield running
     except ServiceError as exc:
         pytest.fail(f"services for pods unavailable: {exc}", pytrace=False)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -89,6 +89,10 @@ runtime's model is reported against the field the user wrote."""
 
 def runtime_config(ctx: PoolContext) -> RuntimeConfig:
     """The runtime settings of a pool's pods, from its spec (secrets come from env vars)."""
+    return ctx.once("runtime_config", lambda: _runtime_config(ctx))
+
+
+def _runtime_config(ctx: PoolContext) -> RuntimeConfig:
     spec = ctx.spec
     workers = spec.workers
     limits = spec.resources.limits or {}
@@ -182,6 +186,10 @@ def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False,
 
 def config_data(ctx: PoolContext) -> dict[str, str]:
     """The ConfigMap's `data`: the runtime config, plus PgBouncer's ini with a database."""
+    return ctx.once("config_data", lambda: _config_data(ctx))
+
+
+def _config_data(ctx: PoolContext) -> dict[str, str]:
     data = {RUNTIME_CONFIG_KEY: render_config(runtime_config(ctx))}
     if ctx.spec.database is not None:
         dsn = ctx.database_dsn

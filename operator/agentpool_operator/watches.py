@@ -13,9 +13,11 @@ import kopf
 
 from agentpool_operator import k8s
 from agentpool_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.builders.kinds import WATCHED_KINDS
 from agentpool_operator.diffbase import NoDiffBase
-from agentpool_operator.reconcile import WATCHED_CHILDREN, PoolKey, Reconciler
+from agentpool_operator.reconcile import Reconciler
 from agentpool_operator.resync import Resyncer
+from agentpool_operator.store import PoolKey, PoolStore
 from agentpool_operator.workqueue import WorkQueue
 
 MANAGED_BY = ",".join(f"{k}={v}" for k, v in k8s.MANAGED_BY.items())
@@ -26,6 +28,7 @@ WORKER_IDLE_SECONDS = 0.05
 def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Reconciler
                    ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    store = reconciler.store
 
     # kopf passes many keyword arguments; the handlers take the few they need by name.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
@@ -33,10 +36,11 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Re
         key = (kwargs["namespace"], kwargs["name"])
         meta = kwargs["meta"]
         deleted = kwargs["type"] == "DELETED"
-        wanted = reconciler.pool_event(key, kwargs["event"]["object"], deleted)
-        for rival in reconciler.take_rechecks():  # pools sharing its queue
+        wanted = store.pool_event(key, kwargs["event"]["object"], deleted)
+        for rival in store.take_rechecks():  # pools sharing its queue
             queue.add(rival)
         if deleted:
+            reconciler.forget(key)
             queue.forget(key)
             resyncer.detector.forget(key)
             return
@@ -49,12 +53,12 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Re
         for owner in kwargs["meta"].get("ownerReferences") or []:
             if owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
                 key = (kwargs["namespace"], owner["name"])
-                reconciler.deployment_event(key, kwargs["event"]["object"],
+                store.deployment_event(key, kwargs["event"]["object"],
                                             kwargs["type"] == "DELETED", kwargs["type"] is None)
                 queue.add(key)
 
-    for api_version, kind, plural in WATCHED_CHILDREN:
-        _watch_child(registry, queue, reconciler, api_version, kind, plural)
+    for api_version, kind, plural in WATCHED_KINDS:
+        _watch_child(registry, queue, store, api_version, kind, plural)
     return registry
 
 
@@ -64,7 +68,7 @@ def _group_version(api_version: str) -> tuple[str, str]:
 
 
 def _watch_child(registry: kopf.OperatorRegistry, queue: WorkQueue[PoolKey],
-                 reconciler: Reconciler, api_version: str, kind: str, plural: str) -> None:
+                 store: PoolStore, api_version: str, kind: str, plural: str) -> None:
     """A deleted or edited child puts its pool on the queue at once; status updates and the
     echoes of our own writes do not. kopf watches a CRD-backed kind only while its CRD exists.
     Nothing here logs a body: a Secret's would carry its values."""
@@ -72,7 +76,7 @@ def _watch_child(registry: kopf.OperatorRegistry, queue: WorkQueue[PoolKey],
 
     @kopf.on.event(group, version, plural, id=f"{plural}_changed", registry=registry)
     async def child_changed(**kwargs: Any) -> None:
-        key = reconciler.child_event(api_version, kind, kwargs["event"]["object"],
+        key = store.child_event(api_version, kind, kwargs["event"]["object"],
                                      kwargs["type"])
         if key is not None:
             queue.add(key)
@@ -88,7 +92,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Only watch the children we own, filtered by the API server, not in memory: in particular
     # only our own Secrets ever reach the operator.
     settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
-    for api_version, _, plural in WATCHED_CHILDREN:
+    for api_version, _, plural in WATCHED_KINDS:
         settings.watching.label_selectors[(*_group_version(api_version), plural)] = MANAGED_BY
     settings.watching.server_timeout = 300
     # Memory at a (re)start with thousands of children: kopf lists each kind in one response

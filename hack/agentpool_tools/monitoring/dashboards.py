@@ -27,8 +27,8 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 
-from agentpool_operator.monitoring import metrics as m
-from agentpool_operator.monitoring.promql import POOL, RATE, quantile, ratio
+from agentpool_tools.monitoring import catalogue as m
+from agentpool_tools.monitoring.promql import POOL, RATE, quantile, ratio
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAGS = ["agentpool"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agentpool_operator.monitoring import metrics as m
-from agentpool_operator.monitoring.promql import POD_LABELS, POOL_LABELS, by
+from agentpool_tools.monitoring import catalogue as m
+from agentpool_tools.monitoring.promql import POD_LABELS, POOL_LABELS, by
 
 GROUP_NAME = "agentpool"
 

@@ -3,7 +3,7 @@
 Used by `auth.py` (the authentication ConfigMap, TokenReview, SubjectAccessReview) and
 `pools.py` (the operator's queue directory Secret). It reads and writes nothing else: the
 server holds no write right (the reviews are queries the API server does not store).
-Third-party errors are mapped here to `KubeError`; a missing object is None. What this needs
+Third-party errors are mapped here to `ApiServerError`; a missing object is None. What this needs
 in RBAC is listed in the package docstring.
 """
 
@@ -23,7 +23,7 @@ FIELD_MANAGER = "agentpool-metrics-apiserver"
 """The client's name in the API server's audit log (it never writes an object)."""
 
 
-class KubeError(Exception):
+class ApiServerError(Exception):
     """The API server could not answer (or refused); the message names the request."""
 
 
@@ -32,14 +32,14 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return result
 
 
-class Kube:
+class ApiServer:
     """The few API calls the metrics API server makes."""
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
     @classmethod
-    def from_environment(cls) -> Kube:
+    def from_environment(cls) -> ApiServer:
         """In-cluster service account, or the kubeconfig from $KUBECONFIG / ~/.kube/config."""
         return cls(AsyncClient(field_manager=FIELD_MANAGER,
                                timeout=httpx.Timeout(10.0)))
@@ -53,9 +53,9 @@ class Kube:
         except ApiError as error:
             if missing_ok and error.status.code == 404:
                 return None
-            raise KubeError(f"{what}: {error.status.code} {error.status.message}") from None
+            raise ApiServerError(f"{what}: {error.status.code} {error.status.message}") from None
         except httpx.HTTPError as error:
-            raise KubeError(f"{what}: {error}") from None
+            raise ApiServerError(f"{what}: {error}") from None
 
     async def config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         found = await self._call(f"get ConfigMap {namespace}/{name}", self._client.get(

@@ -1,4 +1,4 @@
-"""Write, or check, the generated AgentPool CRD: `python -m agentpool_operator.gen_crd`.
+"""Write, or check, the generated AgentPool CRD: `python -m agentpool_tools.gen_crd`.
 
 `make crds` runs it to regenerate `crds/agentpool.dev_agentpools.yaml` from the models;
 `--check` exits 1 (printing a diff) when the committed file differs from what the models
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from agentpool_operator.crd import CRD_NAME, build_crd
+from agentpool_tools.crd import CRD_NAME, build_crd
 
 DEFAULT_OUTPUT = Path("crds") / f"{CRD_NAME.split('.', 1)[1]}_{CRD_NAME.split('.', 1)[0]}.yaml"
 HEADER = (
     "# Generated from the pydantic models in operator/agentpool_operator/api/ by\n"
-    "# `python -m agentpool_operator.gen_crd` (make crds). Do not edit by hand.\n"
+    "# `python -m agentpool_tools.gen_crd` (make crds). Do not edit by hand.\n"
 )
 
 
@@ -44,7 +44,7 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agentpool_operator.gen_crd",
+    parser = argparse.ArgumentParser(prog="python -m agentpool_tools.gen_crd",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help=f"CRD file to write or check (default: {DEFAULT_OUTPUT})")
