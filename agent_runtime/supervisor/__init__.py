@@ -1,6 +1,8 @@
 """The pod's main process: keeps the warm workers, watches them, serves the pod's endpoints.
 
     supervisor.py         `Supervisor`: spawning, messages, kill/retire decisions, drain
+    slots.py              the pod's `workers` slots: each one's worker, generation, backoff
+    launcher.py           starts workers from a fork server that preloaded the handlers
     worker_handle.py      what the supervisor knows of one worker process
     memory_guard.py       per-worker memory limits and the pod's breaker, acted on
     breaker.py            the pod-level memory circuit breaker (pure decisions)
