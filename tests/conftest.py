@@ -1,6 +1,7 @@
 """Test-suite wiring: each area's fixtures live in a plugin module under tests/plugins/."""
 
 pytest_plugins = [
+    "tests.plugins.stages",
     "tests.plugins.cluster",
     "tests.plugins.services",
     "tests.plugins.crd",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import kopf
 
+from agent_runtime.queue.backlog import BacklogReader
 from agentpool_operator import login, logs, watches
 from agentpool_operator.budget_status import BudgetStatusWriter
 from agentpool_operator.budgets import BudgetId
@@ -17,7 +18,6 @@ from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
-from agentpool_operator.metrics_api.backlog import BacklogReader
 from agentpool_operator.publisher import DirectoryPublisher
 from agentpool_operator.queuedir import parse_reference
 from agentpool_operator.reconcile import Reconciler

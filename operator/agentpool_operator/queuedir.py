@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_runtime.keys import Keys
+from agent_runtime.queue.keys import Keys
 
 DATA_KEY = "queues.json.gz"
 FORMAT_VERSION = 1

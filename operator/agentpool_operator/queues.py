@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from pydantic import ValidationError
 
-from agent_runtime.keys import Keys
+from agent_runtime.queue.keys import Keys
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.config import runtime_config
 from agentpool_operator.builders.context import PoolContext, SecretValues

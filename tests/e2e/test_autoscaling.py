@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import pki as pki_mod
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.procs import free_port

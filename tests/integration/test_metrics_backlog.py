@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
-from agent_runtime.keys import Keys
+from agent_runtime.queue.backlog import Backlog, BacklogError, BacklogReader
+from agent_runtime.queue.keys import Keys
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev.procs import free_port
 from agentpool_operator.deletioncost import deletion_costs
-from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
 from tests.plugins.runtime import RuntimePool, StartSupervisor
 from tests.waiting import eventually_async
 

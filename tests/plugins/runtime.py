@@ -31,8 +31,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.sdk.client import TaskClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_HANDLERS = "tests.integration.runtime.handlers"

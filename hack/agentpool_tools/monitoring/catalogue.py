@@ -1,7 +1,7 @@
 """The metric names the dashboards and alerts query, in one place.
 
 Each is exported by code in this repository: the runtime's supervisor
-(`agent_runtime/metrics.py`, scraped from every pool pod), the operator
+(`agent_runtime/supervisor/pod_metrics.py`, scraped from every pool pod), the operator
 (`agentpool_operator/instrumentation.py`) or the metrics API server (queue gauges labelled with
 the pool's namespace and name, `metrics_api/telemetry.py`). The tests check every name against
 the registries and against what a real Prometheus scraped, so a renamed metric fails the build
@@ -9,7 +9,7 @@ instead of leaving an empty panel.
 
 The `PGBOUNCER_*` names are prometheus-community pgbouncer_exporter v0.11.0's (taken from its
 collector.go), which the runtime serves itself from PgBouncer's admin console
-(`agent_runtime/pgbouncer_metrics.py`), each with the column it reads
+(`agent_runtime/supervisor/pgbouncer_metrics.py`), each with the column it reads
 (`PGBOUNCER_EXPORTER_COLUMNS`).
 """
 

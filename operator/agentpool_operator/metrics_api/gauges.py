@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from agent_runtime.queue.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.apiserver import ApiServerError
-from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError
 from agentpool_operator.metrics_api.telemetry import Telemetry
 from agentpool_operator.queuedir import PoolKey, QueueEntry

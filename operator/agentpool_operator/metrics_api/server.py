@@ -23,10 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
+from agent_runtime.queue.backlog import BacklogError, BacklogReader
 from agentpool_operator.api.autoscaling import QUEUE_BACKLOG_METRIC
 from agentpool_operator.metrics_api.apiserver import ApiServerError
 from agentpool_operator.metrics_api.auth import Authenticator, Authorizer, UserInfo
-from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError, metric_labels
 from agentpool_operator.metrics_api.selector import SelectorError, parse_selector
 from agentpool_operator.metrics_api.telemetry import Telemetry

@@ -32,7 +32,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agent_runtime.client import TaskClient
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev.procs import free_port
 from tests.integration.runtime.handlers import attempts_key, executions_key, overlaps_key
 from tests.plugins.runtime import RunningSupervisor, RuntimePool, StartSupervisor

@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from lightkube.models.authorization_v1 import ResourceAttributes
 
-from agent_runtime.keys import Keys
+from agent_runtime.queue.backlog import Backlog, BacklogError, BacklogReader
+from agent_runtime.queue.keys import Keys
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.metrics_api.apiserver import ApiServer
-from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
 from agentpool_operator.queuedir import QueueEntry, encode
 from agentpool_operator.queues import queue_keys
 

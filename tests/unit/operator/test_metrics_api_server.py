@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from agent_runtime.queue.backlog import Backlog
 from agentpool_operator.metrics_api.auth import AuthConfig, Authenticator, Authorizer
-from agentpool_operator.metrics_api.backlog import Backlog
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.server import MetricsApi, build_app
 from agentpool_operator.metrics_api.telemetry import Telemetry
