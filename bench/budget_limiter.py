@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-from agent_runtime.budget.limiter import BudgetLimiter
-from agent_runtime.budget.limits import Limits
+from agent_runtime.sdk.budget.limiter import BudgetLimiter
+from agent_runtime.sdk.budget.limits import Limits
 from bench.runtime_common import db_url, machine, percentile, table
 
 Operation = Callable[[], Awaitable[object]]

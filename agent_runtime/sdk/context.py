@@ -17,6 +17,10 @@ from redis.asyncio import Redis
 
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.queue.keys import Keys
+from agent_runtime.sdk.budget.handle import BudgetHandle
+from agent_runtime.sdk.budget.limiter import BudgetError, BudgetLimiter
+from agent_runtime.sdk.budget.limits import Limits
+from agent_runtime.sdk.budget.waiting import WaitingBoard
 from agent_runtime.sdk.cache import Cache
 from agent_runtime.sdk.http import HttpClient
 from agent_runtime.sdk.metrics_sink import MetricsSink
@@ -35,6 +39,7 @@ class WorkerResources:
     stats: MetricsSink
     db: Any = None  # asyncpg pool, when a database is configured
     caches: dict[str, Cache] = field(default_factory=dict)
+    budgets: dict[str, BudgetHandle] = field(default_factory=dict)
 
     def cache(self, name: str) -> Cache:
         if name not in self.caches:
@@ -44,6 +49,28 @@ class WorkerResources:
                 lru_size=config.cache_lru_size, lru_ttl=config.cache_lru_ttl_seconds,
                 stats=self.stats)
         return self.caches[name]
+
+    def budget(self, name: str) -> BudgetHandle:
+        if name not in self.budgets:
+            config = self.settings.config
+            key = next((k for k in config.budgets if k.name == name), None)
+            if key is None:
+                known = ", ".join(k.name for k in config.budgets) or "none"
+                raise BudgetError(name, "unknown_key",
+                                  f"no budget key {name!r} in this pool (its keys: {known}); "
+                                  "reference the AgentBudget that defines it in spec.budgets")
+            limits = Limits(requests_per_second=key.requests_per_second,
+                            requests_per_minute=key.requests_per_minute,
+                            tokens_per_minute=key.tokens_per_minute,
+                            concurrent_requests=key.concurrent_requests)
+            # A permit's lease outlives the longest call the HTTP helper allows.
+            limiter = BudgetLimiter(self.redis, key.id, limits,
+                                    lease_seconds=config.http_timeout_seconds + 30)
+            api_key = self.settings.secrets.budget_api_keys.get(name)
+            self.budgets[name] = BudgetHandle(
+                key, limiter, WaitingBoard(self.redis, config.key_prefix), self.http,
+                api_key=api_key.get_secret_value() if api_key else None, stats=self.stats)
+        return self.budgets[name]
 
 
 @dataclass
@@ -81,6 +108,11 @@ class TaskContext:
 
     def cache(self, name: str) -> Cache:
         return self.resources.cache(name)
+
+    def budget(self, name: str) -> BudgetHandle:
+        """The pool's budget key `name` (from its AgentBudgets): permits shared by every pod
+        of every pool using the key, and `call` for an HTTP call made under one."""
+        return self.resources.budget(name)
 
     def add_cleanup(self, callback: Cleanup) -> None:
         """Run `callback` (sync or async) after this task, however it ends."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from agent_runtime.contract import BudgetKeyConfig
 from agent_runtime.ipc.messages import MetricDelta
 
 TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -26,8 +27,14 @@ DEAD_LETTER_REASONS = ("malformed", "unknown_handler", "max_deliveries", "perman
                        "retries_exhausted")
 
 
+BUDGET_OUTCOMES = ("granted", "waited", "timed_out")
+BUDGET_LIMITS = ("requests_per_second", "requests_per_minute", "tokens_per_minute",
+                 "concurrent_requests")
+
+
 class RuntimeMetrics:
-    def __init__(self, task_types: Iterable[str]) -> None:
+    def __init__(self, task_types: Iterable[str],
+                 budgets: Iterable[BudgetKeyConfig] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter("agentpool_tasks_received", "Tasks a worker started executing.",
@@ -79,12 +86,36 @@ class RuntimeMetrics:
                                   registry=r)
         self.cache = Counter("agentpool_cache_requests", "Cache lookups by result.",
                              ["cache", "result"], registry=r)
+        # Budgets: per budget key, what this pod's tasks asked for and got. Summed over pods,
+        # the permits and tokens show how much of the key's limit the fleet uses.
+        budget = ["budget", "key"]
+        self.budget_permits = Counter("agentpool_budget_permits",
+                                      "Budget permits: granted at once, granted after waiting, "
+                                      "or timed out.", [*budget, "outcome"], registry=r)
+        self.budget_wait = Histogram("agentpool_budget_wait_seconds",
+                                     "Time tasks waited for a budget permit (waits only).",
+                                     budget, buckets=EXTERNAL_BUCKETS, registry=r)
+        self.budget_tokens = Counter("agentpool_budget_tokens",
+                                     "Tokens used under a budget key (settled counts).", budget,
+                                     registry=r)
+        self.budget_throttled = Counter("agentpool_budget_throttled",
+                                        "429 answers received from the provider.", budget,
+                                        registry=r)
+        self.budget_limit = Gauge("agentpool_budget_limit",
+                                  "A budget key's limit, per kind (requests_per_second, "
+                                  "requests_per_minute, tokens_per_minute, "
+                                  "concurrent_requests).", [*budget, "limit"], registry=r)
         # Worker-side deltas may only touch these (closed list, nothing from the queue).
         self._from_workers: dict[str, Any] = {
             "agentpool_external_request_duration_seconds": self.external,
             "agentpool_cache_requests_total": self.cache,
+            "agentpool_budget_permits_total": self.budget_permits,
+            "agentpool_budget_wait_seconds": self.budget_wait,
+            "agentpool_budget_tokens_total": self.budget_tokens,
+            "agentpool_budget_throttled_total": self.budget_throttled,
         }
         self._preinitialise(task_types)
+        self._declare_budgets(budgets)
 
     def _preinitialise(self, task_types: Iterable[str]) -> None:
         # Series exist at 0 from the start, so rate() and alerts see the first increment.
@@ -100,6 +131,18 @@ class RuntimeMetrics:
             self.restarts.labels(reason)
         for state in ("idle", "used"):
             self.db_connections.labels(state)
+
+    def _declare_budgets(self, budgets: Iterable[BudgetKeyConfig]) -> None:
+        for key in budgets:
+            labels = (key.budget, key.name)
+            for outcome in BUDGET_OUTCOMES:
+                self.budget_permits.labels(*labels, outcome)
+            self.budget_tokens.labels(*labels)
+            self.budget_throttled.labels(*labels)
+            for limit in BUDGET_LIMITS:
+                value = getattr(key, limit)
+                if value is not None:
+                    self.budget_limit.labels(*labels, limit).set(value)
 
     def task_started(self, task_type: str, queue_wait: float) -> None:
         self.received.labels(task_type).inc()

@@ -92,7 +92,7 @@ class Supervisor:
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
         self.config = settings.config
-        self.metrics = RuntimeMetrics(self.config.handler_map)
+        self.metrics = RuntimeMetrics(self.config.handler_map, self.config.budgets)
         self.metrics.workers_max.set(self.config.workers)
         self._boot_id = secrets.token_hex(3)
         self._launcher = WorkerLauncher(settings, self._boot_id)

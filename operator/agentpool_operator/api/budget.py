@@ -4,7 +4,7 @@ reference the budget (issue 19).
 An AgentBudget names one or more keys (a provider account, model or endpoint: whatever one
 rate limit applies to), each with its limits and, optionally, the Secret holding its API key.
 Every pod of every pool that references the budget counts against the same limits, in Redis
-(`agent_runtime.budget`). A budget serves the pools of its own namespace and those of the
+(`agent_runtime.sdk.budget`). A budget serves the pools of its own namespace and those of the
 namespaces its owner lists in `sharedWith`: the budget's owner grants, like Gateway API's
 ReferenceGrant, so a team cannot spend another team's budget by naming it.
 

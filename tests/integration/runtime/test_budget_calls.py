@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.budget.handle import BudgetedResponse, BudgetHandle, retry_after_seconds
-from agent_runtime.budget.limiter import BudgetLimiter, BudgetTimeout
-from agent_runtime.budget.limits import Limits
-from agent_runtime.budget.waiting import WaitingBoard
 from agent_runtime.contract import BudgetKeyConfig, RuntimeConfig
-from agent_runtime.http import HttpClient
+from agent_runtime.sdk.budget.handle import BudgetedResponse, BudgetHandle, retry_after_seconds
+from agent_runtime.sdk.budget.limiter import BudgetLimiter, BudgetTimeout
+from agent_runtime.sdk.budget.limits import Limits
+from agent_runtime.sdk.budget.waiting import WaitingBoard
+from agent_runtime.sdk.http import HttpClient
 from tests.fake_provider import FakeProvider, ProviderLimits
 from tests.waiting import eventually_async
 
@@ -42,8 +42,12 @@ class Pod:
                                    WaitingBoard(redis, pool_prefix), self.http)
 
 
-def _key(**limits: int) -> BudgetKeyConfig:
-    return BudgetKeyConfig(name="llm", budget=f"team/b-{uuid.uuid4().hex[:8]}", **limits)
+def _key(*, requests_per_second: int | None = None, tokens_per_minute: int | None = None,
+         concurrent_requests: int | None = None) -> BudgetKeyConfig:
+    return BudgetKeyConfig(name="llm", budget=f"team/b-{uuid.uuid4().hex[:8]}",
+                           requests_per_second=requests_per_second,
+                           tokens_per_minute=tokens_per_minute,
+                           concurrent_requests=concurrent_requests)
 
 
 async def test_pods_sharing_a_key_use_the_providers_limit_without_429s(redis: Redis) -> None:

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.budget.limiter import (
+from agent_runtime.sdk.budget.limiter import (
     BudgetLimiter,
     BudgetTimeout,
     Permit,
     ReservationTooLarge,
 )
-from agent_runtime.budget.limits import Limits
+from agent_runtime.sdk.budget.limits import Limits
 
 
 @pytest.fixture

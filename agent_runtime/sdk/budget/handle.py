@@ -13,30 +13,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from agent_runtime.budget.limiter import BudgetError, BudgetLimiter, BudgetTimeout, Permit
-from agent_runtime.budget.waiting import WaitingBoard
 from agent_runtime.contract import BudgetKeyConfig
+from agent_runtime.sdk.budget.limiter import BudgetError, BudgetLimiter, BudgetTimeout, Permit
+from agent_runtime.sdk.budget.waiting import WaitingBoard
+from agent_runtime.sdk.http import HttpClient
+from agent_runtime.sdk.metrics_sink import MetricsSink
 
 PERMITS = "agentpool_budget_permits_total"
 WAIT = "agentpool_budget_wait_seconds"
 TOKENS = "agentpool_budget_tokens_total"
 THROTTLED = "agentpool_budget_throttled_total"
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
-
-
-class MetricsSink(Protocol):
-    def inc(self, name: str, labels: dict[str, str], value: float = 1.0) -> None: ...
-
-    def observe(self, name: str, labels: dict[str, str], value: float) -> None: ...
-
-
-class HttpRequester(Protocol):
-    """The part of the HTTP helper (`ctx.http`) a budgeted call uses."""
-
-    def request(self, api: str, method: str, url: str, *, operation: str | None = None,
-                **kwargs: Any) -> Any: ...
 
 
 class ProviderThrottled(BudgetError):
@@ -72,7 +61,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 class BudgetHandle:
     def __init__(self, config: BudgetKeyConfig, limiter: BudgetLimiter, board: WaitingBoard,
-                 http: HttpRequester, *, api_key: str | None = None,
+                 http: HttpClient, *, api_key: str | None = None,
                  stats: MetricsSink | None = None) -> None:
         self.config = config
         self.limiter = limiter

@@ -18,9 +18,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from agent_runtime.budget.keys import BudgetKeys
-from agent_runtime.budget.limits import Limits
-from agent_runtime.budget.scripts import ACQUIRE, COOL_DOWN, RELEASE, SETTLE, USAGE
+from agent_runtime.sdk.budget.keys import BudgetKeys
+from agent_runtime.sdk.budget.limits import Limits
+from agent_runtime.sdk.budget.scripts import ACQUIRE, COOL_DOWN, RELEASE, SETTLE, USAGE
 
 DEFAULT_MARGIN = 0.02
 """Each window is widened by this share, for requests that leave a little after their grant."""
