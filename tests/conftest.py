@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.plugins.crd",
     "tests.plugins.operator",
     "tests.plugins.runtime",
+    "tests.plugins.durable_redis",
     "tests.plugins.metrics_api",
     "tests.plugins.chart",
     "tests.plugins.realpods",

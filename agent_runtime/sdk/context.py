@@ -63,9 +63,10 @@ class WorkerResources:
                             requests_per_minute=key.requests_per_minute,
                             tokens_per_minute=key.tokens_per_minute,
                             concurrent_requests=key.concurrent_requests)
-            # A permit's lease outlives the longest call the HTTP helper allows.
+            # A permit's lease outlives the longest call the HTTP helper allows; a killed
+            # worker's permits come back when it ends.
             limiter = BudgetLimiter(self.redis, key.id, limits,
-                                    lease_seconds=config.http_timeout_seconds + 30)
+                                    lease_seconds=2 * config.http_timeout_seconds)
             api_key = self.settings.secrets.budget_api_keys.get(name)
             self.budgets[name] = BudgetHandle(
                 key, limiter, WaitingBoard(self.redis, config.key_prefix), self.http,
