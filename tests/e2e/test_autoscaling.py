@@ -358,8 +358,7 @@ def test_provider_keda_renders_a_scaled_object_instead_of_the_hpa_while_keda_is_
     try:
         for crd in crds:
             cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
-            cluster.kubectl("wait", "--for=condition=Established",
-                            f"crd/{crd['metadata']['name']}", "--timeout=60s")
+            cluster.wait_condition(f"crd/{crd['metadata']['name']}", "Established")
         scaled = eventually(lambda: pools.get("scaledobject.keda.sh", name), timeout=60)
         assert scaled["spec"]["scaleTargetRef"]["kind"] == "AgentPool"
         trigger = scaled["spec"]["triggers"][0]
