@@ -9,7 +9,8 @@ queue's own layout (stream, group, delayed set; `keys.py`): the operator renders
 stream, group and retry set a pool uses.
 
 Per pool, one pipelined round trip: XLEN, ZCARD of the delayed-retry set, XINFO GROUPS,
-XPENDING (summary) and TIME; when tasks wait, an XRANGE of one entry after the group's
+XPENDING (summary), TIME, and the pool's small sorted sets of tasks waiting on a budget and of
+live pods (for budget-aware autoscaling); when tasks wait, an XRANGE of one entry after the group's
 last-delivered id gives the oldest waiting task's age. `waiting` is the group's `lag`
 (Redis >= 7) plus the parked retries; Redis reports `lag` as nil when entries after the
 group's last-delivered id were deleted, and then a second round trip counts those entries
@@ -29,10 +30,14 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from agent_runtime.contract import budget_waiting_key
 from agent_runtime.queue.keys import Keys
 
 XRANGE_CAP = 10_000
 """Most entries the lag fallback counts one by one; beyond it the estimate is XLEN - pending."""
+LIVE_POD_WINDOW_MS = 30_000
+"""By default a pod that renewed its leases this recently counts as live (the default lease;
+callers that know the pool's `lease_seconds` pass it)."""
 MAX_CLIENTS = 64
 """Redis clients kept open (one per distinct URL); the least recently used one is closed."""
 
@@ -52,6 +57,11 @@ class Backlog:
     worker until another one reclaims them)."""
     per_consumer: dict[str, int] = field(default_factory=dict)
     """In-flight tasks by Redis consumer name (the runtime names consumers after the pod)."""
+    budget_waiting: int = 0
+    """Tasks waiting for a budget permit (the pool's board, `contract.budget_waiting_key`):
+    work bound by its API budget, which more pods would not do sooner."""
+    live_pods: int = 0
+    """Pods whose supervisor renewed its leases within the pool's lease."""
     oldest_waiting_seconds: float = field(default=0.0, compare=False)
     """How long the oldest task not yet delivered to any worker has waited (0 when none).
     Parked retries are not counted: they wait on purpose. Measured on the Redis server's
@@ -117,7 +127,8 @@ class BacklogReader:
         self._clients.move_to_end(url)
         return client
 
-    async def read(self, url: str, keys: Keys) -> Backlog:
+    async def read(self, url: str, keys: Keys,
+                   pod_window_ms: int = LIVE_POD_WINDOW_MS) -> Backlog:
         """The pool's backlog. Raises `BacklogError` when Redis cannot be read."""
         try:
             client = await self._client(url)
@@ -125,31 +136,39 @@ class BacklogReader:
             # redis-py's parse errors name the scheme, port or option, never the password.
             raise BacklogError(f"the pool's Redis URL cannot be used: {error}") from None
         try:
-            return await asyncio.wait_for(self._read(client, keys), timeout=self._timeout * 2)
+            return await asyncio.wait_for(self._read(client, keys, pod_window_ms),
+                                          timeout=self._timeout * 2)
         except (RedisError, OSError, TimeoutError) as error:
             detail = str(error) or type(error).__name__
             raise BacklogError(f"cannot read the queue at redis {redacted(url)}: "
                                f"{detail}") from None
 
-    async def _read(self, redis: Redis, keys: Keys) -> Backlog:
+    async def _read(self, redis: Redis, keys: Keys, pod_window_ms: int) -> Backlog:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.xlen(keys.stream)
             pipe.zcard(keys.delayed)
             pipe.xinfo_groups(keys.stream)
             pipe.xpending(keys.stream, keys.group)
             pipe.time()
-            length, delayed, groups, pending, now = await pipe.execute(raise_on_error=False)
-        for reply in (length, delayed, groups, pending, now):
+            # Small sorted sets, read whole: their scores are compared with TIME below.
+            pipe.zrange(budget_waiting_key(keys.prefix), 0, -1, withscores=True)
+            pipe.zrange(keys.pods, 0, -1, withscores=True)
+            (length, delayed, groups, pending, now, board,
+             pods) = await pipe.execute(raise_on_error=False)
+        for reply in (length, delayed, groups, pending, now, board, pods):
             _raise_other(reply)
         delayed_count = int(delayed)
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+        budget_waiting = sum(1 for _, until in board if until > now_ms)
+        live_pods = sum(1 for _, renewed in pods if renewed > now_ms - pod_window_ms)
         group = None if _missing(groups) else _group_info(groups, keys.group)
         if group is None:
             # No group yet (no worker ever started): the whole stream is waiting.
             stream_length = 0 if isinstance(length, Exception) else int(length)
             oldest = await self._oldest_after(redis, keys, "-", now_ms) if stream_length else 0.0
             return Backlog(waiting=stream_length + delayed_count, in_flight=0,
-                           oldest_waiting_seconds=oldest)
+                           oldest_waiting_seconds=oldest, budget_waiting=budget_waiting,
+                           live_pods=live_pods)
         in_flight = 0 if _missing(pending) else int(pending["pending"])
         per_consumer = {} if _missing(pending) else {
             str(c["name"]): int(c["pending"]) for c in pending.get("consumers") or []}
@@ -162,7 +181,8 @@ class BacklogReader:
             oldest = await self._oldest_after(redis, keys, f"({group['last-delivered-id']}",
                                               now_ms)
         return Backlog(waiting=int(lag) + delayed_count, in_flight=in_flight,
-                       per_consumer=per_consumer, oldest_waiting_seconds=oldest)
+                       per_consumer=per_consumer, oldest_waiting_seconds=oldest,
+                       budget_waiting=budget_waiting, live_pods=live_pods)
 
     async def _oldest_after(self, redis: Redis, keys: Keys, start: str, now_ms: int) -> float:
         """Age of the first stream entry from `start` on: its id is its Redis arrival time."""

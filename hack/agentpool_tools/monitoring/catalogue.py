@@ -35,12 +35,18 @@ DB_CONNECTIONS = "agentpool_db_pool_connections"
 DB_CONNECTIONS_MAX = "agentpool_db_pool_connections_max"
 EXTERNAL_REQUEST_DURATION = "agentpool_external_request_duration_seconds"
 CACHE_REQUESTS = "agentpool_cache_requests_total"
+BUDGET_PERMITS = "agentpool_budget_permits_total"
+BUDGET_WAIT = "agentpool_budget_wait_seconds"
+BUDGET_TOKENS = "agentpool_budget_tokens_total"
+BUDGET_THROTTLED = "agentpool_budget_throttled_total"
+BUDGET_LIMIT = "agentpool_budget_limit"
 
 # Queue (once per pool, by the metrics API server: agentpool_operator/metrics_api/telemetry.py).
 QUEUE_BACKLOG = "agentpool_queue_backlog"
 QUEUE_WAITING = "agentpool_queue_waiting_tasks"
 QUEUE_IN_FLIGHT = "agentpool_queue_in_flight_tasks"
 QUEUE_OLDEST_WAITING = "agentpool_queue_oldest_waiting_task_age_seconds"
+QUEUE_BUDGET_WAITING = "agentpool_queue_budget_waiting_tasks"
 
 # Operator.
 OPERATOR_RECONCILES = "agentpool_operator_reconciles_total"

@@ -82,4 +82,5 @@ class GaugeRefresher:
         if self._failing.pop(entry.key, None) is not None:
             log.info("pool %s/%s: queue readable again", entry.namespace, entry.name)
         self._telemetry.observe_pool(entry.namespace, entry.name, backlog.waiting,
-                                     backlog.in_flight, backlog.oldest_waiting_seconds)
+                                     backlog.in_flight, backlog.oldest_waiting_seconds,
+                                     backlog.budget_waiting)
