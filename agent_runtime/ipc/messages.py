@@ -50,6 +50,7 @@ class MetricDelta(NamedTuple):
     name: str
     labels: dict[str, str]
     value: float
+    trace: str = ""  # an observation's exemplar: the trace id of the task that made it
 
 
 class DbPoolSizes(NamedTuple):
@@ -117,6 +118,7 @@ class TaskStarted:
     handler: str
     wait: float  # seconds from submission to this start
     at: float  # Unix time
+    trace: str = ""  # the task's trace id (32 hex digits) when tracing is on: an exemplar
 
     @property
     def running(self) -> RunningEntry:
@@ -135,6 +137,7 @@ class TaskDone:
     retried: bool  # the task runs again later
     dead: str | None  # why it was dead-lettered, if it was
     at: float  # Unix time
+    trace: str = ""  # the task's trace id when tracing is on: an exemplar
 
 
 @_message("dead")
@@ -257,7 +260,7 @@ _DECODERS: dict[str, Decoder] = {
     "bool": _flag,
     "str | None": _optional(_text),
     "tuple[RunningEntry, ...]": _rows(_record(RunningEntry, (_text, _text, _text, _number))),
-    "tuple[MetricDelta, ...]": _rows(_record(MetricDelta, (_text, _text, _labels, _number))),
+    "tuple[MetricDelta, ...]": _rows(_record(MetricDelta, (_text, _text, _labels, _number, _text))),
     "DbPoolSizes | None": _optional(_record(DbPoolSizes, (_integer, _integer, _integer))),
 }
 
