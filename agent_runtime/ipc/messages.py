@@ -43,6 +43,12 @@ class RunningEntry(NamedTuple):
     started_at: float
 
 
+EXEMPLAR_LABEL = "trace_id"
+"""A histogram observation made in a traced task carries the task's trace id under this label;
+the supervisor takes it out of the labels and makes it the observation's exemplar (no series
+has a label of that name)."""
+
+
 class MetricDelta(NamedTuple):
     """A counter increment (`kind` "c") or a histogram observation ("h") made in a worker."""
 
@@ -50,7 +56,6 @@ class MetricDelta(NamedTuple):
     name: str
     labels: dict[str, str]
     value: float
-    trace: str = ""  # an observation's exemplar: the trace id of the task that made it
 
 
 class DbPoolSizes(NamedTuple):
@@ -260,7 +265,7 @@ _DECODERS: dict[str, Decoder] = {
     "bool": _flag,
     "str | None": _optional(_text),
     "tuple[RunningEntry, ...]": _rows(_record(RunningEntry, (_text, _text, _text, _number))),
-    "tuple[MetricDelta, ...]": _rows(_record(MetricDelta, (_text, _text, _labels, _number, _text))),
+    "tuple[MetricDelta, ...]": _rows(_record(MetricDelta, (_text, _text, _labels, _number))),
     "DbPoolSizes | None": _optional(_record(DbPoolSizes, (_integer, _integer, _integer))),
 }
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from agent_runtime.contract import BudgetKeyConfig
-from agent_runtime.ipc.messages import MetricDelta
+from agent_runtime.ipc.messages import EXEMPLAR_LABEL, MetricDelta
 
 TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 EXTERNAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -168,7 +168,9 @@ class RuntimeMetrics:
                 if delta.kind == "c":
                     metric.labels(**delta.labels).inc(delta.value)
                 elif delta.kind == "h":
-                    metric.labels(**delta.labels).observe(delta.value, exemplar(delta.trace))
+                    labels = dict(delta.labels)
+                    trace = labels.pop(EXEMPLAR_LABEL, "")
+                    metric.labels(**labels).observe(delta.value, exemplar(trace))
             except (KeyError, ValueError, TypeError):
                 continue  # a delta for another series or labels must not break the supervisor
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from agent_runtime.ipc.messages import MetricDelta
+from agent_runtime.ipc.messages import EXEMPLAR_LABEL, MetricDelta
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -28,21 +28,23 @@ class WorkerStats:
 
     def __init__(self) -> None:
         self._counters: defaultdict[tuple[str, Labels], float] = defaultdict(float)
-        self._observations: list[tuple[str, Labels, float, str]] = []
+        self._observations: list[tuple[str, Labels, float]] = []
 
     def inc(self, name: str, labels: dict[str, str], value: float = 1.0) -> None:
         self._counters[(name, freeze_labels(labels))] += value
 
     def observe(self, name: str, labels: dict[str, str], value: float, trace: str = "") -> None:
         if len(self._observations) < self.MAX_OBSERVATIONS:
-            self._observations.append((name, freeze_labels(labels), value, trace))
+            if trace:  # the exemplar rides along as a reserved label (see `EXEMPLAR_LABEL`)
+                labels = {**labels, EXEMPLAR_LABEL: trace}
+            self._observations.append((name, freeze_labels(labels), value))
 
     def drain(self) -> list[MetricDelta]:
         """Everything recorded since the last drain, and reset."""
         rows = [MetricDelta("c", name, dict(labels), value)
                 for (name, labels), value in self._counters.items()]
-        rows.extend(MetricDelta("h", name, dict(labels), value, trace)
-                    for name, labels, value, trace in self._observations)
+        rows.extend(MetricDelta("h", name, dict(labels), value)
+                    for name, labels, value in self._observations)
         self._counters.clear()
         self._observations.clear()
         return rows
