@@ -68,9 +68,9 @@ MIN_LEASE_SECONDS = 5
 """A lease is renewed every third of it; shorter ones would be renewed too often to be safe."""
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_CACHE_TTL_SECONDS = 300
-DEFAULT_TRACING_SAMPLE_RATIO = 1.0
-"""Share of the traces that start in a worker (tasks submitted outside a trace) that are kept;
-a task submitted inside a trace follows its submitter's sampling decision."""
+DEFAULT_TRACING_SAMPLE_PERCENT = 100
+"""Share of the traces that start in a worker (tasks submitted outside a trace) that are kept,
+in percent; a task submitted inside a trace follows its submitter's sampling decision."""
 TRACING_ENDPOINT_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
 """An OTLP/HTTP endpoint: a base URL such as http://otel-collector.observability:4318 (the
 exporter posts to `<base>/v1/traces`)."""
@@ -330,7 +330,7 @@ class RuntimeConfig(BaseModel):
         "workers do no tracing at all.",
     )
     tracing_sample_ratio: float = Field(
-        default=DEFAULT_TRACING_SAMPLE_RATIO, ge=0, le=1,
+        default=DEFAULT_TRACING_SAMPLE_PERCENT / 100, ge=0, le=1,
         description="Share of the traces started by a worker that are kept (tasks submitted "
         "inside a trace follow their submitter's decision).",
     )
