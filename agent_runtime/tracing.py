@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 INSTRUMENTATION = "agent_runtime"
 TRACES_PATH = "/v1/traces"
+MAX_QUEUED_SPANS = 8192
 _W3C = TraceContextTextMapPropagator()
 _NOTHING: AbstractContextManager[None] = nullcontext()
 
@@ -177,8 +178,11 @@ class WorkerTracing:
         provider = TracerProvider(
             resource=resource, sampler=ParentBased(TraceIdRatioBased(config.tracing_sample_ratio)))
         endpoint = config.tracing_endpoint.rstrip("/") + TRACES_PATH
+        # Three spans per task at thousands of tasks/s: a queue that holds a few seconds of
+        # them, exported every half second (the SDK drops spans, never blocks, when it is full).
         provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=endpoint, timeout=10), schedule_delay_millis=1000))
+            OTLPSpanExporter(endpoint=endpoint, timeout=10), max_queue_size=MAX_QUEUED_SPANS,
+            schedule_delay_millis=500, max_export_batch_size=1024))
         trace.set_tracer_provider(provider)
         log.info("tracing: exporting spans to %s", endpoint)
         return cls(provider)
