@@ -40,7 +40,8 @@ async def run(settings: Settings) -> None:
     metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
 
     budget_queue: WorkQueue[BudgetId] = WorkQueue(
-        BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once), workers=1)
+        BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once,
+                           queues=reconciler.queues), workers=1)
 
     registry = watches.build_registry(queue, resyncer, reconciler, budget_queue)
 
