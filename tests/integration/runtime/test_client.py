@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -129,7 +130,7 @@ async def test_concurrent_single_submits_share_round_trips_and_each_gets_its_tas
     # and every payload is queued exactly once.
     ids = await asyncio.gather(*(task_client.submit({"n": i}) for i in range(300)))
     assert len(set(ids)) == 300
-    entries = await redis_client.xrange(runtime_pool.config.stream_key)
+    entries: Any = await redis_client.xrange(runtime_pool.config.stream_key)
     assert len(entries) == 300
     queued = {TaskEnvelope.from_fields(fields).task_id for _, fields in entries}
     assert queued == set(ids)
