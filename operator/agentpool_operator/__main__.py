@@ -36,7 +36,7 @@ async def run(settings: Settings) -> None:
     reconciler = Reconciler.for_cluster(kube, metrics)
     queue: WorkQueue[PoolKey] = WorkQueue(reconciler, workers=settings.workers)
     metrics.queue_depth.set_function(lambda: len(queue))
-    resyncer = Resyncer(kube, queue, reconciler, settings)
+    resyncer = Resyncer(kube, queue, reconciler, settings, on_resync=metrics.resyncs.inc)
     metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
 
     budget_queue: WorkQueue[BudgetId] = WorkQueue(
