@@ -68,6 +68,13 @@ MIN_LEASE_SECONDS = 5
 """A lease is renewed every third of it; shorter ones would be renewed too often to be safe."""
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_CACHE_TTL_SECONDS = 300
+DEFAULT_TRACING_SAMPLE_PERCENT = 100
+"""Share of the traces that start in a worker (tasks submitted outside a trace) that are kept,
+in percent; a task submitted inside a trace follows its submitter's sampling decision."""
+TRACING_ENDPOINT_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+"""An OTLP/HTTP endpoint: a base URL such as http://otel-collector.observability:4318 (the
+exporter posts to `<base>/v1/traces`)."""
+TRACING_ENDPOINT_MAX_LENGTH = 512
 PGBOUNCER_PORT = 6432
 """PgBouncer's listen port on the pod's loopback; no other container may take it."""
 
@@ -317,6 +324,16 @@ class RuntimeConfig(BaseModel):
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics etc.")
     metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535,
                               description="0 picks a free port.")
+    tracing_endpoint: str | None = Field(
+        default=None, max_length=TRACING_ENDPOINT_MAX_LENGTH, pattern=TRACING_ENDPOINT_PATTERN,
+        description="OTLP/HTTP base URL traces are exported to (`<url>/v1/traces`); unset: "
+        "workers do no tracing at all.",
+    )
+    tracing_sample_ratio: float = Field(
+        default=DEFAULT_TRACING_SAMPLE_PERCENT / 100, ge=0, le=1,
+        description="Share of the traces started by a worker that are kept (tasks submitted "
+        "inside a trace follow their submitter's decision).",
+    )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
                            description="Log level of the supervisor and workers.")
 

@@ -1,6 +1,6 @@
 """Run the benchmarks: `python -m bench all` or `python -m bench <name> [options]`.
 
-    python -m bench throughput|latency|warmcold|crash|budget [--help for options]
+    python -m bench throughput|latency|warmcold|crash|budget|tracing [--help for options]
     python -m bench operator-scale [options]     # needs the test control plane
     python -m bench real-pods [--reps N]         # a real node: cold start, burst, memory (root)
     python -m bench all [--smoke]                # every runtime benchmark, then operator-scale
@@ -19,13 +19,14 @@ from typing import cast
 
 RUNTIME = {"throughput": "bench.runtime_throughput", "latency": "bench.runtime_latency",
            "warmcold": "bench.runtime_warmcold", "crash": "bench.runtime_crash",
-           "budget": "bench.budget_limiter"}
+           "budget": "bench.budget_limiter", "tracing": "bench.tracing_overhead"}
 # Smoke-sized options of each runtime benchmark (what the tests run).
 SMOKE = {"throughput": ["--tasks", "200", "--reps", "1"],
          "latency": ["--tasks", "200", "--levels", "50"],
          "warmcold": ["--reps", "1"],
          "crash": ["--tasks", "200"],
-         "budget": ["--ops", "1000"]}
+         "budget": ["--ops", "1000"],
+         "tracing": ["--tasks", "200", "--reps", "1"]}
 
 
 def _module(name: str) -> ModuleType:

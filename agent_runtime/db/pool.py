@@ -13,6 +13,7 @@ Settings for transaction pooling (see the runtime notes, section 7):
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,9 @@ async def _no_reset(_conn: Any) -> None:
     return None
 
 
-async def create_pool(dsn: str, config: RuntimeConfig, *, max_size: int | None = None) -> Any:
+async def create_pool(dsn: str, config: RuntimeConfig, *, max_size: int | None = None,
+                      init: Callable[[Any], Awaitable[None]] | None = None) -> Any:
+    """`init` runs on every new connection (a worker's tracing adds its query logger)."""
     return await asyncpg.create_pool(
         dsn,
         min_size=min(config.db_pool_min_size, max_size or config.effective_db_pool_max_size),
@@ -34,4 +37,5 @@ async def create_pool(dsn: str, config: RuntimeConfig, *, max_size: int | None =
         command_timeout=config.db_command_timeout_seconds,
         reset=_no_reset,
         server_settings={"application_name": f"agentpool-{config.pool}"},
+        init=init,
     )

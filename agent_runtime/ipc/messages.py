@@ -43,6 +43,12 @@ class RunningEntry(NamedTuple):
     started_at: float
 
 
+EXEMPLAR_LABEL = "trace_id"
+"""A histogram observation made in a traced task carries the task's trace id under this label;
+the supervisor takes it out of the labels and makes it the observation's exemplar (no series
+has a label of that name)."""
+
+
 class MetricDelta(NamedTuple):
     """A counter increment (`kind` "c") or a histogram observation ("h") made in a worker."""
 
@@ -117,6 +123,7 @@ class TaskStarted:
     handler: str
     wait: float  # seconds from submission to this start
     at: float  # Unix time
+    trace: str = ""  # the task's trace id (32 hex digits) when tracing is on: an exemplar
 
     @property
     def running(self) -> RunningEntry:
@@ -135,6 +142,7 @@ class TaskDone:
     retried: bool  # the task runs again later
     dead: str | None  # why it was dead-lettered, if it was
     at: float  # Unix time
+    trace: str = ""  # the task's trace id when tracing is on: an exemplar
 
 
 @_message("dead")

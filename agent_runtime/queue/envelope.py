@@ -15,6 +15,8 @@ An envelope is stored as flat stream-entry fields so `XRANGE` stays readable for
     error        the error of the last failed execution (empty for a new task)
     reply        optional Redis list the worker pushes the task id to when it finishes
     idem         optional idempotency key the task was submitted under
+    trace        optional W3C `traceparent` of the submitter's span (`agent_runtime.tracing`):
+                 the worker's spans join the submitter's trace
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class TaskEnvelope:
     error: str = ""
     reply_to: str = ""
     idempotency_key: str = ""
+    traceparent: str = ""
 
     @property
     def payload(self) -> Any:
@@ -85,7 +88,7 @@ class TaskEnvelope:
         }
         # Optional fields are omitted when empty to keep entries small.
         for name, value in (("error", self.error), ("reply", self.reply_to),
-                            ("idem", self.idempotency_key)):
+                            ("idem", self.idempotency_key), ("trace", self.traceparent)):
             if value:
                 fields[name] = value
         return fields
@@ -127,6 +130,7 @@ class TaskEnvelope:
             error=fields.get("error", ""),
             reply_to=fields.get("reply", ""),
             idempotency_key=fields.get("idem", ""),
+            traceparent=fields.get("trace", ""),
         )
 
 

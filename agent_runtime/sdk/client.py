@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from agent_runtime import tracing
 from agent_runtime.aio.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig, RuntimeSettings
 from agent_runtime.db.pool import create_pool
@@ -97,18 +98,22 @@ class TaskClient:
             task_id=task_id or new_task_id(), handler=handler,
             payload_json=encode_payload(payload, self._config.max_payload_bytes),
             enqueued_at=time.time(), reply_to=self.reply_key,
-            idempotency_key=idempotency_key or "")
+            idempotency_key=idempotency_key or "", traceparent=tracing.traceparent())
 
     async def submit(self, payload: Any, *, handler: str = "default", task_id: str | None = None,
                      idempotency_key: str | None = None) -> str:
         """Queue a task; returns its id (the earlier task's id for a repeated idempotency key).
         Raises PayloadTooLargeError / InvalidPayloadError before touching Redis."""
-        return await self._queue.add(self._envelope(payload, handler, task_id, idempotency_key))
+        with tracing.submitting(handler):
+            return await self._queue.add(self._envelope(payload, handler, task_id,
+                                                        idempotency_key))
 
     async def submit_many(self, payloads: Iterable[Any], *, handler: str = "default") -> list[str]:
         """Queue many tasks in pipelined round trips (no idempotency keys)."""
-        envelopes = [self._envelope(p, handler, None, None) for p in payloads]
-        await self._queue.add_many(envelopes)
+        payloads = list(payloads)
+        with tracing.submitting(handler, len(payloads)):
+            envelopes = [self._envelope(p, handler, None, None) for p in payloads]
+            await self._queue.add_many(envelopes)
         return [e.task_id for e in envelopes]
 
     async def cancel(self, task_id: str) -> None:

@@ -24,6 +24,7 @@ from agent_runtime.sdk.budget.waiting import WaitingBoard
 from agent_runtime.sdk.cache import Cache
 from agent_runtime.sdk.http import HttpClient
 from agent_runtime.sdk.metrics_sink import MetricsSink
+from agent_runtime.tracing import WorkerTracing
 
 log = logging.getLogger(__name__)
 Cleanup = Callable[[], Awaitable[None] | None]
@@ -40,6 +41,7 @@ class WorkerResources:
     db: Any = None  # asyncpg pool, when a database is configured
     caches: dict[str, Cache] = field(default_factory=dict)
     budgets: dict[str, BudgetHandle] = field(default_factory=dict)
+    tracing: WorkerTracing | None = None  # None: tracing off (no endpoint configured)
 
     def cache(self, name: str) -> Cache:
         if name not in self.caches:

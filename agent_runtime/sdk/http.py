@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 import aiohttp
@@ -19,6 +19,7 @@ import aiohttp
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.sdk.jsonstream import JsonStreamParser
 from agent_runtime.sdk.metrics_sink import MetricsSink
+from agent_runtime.tracing import Span, WorkerTracing, http_outcome
 
 METRIC = "agentpool_external_request_duration_seconds"
 
@@ -34,9 +35,11 @@ def outcome_of(status: int | None) -> str:
 
 
 class HttpClient:
-    def __init__(self, config: RuntimeConfig, stats: MetricsSink | None = None) -> None:
+    def __init__(self, config: RuntimeConfig, stats: MetricsSink | None = None,
+                 tracing: WorkerTracing | None = None) -> None:
         self._config = config
         self._stats = stats
+        self.tracing = tracing
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -56,28 +59,36 @@ class HttpClient:
             )
         return self._session
 
-    def _record(self, api: str, operation: str, outcome: str, started: float) -> None:
+    def _record(self, api: str, operation: str, outcome: str, started: float,
+                span: Span | None = None, status: int | None = None) -> None:
+        trace = ""
+        if span is not None:
+            trace = http_outcome(span, status, outcome)
         if self._stats is not None:
             self._stats.observe(METRIC, {"api": api, "operation": operation, "outcome": outcome},
-                                time.perf_counter() - started)
+                                time.perf_counter() - started, trace)
 
     @asynccontextmanager
     async def request(self, api: str, method: str, url: str, *, operation: str | None = None,
                       **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
         """`async with ctx.http.request("search", "GET", url) as resp:`; the latency covers
-        the whole block, including reading the body."""
+        the whole block, including reading the body. With tracing on, the call is a span and
+        its trace context goes out in the request's headers."""
+        operation = operation or method.upper()
         started = time.perf_counter()
         status: int | None = None
-        try:
-            async with self.session.request(method, url, **kwargs) as response:
-                status = response.status
-                yield response
-        except BaseException:
-            # raise_for_status() inside the block: the HTTP status is the better label.
-            failed = outcome_of(status) if status is not None and status >= 400 else "error"
-            self._record(api, operation or method.upper(), failed, started)
-            raise
-        self._record(api, operation or method.upper(), outcome_of(status), started)
+        with (nullcontext(None) if self.tracing is None
+              else self.tracing.http(api, operation, method, url, kwargs)) as span:
+            try:
+                async with self.session.request(method, url, **kwargs) as response:
+                    status = response.status
+                    yield response
+            except BaseException:
+                # raise_for_status() inside the block: the HTTP status is the better label.
+                failed = outcome_of(status) if status is not None and status >= 400 else "error"
+                self._record(api, operation, failed, started, span, status)
+                raise
+            self._record(api, operation, outcome_of(status), started, span, status)
 
     async def json(self, api: str, method: str, url: str, *, operation: str | None = None,
                    **kwargs: Any) -> Any:

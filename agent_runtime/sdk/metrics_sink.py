@@ -14,5 +14,5 @@ class MetricsSink(Protocol):
     def inc(self, name: str, labels: dict[str, str], value: float = 1.0) -> None:
         """Add `value` to a counter series."""
 
-    def observe(self, name: str, labels: dict[str, str], value: float) -> None:
-        """Record one observation of a histogram series."""
+    def observe(self, name: str, labels: dict[str, str], value: float, trace: str = "") -> None:
+        """Record one observation of a histogram series (`trace`: its exemplar's trace id)."""

@@ -16,6 +16,8 @@ from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
 Probe = Callable[[], tuple[bool, str]]
 Extra = Callable[[], Awaitable[bytes]]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text"
+OPENMETRICS_CONTENT_TYPE = f"{OPENMETRICS}; version=1.0.0; charset=utf-8"
 
 
 class HealthServer:
@@ -36,11 +38,18 @@ class HealthServer:
         app.router.add_get("/readyz", self._probe(self._ready))
         return app
 
-    async def _serve_metrics(self, _request: web.Request) -> web.Response:
-        body = self._metrics.render()
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        # OpenMetrics when the scraper asks for it (Prometheus does): only it carries the
+        # histograms' exemplars (trace ids). The series read elsewhere are gauges, which both
+        # formats write alike.
+        open_metrics = OPENMETRICS in request.headers.get("Accept", "")
+        body = self._metrics.render(open_metrics)
         if self._extra is not None:
             body += await self._extra()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+        if open_metrics:
+            body += b"# EOF\n"
+        return web.Response(body=body, headers={
+            "Content-Type": OPENMETRICS_CONTENT_TYPE if open_metrics else CONTENT_TYPE})
 
     @staticmethod
     def _probe(probe: Probe) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

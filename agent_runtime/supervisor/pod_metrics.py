@@ -12,9 +12,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from agent_runtime.contract import BudgetKeyConfig
-from agent_runtime.ipc.messages import MetricDelta
+from agent_runtime.ipc.messages import EXEMPLAR_LABEL, MetricDelta
 
 TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 EXTERNAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -144,14 +145,15 @@ class RuntimeMetrics:
                 if value is not None:
                     self.budget_limit.labels(*labels, limit).set(value)
 
-    def task_started(self, task_type: str, queue_wait: float) -> None:
+    def task_started(self, task_type: str, queue_wait: float, trace: str = "") -> None:
         self.received.labels(task_type).inc()
-        self.queue_duration.labels(task_type).observe(max(queue_wait, 0.0))
+        self.queue_duration.labels(task_type).observe(max(queue_wait, 0.0), exemplar(trace))
 
     def task_finished(self, task_type: str, outcome: str, duration: float, retried: bool,
-                      dead_reason: str | None, finished_at: float) -> None:
+                      dead_reason: str | None, finished_at: float, trace: str = "") -> None:
         self.processed.labels(task_type, outcome).inc()
-        self.task_duration.labels(task_type, outcome).observe(max(duration, 0.0))
+        self.task_duration.labels(task_type, outcome).observe(max(duration, 0.0),
+                                                              exemplar(trace))
         if retried:
             self.retries.labels(task_type).inc()
         if dead_reason:
@@ -166,7 +168,9 @@ class RuntimeMetrics:
                 if delta.kind == "c":
                     metric.labels(**delta.labels).inc(delta.value)
                 elif delta.kind == "h":
-                    metric.labels(**delta.labels).observe(delta.value)
+                    labels = dict(delta.labels)
+                    trace = labels.pop(EXEMPLAR_LABEL, "")
+                    metric.labels(**labels).observe(delta.value, exemplar(trace))
             except (KeyError, ValueError, TypeError):
                 continue  # a delta for another series or labels must not break the supervisor
 
@@ -174,5 +178,16 @@ class RuntimeMetrics:
         for state in WORKER_STATES:
             self.workers.labels(state).set(counts.get(state, 0))
 
-    def render(self) -> bytes:
-        return bytes(generate_latest(self.registry))
+    def render(self, open_metrics: bool = False) -> bytes:
+        """Prometheus text, or OpenMetrics (the only format that carries exemplars) without
+        its closing `# EOF` line (`health.py` adds it after the series read elsewhere)."""
+        if not open_metrics:
+            return bytes(generate_latest(self.registry))
+        text = openmetrics.generate_latest(self.registry)  # type: ignore[no-untyped-call]
+        return bytes(text).removesuffix(b"# EOF\n")
+
+
+def exemplar(trace: str) -> dict[str, str] | None:
+    """The exemplar of an observation made in a traced task: its trace id. prometheus_client
+    keeps the latest per bucket, so a slow bucket links to a trace that landed in it."""
+    return {"trace_id": trace} if trace else None

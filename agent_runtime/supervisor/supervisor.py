@@ -272,11 +272,12 @@ class Supervisor:
                 self.metrics.apply_worker_stats(message.stats)
             case TaskStarted():
                 handle.running[message.entry] = message.running
-                self.metrics.task_started(message.handler, message.wait)
+                self.metrics.task_started(message.handler, message.wait, message.trace)
             case TaskDone():
                 handle.running.pop(message.entry, None)
                 self.metrics.task_finished(message.handler, message.outcome, message.duration,
-                                           message.retried, message.dead, message.at)
+                                           message.retried, message.dead, message.at,
+                                           message.trace)
             case DeadLettered():
                 self.metrics.dead_lettered.labels(message.handler, message.reason).inc()
             case Ready():

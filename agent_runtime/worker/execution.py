@@ -91,6 +91,7 @@ class TaskExecutor:
         self._on_unhealthy = on_unhealthy
         self._config: RuntimeConfig = resources.settings.config
         self._limits = EntryLimits(self._config.max_payload_bytes, queue.keys.reply(""))
+        self._tracing = resources.tracing
 
     async def run(self, delivery: Delivery, running: RunningTask) -> None:
         try:
@@ -118,12 +119,22 @@ class TaskExecutor:
             return
         started = time.time()
         running.started_at = started
+        trace = None if self._tracing is None else self._tracing.task(
+            handler.name, envelope.task_id, attempt, envelope.enqueued_at, started,
+            envelope.traceparent)
+        trace_id = "" if trace is None else trace.trace_id
         self._notify(TaskStarted(entry=delivery.entry_id, task=envelope.task_id,
                                  handler=handler.name, wait=started - envelope.enqueued_at,
-                                 at=started))
-        finished = await self._execute(envelope, handler, attempt, running)
-        self._board.recording(running.board_slot, running.entry_id)
-        await self._finish(delivery, envelope, handler, attempt, started, finished)
+                                 at=started, trace=trace_id))
+        try:
+            finished = await self._execute(envelope, handler, attempt, running)
+            if trace is not None:
+                trace.executed(finished.outcome, finished.error)
+            self._board.recording(running.board_slot, running.entry_id)
+            await self._finish(delivery, envelope, handler, attempt, started, finished, trace_id)
+        finally:
+            if trace is not None:
+                trace.end()
 
     async def _execute(self, envelope: TaskEnvelope, handler: Handler, attempt: int,
                        running: RunningTask) -> Finished:
@@ -189,7 +200,8 @@ class TaskExecutor:
         return Finished("failure", "failed", error=error, dead_reason="retries_exhausted")
 
     async def _finish(self, delivery: Delivery, envelope: TaskEnvelope, handler: Handler,
-                      attempt: int, started: float, finished: Finished) -> None:
+                      attempt: int, started: float, finished: Finished,
+                      trace_id: str = "") -> None:
         now = time.time()
         events: list[Event] = [(envelope.task_id, "started", started, {"attempt": attempt})]
         result = None
@@ -220,7 +232,7 @@ class TaskExecutor:
         self._notify(TaskDone(entry=delivery.entry_id, task=envelope.task_id,
                               handler=handler.name, outcome=finished.outcome,
                               duration=now - started, retried=finished.status is None,
-                              dead=finished.dead_reason, at=now))
+                              dead=finished.dead_reason, at=now, trace=trace_id))
 
     async def _dead_letter(self, delivery: Delivery, envelope: TaskEnvelope | None, reason: str,
                            kind: str, handler_name: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from agent_runtime.ipc.messages import MetricDelta
+from agent_runtime.ipc.messages import EXEMPLAR_LABEL, MetricDelta
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -33,8 +33,10 @@ class WorkerStats:
     def inc(self, name: str, labels: dict[str, str], value: float = 1.0) -> None:
         self._counters[(name, freeze_labels(labels))] += value
 
-    def observe(self, name: str, labels: dict[str, str], value: float) -> None:
+    def observe(self, name: str, labels: dict[str, str], value: float, trace: str = "") -> None:
         if len(self._observations) < self.MAX_OBSERVATIONS:
+            if trace:  # the exemplar rides along as a reserved label (see `EXEMPLAR_LABEL`)
+                labels = {**labels, EXEMPLAR_LABEL: trace}
             self._observations.append((name, freeze_labels(labels), value))
 
     def drain(self) -> list[MetricDelta]:

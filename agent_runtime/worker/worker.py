@@ -50,6 +50,7 @@ from agent_runtime.queue.validation import TEXT_ERRORS
 from agent_runtime.sdk.cache import CacheInvalidations
 from agent_runtime.sdk.context import WorkerResources
 from agent_runtime.sdk.http import HttpClient
+from agent_runtime.tracing import WorkerTracing
 from agent_runtime.worker.execution import RunningTask, TaskExecutor
 from agent_runtime.worker.lifeline import Lifeline
 from agent_runtime.worker.stats import WorkerStats
@@ -132,17 +133,21 @@ class Worker:
         await redis.ping()
         store = None
         db_pool = None
+        tracer = WorkerTracing.start(self.settings, self.consumer)
+        if tracer is not None:
+            self._closers.append(tracer.shutdown)
         if secrets.database_url is not None:
-            db_pool = await create_pool(secrets.database_url.get_secret_value(), self.config)
+            db_pool = await create_pool(secrets.database_url.get_secret_value(), self.config,
+                                        init=tracer.on_db_connection if tracer else None)
             await db_pool.fetchval("SELECT 1")
             store = ResultStore(db_pool, self.config.pool)
             self._closers.append(db_pool.close)
-        http = HttpClient(self.config, self._stats)
+        http = HttpClient(self.config, self._stats, tracer)
         _ = http.session  # open the keep-alive connection pool now, not on the first task
         self._closers.append(http.close)
         self.resources = WorkerResources(settings=self.settings, consumer=self.consumer,
                                          redis=redis, cache_redis=cache_redis, http=http,
-                                         stats=self._stats, db=db_pool)
+                                         stats=self._stats, db=db_pool, tracing=tracer)
         self._invalidations = CacheInvalidations(cache_redis, Keys.for_config(self.config),
                                                  self.resources.caches)
         self._invalidations.start()

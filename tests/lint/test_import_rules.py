@@ -34,7 +34,7 @@ class Rule:
 
 # -- the runtime -------------------------------------------------------------------------------
 # Layers, bottom up: the foundation (contract, config, errors) and `aio`; `ipc` and `queue`;
-# `db`; `sdk`; `worker`; `supervisor`; `cli` on top. Each may import the layers below it.
+# `db`; `tracing`; `sdk`; `worker`; `supervisor`; `cli` on top. Each may import the layers below it.
 FOUNDATION = ("agent_runtime.contract", "agent_runtime.config", "agent_runtime.errors")
 IO_LIBRARIES = ("redis", "asyncpg", "aiohttp", "psutil", "prometheus_client")
 PURE = "pure: no I/O library, so the operator and every process can load it cheaply"
@@ -66,14 +66,19 @@ RUNTIME_RULES = [
     Rule("agent_runtime.db", may_import=(*FOUNDATION, "agent_runtime.queue.envelope"),
          never=("redis", "aiohttp", "prometheus_client"),
          why="PostgreSQL only: results are the envelope's `TaskResult`, stored"),
+    Rule("agent_runtime.tracing", may_import=FOUNDATION, never=IO_LIBRARIES,
+         why="OpenTelemetry in one module: the client and the worker hook into it; it knows "
+             "none of the clients it traces (they pass it what to record)"),
     Rule("agent_runtime.sdk",
-         may_import=(*FOUNDATION, "agent_runtime.aio", "agent_runtime.queue", "agent_runtime.db"),
+         may_import=(*FOUNDATION, "agent_runtime.aio", "agent_runtime.queue", "agent_runtime.db",
+                     "agent_runtime.tracing"),
          never=("prometheus_client",),
          why="what handler authors and clients use; it knows nothing of the processes that "
              "run it (it counts into a `MetricsSink`, not into a registry)"),
     Rule("agent_runtime.worker",
          may_import=(*FOUNDATION, "agent_runtime.aio", "agent_runtime.ipc",
-                     "agent_runtime.queue", "agent_runtime.db", "agent_runtime.sdk"),
+                     "agent_runtime.queue", "agent_runtime.db", "agent_runtime.sdk",
+                     "agent_runtime.tracing"),
          never=("agent_runtime.supervisor", "prometheus_client"),
          why="a worker talks to its supervisor only through `ipc`"),
     Rule("agent_runtime.supervisor",

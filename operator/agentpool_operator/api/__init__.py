@@ -36,6 +36,7 @@ from agentpool_operator.api.models import (
     PgBouncerExporterSpec,
     PgBouncerSpec,
     QueueSpec,
+    TracingSpec,
     WorkersSpec,
 )
 from agentpool_operator.api.pod import PodOverrides, ResourceRequirements
@@ -86,6 +87,7 @@ __all__ = [
     "ScaleDownRules",
     "ScaleUpRules",
     "ScalingPolicy",
+    "TracingSpec",
     "WorkersSpec",
     "find_condition",
     "parse_quantity",

@@ -219,6 +219,19 @@ class PgBouncerExporterSpec(ApiModel):
     without one."""
 
 
+class TracingSpec(ApiModel):
+    """OpenTelemetry tracing of tasks: each task's spans (queue wait, execution, the handler's
+    HTTP calls and queries) join the trace its submitter was in, exported over OTLP/HTTP."""
+
+    endpoint: str | None = Field(default=None, max_length=contract.TRACING_ENDPOINT_MAX_LENGTH,
+                                 pattern=contract.TRACING_ENDPOINT_PATTERN)
+    """OTLP/HTTP base URL of a collector, e.g. http://otel-collector.observability:4318 (spans
+    are posted to `<endpoint>/v1/traces` as protobuf). Unset: no tracing, at no cost."""
+    sample_percent: int = Field(default=contract.DEFAULT_TRACING_SAMPLE_PERCENT, ge=0, le=100)
+    """Percentage of the traces a worker starts (tasks submitted outside a trace) that are
+    kept; tasks submitted inside a trace follow their submitter's sampling decision."""
+
+
 class MonitoringSpec(ApiModel):
     """Metrics endpoints and Prometheus integration."""
 
@@ -241,6 +254,8 @@ class MonitoringSpec(ApiModel):
     """Create a PodMonitor (needs the Prometheus Operator's CRDs in the cluster)."""
     pgbouncer_exporter: PgBouncerExporterSpec = section(PgBouncerExporterSpec)
     """PgBouncer's pool metrics, served by the runtime (only in pools with a database)."""
+    tracing: TracingSpec = section(TracingSpec)
+    """OpenTelemetry traces of the pool's tasks (off unless an endpoint is set)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -80,6 +80,8 @@ SPEC_FIELD_OF_RUNTIME_SETTING = {
     "max_deliveries": "spec.queue.maxDeliveries",
     "lease_seconds": "spec.queue.leaseSeconds",
     "metrics_port": "spec.monitoring.metricsPort",
+    "tracing_endpoint": "spec.monitoring.tracing.endpoint",
+    "tracing_sample_ratio": "spec.monitoring.tracing.samplePercent",
     "cache_ttl_seconds": "spec.cache.ttlSeconds",
     "db_pool_max_size": "spec.database.pgbouncer.maxClientConnections",
     "budgets": "spec.budgets",
@@ -126,6 +128,10 @@ def _runtime_config(ctx: PoolContext) -> RuntimeConfig:
         fields["db_statement_cache_size"] = STATEMENT_CACHE_SIZE
     if ctx.budgets:
         fields["budgets"] = tuple(key.config for key in ctx.budgets)
+    tracing = spec.monitoring.tracing
+    if tracing.endpoint:
+        fields["tracing_endpoint"] = tracing.endpoint
+        fields["tracing_sample_ratio"] = tracing.sample_percent / 100
     return RuntimeConfig.model_validate(fields)
 
 

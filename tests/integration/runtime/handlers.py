@@ -11,7 +11,9 @@ import gc
 import os
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -227,3 +229,16 @@ async def budgeted(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         "POST", payload["url"], json={"tokens": payload.get("tokens", 0)},
         tokens=int(payload.get("tokens", 0)))
     return {"status": answer.status, "attempts": answer.attempts}
+
+
+async def traced(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """One `ctx.http` call to `payload["url"]` and, with a database, one query through
+    `ctx.db`; reports what tracing looked like from inside the worker."""
+    from opentelemetry import trace
+
+    body = await ctx.http.json("downstream", "GET", payload["url"])
+    if ctx.db is not None:
+        await ctx.db.fetchval("SELECT 1")
+    return {"body": body, "span_recording": trace.get_current_span().is_recording(),
+            "sdk_loaded": "opentelemetry.sdk.trace" in sys.modules,
+            "threads": sorted(thread.name for thread in threading.enumerate())}

@@ -189,3 +189,14 @@ def test_the_crd_and_the_runtime_default_to_the_same_values() -> None:
         runtime.group, runtime.max_deliveries, runtime.lease_seconds)
     assert spec.cache.ttl_seconds == runtime.cache_ttl_seconds
     assert spec.monitoring.metrics_port == runtime.metrics_port
+
+
+def test_tracing_endpoint_and_sampling_reach_the_runtime_only_when_set() -> None:
+    ctx = minimal_ctx({"monitoring": {"tracing": {
+        "endpoint": "http://otel-collector.observability:4318", "samplePercent": 25}}})
+    config = _runtime(build_config_map(ctx))
+    assert config.tracing_endpoint == "http://otel-collector.observability:4318"
+    assert config.tracing_sample_ratio == 0.25
+    off = _runtime(build_config_map(minimal_ctx()))
+    assert off.tracing_endpoint is None
+    assert "tracing" not in build_config_map(minimal_ctx())["data"]["runtime.yaml"]
