@@ -227,3 +227,22 @@ async def budgeted(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         "POST", payload["url"], json={"tokens": payload.get("tokens", 0)},
         tokens=int(payload.get("tokens", 0)))
     return {"status": answer.status, "attempts": answer.attempts}
+
+
+async def db_probe(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """One round trip through `ctx.db` (the worker's pool, through PgBouncer); `kill_dsn`
+    first terminates the pool's server connections from a direct connection, so the call
+    meets a connection PgBouncer is about to drop."""
+    import asyncpg
+
+    if payload.get("kill_dsn"):
+        killer = await asyncpg.connect(payload["kill_dsn"])
+        try:
+            await killer.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                f"agentpool-{ctx.pool}")
+        finally:
+            await killer.close()
+    value = await ctx.db.fetchval("SELECT $1::int + 1", int(payload["n"]))
+    return {"value": value, "attempt": ctx.attempt, "reconnects": ctx.db.reconnects}
