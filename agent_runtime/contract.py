@@ -83,6 +83,9 @@ DEFAULT_RESULTS_RETENTION_MONTHS = 6
 """Monthly partitions of `agentpool_task_results` kept (older ones are detached and dropped)."""
 DEFAULT_EVENTS_RETENTION_MONTHS = 3
 """Monthly partitions of `agentpool_task_events` kept."""
+MIN_RESULTS_RETENTION_MONTHS = 2
+"""Results are partitioned by submission month: a task submitted late last month may still
+be finishing now, so last month's partition must still exist."""
 MAX_RETENTION_MONTHS = 120
 PGBOUNCER_PORT = 6432
 """PgBouncer's listen port on the pod's loopback; no other container may take it."""
@@ -336,7 +339,8 @@ class RuntimeConfig(BaseModel):
         "PgBouncer's client_idle_timeout.",
     )
     results_retention_months: int = Field(
-        default=DEFAULT_RESULTS_RETENTION_MONTHS, ge=1, le=MAX_RETENTION_MONTHS,
+        default=DEFAULT_RESULTS_RETENTION_MONTHS, ge=MIN_RESULTS_RETENTION_MONTHS,
+        le=MAX_RETENTION_MONTHS,
         description="Monthly task-result partitions kept (by submission month; older are "
         "detached concurrently and dropped).",
     )

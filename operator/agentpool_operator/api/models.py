@@ -216,10 +216,11 @@ class DatabaseRetentionSpec(ApiModel):
     """How long the runtime's tables keep rows: whole monthly partitions, detached
     concurrently (no lock that blocks readers) and dropped once older than this."""
 
-    results_months: int = Field(default=contract.DEFAULT_RESULTS_RETENTION_MONTHS, ge=1,
+    results_months: int = Field(default=contract.DEFAULT_RESULTS_RETENTION_MONTHS,
+                                ge=contract.MIN_RESULTS_RETENTION_MONTHS,
                                 le=contract.MAX_RETENTION_MONTHS)
     """Months of task results kept (`agentpool_task_results`, by submission month, this
-    month included)."""
+    month included; at least 2, so a task submitted late last month can still record)."""
     events_months: int = Field(default=contract.DEFAULT_EVENTS_RETENTION_MONTHS, ge=1,
                                le=contract.MAX_RETENTION_MONTHS)
     """Months of task events kept (`agentpool_task_events`, this month included)."""
