@@ -246,3 +246,20 @@ async def db_probe(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
             await killer.close()
     value = await ctx.db.fetchval("SELECT $1::int + 1", int(payload["n"]))
     return {"value": value, "attempt": ctx.attempt, "reconnects": ctx.db.reconnects}
+
+
+def loader_calls_key(pool: str, key: str) -> str:
+    return f"test:{pool}:loader-calls:{key}"
+
+
+async def cached_load(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """`ctx.cache("answers").get_or_load(payload["key"], loader)` with a slow loader that
+    counts its calls in Redis."""
+    key = payload["key"]
+
+    async def loader() -> dict[str, Any]:
+        await ctx.redis.incr(loader_calls_key(ctx.pool, key))
+        await asyncio.sleep(float(payload.get("load_seconds", 0.5)))
+        return {"answer": key.upper()}
+
+    return await ctx.cache("answers").get_or_load(key, loader)
