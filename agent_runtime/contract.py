@@ -71,10 +71,30 @@ DEFAULT_CACHE_TTL_SECONDS = 300
 DEFAULT_TRACING_SAMPLE_PERCENT = 100
 """Share of the traces that start in a worker (tasks submitted outside a trace) that are kept,
 in percent; a task submitted inside a trace follows its submitter's sampling decision."""
-TRACING_ENDPOINT_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+TRACING_ENDPOINT_PATTERN = r"^https?://[\x21\x22\x24-\x2e\x30-\x3e\x40-\x7e]+(/[\x21\x22\x24-\x3e\x40-\x7e]*)?$"
 """An OTLP/HTTP endpoint: a base URL such as http://otel-collector.observability:4318 (the
-exporter posts to `<base>/v1/traces`)."""
+exporter posts to `<base>/v1/traces`). Printable ASCII only, no query or fragment: an
+internationalised host name goes in its punycode form."""
 TRACING_ENDPOINT_MAX_LENGTH = 512
+# The asyncpg pool of every worker (`spec.database.timeouts`) and the tables' retention
+# (`spec.database.retention`).
+DEFAULT_DB_ACQUIRE_TIMEOUT_SECONDS = 10
+"""Longest wait for a pool connection (all busy, or PgBouncer restarting) before a DB call
+fails with `DatabaseUnavailable`."""
+DEFAULT_DB_CONNECT_TIMEOUT_SECONDS = 10
+"""Longest wait for one new connection to PgBouncer (TCP and start-up)."""
+DEFAULT_DB_COMMAND_TIMEOUT_SECONDS = 30
+"""Per-statement timeout of the DB helper's calls."""
+DEFAULT_DB_IDLE_CONNECTION_LIFETIME_SECONDS = 60
+"""An idle pool connection is closed after this; keep it below PgBouncer's client_idle_timeout."""
+DEFAULT_RESULTS_RETENTION_MONTHS = 6
+"""Monthly partitions of `agentpool_task_results` kept (older ones are detached and dropped)."""
+DEFAULT_EVENTS_RETENTION_MONTHS = 3
+"""Monthly partitions of `agentpool_task_events` kept."""
+MIN_RESULTS_RETENTION_MONTHS = 2
+"""Results are partitioned by submission month: a task submitted late last month may still
+be finishing now, so last month's partition must still exist."""
+MAX_RETENTION_MONTHS = 120
 PGBOUNCER_PORT = 6432
 """PgBouncer's listen port on the pod's loopback; no other container may take it."""
 
@@ -309,17 +329,37 @@ class RuntimeConfig(BaseModel):
         "older than 1.21 or with max_prepared_statements=0; raise it only when PgBouncer "
         "tracks prepared statements.",
     )
+    db_acquire_timeout_seconds: float = Field(
+        default=DEFAULT_DB_ACQUIRE_TIMEOUT_SECONDS, gt=0,
+        description="Longest wait for a pool connection (all in use, or PgBouncer restarting); "
+        "then the DB call raises DatabaseUnavailable.",
+    )
+    db_connect_timeout_seconds: float = Field(
+        default=DEFAULT_DB_CONNECT_TIMEOUT_SECONDS, gt=0,
+        description="Longest wait for one new connection (TCP and PostgreSQL start-up).",
+    )
     db_command_timeout_seconds: float = Field(
-        default=30.0, gt=0, description="asyncpg per-query timeout."
+        default=DEFAULT_DB_COMMAND_TIMEOUT_SECONDS, gt=0, description="asyncpg per-query timeout."
     )
     db_max_inactive_connection_lifetime_seconds: float = Field(
-        default=60.0, ge=0, description="Keep below PgBouncer's client_idle_timeout."
+        default=DEFAULT_DB_IDLE_CONNECTION_LIFETIME_SECONDS, ge=0,
+        description="Idle pool connections are closed after this (0: never); keep it below "
+        "PgBouncer's client_idle_timeout.",
+    )
+    results_retention_months: int = Field(
+        default=DEFAULT_RESULTS_RETENTION_MONTHS, ge=MIN_RESULTS_RETENTION_MONTHS,
+        le=MAX_RETENTION_MONTHS,
+        description="Monthly task-result partitions kept (by submission month; older are "
+        "detached concurrently and dropped).",
     )
     events_retention_months: int = Field(
-        default=3, ge=1, description="Monthly task-event partitions kept (older are dropped)."
+        default=DEFAULT_EVENTS_RETENTION_MONTHS, ge=1, le=MAX_RETENTION_MONTHS,
+        description="Monthly task-event partitions kept (older are detached concurrently and "
+        "dropped).",
     )
     events_partitions_ahead: int = Field(
-        default=2, ge=1, description="Monthly partitions created in advance."
+        default=2, ge=1, description="Monthly partitions (events and results) created in "
+        "advance."
     )
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics etc.")
     metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535,

@@ -1,6 +1,7 @@
 """Run the benchmarks: `python -m bench all` or `python -m bench <name> [options]`.
 
     python -m bench throughput|latency|warmcold|crash|budget|tracing [--help for options]
+    python -m bench dbcache --dsn DSN            # DB-bound handler, statement cache off/on
     python -m bench operator-scale [options]     # needs the test control plane
     python -m bench real-pods [--reps N]         # a real node: cold start, burst, memory (root)
     python -m bench all [--smoke]                # every runtime benchmark, then operator-scale
@@ -20,6 +21,8 @@ from typing import cast
 RUNTIME = {"throughput": "bench.runtime_throughput", "latency": "bench.runtime_latency",
            "warmcold": "bench.runtime_warmcold", "crash": "bench.runtime_crash",
            "budget": "bench.budget_limiter", "tracing": "bench.tracing_overhead"}
+# Benchmarks that need an argument (a PgBouncer to measure): not part of `all`.
+ON_REQUEST = {"dbcache": "bench.db_statement_cache"}
 # Smoke-sized options of each runtime benchmark (what the tests run).
 SMOKE = {"throughput": ["--tasks", "200", "--reps", "1"],
          "latency": ["--tasks", "200", "--levels", "50"],
@@ -30,7 +33,7 @@ SMOKE = {"throughput": ["--tasks", "200", "--reps", "1"],
 
 
 def _module(name: str) -> ModuleType:
-    return importlib.import_module(RUNTIME[name])
+    return importlib.import_module({**RUNTIME, **ON_REQUEST}[name])
 
 
 def run_one(name: str, argv: list[str]) -> str:
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             print(run_one(bench_name, SMOKE[bench_name] if smoke else []), "\n", flush=True)
         from bench import operator_scale
         return operator_scale.main(["--pools", "5", "--steady-seconds", "5"] if smoke else [])
-    if name not in RUNTIME:
+    if name not in RUNTIME and name not in ON_REQUEST:
         print(f"unknown benchmark {name!r}; one of: all, operator-scale, {', '.join(RUNTIME)}",
               file=sys.stderr)
         return 2

@@ -1,27 +1,34 @@
-"""PostgreSQL schema of the runtime: migrations, monthly event partitions, retention.
+"""PostgreSQL schema of the runtime: migrations, applied by the supervisor at start-up.
 
-Run by the supervisor at start-up and hourly (`ensure_schema`, `maintain_partitions`); the SQL
-builders are pure so they are unit-tested without a database. Everything runs inside explicit
-transactions with a transaction-scoped advisory lock, because behind PgBouncer in transaction
-pooling a session-level lock (or any session state) would land on an arbitrary server connection.
+Everything runs inside one explicit transaction with a transaction-scoped advisory lock,
+because behind PgBouncer in transaction pooling a session-level lock (or any session state)
+would land on an arbitrary server connection. A migration is SQL or an async step taking the
+connection (for work that depends on what the database holds).
 
 Tables:
     agentpool_schema_migrations  applied migration versions
-    agentpool_task_results       one row per task (latest outcome), the SDK reads it back
+    agentpool_task_results       one row per task and submission (latest outcome), the SDK
+                                 reads it back by task id; RANGE-partitioned by month on
+                                 enqueued_at (primary key (task_id, enqueued_at): every write
+                                 of a task carries its submission time unchanged); index
+                                 (pool, finished_at DESC) for "recent results of a pool"
     agentpool_task_events        append-only task history, RANGE-partitioned by month on
-                                 created_at; composite index (pool, created_at DESC) for
-                                 "recent events of a pool", BRIN on created_at for time scans
+                                 created_at; indexes (task_id, created_at) for a task's events,
+                                 (pool, created_at DESC) for "recent events of a pool", BRIN on
+                                 created_at for time scans
+Monthly partitions and their retention: `partitions.py`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-LOCK_KEY = 0x41_47_50_4F  # "AGPO": serialises migrations across pods
+from agent_runtime.db.partitions import LOCK_KEY, RESULTS_TABLE, add_months, partition_name
 
-MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (1, """
+Step = str | Callable[[Any], Awaitable[None]]
+
+V1 = """
 CREATE TABLE IF NOT EXISTS agentpool_task_results (
     task_id      text PRIMARY KEY,
     pool         text NOT NULL,
@@ -48,57 +55,70 @@ CREATE INDEX IF NOT EXISTS agentpool_task_events_pool_created
     ON agentpool_task_events (pool, created_at DESC);
 CREATE INDEX IF NOT EXISTS agentpool_task_events_created_brin
     ON agentpool_task_events USING brin (created_at);
-"""),
+"""
+
+LEGACY = "agentpool_task_results_legacy"
+RESULTS_PARTITIONED = f"""
+ALTER TABLE {RESULTS_TABLE} RENAME TO {LEGACY};
+ALTER INDEX agentpool_task_results_pool_finished RENAME TO {LEGACY}_pool_finished;
+ALTER TABLE {LEGACY} DROP CONSTRAINT agentpool_task_results_pkey;
+UPDATE {LEGACY} SET enqueued_at = coalesce(enqueued_at, started_at, finished_at)
+    WHERE enqueued_at IS NULL;
+ALTER TABLE {LEGACY} ALTER COLUMN task_id SET NOT NULL,
+    ALTER COLUMN enqueued_at SET NOT NULL;
+CREATE TABLE {RESULTS_TABLE} (
+    task_id      text NOT NULL,
+    pool         text NOT NULL,
+    handler      text NOT NULL,
+    status       text NOT NULL CONSTRAINT agentpool_task_results_status_check
+                     CHECK (status IN ('succeeded', 'failed', 'cancelled')),
+    result       jsonb,
+    error        text,
+    attempts     integer NOT NULL DEFAULT 0,
+    worker       text NOT NULL DEFAULT '',
+    enqueued_at  timestamptz NOT NULL,
+    started_at   timestamptz,
+    finished_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, enqueued_at)
+) PARTITION BY RANGE (enqueued_at);
+CREATE INDEX agentpool_task_results_pool_finished
+    ON {RESULTS_TABLE} (pool, finished_at DESC);
+"""
+
+
+async def partition_results(conn: Any) -> None:
+    """Migration 2: `agentpool_task_results` becomes RANGE-partitioned by month on
+    enqueued_at, without copying a row: the existing table is attached as the partition of
+    every month up to its newest row's (named after that month, so retention drops it with
+    that month), which builds the new primary key's index on it once."""
+    kind = await conn.fetchval(
+        "SELECT relkind::text FROM pg_class WHERE relname = $1 "
+        "AND relnamespace = current_schema()::regnamespace", RESULTS_TABLE)
+    if kind == "p":
+        return
+    await conn.execute(RESULTS_PARTITIONED)
+    newest = await conn.fetchval(f"SELECT date_trunc('month', max(enqueued_at))::date "
+                                 f"FROM {LEGACY}")
+    if newest is None:
+        await conn.execute(f"DROP TABLE {LEGACY}")
+        return
+    name = partition_name(newest, RESULTS_TABLE)
+    await conn.execute(f"ALTER TABLE {LEGACY} RENAME TO {name}")
+    await conn.execute(f"ALTER INDEX {LEGACY}_pool_finished RENAME TO {name}_pool_finished")
+    await conn.execute(f"ALTER TABLE {RESULTS_TABLE} ATTACH PARTITION {name} FOR VALUES "
+                       f"FROM (MINVALUE) TO ('{add_months(newest, 1).isoformat()}')")
+
+
+EVENTS_BY_TASK = """
+CREATE INDEX IF NOT EXISTS agentpool_task_events_task_created
+    ON agentpool_task_events (task_id, created_at);
+"""
+
+MIGRATIONS: tuple[tuple[int, Step], ...] = (
+    (1, V1),
+    (2, partition_results),
+    (3, EVENTS_BY_TASK),
 )
-
-PARTITION_PREFIX = "agentpool_task_events_"
-
-
-def month_start(day: dt.date) -> dt.date:
-    return day.replace(day=1)
-
-
-def add_months(month: dt.date, count: int) -> dt.date:
-    index = month.year * 12 + month.month - 1 + count
-    return dt.date(index // 12, index % 12 + 1, 1)
-
-
-def partition_name(month: dt.date) -> str:
-    return f"{PARTITION_PREFIX}y{month.year:04d}m{month.month:02d}"
-
-
-def parse_partition_name(name: str) -> dt.date | None:
-    if not name.startswith(PARTITION_PREFIX):
-        return None
-    suffix = name[len(PARTITION_PREFIX):]
-    try:
-        return dt.date(int(suffix[1:5]), int(suffix[6:8]), 1)
-    except (ValueError, IndexError):
-        return None
-
-
-def create_partition_sql(month: dt.date) -> str:
-    nxt = add_months(month, 1)
-    return (f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF "
-            f"agentpool_task_events FOR VALUES FROM ('{month.isoformat()}') "
-            f"TO ('{nxt.isoformat()}')")
-
-
-def wanted_partitions(today: dt.date, ahead: int) -> list[dt.date]:
-    """This month and `ahead` months after it."""
-    first = month_start(today)
-    return [add_months(first, i) for i in range(ahead + 1)]
-
-
-def expired_partitions(names: list[str], today: dt.date, keep_months: int) -> list[str]:
-    """Partitions entirely older than the `keep_months` most recent months (this one included)."""
-    oldest_kept = add_months(month_start(today), -(keep_months - 1))
-    expired = []
-    for name in names:
-        month = parse_partition_name(name)
-        if month is not None and month < oldest_kept:
-            expired.append(name)
-    return sorted(expired)
 
 
 async def ensure_schema(conn: Any) -> list[int]:
@@ -111,33 +131,14 @@ async def ensure_schema(conn: Any) -> list[int]:
                            "DEFAULT now())")
         done = {row["version"] for row in
                 await conn.fetch("SELECT version FROM agentpool_schema_migrations")}
-        for version, sql in MIGRATIONS:
+        for version, step in MIGRATIONS:
             if version in done:
                 continue
-            await conn.execute(sql)
+            if isinstance(step, str):
+                await conn.execute(step)
+            else:
+                await step(conn)
             await conn.execute("INSERT INTO agentpool_schema_migrations (version) VALUES ($1)",
                                version)
             applied.append(version)
     return applied
-
-
-async def maintain_partitions(conn: Any, today: dt.date, ahead: int,
-                              keep_months: int) -> tuple[list[str], list[str]]:
-    """Create upcoming monthly partitions and drop expired ones. Returns (created, dropped)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-        rows = await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'agentpool_task_events'")
-        existing = {row["relname"] for row in rows}
-        created = []
-        for month in wanted_partitions(today, ahead):
-            if partition_name(month) not in existing:
-                await conn.execute(create_partition_sql(month))
-                created.append(partition_name(month))
-        dropped = expired_partitions(sorted(existing), today, keep_months)
-        for name in dropped:
-            # DETACH first so the drop never blocks queries on the parent for long.
-            await conn.execute(f"ALTER TABLE agentpool_task_events DETACH PARTITION {name}")
-            await conn.execute(f"DROP TABLE {name}")
-    return created, dropped

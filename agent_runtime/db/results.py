@@ -6,6 +6,13 @@ by the client (read results back, after their Redis copy expired).
 * Multi-statement writes run in an explicit transaction, the unit PgBouncer pins to one server.
 * JSON goes in as text cast to jsonb and comes out as text, so no per-connection type
   introspection or codec set-up is needed.
+* Results are partitioned by submission month (`enqueued_at`, see migrations.py): a row's key is
+  (task_id, enqueued_at), which every write of one task repeats. Reads by task id are index
+  scans of each partition's primary key (`FETCH_RESULT`, `FETCH_EVENTS`: tests EXPLAIN these
+  very statements).
+* No row is stored later than the database's `now()` (a submission time from a client whose
+  clock runs ahead, an event time from a worker's), so reads bound the partition key by
+  `now()` and PostgreSQL prunes the partitions made in advance before scanning anything.
 """
 
 from __future__ import annotations
@@ -29,16 +36,28 @@ UPSERT_RESULT = """
 INSERT INTO agentpool_task_results
     (task_id, pool, handler, status, result, error, attempts, worker, enqueued_at, started_at,
      finished_at)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (task_id) DO UPDATE SET
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, LEAST($9::timestamptz, now()), $10, $11)
+ON CONFLICT (task_id, enqueued_at) DO UPDATE SET
     status = EXCLUDED.status, result = EXCLUDED.result, error = EXCLUDED.error,
     attempts = EXCLUDED.attempts, worker = EXCLUDED.worker, started_at = EXCLUDED.started_at,
     finished_at = EXCLUDED.finished_at, handler = EXCLUDED.handler
 """
 
+FETCH_RESULT = """
+SELECT task_id, handler, status, result::text AS result, error, attempts, worker, enqueued_at,
+       started_at, finished_at
+FROM agentpool_task_results WHERE task_id = $1 AND enqueued_at <= now()
+ORDER BY finished_at DESC LIMIT 1
+"""
+
+FETCH_EVENTS = """
+SELECT event, created_at FROM agentpool_task_events
+WHERE pool = $1 AND task_id = $2 AND created_at <= now() ORDER BY created_at
+"""
+
 INSERT_EVENT = """
 INSERT INTO agentpool_task_events (pool, task_id, event, detail, created_at)
-VALUES ($1, $2, $3, $4::jsonb, $5)
+VALUES ($1, $2, $3, $4::jsonb, LEAST($5::timestamptz, now()))
 """
 
 
@@ -55,21 +74,19 @@ class ResultStore:
         transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
             if result is not None:
+                finished = _ts(result.finished_at) or dt.datetime.now(dt.UTC)
+                submitted = _ts(result.enqueued_at) or _ts(result.started_at) or finished
                 await conn.execute(
                     UPSERT_RESULT, result.task_id, self._pool_name, result.handler,
                     result.status, json.dumps(result.result), result.error, result.attempts,
-                    result.worker, _ts(result.enqueued_at), _ts(result.started_at),
-                    _ts(result.finished_at) or dt.datetime.now(dt.UTC))
+                    result.worker, submitted, _ts(result.started_at), finished)
             if events:
                 await conn.executemany(INSERT_EVENT, [
                     (self._pool_name, task_id, event, json.dumps(detail), _ts(at))
                     for task_id, event, at, detail in events])
 
     async def fetch(self, task_id: str) -> TaskResult | None:
-        row = await self._pool.fetchrow(
-            "SELECT task_id, handler, status, result::text AS result, error, attempts, worker, "
-            "enqueued_at, started_at, finished_at FROM agentpool_task_results "
-            "WHERE task_id = $1", task_id)
+        row = await self._pool.fetchrow(FETCH_RESULT, task_id)
         if row is None:
             return None
         return TaskResult(
@@ -80,9 +97,7 @@ class ResultStore:
             finished_at=_epoch(row["finished_at"]))
 
     async def events(self, task_id: str) -> list[tuple[str, float]]:
-        rows = await self._pool.fetch(
-            "SELECT event, created_at FROM agentpool_task_events WHERE pool = $1 AND "
-            "task_id = $2 ORDER BY created_at", self._pool_name, task_id)
+        rows = await self._pool.fetch(FETCH_EVENTS, self._pool_name, task_id)
         return [(row["event"], row["created_at"].timestamp()) for row in rows]
 
     def pool_sizes(self) -> tuple[int, int, int]:

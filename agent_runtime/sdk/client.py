@@ -68,9 +68,9 @@ class TaskClient:
         closers: list[Callable[[], Any]] = [redis.aclose]
         store = None
         if database_url:
-            pool = await create_pool(database_url, config, max_size=2)
-            store = ResultStore(pool, config.pool)
-            closers.append(pool.close)
+            database = await create_pool(database_url, config, max_size=2)
+            store = ResultStore(database, config.pool)
+            closers.append(database.close)
         return cls(redis, config, store=store, closers=closers)
 
     @classmethod

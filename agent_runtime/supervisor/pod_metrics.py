@@ -85,8 +85,16 @@ class RuntimeMetrics:
                                   "Latency of calls to external APIs.",
                                   ["api", "operation", "outcome"], buckets=EXTERNAL_BUCKETS,
                                   registry=r)
-        self.cache = Counter("agentpool_cache_requests", "Cache lookups by result.",
+        self.cache = Counter("agentpool_cache_requests", "Cache lookups by result: hit, miss, "
+                             "coalesced (a miss that joined another task's load).",
                              ["cache", "result"], registry=r)
+        self.cache_loads = Counter("agentpool_cache_loads", "Cache loader calls by outcome.",
+                                   ["cache", "outcome"], registry=r)
+        self.cache_load_duration = Histogram("agentpool_cache_load_duration_seconds",
+                                             "Latency of cache loader calls.", ["cache"],
+                                             buckets=EXTERNAL_BUCKETS, registry=r)
+        self.cache_writes = Counter("agentpool_cache_writes", "Cache write-through writes by "
+                                    "outcome.", ["cache", "outcome"], registry=r)
         # Budgets: per budget key, what this pod's tasks asked for and got. Summed over pods,
         # the permits and tokens show how much of the key's limit the fleet uses.
         budget = ["budget", "key"]
@@ -110,6 +118,9 @@ class RuntimeMetrics:
         self._from_workers: dict[str, Any] = {
             "agentpool_external_request_duration_seconds": self.external,
             "agentpool_cache_requests_total": self.cache,
+            "agentpool_cache_loads_total": self.cache_loads,
+            "agentpool_cache_load_duration_seconds": self.cache_load_duration,
+            "agentpool_cache_writes_total": self.cache_writes,
             "agentpool_budget_permits_total": self.budget_permits,
             "agentpool_budget_wait_seconds": self.budget_wait,
             "agentpool_budget_tokens_total": self.budget_tokens,

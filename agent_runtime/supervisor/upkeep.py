@@ -26,7 +26,8 @@ from redis.exceptions import RedisError
 
 from agent_runtime.aio.supervised import Beat
 from agent_runtime.config import RuntimeSettings
-from agent_runtime.db.migrations import ensure_schema, maintain_partitions
+from agent_runtime.db.migrations import ensure_schema
+from agent_runtime.db.partitions import EVENTS_TABLE, RESULTS_TABLE, maintain_partitions
 from agent_runtime.db.pool import create_pool
 from agent_runtime.queue.maintenance import RENEW_THRESHOLD_SHARE, QueueMaintenance
 
@@ -177,7 +178,8 @@ class DatabaseUpkeep:
                         applied = await ensure_schema(conn)
                         created, dropped = await maintain_partitions(
                             conn, dt.datetime.now(dt.UTC).date(), config.events_partitions_ahead,
-                            config.events_retention_months)
+                            {EVENTS_TABLE: config.events_retention_months,
+                             RESULTS_TABLE: config.results_retention_months})
                 finally:
                     await pool.close()
                 if applied or created or dropped:

@@ -2,7 +2,8 @@
 
 2 warm workers x 8 concurrent slots; the init hook imports the heavy libraries during warm-up
 (what a pool would do for its real dependencies). Results are read from the pool's result key,
-where `TaskClient.get` reads them (no PostgreSQL: the Redis-only configuration).
+where `TaskClient.get` reads them (no PostgreSQL: the Redis-only configuration, unless a
+benchmark passes `database_url`).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def config(**overrides: Any) -> RuntimeConfig:
 class AgentPool(System):
     name = "agentpool"
 
-    def __init__(self, url: str, **overrides: Any) -> None:
+    def __init__(self, url: str, *, database_url: str | None = None, **overrides: Any) -> None:
         super().__init__(url)
+        self.database_url = database_url  # None: the Redis-only configuration
         self.config = config(**overrides)
         self.keys = Keys.for_config(self.config)
         self._client: TaskClient | None = None
@@ -63,6 +65,8 @@ class AgentPool(System):
         env.update({"AGENTPOOL_CONFIG": str(path), "AGENTPOOL_REDIS_URL": self.url,
                     "AGENTPOOL_POD_NAME": "bench-pod"})
         env.pop("AGENTPOOL_DATABASE_URL", None)
+        if self.database_url:
+            env["AGENTPOOL_DATABASE_URL"] = self.database_url
         self.spawn([python(), "-m", "agent_runtime.cli", "run"], env)
 
     async def client(self) -> TaskClient:

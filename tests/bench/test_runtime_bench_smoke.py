@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
-from agentpool_dev.services import ServiceSettings
+from agentpool_dev.services import ServiceSettings, pgbouncer_supports_prepared_statements
 from bench import (
     budget_limiter,
+    db_statement_cache,
     runtime_crash,
     runtime_latency,
     runtime_throughput,
@@ -73,3 +74,19 @@ def test_budget_limiter_smoke_reports_its_cost_against_redis(services: ServiceSe
     assert results[0][0] == "INCR (Redis round trip)"
     assert all(latencies and rate > 0 for _, latencies, rate in results)
     assert "of INCR's ops/s" in report
+
+
+def test_db_statement_cache_smoke_runs_or_says_why_not(services: ServiceSettings) -> None:
+    results = asyncio.run(db_statement_cache.run(services.pgbouncer_dsn, tasks=100, reps=1,
+                                                 within=60, warm_up=20))
+    report = db_statement_cache.report(results)
+    print(report)
+    off, on = results
+    assert off.rates[0] > 0
+    assert (off.failed, len(off.db_ms)) == (0, 100)
+    if pgbouncer_supports_prepared_statements():
+        assert on.rates[0] > 0
+        assert on.failed == 0
+    else:  # Debian's PgBouncer 1.18: the cached mode cannot even warm a worker up
+        assert not on.rates
+        assert any("prepared statement" in error for error in on.errors), on.errors

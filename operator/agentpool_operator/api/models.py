@@ -192,6 +192,40 @@ class PgBouncerSpec(ApiModel):
     workers.perPod x workers.concurrency."""
 
 
+class DatabaseTimeoutsSpec(ApiModel):
+    """Timeouts of the database pool in every worker (handlers' `ctx.db` and the result
+    store)."""
+
+    acquire_seconds: int = Field(default=contract.DEFAULT_DB_ACQUIRE_TIMEOUT_SECONDS, ge=1,
+                                 le=3600)
+    """Longest wait for a connection (all of the worker's connections in use, or PgBouncer
+    restarting); then the call raises `DatabaseUnavailable` and the task is retried."""
+    connect_seconds: int = Field(default=contract.DEFAULT_DB_CONNECT_TIMEOUT_SECONDS, ge=1,
+                                 le=300)
+    """Longest wait for one new connection to the pod's PgBouncer."""
+    command_seconds: int = Field(default=contract.DEFAULT_DB_COMMAND_TIMEOUT_SECONDS, ge=1,
+                                 le=86_400)
+    """Default timeout of each statement."""
+    idle_connection_lifetime_seconds: int = Field(
+        default=contract.DEFAULT_DB_IDLE_CONNECTION_LIFETIME_SECONDS, ge=0, le=86_400)
+    """Idle connections are closed after this (0: never); keep it below PgBouncer's
+    client_idle_timeout."""
+
+
+class DatabaseRetentionSpec(ApiModel):
+    """How long the runtime's tables keep rows: whole monthly partitions, detached
+    concurrently (no lock that blocks readers) and dropped once older than this."""
+
+    results_months: int = Field(default=contract.DEFAULT_RESULTS_RETENTION_MONTHS,
+                                ge=contract.MIN_RESULTS_RETENTION_MONTHS,
+                                le=contract.MAX_RETENTION_MONTHS)
+    """Months of task results kept (`agentpool_task_results`, by submission month, this
+    month included; at least 2, so a task submitted late last month can still record)."""
+    events_months: int = Field(default=contract.DEFAULT_EVENTS_RETENTION_MONTHS, ge=1,
+                               le=contract.MAX_RETENTION_MONTHS)
+    """Months of task events kept (`agentpool_task_events`, this month included)."""
+
+
 class DatabaseSpec(ApiModel):
     """The PostgreSQL database handlers use, reached through a PgBouncer sidecar."""
 
@@ -203,6 +237,10 @@ class DatabaseSpec(ApiModel):
     overlap during a rollout."""
     pgbouncer: PgBouncerSpec = section(PgBouncerSpec)
     """PgBouncer sidecar settings."""
+    timeouts: DatabaseTimeoutsSpec = section(DatabaseTimeoutsSpec)
+    """The workers' connection pool timeouts."""
+    retention: DatabaseRetentionSpec = section(DatabaseRetentionSpec)
+    """How many months of results and events the database keeps."""
 
 
 class PgBouncerExporterSpec(ApiModel):

@@ -84,6 +84,13 @@ SPEC_FIELD_OF_RUNTIME_SETTING = {
     "tracing_sample_ratio": "spec.monitoring.tracing.samplePercent",
     "cache_ttl_seconds": "spec.cache.ttlSeconds",
     "db_pool_max_size": "spec.database.pgbouncer.maxClientConnections",
+    "db_acquire_timeout_seconds": "spec.database.timeouts.acquireSeconds",
+    "db_connect_timeout_seconds": "spec.database.timeouts.connectSeconds",
+    "db_command_timeout_seconds": "spec.database.timeouts.commandSeconds",
+    "db_max_inactive_connection_lifetime_seconds":
+        "spec.database.timeouts.idleConnectionLifetimeSeconds",
+    "results_retention_months": "spec.database.retention.resultsMonths",
+    "events_retention_months": "spec.database.retention.eventsMonths",
     "budgets": "spec.budgets",
 }
 """Which spec field each setting `runtime_config` renders comes from, so a refusal of the
@@ -126,6 +133,7 @@ def _runtime_config(ctx: PoolContext) -> RuntimeConfig:
     if spec.database is not None:
         fields["db_pool_max_size"] = db_pool_max_size(spec, spec.database)
         fields["db_statement_cache_size"] = STATEMENT_CACHE_SIZE
+        fields.update(_database_settings(spec.database))
     if ctx.budgets:
         fields["budgets"] = tuple(key.config for key in ctx.budgets)
     tracing = spec.monitoring.tracing
@@ -133,6 +141,21 @@ def _runtime_config(ctx: PoolContext) -> RuntimeConfig:
         fields["tracing_endpoint"] = tracing.endpoint
         fields["tracing_sample_ratio"] = tracing.sample_percent / 100
     return RuntimeConfig.model_validate(fields)
+
+
+def _database_settings(database: DatabaseSpec) -> dict[str, Any]:
+    """The pool timeouts and retention (`render_config` leaves out what is at the contract's
+    default)."""
+    timeouts, retention = database.timeouts, database.retention
+    return {
+        "db_acquire_timeout_seconds": timeouts.acquire_seconds,
+        "db_connect_timeout_seconds": timeouts.connect_seconds,
+        "db_command_timeout_seconds": timeouts.command_seconds,
+        "db_max_inactive_connection_lifetime_seconds":
+            timeouts.idle_connection_lifetime_seconds,
+        "results_retention_months": retention.results_months,
+        "events_retention_months": retention.events_months,
+    }
 
 
 def _server_settings(options: DsnOptions) -> list[tuple[str, str]]:

@@ -242,3 +242,39 @@ async def traced(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     return {"body": body, "span_recording": trace.get_current_span().is_recording(),
             "sdk_loaded": "opentelemetry.sdk.trace" in sys.modules,
             "threads": sorted(thread.name for thread in threading.enumerate())}
+
+
+async def db_probe(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """One round trip through `ctx.db` (the worker's pool, through PgBouncer); `kill_dsn`
+    first terminates the pool's server connections from a direct connection, so the call
+    meets a connection PgBouncer is about to drop."""
+    import asyncpg
+
+    if payload.get("kill_dsn"):
+        killer = await asyncpg.connect(payload["kill_dsn"])
+        try:
+            await killer.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                f"agentpool-{ctx.pool}")
+        finally:
+            await killer.close()
+    value = await ctx.db.fetchval("SELECT $1::int + 1", int(payload["n"]))
+    return {"value": value, "attempt": ctx.attempt, "reconnects": ctx.db.reconnects}
+
+
+def loader_calls_key(pool: str, key: str) -> str:
+    return f"test:{pool}:loader-calls:{key}"
+
+
+async def cached_load(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """`ctx.cache("answers").get_or_load(payload["key"], loader)` with a slow loader that
+    counts its calls in Redis."""
+    key = payload["key"]
+
+    async def loader() -> dict[str, Any]:
+        await ctx.redis.incr(loader_calls_key(ctx.pool, key))
+        await asyncio.sleep(float(payload.get("load_seconds", 0.5)))
+        return {"answer": key.upper()}
+
+    return await ctx.cache("answers").get_or_load(key, loader)

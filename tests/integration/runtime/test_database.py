@@ -12,10 +12,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.db.migrations import (
+from agent_runtime.db.migrations import ensure_schema
+from agent_runtime.db.partitions import (
+    EVENTS_TABLE,
+    RESULTS_TABLE,
     add_months,
     create_partition_sql,
-    ensure_schema,
     maintain_partitions,
     partition_name,
 )
@@ -34,30 +36,47 @@ async def bouncer(pgbouncer_dsn: str) -> AsyncIterator[Any]:
     await conn.close()
 
 
+async def _partitions(conn: Any, table: str) -> set[str]:
+    return {row["relname"] for row in await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1", table)}
+
+
 async def test_schema_partitions_and_indexes_through_pgbouncer(bouncer: Any) -> None:
     await ensure_schema(bouncer)
     assert await ensure_schema(bouncer) == []  # idempotent, safe from every pod
     today = dt.datetime.now(dt.UTC).date()
     old = dt.date(2001, 1, 1)
-    await bouncer.execute(create_partition_sql(old))  # a partition long past retention
+    # Partitions long past retention (unless results from before migration 2, attached as
+    # one partition from MINVALUE, already cover 2001 in this database).
+    upgraded = await bouncer.fetchval(
+        "SELECT count(*) FROM pg_class WHERE relname LIKE 'agentpool_task_results_y%' "
+        "AND pg_get_expr(relpartbound, oid) LIKE '%MINVALUE%'")
+    tables = (EVENTS_TABLE,) if upgraded else (EVENTS_TABLE, RESULTS_TABLE)
+    for table in tables:
+        await bouncer.execute(create_partition_sql(old, table))
 
-    created, dropped = await maintain_partitions(bouncer, today, ahead=2, keep_months=3)
+    created, dropped = await maintain_partitions(bouncer, today, 2,
+                                                 {EVENTS_TABLE: 3, RESULTS_TABLE: 3})
 
     this_month = today.replace(day=1)
-    assert partition_name(old) in dropped
-    partitions = {row["relname"] for row in await bouncer.fetch(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'agentpool_task_events'")}
-    for month in (this_month, add_months(this_month, 1), add_months(this_month, 2)):
-        assert partition_name(month) in partitions
-    assert partition_name(old) not in partitions
-    assert set(created) <= partitions
-    kind = await bouncer.fetchval(
-        "SELECT relkind::text FROM pg_class WHERE relname = 'agentpool_task_events'")
-    assert kind == "p"  # declaratively partitioned
+    for table in (EVENTS_TABLE, RESULTS_TABLE):
+        assert (partition_name(old, table) in dropped) == (table in tables)
+        partitions = await _partitions(bouncer, table)
+        for month in (this_month, add_months(this_month, 1), add_months(this_month, 2)):
+            assert partition_name(month, table) in partitions
+        assert partition_name(old, table) not in partitions
+        kind = await bouncer.fetchval("SELECT relkind::text FROM pg_class WHERE relname = $1",
+                                      table)
+        assert kind == "p"  # declaratively partitioned
+        assert await bouncer.fetchval("SELECT to_regclass($1)",
+                                      partition_name(old, table)) is None  # dropped
+    assert set(created) <= await _partitions(bouncer, EVENTS_TABLE) | await _partitions(
+        bouncer, RESULTS_TABLE)
     indexes = {row["indexdef"] for row in await bouncer.fetch(
         "SELECT indexdef FROM pg_indexes WHERE tablename = 'agentpool_task_events'")}
     assert any("(pool, created_at DESC)" in index for index in indexes)
+    assert any("(task_id, created_at)" in index for index in indexes)
     assert any("USING brin (created_at)" in index for index in indexes)
 
 

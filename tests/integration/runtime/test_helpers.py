@@ -44,8 +44,8 @@ class Loader:
 
 
 def _hits(stats: WorkerStats) -> dict[str, float]:
-    return {labels["result"]: value for kind, _name, labels, value in stats.drain()
-            if kind == "c"}
+    return {labels["result"]: value for kind, name, labels, value in stats.drain()
+            if kind == "c" and name == "agentpool_cache_requests_total"}
 
 
 @pytest.mark.services

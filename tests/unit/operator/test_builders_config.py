@@ -200,3 +200,31 @@ def test_tracing_endpoint_and_sampling_reach_the_runtime_only_when_set() -> None
     off = _runtime(build_config_map(minimal_ctx()))
     assert off.tracing_endpoint is None
     assert "tracing" not in build_config_map(minimal_ctx())["data"]["runtime.yaml"]
+
+
+def test_database_timeouts_and_retention_reach_the_runtime() -> None:
+    database = {"timeouts": {"acquireSeconds": 3, "connectSeconds": 4, "commandSeconds": 120,
+                             "idleConnectionLifetimeSeconds": 0},
+                "retention": {"resultsMonths": 12, "eventsMonths": 1}}
+    config = _runtime(build_config_map(full_ctx({"database": database})))
+    assert (config.db_acquire_timeout_seconds, config.db_connect_timeout_seconds,
+            config.db_command_timeout_seconds) == (3, 4, 120)
+    assert config.db_max_inactive_connection_lifetime_seconds == 0
+    assert (config.results_retention_months, config.events_retention_months) == (12, 1)
+
+
+def test_database_timeouts_default_to_the_runtime_s() -> None:
+    from agentpool_operator.api import DatabaseRetentionSpec, DatabaseTimeoutsSpec
+
+    runtime = RuntimeConfig(pool="p", handler="m:f")
+    timeouts, retention = DatabaseTimeoutsSpec(), DatabaseRetentionSpec()
+    assert (timeouts.acquire_seconds, timeouts.connect_seconds, timeouts.command_seconds,
+            timeouts.idle_connection_lifetime_seconds) == (
+        runtime.db_acquire_timeout_seconds, runtime.db_connect_timeout_seconds,
+        runtime.db_command_timeout_seconds, runtime.db_max_inactive_connection_lifetime_seconds)
+    assert (retention.results_months, retention.events_months) == (
+        runtime.results_retention_months, runtime.events_retention_months)
+    # At the defaults nothing of them is rendered.
+    rendered = json.loads(build_config_map(full_ctx())["data"]["runtime.yaml"])
+    assert not {key for key in rendered if (key.startswith("db_") and "timeout" in key)
+                or "retention" in key}

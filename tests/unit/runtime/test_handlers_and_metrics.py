@@ -149,3 +149,23 @@ def test_cgroup_v1_and_unlimited(tmp_path: Path) -> None:
     assert memory is not None
     assert (memory.working_set, memory.limit) == (4000, None)
     assert read_container_memory(tmp_path / "nowhere") is None
+
+
+def test_cache_load_and_write_metrics_from_workers_land_in_the_registry() -> None:
+    metrics = RuntimeMetrics(["default"])
+    stats = WorkerStats()
+    stats.inc("agentpool_cache_requests_total", {"cache": "llm", "result": "coalesced"}, 3)
+    stats.inc("agentpool_cache_loads_total", {"cache": "llm", "outcome": "success"})
+    stats.observe("agentpool_cache_load_duration_seconds", {"cache": "llm"}, 0.3)
+    stats.inc("agentpool_cache_writes_total", {"cache": "llm", "outcome": "error"})
+    metrics.apply_worker_stats(stats.drain())
+
+    samples = _samples(metrics)
+    assert samples[("agentpool_cache_requests_total",
+                    frozenset({("cache", "llm"), ("result", "coalesced")}))] == 3
+    assert samples[("agentpool_cache_loads_total",
+                    frozenset({("cache", "llm"), ("outcome", "success")}))] == 1
+    assert samples[("agentpool_cache_load_duration_seconds_count",
+                    frozenset({("cache", "llm")}))] == 1
+    assert samples[("agentpool_cache_writes_total",
+                    frozenset({("cache", "llm"), ("outcome", "error")}))] == 1

@@ -7,7 +7,7 @@ import multiprocessing
 import signal
 from unittest.mock import Mock
 
-from agent_runtime.db.migrations import (
+from agent_runtime.db.partitions import (
     add_months,
     create_partition_sql,
     expired_partitions,
