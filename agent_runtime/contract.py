@@ -51,6 +51,12 @@ HANDLER_REF_MAX_LENGTH = 256
 # safe in Prometheus labels.
 STREAM_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9:._{}]*$"
 STREAM_MAX_LENGTH = 200
+# Names tasks choose a handler by (`submit(..., handler=name)`): also the `task_type` label of
+# the task metrics, so the set is small and the names plain. `default` is the pool's `handler`.
+HANDLER_NAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+HANDLER_NAME_MAX_LENGTH = 63
+MAX_NAMED_HANDLERS = 32
+DEFAULT_HANDLER_NAME = "default"
 
 # --- Defaults and limits shared by the CRD and the runtime (declared here only) -------------
 DEFAULT_WORKERS = 2
@@ -68,10 +74,22 @@ MIN_LEASE_SECONDS = 5
 """A lease is renewed every third of it; shorter ones would be renewed too often to be safe."""
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_CACHE_TTL_SECONDS = 300
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL_PATTERN = f"^({'|'.join(LOG_LEVELS)})$"
+DEFAULT_LOG_LEVEL = "INFO"
+"""INFO logs one line per task outcome; WARNING keeps only failures."""
+DEFAULT_MAX_TASKS_JITTER = 0
+"""Extra tasks (0..jitter, drawn per worker) before a `max_tasks_per_worker` recycle."""
+# The worker's shared aiohttp session (`ctx.http`).
+DEFAULT_HTTP_MAX_CONNECTIONS = 100
+DEFAULT_HTTP_MAX_CONNECTIONS_PER_HOST = 20
+DEFAULT_HTTP_KEEPALIVE_SECONDS = 30
+DEFAULT_HTTP_TIMEOUT_SECONDS = 60
 PGBOUNCER_PORT = 6432
 """PgBouncer's listen port on the pod's loopback; no other container may take it."""
 
 _HANDLER_REF = re.compile(HANDLER_REF_PATTERN)
+_HANDLER_NAME = re.compile(HANDLER_NAME_PATTERN)
 _POOL_NAME = re.compile(POOL_NAME_PATTERN)
 _NAMESPACE = re.compile(NAMESPACE_PATTERN)
 
@@ -93,6 +111,27 @@ def check_handler_ref(ref: str) -> str:
             f"{ref!r} is not a handler reference: use 'module:function' or "
             "'package.module:Class.method' (ASCII Python identifiers)")
     return ref
+
+
+def check_handler_names(handlers: dict[str, str]) -> dict[str, str]:
+    """`handlers` (name -> reference) if every name and reference is usable, else ValueError
+    saying which is not and why."""
+    if len(handlers) > MAX_NAMED_HANDLERS:
+        raise ValueError(f"at most {MAX_NAMED_HANDLERS} named handlers per pool "
+                         "(each name is a metric label)")
+    for name, ref in handlers.items():
+        if name == DEFAULT_HANDLER_NAME:
+            raise ValueError(f"handler name {DEFAULT_HANDLER_NAME!r} is reserved for the "
+                             "pool's `handler`")
+        if len(name) > HANDLER_NAME_MAX_LENGTH or not _HANDLER_NAME.match(name):
+            raise ValueError(f"handler name {name!r} must be 1-{HANDLER_NAME_MAX_LENGTH} "
+                             "letters, digits, '-', '_' or '.', starting and ending with a "
+                             "letter or digit")
+        try:
+            check_handler_ref(ref)
+        except ValueError as exc:
+            raise ValueError(f"handler {name!r}: {exc}") from None
+    return handlers
 
 
 def key_prefix(pool: str, namespace: str | None) -> str:
@@ -219,8 +258,8 @@ class RuntimeConfig(BaseModel):
         default=None, ge=1, description="Recycle a worker after this many tasks (None: never)."
     )
     max_tasks_jitter: int = Field(
-        default=0, ge=0, description="Random extra tasks (0..jitter) so workers do not recycle "
-        "together.",
+        default=DEFAULT_MAX_TASKS_JITTER, ge=0,
+        description="Random extra tasks (0..jitter) so workers do not recycle together.",
     )
     max_worker_memory_bytes: int | None = Field(
         default=None,
@@ -288,10 +327,14 @@ class RuntimeConfig(BaseModel):
                                      description="Cache helper Redis TTL.")
     cache_lru_size: int = Field(default=1024, ge=0, description="In-process LRU entries per cache.")
     cache_lru_ttl_seconds: float = Field(default=5.0, ge=0, description="In-process LRU lifetime.")
-    http_limit: int = Field(default=100, ge=1, description="aiohttp connector: total connections.")
-    http_limit_per_host: int = Field(default=20, ge=0, description="Connections per host.")
-    http_keepalive_seconds: float = Field(default=30.0, gt=0, description="Idle keep-alive time.")
-    http_timeout_seconds: float = Field(default=60.0, gt=0, description="Total request timeout.")
+    http_limit: int = Field(default=DEFAULT_HTTP_MAX_CONNECTIONS, ge=1,
+                            description="aiohttp connector: total connections.")
+    http_limit_per_host: int = Field(default=DEFAULT_HTTP_MAX_CONNECTIONS_PER_HOST, ge=0,
+                                     description="Connections per host (0: no per-host cap).")
+    http_keepalive_seconds: float = Field(default=DEFAULT_HTTP_KEEPALIVE_SECONDS, gt=0,
+                                          description="Idle keep-alive time.")
+    http_timeout_seconds: float = Field(default=DEFAULT_HTTP_TIMEOUT_SECONDS, gt=0,
+                                        description="Total request timeout.")
     db_pool_min_size: int = Field(default=1, ge=0, description="asyncpg pool minimum per worker.")
     db_pool_max_size: int | None = Field(
         default=None, ge=1, description="asyncpg pool maximum per worker (default: concurrency)."
@@ -317,7 +360,7 @@ class RuntimeConfig(BaseModel):
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics etc.")
     metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535,
                               description="0 picks a free port.")
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+    log_level: str = Field(default=DEFAULT_LOG_LEVEL, pattern=LOG_LEVEL_PATTERN,
                            description="Log level of the supervisor and workers.")
 
     @field_validator("pool")
@@ -343,12 +386,7 @@ class RuntimeConfig(BaseModel):
     @field_validator("handlers")
     @classmethod
     def _are_handler_refs(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, ref in value.items():
-            try:
-                check_handler_ref(ref)
-            except ValueError as exc:
-                raise ValueError(f"handler {name!r}: {exc}") from None
-        return value
+        return check_handler_names(value)
 
     @field_validator("budgets")
     @classmethod
@@ -384,7 +422,7 @@ class RuntimeConfig(BaseModel):
     @property
     def handler_map(self) -> dict[str, str]:
         """Task-selectable handlers: `default` is the configured default handler."""
-        return {"default": self.handler, **self.handlers}
+        return {DEFAULT_HANDLER_NAME: self.handler, **self.handlers}
 
     @property
     def effective_db_pool_max_size(self) -> int:

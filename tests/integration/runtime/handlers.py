@@ -227,3 +227,14 @@ async def budgeted(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         "POST", payload["url"], json={"tokens": payload.get("tokens", 0)},
         tokens=int(payload.get("tokens", 0)))
     return {"status": answer.status, "attempts": answer.attempts}
+
+
+async def introspect(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """What the worker was configured with, as its handlers see it: the HTTP session's
+    connection limits and timeout, whether the init hook ran, which process ran the task."""
+    session = ctx.http.session
+    connector = session.connector
+    assert connector is not None
+    return {"limit": connector.limit, "limit_per_host": connector.limit_per_host,
+            "timeout": session.timeout.total, "pid": os.getpid(),
+            "init_hook_ran": [os.getpid()] == _WARMED_IN}

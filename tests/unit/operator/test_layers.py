@@ -39,8 +39,9 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
     ("**/*.py", ("asyncpg", "psutil"), "the operator reads no database and polices no process"),
 ]
 # What the operator may take from the runtime: the contract, the config it renders, the log
-# format every process shares, and the queue's key names and backlog reader (they read the queue's own layout, so they live with
-# the queue; the metrics API and the deletion-cost pass read the backlog). Never the
+# format every process shares, and the queue's key names and backlog reader (they read the
+# queue's own layout, so they live with the queue; the metrics API and the deletion-cost pass
+# read the backlog). Never the
 # supervisor, the workers, the SDK or the queue's consumer and producer.
 FROM_THE_RUNTIME = ("agent_runtime.contract", "agent_runtime.config", "agent_runtime.logs",
                     "agent_runtime.queue.keys", "agent_runtime.queue.backlog")
