@@ -78,6 +78,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_LEVEL_PATTERN = f"^({'|'.join(LOG_LEVELS)})$"
 DEFAULT_LOG_LEVEL = "INFO"
 """INFO logs one line per task outcome; WARNING keeps only failures."""
+DEFAULT_TRACEMALLOC_FRAMES = 0
+"""Leak diagnostics: frames tracemalloc keeps per allocation (0: tracemalloc off)."""
+MAX_TRACEMALLOC_FRAMES = 32
+MEMORY_REPORTS_MAX_LENGTH = 100
+"""The newest memory reports a pool's Redis keeps (`memory_reports_key`)."""
 DEFAULT_MAX_TASKS_JITTER = 0
 """Extra tasks (0..jitter, drawn per worker) before a `max_tasks_per_worker` recycle."""
 # The worker's shared aiohttp session (`ctx.http`).
@@ -181,6 +186,13 @@ def budget_waiting_key(prefix: str) -> str:
     return f"{prefix}:budget-waiting"
 
 
+def memory_reports_key(prefix: str) -> str:
+    """Capped stream of the pool's memory reports: what grew in a worker recycled for its
+    memory (field `report`, JSON). Supervisors add them; the operator turns new ones into
+    Events on the AgentPool (pods need no right to post Events)."""
+    return f"{prefix}:memory-reports"
+
+
 class BudgetKeyConfig(BaseModel):
     """One budget key a pool's handlers may use: its limits, shared by every pod of every pool
     that references the budget (all of them count in the same Redis keys)."""
@@ -266,6 +278,13 @@ class RuntimeConfig(BaseModel):
         gt=0,
         description="Hard per-worker memory limit measured as USS; the worker is killed above it "
         "and drained-and-replaced above `worker_memory_recycle_ratio` of it.",
+    )
+    tracemalloc_frames: int = Field(
+        default=DEFAULT_TRACEMALLOC_FRAMES, ge=0, le=MAX_TRACEMALLOC_FRAMES,
+        description="Leak diagnostics: when above 0, each worker traces its allocations "
+        "(tracemalloc, this many frames each) from the end of its warm-up, and a worker "
+        "recycled for its memory reports the lines whose allocations grew most. Costs CPU "
+        "and memory: turn it on to find a leak.",
     )
     worker_memory_recycle_ratio: float = Field(
         default=0.85, gt=0, le=1,

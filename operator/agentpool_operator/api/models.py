@@ -95,6 +95,13 @@ class WorkersSpec(ApiModel):
     """Recycle a worker process once its memory use passes this quantity (e.g. 1Gi),
     before the container limit makes the kernel kill the whole pod; must be below
     resources.limits.memory. Unset: no per-worker cap."""
+    tracemalloc_frames: int = Field(default=contract.DEFAULT_TRACEMALLOC_FRAMES, ge=0,
+                                    le=contract.MAX_TRACEMALLOC_FRAMES)
+    """Leak diagnostics: above 0, every worker process traces its allocations (Python's
+    tracemalloc, this many frames each) from the end of its warm-up, and the memory report
+    of a worker recycled for its memory (an Event on the pool) names the source lines whose
+    held allocations grew most. Slows allocation-heavy Python code about tenfold: turn it on
+    to find a leak, not for good. 0: the report still gives the growth per task and handler."""
     task_timeout_seconds: int = Field(default=contract.DEFAULT_TASK_TIMEOUT_SECONDS, ge=1,
                                       le=7 * _DAY)
     """Hard deadline of one task; the worker running it is killed and replaced after it."""

@@ -71,6 +71,7 @@ SPEC_FIELD_OF_RUNTIME_SETTING = {
     "handlers": "spec.handlers",
     "init_hook": "spec.initHook",
     "max_tasks_jitter": "spec.workers.maxTasksJitter",
+    "tracemalloc_frames": "spec.workers.tracemallocFrames",
     "http_limit": "spec.http.maxConnections",
     "http_limit_per_host": "spec.http.maxConnectionsPerHost",
     "http_keepalive_seconds": "spec.http.keepaliveSeconds",
@@ -117,6 +118,7 @@ def _runtime_config(ctx: PoolContext) -> RuntimeConfig:
         "init_hook": spec.init_hook,
         "max_tasks_per_worker": workers.max_tasks_per_worker or None,  # 0 means never
         "max_tasks_jitter": workers.max_tasks_jitter,
+        "tracemalloc_frames": workers.tracemalloc_frames,
         "http_limit": spec.http.max_connections,
         "http_limit_per_host": spec.http.max_connections_per_host,
         "http_keepalive_seconds": spec.http.keepalive_seconds,

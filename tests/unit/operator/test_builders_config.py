@@ -194,7 +194,7 @@ def test_the_crd_and_the_runtime_default_to_the_same_values() -> None:
 KNOBS = {
     "handlers": {"summarise": "research_agents.summary:run", "fetch.v2": "research_agents.f:go"},
     "initHook": "research_agents.setup:load_models",
-    "workers": {"maxTasksPerWorker": 200, "maxTasksJitter": 40},
+    "workers": {"maxTasksPerWorker": 200, "maxTasksJitter": 40, "tracemallocFrames": 3},
     "http": {"maxConnections": 50, "maxConnectionsPerHost": 0, "keepaliveSeconds": 15,
              "timeoutSeconds": 120},
     "monitoring": {"logLevel": "WARNING"},
@@ -208,6 +208,7 @@ def test_handlers_init_hook_jitter_http_and_log_level_reach_the_runtime() -> Non
                                   "fetch.v2": "research_agents.f:go"}
     assert config.init_hook == "research_agents.setup:load_models"
     assert (config.max_tasks_per_worker, config.max_tasks_jitter) == (200, 40)
+    assert config.tracemalloc_frames == 3
     assert (config.http_limit, config.http_limit_per_host) == (50, 0)
     assert (config.http_keepalive_seconds, config.http_timeout_seconds) == (15, 120)
     assert config.log_level == "WARNING"
@@ -237,6 +238,7 @@ def test_the_new_knobs_default_to_the_runtime_s_values() -> None:
                                                                            "key": "u"}}}})
     runtime = RuntimeConfig(pool="p", handler="m:f")
     assert spec.workers.max_tasks_jitter == runtime.max_tasks_jitter
+    assert spec.workers.tracemalloc_frames == runtime.tracemalloc_frames
     assert (spec.http.max_connections, spec.http.max_connections_per_host) == (
         runtime.http_limit, runtime.http_limit_per_host)
     assert (spec.http.keepalive_seconds, spec.http.timeout_seconds) == (
