@@ -3,8 +3,10 @@
 Used by `sdk/client.py` (`TaskClient`), which adds what a person sees - payload encoding,
 waiting, the database fallback - on top. Adding is one XADD, or one Lua call with an
 idempotency key (`scripts.SUBMIT_IDEMPOTENT`: the same key within `idempotency_ttl_seconds`
-returns the first task's id instead of queuing a duplicate). Results are read from the keys
-the consumer's COMPLETE script writes, many at once with MGET.
+returns the first task's id instead of queuing a duplicate). Adds made by many coroutines in
+the same event-loop iteration share one pipelined round trip (`aio.coalesce`), so code that
+submits one task at a time from many callers gets most of `add_many`'s speed. Results are
+read from the keys the consumer's COMPLETE script writes, many at once with MGET.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from agent_runtime.aio.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.queue.envelope import TaskEnvelope, TaskResult
 from agent_runtime.queue.keys import Keys
@@ -29,18 +32,27 @@ class TaskProducer:
         self._redis = redis
         self._config = config
         self.keys = Keys.for_config(config)
+        self._add_together: PerIteration[dict[Any, Any], str] = PerIteration(self._xadd_all)
 
     async def add(self, envelope: TaskEnvelope) -> str:
         """Queue a task; returns its id (the earlier task's id for a repeated idempotency key)."""
         fields: dict[Any, Any] = envelope.to_fields()
         if not envelope.idempotency_key:
-            await self._redis.xadd(self.keys.stream, fields)
+            await self._add_together(fields)
             return envelope.task_id
         flat = [item for pair in fields.items() for item in pair]
         existing = await self._redis.eval(
             SUBMIT_IDEMPOTENT, 2, self.keys.stream, self.keys.idempotency(envelope.idempotency_key),
             self._config.idempotency_ttl_seconds, envelope.task_id, *flat)
         return str(existing)
+
+    async def _xadd_all(self, batch: list[dict[Any, Any]]) -> list[str | BaseException]:
+        """The XADDs of one iteration, pipelined; each caller gets its own error, if any."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for fields in batch:
+                pipe.xadd(self.keys.stream, fields)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, BaseException) else str(r) for r in replies]
 
     async def add_many(self, envelopes: Sequence[TaskEnvelope]) -> None:
         """Queue many tasks in pipelined round trips (idempotency keys are not checked)."""

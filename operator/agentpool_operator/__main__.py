@@ -37,11 +37,12 @@ async def run(settings: Settings) -> None:
     reconciler = Reconciler.for_cluster(kube, metrics)
     queue: WorkQueue[PoolKey] = WorkQueue(reconciler, workers=settings.workers)
     metrics.queue_depth.set_function(lambda: len(queue))
-    resyncer = Resyncer(kube, queue, reconciler, settings)
+    resyncer = Resyncer(kube, queue, reconciler, settings, on_resync=metrics.resyncs.inc)
     metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
 
     budget_queue: WorkQueue[BudgetId] = WorkQueue(
-        BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once), workers=1)
+        BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once,
+                           queues=reconciler.queues), workers=1)
 
     registry = watches.build_registry(queue, resyncer, reconciler, budget_queue)
 

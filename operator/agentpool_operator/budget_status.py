@@ -13,13 +13,16 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent_runtime.queue.backlog import redacted
 from agentpool_operator.budgets import BudgetId, budget_status, parse_budget, users
 from agentpool_operator.k8s import Kube
+from agentpool_operator.queues import QueueRegistry
 from agentpool_operator.status import status_changed
 from agentpool_operator.store import PoolStore
 from agentpool_operator.workqueue import Requeue
 
 WAIT_FOR_POOLS_SECONDS = 1.0
+QUEUES_PENDING_SECONDS = 10.0
 
 
 @dataclass
@@ -28,6 +31,8 @@ class BudgetStatusWriter:
     store: PoolStore
     pools_listed: Callable[[], bool]
     """Whether the store holds every served pool (the resync's first list is in)."""
+    queues: QueueRegistry | None = None
+    """The pools' queues (Redis URLs), to tell a budget whose pools queue on two servers."""
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
     async def __call__(self, budget_id: BudgetId) -> None:
@@ -38,9 +43,19 @@ class BudgetStatusWriter:
             return
         using = users(budget_id, parse_budget(budget), self.store.pool_bodies())
         current = budget.get("status") or {}
-        desired = budget_status(budget, using, current, self.clock())
-        if not status_changed(current, desired):
-            return
-        written = await self.kube.patch_budget_status(*budget_id, desired)
-        if written is not None:
-            self.store.budgets.put(budget_id, written, watched=False)
+        servers = self._servers()
+        desired = budget_status(budget, using, current, self.clock(), servers)
+        if status_changed(current, desired):
+            written = await self.kube.patch_budget_status(*budget_id, desired)
+            if written is not None:
+                self.store.budgets.put(budget_id, written, watched=False)
+        if self.queues is not None and any(pool not in servers for pool in using):
+            # A pool's queue is recorded by its reconcile, which may come after this: look
+            # again (in memory; nothing is written unless the status changes).
+            raise Requeue(QUEUES_PENDING_SECONDS, "waiting for the queues of its pools")
+
+    def _servers(self) -> dict[str, str]:
+        if self.queues is None:
+            return {}
+        return {f"{namespace}/{name}": redacted(entry.redis_url)
+                for (namespace, name), entry in self.queues.entries().items()}

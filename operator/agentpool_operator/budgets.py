@@ -136,10 +136,20 @@ def users(budget_id: BudgetId, budget: AgentBudgetSpec | None,
     return sorted(found)
 
 
+def _servers_of(pools: list[str], servers: Mapping[str, str]) -> dict[str, list[str]]:
+    by_server: dict[str, list[str]] = {}
+    for pool in pools:
+        if pool in servers:
+            by_server.setdefault(servers[pool], []).append(pool)
+    return dict(sorted(by_server.items()))
+
+
 def budget_status(budget: Mapping[str, Any], pools: list[str], current: Mapping[str, Any],
-                  now: dt.datetime) -> dict[str, Any]:
+                  now: dt.datetime, servers: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The status an AgentBudget should have: its users and its Ready condition (whose
-    lastTransitionTime moves only when it flips)."""
+    lastTransitionTime moves only when it flips). `servers` maps a pool (`namespace/name`) to
+    the Redis server it queues on (`host:port/db`, never credentials), where pods count the
+    budget: pools on two servers would each get the whole limit."""
     generation = int((budget.get("metadata") or {}).get("generation") or 0)
     spec = parse_budget(budget)
     if spec is None:
@@ -147,6 +157,14 @@ def budget_status(budget: Mapping[str, Any], pools: list[str], current: Mapping[
                           observed_generation=generation, last_transition_time=now,
                           message="the spec cannot be read (stored under an older CRD?): "
                           "re-apply it; pools referencing it are Degraded")
+    elif len(split := _servers_of(pools, servers or {})) > 1:
+        listed = "; ".join(f"{server}: {', '.join(users_)}" for server, users_ in split.items())
+        ready = Condition(type=ConditionType.READY, status="False", reason=Reason.BUDGET_SPLIT,
+                          observed_generation=generation, last_transition_time=now,
+                          message="the pools using this budget queue on different Redis "
+                          f"servers ({listed}); each server would grant the whole limit, since "
+                          "pods count a budget in their queue's Redis: put the pools sharing "
+                          "it on one Redis, or give each server its own budget")
     else:
         count = f"{len(pools)} pool{'' if len(pools) == 1 else 's'}"
         ready = Condition(type=ConditionType.READY, status="True", reason=Reason.AS_EXPECTED,

@@ -80,6 +80,9 @@ class Reason(StrEnum):
     """Degraded: a referenced AgentBudget in another namespace is not shared with the pool's."""
     BUDGET_KEY_CONFLICT = "BudgetKeyConflict"
     """Degraded: two referenced AgentBudgets define the same key name."""
+    BUDGET_SPLIT = "BudgetSplit"
+    """AgentBudget not Ready: the pools using it queue on different Redis servers, where the
+    budget's state lives, so each server would grant the whole limit."""
 
 
 class Condition(ApiModel):

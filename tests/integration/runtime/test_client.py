@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -119,3 +120,25 @@ async def test_rounds_of_five_concurrent_waits_each_get_their_own_result_at_once
         slowest = max(slowest, time.monotonic() - max(recorded.values()))
         assert [r.task_id for r in results] == ids
     assert slowest < RECHECK_SECONDS / 2
+
+
+async def test_concurrent_single_submits_share_round_trips_and_each_gets_its_task(
+    runtime_pool: RuntimePool, task_client: TaskClient, redis_client: Redis,
+) -> None:
+    # Three hundred callers each submitting one task, all at once: their XADDs go out
+    # together (one pipeline per event-loop iteration), yet each caller gets its own task id
+    # and every payload is queued exactly once.
+    ids = await asyncio.gather(*(task_client.submit({"n": i}) for i in range(300)))
+    assert len(set(ids)) == 300
+    entries: Any = await redis_client.xrange(runtime_pool.config.stream_key)
+    assert len(entries) == 300
+    queued = {TaskEnvelope.from_fields(fields).task_id for _, fields in entries}
+    assert queued == set(ids)
+
+    # A stream key holding another type fails every caller of that batch with Redis's error,
+    # not with a silent loss.
+    await redis_client.delete(runtime_pool.config.stream_key)
+    await redis_client.set(runtime_pool.config.stream_key, "not a stream")
+    outcomes = await asyncio.gather(*(task_client.submit({"n": i}) for i in range(5)),
+                                    return_exceptions=True)
+    assert all("WRONGTYPE" in str(o) for o in outcomes), outcomes

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent_runtime.contract import budget_api_key_env
+from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.budget_status import BudgetStatusWriter
 from agentpool_operator.workqueue import Requeue
 from tests.unit.operator.fake_cluster import FakeCluster
@@ -233,3 +234,41 @@ async def test_the_budget_status_waits_for_the_first_list_of_pools() -> None:
     store.budget_event((NS, "llm"), cluster.put(budget("llm", [OPENAI])), deleted=False)
     with pytest.raises(Requeue):
         await writer((NS, "llm"))
+
+
+async def test_a_budget_whose_pools_queue_on_two_redis_servers_is_not_ready() -> None:
+    cluster = FakeCluster()
+    llm = cluster.put(budget("llm", [OPENAI], shared_with=["team-b"]))
+    writes: list[dict[str, Any]] = []
+
+    async def patch_budget_status(namespace: str, name: str, status: dict[str, Any]
+                                  ) -> dict[str, Any]:
+        writes.append(status)
+        body = cluster.objects[(API, "AgentBudget", namespace, name)]
+        body["status"] = copy.deepcopy(status)
+        return copy.deepcopy(body)
+
+    cluster.patch_budget_status = patch_budget_status  # type: ignore[attr-defined]
+    r = reconciler(cluster)
+    writer = BudgetStatusWriter(cluster.as_kube(), r.store, lambda: True, queues=r.queues,
+                                clock=lambda: dt.datetime(2026, 12, 5, tzinfo=dt.UTC))
+    r.store.budget_event((NS, "llm"), llm, deleted=False)
+    mine = pool_object(with_budgets({"name": "llm"}))
+    theirs = pool_object(with_budgets({"name": "llm", "namespace": NS}), name="b")
+    theirs["metadata"]["namespace"] = "team-b"
+    for pool in (mine, theirs):
+        r.store.pool_event((pool["metadata"]["namespace"], pool["metadata"]["name"]), pool,
+                           deleted=False)
+    # Until the pools' reconciles have read their queues, the budget looks again later.
+    with pytest.raises(Requeue):
+        await writer((NS, "llm"))
+    r.queues.record((NS, "echo"), AgentPoolSpec.model_validate(mine["spec"]),
+                    "redis://:pw-a@redis-a.platform:6379/0")
+    r.queues.record(("team-b", "b"), AgentPoolSpec.model_validate(theirs["spec"]),
+                    "redis://:pw-b@redis-b.team-b:6379/0")
+    await writer((NS, "llm"))
+    (ready,) = writes[-1]["conditions"]
+    assert (ready["status"], ready["reason"]) == ("False", "BudgetSplit")
+    assert f"redis-a.platform:6379/0: {NS}/echo" in ready["message"]
+    assert "redis-b.team-b:6379/0: team-b/b" in ready["message"]
+    assert "pw-" not in json.dumps(writes)  # server names only, never credentials
