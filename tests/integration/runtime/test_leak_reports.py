@@ -26,7 +26,8 @@ def logged_reports(supervisor: RunningSupervisor) -> list[dict[str, Any]]:
 
 
 async def stored_reports(redis: Redis, pool: RuntimePool) -> list[dict[str, Any]]:
-    entries = await redis.xrange(memory_reports_key(pool.config.key_prefix))
+    entries: list[Any] = await redis.xrange(  # type: ignore[assignment]
+        memory_reports_key(pool.config.key_prefix))
     return [json.loads(fields["report"]) | {"message": fields["message"]}
             for _id, fields in entries]
 
