@@ -17,6 +17,7 @@ from agentpool_operator.builders import build_config_map
 from tests.integration.runtime.handlers import pids_key
 from tests.plugins.runtime import TEST_HANDLERS, RuntimePool, StartSupervisor
 from tests.unit.operator.builder_samples import MINIMAL_SECRETS, MINIMAL_SPEC, make_ctx
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -64,6 +65,10 @@ async def test_a_spec_s_knobs_reach_the_workers_that_run_it(
     finally:
         await client.close()
 
-    lines = [json.loads(line) for line in supervisor.log().splitlines() if line.strip()]
-    handlers = Counter(line["handler"] for line in lines if line.get("event") == "task_outcome")
-    assert handlers == {"introspect": 1, "default": 11, "fail": 1}
+    def outcome_lines() -> Counter[str]:
+        lines = [json.loads(line) for line in supervisor.log().splitlines() if line.strip()]
+        return Counter(line["handler"] for line in lines if line.get("event") == "task_outcome")
+
+    # The line follows the recorded result (the client may see the result first).
+    expected = {"introspect": 1, "default": 11, "fail": 1}
+    assert eventually(lambda: outcome_lines() == expected and expected, timeout=10)
