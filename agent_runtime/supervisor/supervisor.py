@@ -51,6 +51,7 @@ from agent_runtime.ipc.messages import (
 )
 from agent_runtime.queue.maintenance import QueueMaintenance
 from agent_runtime.queue.validation import TEXT_ERRORS
+from agent_runtime.supervisor.cpu import CpuAccounting
 from agent_runtime.supervisor.health import HealthServer
 from agent_runtime.supervisor.launcher import WorkerLauncher
 from agent_runtime.supervisor.leaks import add_allocations, build_report, log_report
@@ -108,6 +109,7 @@ class Supervisor:
         # Consumers of ours that may still hold entries (forgotten once handed over).
         self._consumers: set[str] = set()
         self._memory = MemoryGuard(self.config, self.metrics, self)
+        self._cpu = CpuAccounting(self.metrics, self.config.workers)
         self._draining = False
         self._drain_deadline = 0.0
         self._exit_seen = asyncio.Event()
@@ -473,6 +475,7 @@ class Supervisor:
             self._next_memory_check = now + MEMORY_EVERY_SECONDS
             current = {id(slot.worker) for slot in self._slots if slot.worker is not None}
             self._memory.check(self._live(), current)
+            self._cpu.sample(self._live())
         live = self._live()
         states: dict[str, int] = {}
         for handle in live:

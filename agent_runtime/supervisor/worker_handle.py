@@ -38,6 +38,7 @@ class WorkerHandle:
     kill_reason: str | None = None  # why we killed it (it is about to exit)
     exited: bool = False
     uss: int | None = None
+    cpu_seconds: float = 0.0  # CPU time counted so far (supervisor/cpu.py)
     db_pool: DbPoolSizes | None = None
     boot_error: str | None = None
     exit_error: str | None = None  # why it died or was killed, for its tasks' last error

@@ -238,3 +238,11 @@ async def introspect(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any
     return {"limit": connector.limit, "limit_per_host": connector.limit_per_host,
             "timeout": session.timeout.total, "pid": os.getpid(),
             "init_hook_ran": [os.getpid()] == _WARMED_IN}
+
+
+async def burn(payload: dict[str, Any], ctx: TaskContext) -> float:
+    """Spend `seconds` of CPU in this worker (blocking its loop); returns the CPU spent."""
+    start = time.process_time()
+    while time.process_time() - start < float(payload["seconds"]):
+        pass
+    return time.process_time() - start
