@@ -2,7 +2,8 @@
 
 Always on and cheap: the memory guard samples each warm worker's USS every half second
 (`MemoryTrend.sample`); the growth between two samples is put down to the handlers whose tasks
-ended in between (or, with none, those still running), in proportion to their task counts. So
+ran in between, in proportion to the time each ran (memory grows while the code that keeps it
+runs). So
 a report says how much the worker grew since its warm-up, over how many tasks, and which
 handler the growth came with. With `tracemalloc_frames` the worker adds the source lines whose
 held allocations grew most (`worker/leaks.py`).
@@ -29,31 +30,37 @@ MIB = 1 << 20
 
 @dataclass
 class MemoryTrend:
-    """One worker's USS since its warm-up, and which handlers the growth came with."""
+    """One worker's USS since its warm-up, and which handlers the growth came with: the growth
+    between two samples is shared among the handlers by the time their tasks ran in between."""
 
     at_warmup: int | None = None
     last: int | None = None
     tasks: Counter[str] = field(default_factory=Counter)
     growth: dict[str, float] = field(default_factory=dict)
-    _ended: Counter[str] = field(default_factory=Counter)
+    _last_at: float = 0.0
+    _ended: list[tuple[str, float, float]] = field(default_factory=list)  # handler, start, end
 
-    def task_done(self, handler: str) -> None:
+    def task_done(self, handler: str, duration: float, ended_at: float) -> None:
         self.tasks[handler] += 1
-        self._ended[handler] += 1
+        self._ended.append((handler, ended_at - max(duration, 0.0), ended_at))
 
-    def sample(self, uss: int, running: list[str]) -> None:
+    def sample(self, uss: int, running: list[tuple[str, float]], now: float) -> None:
+        """`running`: (handler, Unix start) of the tasks running now; `now`: Unix time."""
+        ended, self._ended = self._ended, []
+        since, self._last_at = self._last_at, now
         if self.at_warmup is None or self.last is None:
             self.at_warmup = self.last = uss
-            self._ended.clear()
             return
         grown, self.last = uss - self.last, uss
-        share = self._ended or Counter(running)
-        self._ended = Counter()
-        total = sum(share.values())
-        if grown <= 0 or not total:
+        if grown <= 0:
             return
-        for handler, count in share.items():
-            self.growth[handler] = self.growth.get(handler, 0.0) + grown * count / total
+        busy: dict[str, float] = {}
+        for handler, start, end in [*ended, *((h, start, now) for h, start in running)]:
+            busy[handler] = busy.get(handler, 0.0) + max(0.0, min(end, now) - max(start, since))
+        total = sum(busy.values())
+        for handler, seconds in busy.items():
+            if seconds > 0:
+                self.growth[handler] = self.growth.get(handler, 0.0) + grown * seconds / total
 
 
 def build_report(*, pod: str, worker: str, slot: int, pid: int | None, action: str,

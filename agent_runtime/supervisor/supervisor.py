@@ -283,7 +283,7 @@ class Supervisor:
                 self.metrics.task_started(message.handler, message.wait)
             case TaskDone():
                 handle.running.pop(message.entry, None)
-                handle.trend.task_done(message.handler)
+                handle.trend.task_done(message.handler, message.duration, message.at)
                 self.metrics.task_finished(message.handler, message.outcome, message.duration,
                                            message.retried, message.dead, message.at)
             case DeadLettered():
