@@ -51,6 +51,12 @@ HANDLER_REF_MAX_LENGTH = 256
 # safe in Prometheus labels.
 STREAM_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9:._{}]*$"
 STREAM_MAX_LENGTH = 200
+# Names tasks choose a handler by (`submit(..., handler=name)`): also the `task_type` label of
+# the task metrics, so the set is small and the names plain. `default` is the pool's `handler`.
+HANDLER_NAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+HANDLER_NAME_MAX_LENGTH = 63
+MAX_NAMED_HANDLERS = 32
+DEFAULT_HANDLER_NAME = "default"
 
 # --- Defaults and limits shared by the CRD and the runtime (declared here only) -------------
 DEFAULT_WORKERS = 2
@@ -95,10 +101,27 @@ MIN_RESULTS_RETENTION_MONTHS = 2
 """Results are partitioned by submission month: a task submitted late last month may still
 be finishing now, so last month's partition must still exist."""
 MAX_RETENTION_MONTHS = 120
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL_PATTERN = f"^({'|'.join(LOG_LEVELS)})$"
+DEFAULT_LOG_LEVEL = "INFO"
+"""INFO logs one line per task outcome; WARNING keeps only failures."""
+DEFAULT_TRACEMALLOC_FRAMES = 0
+"""Leak diagnostics: frames tracemalloc keeps per allocation (0: tracemalloc off)."""
+MAX_TRACEMALLOC_FRAMES = 32
+MEMORY_REPORTS_MAX_LENGTH = 100
+"""The newest memory reports a pool's Redis keeps (`memory_reports_key`)."""
+DEFAULT_MAX_TASKS_JITTER = 0
+"""Extra tasks (0..jitter, drawn per worker) before a `max_tasks_per_worker` recycle."""
+# The worker's shared aiohttp session (`ctx.http`).
+DEFAULT_HTTP_MAX_CONNECTIONS = 100
+DEFAULT_HTTP_MAX_CONNECTIONS_PER_HOST = 20
+DEFAULT_HTTP_KEEPALIVE_SECONDS = 30
+DEFAULT_HTTP_TIMEOUT_SECONDS = 60
 PGBOUNCER_PORT = 6432
 """PgBouncer's listen port on the pod's loopback; no other container may take it."""
 
 _HANDLER_REF = re.compile(HANDLER_REF_PATTERN)
+_HANDLER_NAME = re.compile(HANDLER_NAME_PATTERN)
 _POOL_NAME = re.compile(POOL_NAME_PATTERN)
 _NAMESPACE = re.compile(NAMESPACE_PATTERN)
 
@@ -120,6 +143,27 @@ def check_handler_ref(ref: str) -> str:
             f"{ref!r} is not a handler reference: use 'module:function' or "
             "'package.module:Class.method' (ASCII Python identifiers)")
     return ref
+
+
+def check_handler_names(handlers: dict[str, str]) -> dict[str, str]:
+    """`handlers` (name -> reference) if every name and reference is usable, else ValueError
+    saying which is not and why."""
+    if len(handlers) > MAX_NAMED_HANDLERS:
+        raise ValueError(f"at most {MAX_NAMED_HANDLERS} named handlers per pool "
+                         "(each name is a metric label)")
+    for name, ref in handlers.items():
+        if name == DEFAULT_HANDLER_NAME:
+            raise ValueError(f"handler name {DEFAULT_HANDLER_NAME!r} is reserved for the "
+                             "pool's `handler`")
+        if len(name) > HANDLER_NAME_MAX_LENGTH or not _HANDLER_NAME.match(name):
+            raise ValueError(f"handler name {name!r} must be 1-{HANDLER_NAME_MAX_LENGTH} "
+                             "letters, digits, '-', '_' or '.', starting and ending with a "
+                             "letter or digit")
+        try:
+            check_handler_ref(ref)
+        except ValueError as exc:
+            raise ValueError(f"handler {name!r}: {exc}") from None
+    return handlers
 
 
 def key_prefix(pool: str, namespace: str | None) -> str:
@@ -167,6 +211,13 @@ def budget_waiting_key(prefix: str) -> str:
     Redis ms until which it counts). The metrics API reads it: a pool whose work waits on its
     budget, not on workers, is not scaled out."""
     return f"{prefix}:budget-waiting"
+
+
+def memory_reports_key(prefix: str) -> str:
+    """Capped stream of the pool's memory reports: what grew in a worker recycled for its
+    memory (field `report`, JSON). Supervisors add them; the operator turns new ones into
+    Events on the AgentPool (pods need no right to post Events)."""
+    return f"{prefix}:memory-reports"
 
 
 class BudgetKeyConfig(BaseModel):
@@ -246,14 +297,21 @@ class RuntimeConfig(BaseModel):
         default=None, ge=1, description="Recycle a worker after this many tasks (None: never)."
     )
     max_tasks_jitter: int = Field(
-        default=0, ge=0, description="Random extra tasks (0..jitter) so workers do not recycle "
-        "together.",
+        default=DEFAULT_MAX_TASKS_JITTER, ge=0,
+        description="Random extra tasks (0..jitter) so workers do not recycle together.",
     )
     max_worker_memory_bytes: int | None = Field(
         default=None,
         gt=0,
         description="Hard per-worker memory limit measured as USS; the worker is killed above it "
         "and drained-and-replaced above `worker_memory_recycle_ratio` of it.",
+    )
+    tracemalloc_frames: int = Field(
+        default=DEFAULT_TRACEMALLOC_FRAMES, ge=0, le=MAX_TRACEMALLOC_FRAMES,
+        description="Leak diagnostics: when above 0, each worker traces its allocations "
+        "(tracemalloc, this many frames each) from the end of its warm-up, and a worker "
+        "recycled for its memory reports the lines whose allocations grew most. Costs CPU "
+        "and memory: turn it on to find a leak.",
     )
     worker_memory_recycle_ratio: float = Field(
         default=0.85, gt=0, le=1,
@@ -315,10 +373,14 @@ class RuntimeConfig(BaseModel):
                                      description="Cache helper Redis TTL.")
     cache_lru_size: int = Field(default=1024, ge=0, description="In-process LRU entries per cache.")
     cache_lru_ttl_seconds: float = Field(default=5.0, ge=0, description="In-process LRU lifetime.")
-    http_limit: int = Field(default=100, ge=1, description="aiohttp connector: total connections.")
-    http_limit_per_host: int = Field(default=20, ge=0, description="Connections per host.")
-    http_keepalive_seconds: float = Field(default=30.0, gt=0, description="Idle keep-alive time.")
-    http_timeout_seconds: float = Field(default=60.0, gt=0, description="Total request timeout.")
+    http_limit: int = Field(default=DEFAULT_HTTP_MAX_CONNECTIONS, ge=1,
+                            description="aiohttp connector: total connections.")
+    http_limit_per_host: int = Field(default=DEFAULT_HTTP_MAX_CONNECTIONS_PER_HOST, ge=0,
+                                     description="Connections per host (0: no per-host cap).")
+    http_keepalive_seconds: float = Field(default=DEFAULT_HTTP_KEEPALIVE_SECONDS, gt=0,
+                                          description="Idle keep-alive time.")
+    http_timeout_seconds: float = Field(default=DEFAULT_HTTP_TIMEOUT_SECONDS, gt=0,
+                                        description="Total request timeout.")
     db_pool_min_size: int = Field(default=1, ge=0, description="asyncpg pool minimum per worker.")
     db_pool_max_size: int | None = Field(
         default=None, ge=1, description="asyncpg pool maximum per worker (default: concurrency)."
@@ -374,7 +436,7 @@ class RuntimeConfig(BaseModel):
         description="Share of the traces started by a worker that are kept (tasks submitted "
         "inside a trace follow their submitter's decision).",
     )
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+    log_level: str = Field(default=DEFAULT_LOG_LEVEL, pattern=LOG_LEVEL_PATTERN,
                            description="Log level of the supervisor and workers.")
 
     @field_validator("pool")
@@ -400,12 +462,7 @@ class RuntimeConfig(BaseModel):
     @field_validator("handlers")
     @classmethod
     def _are_handler_refs(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, ref in value.items():
-            try:
-                check_handler_ref(ref)
-            except ValueError as exc:
-                raise ValueError(f"handler {name!r}: {exc}") from None
-        return value
+        return check_handler_names(value)
 
     @field_validator("budgets")
     @classmethod
@@ -441,7 +498,7 @@ class RuntimeConfig(BaseModel):
     @property
     def handler_map(self) -> dict[str, str]:
         """Task-selectable handlers: `default` is the configured default handler."""
-        return {"default": self.handler, **self.handlers}
+        return {DEFAULT_HANDLER_NAME: self.handler, **self.handlers}
 
     @property
     def effective_db_pool_max_size(self) -> int:

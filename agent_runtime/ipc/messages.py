@@ -16,12 +16,15 @@ Worker -> supervisor:
     DeadLettered   an entry was dead-lettered without running (`reason`: a metric label)
     Retiring       the worker reached its task budget and drains itself
     Unhealthy      the worker cannot continue safely (a sync handler ignored its timeout)
+    MemoryReport   answer to ReportMemory: the source lines whose allocations grew most since
+                   warm-up (empty unless tracemalloc is on), and the bytes traced
 
 Supervisor -> worker:
     Drain          stop reading; finish running tasks within `seconds`, hand back the rest
     Pause          stop reading new tasks (memory circuit breaker open)
     Resume         read again
     Adopt          entries of a dead predecessor were moved to you; claim and run them
+    ReportMemory   you are recycled for your memory: say what grew (MemoryReport)
 """
 
 from __future__ import annotations
@@ -64,6 +67,14 @@ class DbPoolSizes(NamedTuple):
     open: int
     idle: int
     max: int
+
+
+class AllocationGrowth(NamedTuple):
+    """Memory allocated at one source line that was still held, grown since warm-up."""
+
+    where: str  # file:line (innermost frame)
+    size_bytes: int
+    blocks: int  # allocations (memory blocks) more than at warm-up
 
 
 # -- the messages ----------------------------------------------------------------------------
@@ -167,6 +178,20 @@ class Unhealthy:
     reason: str
 
 
+@_message("memory_report")
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemoryReport:
+    KIND: ClassVar[str]
+    top: tuple[AllocationGrowth, ...]
+    traced_bytes: int
+
+
+@_message("report_memory")
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReportMemory:
+    KIND: ClassVar[str]
+
+
 @_message("drain")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Drain:
@@ -193,8 +218,8 @@ class Adopt:
 
 
 WorkerMessage = (Ready | BootError | Heartbeat | TaskStarted | TaskDone | DeadLettered
-                 | Retiring | Unhealthy)
-SupervisorMessage = Drain | Pause | Resume | Adopt
+                 | Retiring | Unhealthy | MemoryReport)
+SupervisorMessage = Drain | Pause | Resume | Adopt | ReportMemory
 Message = WorkerMessage | SupervisorMessage
 
 TASK_EVENTS: tuple[type[Any], ...] = (TaskStarted, TaskDone, DeadLettered)
@@ -262,6 +287,9 @@ def _rows(decode: Decoder) -> Decoder:
 _DECODERS: dict[str, Decoder] = {
     "str": _text,
     "float": _number,
+    "int": _integer,
+    "tuple[AllocationGrowth, ...]": _rows(_record(AllocationGrowth,
+                                                  (_text, _integer, _integer))),
     "bool": _flag,
     "str | None": _optional(_text),
     "tuple[RunningEntry, ...]": _rows(_record(RunningEntry, (_text, _text, _text, _number))),

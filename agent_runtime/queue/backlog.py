@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from agent_runtime.contract import budget_waiting_key
+from agent_runtime.contract import budget_waiting_key, memory_reports_key
 from agent_runtime.queue.keys import Keys
 
 XRANGE_CAP = 10_000
@@ -142,6 +142,25 @@ class BacklogReader:
             detail = str(error) or type(error).__name__
             raise BacklogError(f"cannot read the queue at redis {redacted(url)}: "
                                f"{detail}") from None
+
+    async def memory_reports(self, url: str, keys: Keys, after: str,
+                             count: int = 20) -> list[tuple[str, str]]:
+        """The pool's memory reports added after stream id `after`, oldest first, as
+        (id, message): what grew in workers recycled for their memory (`contract.
+        memory_reports_key`). Raises `BacklogError` when Redis cannot be read."""
+        try:
+            client = await self._client(url)
+        except ValueError as error:
+            raise BacklogError(f"the pool's Redis URL cannot be used: {error}") from None
+        try:
+            entries: Any = await asyncio.wait_for(
+                client.xrange(memory_reports_key(keys.prefix), min=f"({after}", count=count),
+                timeout=self._timeout * 2)
+        except (RedisError, OSError, TimeoutError) as error:
+            detail = str(error) or type(error).__name__
+            raise BacklogError(f"cannot read the memory reports at redis {redacted(url)}: "
+                               f"{detail}") from None
+        return [(entry_id, str(fields.get("message", ""))) for entry_id, fields in entries]
 
     async def _read(self, redis: Redis, keys: Keys, pod_window_ms: int) -> Backlog:
         async with redis.pipeline(transaction=False) as pipe:

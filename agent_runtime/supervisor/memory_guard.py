@@ -53,6 +53,10 @@ class MemoryGuard:
                 continue
             if id(handle) in current:
                 self._metrics.worker_uss.labels(str(handle.slot)).set(handle.uss)
+            if handle.ready:
+                handle.trend.sample(handle.uss, [(entry.handler, entry.started_at)
+                                                 for entry in handle.running.values()],
+                                    time.time())
             if limit is None:
                 continue
             if handle.uss > limit:

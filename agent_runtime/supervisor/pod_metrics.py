@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from agent_runtime.contract import BudgetKeyConfig
@@ -65,6 +72,15 @@ class RuntimeMetrics:
                                      "Age of the oldest running task.", registry=r)
         self.last_success = Gauge("agentpool_task_last_success_timestamp_seconds",
                                   "Unix time of the last successful task.", registry=r)
+        # The supervisor's own process_* series (CPU, resident memory, open files).
+        ProcessCollector(registry=r)
+        self.worker_cpu = Counter("agentpool_worker_cpu_seconds",
+                                  "CPU time (user + system) of each worker slot's processes, "
+                                  "the slot's successive workers together.", ["slot"],
+                                  registry=r)
+        self.pod_cpu = Counter("agentpool_pod_cpu_seconds",
+                               "CPU time (user + system) of the pod's runtime processes: the "
+                               "supervisor and every worker.", registry=r)
         self.worker_uss = Gauge("agentpool_worker_uss_bytes",
                                 "Unique memory (USS) of each worker slot's process.", ["slot"],
                                 registry=r)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import signal
@@ -28,6 +29,7 @@ from redis.exceptions import RedisError
 
 from agent_runtime.aio.supervised import Supervised, all_ok
 from agent_runtime.config import RuntimeSettings
+from agent_runtime.contract import MEMORY_REPORTS_MAX_LENGTH, memory_reports_key
 from agent_runtime.ipc import pipe
 from agent_runtime.ipc.exits import EXIT_BOOT_ERROR, describe_exit
 from agent_runtime.ipc.messages import (
@@ -36,9 +38,11 @@ from agent_runtime.ipc.messages import (
     DeadLettered,
     Drain,
     Heartbeat,
+    MemoryReport,
     Message,
     Pause,
     Ready,
+    ReportMemory,
     Retiring,
     SupervisorMessage,
     TaskDone,
@@ -47,8 +51,10 @@ from agent_runtime.ipc.messages import (
 )
 from agent_runtime.queue.maintenance import QueueMaintenance
 from agent_runtime.queue.validation import TEXT_ERRORS
+from agent_runtime.supervisor.cpu import CpuAccounting
 from agent_runtime.supervisor.health import HealthServer
 from agent_runtime.supervisor.launcher import WorkerLauncher
+from agent_runtime.supervisor.leaks import add_allocations, build_report, log_report
 from agent_runtime.supervisor.memory_guard import MemoryGuard
 from agent_runtime.supervisor.pgbouncer_metrics import PgBouncerMetrics
 from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
@@ -103,6 +109,7 @@ class Supervisor:
         # Consumers of ours that may still hold entries (forgotten once handed over).
         self._consumers: set[str] = set()
         self._memory = MemoryGuard(self.config, self.metrics, self)
+        self._cpu = CpuAccounting(self.metrics, self.config.workers)
         self._draining = False
         self._drain_deadline = 0.0
         self._exit_seen = asyncio.Event()
@@ -123,6 +130,7 @@ class Supervisor:
                                decode_responses=True, encoding_errors=TEXT_ERRORS,
                                socket_connect_timeout=5.0, socket_timeout=10.0,
                                client_name=f"{self.settings.pod_name}-sup")
+        self._redis = redis
         self._maintenance = QueueMaintenance(redis, self.config,
                                              pod_id=f"{self.settings.pod_name}-{self._boot_id}")
         self._leases = LeaseRenewal(self._maintenance, self.config.lease_seconds,
@@ -275,6 +283,7 @@ class Supervisor:
                 self.metrics.task_started(message.handler, message.wait, message.trace)
             case TaskDone():
                 handle.running.pop(message.entry, None)
+                handle.trend.task_done(message.handler, message.duration, message.at)
                 self.metrics.task_finished(message.handler, message.outcome, message.duration,
                                            message.retried, message.dead, message.at,
                                            message.trace)
@@ -292,6 +301,10 @@ class Supervisor:
                 self.retire(handle, "unhealthy", drain=False)
             case BootError():
                 handle.boot_error = message.error
+            case MemoryReport():
+                if handle.pending_report is not None:
+                    add_allocations(handle.pending_report, message)
+                    self._publish_memory_report(handle)
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -304,6 +317,12 @@ class Supervisor:
                                   + self.config.hang_grace_seconds + 5.0)
         self.metrics.restarts.labels(reason).inc()
         log.info("recycling worker %s (%s)", handle.consumer, reason)
+        if reason == "memory":
+            self._report_memory(handle, "recycled", self._recycle_detail(handle))
+            if self.config.tracemalloc_frames:  # the worker adds its allocations, then drains
+                pipe.send(handle.conn, ReportMemory())
+            else:
+                self._publish_memory_report(handle)
         if drain:
             pipe.send(handle.conn, Drain(self.config.task_timeout_seconds))
         slot = self._slots[handle.slot]
@@ -321,10 +340,47 @@ class Supervisor:
         if handle.retiring is None:
             self.metrics.restarts.labels(reason).inc()
         log.warning("killing worker %s (pid %s): %s", handle.consumer, handle.pid, detail)
+        if reason == "memory":
+            self._report_memory(handle, "killed", detail)
+            self._publish_memory_report(handle)
         handle.exit_error = f"worker killed: {detail}"
         started = [slot.entry_id for slot in handle.started_slots()]
         self._remember_errors(handle, started, handle.exit_error)
         handle.process.kill()
+
+    # -- memory reports ---------------------------------------------------------------------
+
+    def _recycle_detail(self, handle: WorkerHandle) -> str:
+        limit = self.config.max_worker_memory_bytes
+        if limit is not None and handle.uss is not None \
+                and handle.uss > limit * self.config.worker_memory_recycle_ratio:
+            return (f"USS {handle.uss} bytes above {self.config.worker_memory_recycle_ratio:g} "
+                    f"of its {limit} byte limit")
+        return "the largest worker while the pod's memory breaker is open"
+
+    def _report_memory(self, handle: WorkerHandle, action: str, detail: str) -> None:
+        if handle.pending_report is None:
+            handle.pending_report = build_report(
+                pod=self.settings.pod_name, worker=handle.consumer, slot=handle.slot,
+                pid=handle.pid, action=action, detail=detail, uss=handle.uss,
+                trend=handle.trend)
+
+    def _publish_memory_report(self, handle: WorkerHandle) -> None:
+        """Log the report and add it to the pool's capped stream (for the operator's Event);
+        best effort: a report must never get in the way of the recycle."""
+        report, handle.pending_report = handle.pending_report, None
+        if report is None:
+            return
+        message = log_report(report)
+        asyncio.get_running_loop().create_task(self._store_memory_report(report, message))
+
+    async def _store_memory_report(self, report: dict[str, Any], message: str) -> None:
+        try:
+            await self._redis.xadd(memory_reports_key(self.config.key_prefix),
+                                   {"report": json.dumps(report), "message": message},
+                                   maxlen=MEMORY_REPORTS_MAX_LENGTH, approximate=True)
+        except (RedisError, OSError) as exc:
+            log.warning("could not store the memory report of %s: %s", report["worker"], exc)
 
     def _remember_errors(self, handle: WorkerHandle, entry_ids: list[str] | tuple[str, ...],
                          error: str) -> None:
@@ -346,6 +402,7 @@ class Supervisor:
         handle.process.join(timeout=0)
         handle.close_board()
         handle.exited = True
+        self._publish_memory_report(handle)  # the worker died before adding its part
         self._started[handle.consumer] = handle.started_at_exit
         self._exit_seen.set()
         code = handle.process.exitcode
@@ -419,6 +476,7 @@ class Supervisor:
             self._next_memory_check = now + MEMORY_EVERY_SECONDS
             current = {id(slot.worker) for slot in self._slots if slot.worker is not None}
             self._memory.check(self._live(), current)
+            self._cpu.sample(self._live())
         live = self._live()
         states: dict[str, int] = {}
         for handle in live:

@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from agent_runtime.ipc.board import Board, TaskSlot, TaskSlotState
 from agent_runtime.ipc.messages import DbPoolSizes, Heartbeat, RunningEntry
+from agent_runtime.supervisor.leaks import MemoryTrend
 
 
 @dataclass
@@ -36,12 +38,15 @@ class WorkerHandle:
     kill_reason: str | None = None  # why we killed it (it is about to exit)
     exited: bool = False
     uss: int | None = None
+    cpu_seconds: float = 0.0  # CPU time counted so far (supervisor/cpu.py)
     db_pool: DbPoolSizes | None = None
     boot_error: str | None = None
     exit_error: str | None = None  # why it died or was killed, for its tasks' last error
     board: Board | None = None
     # At exit: the entries whose execution had started (read from the board, then closed).
     started_at_exit: tuple[str, ...] = ()
+    trend: MemoryTrend = field(default_factory=MemoryTrend)  # USS since warm-up, per handler
+    pending_report: dict[str, Any] | None = None  # a memory report waiting for the worker's part
 
     @property
     def pid(self) -> int | None:

@@ -76,6 +76,7 @@ class Finished:
     value: Any = None
     error: str | None = None
     dead_reason: str | None = None
+    exception: BaseException | None = None  # what the handler raised, for its traceback
 
 
 class TaskExecutor:
@@ -173,9 +174,11 @@ class TaskExecutor:
             return Finished("cancelled", "cancelled", error="cancelled on request")
         except PermanentTaskError as exc:
             return Finished("failure", "failed", error=truncate_error(f"{exc}"),
-                            dead_reason="permanent_error")
+                            dead_reason="permanent_error", exception=exc)
         except Exception as exc:  # any handler error is a task failure, never a worker crash
-            return self._failure(truncate_error(f"{type(exc).__name__}: {exc}"), can_retry)
+            finished = self._failure(truncate_error(f"{type(exc).__name__}: {exc}"), can_retry)
+            finished.exception = exc
+            return finished
         finally:
             running.in_handler = False
             await ctx.run_cleanups()
@@ -233,6 +236,7 @@ class TaskExecutor:
                               handler=handler.name, outcome=finished.outcome,
                               duration=now - started, retried=finished.status is None,
                               dead=finished.dead_reason, at=now, trace=trace_id))
+        log_outcome(envelope.task_id, handler.name, attempt, now - started, finished)
 
     async def _dead_letter(self, delivery: Delivery, envelope: TaskEnvelope | None, reason: str,
                            kind: str, handler_name: str) -> None:
@@ -251,12 +255,38 @@ class TaskExecutor:
                                                       result))
         self._notify(DeadLettered(handler=handler_name, reason=kind))
         log.warning("dead-lettered entry %s (task %s): %s", delivery.entry_id,
-                    task_id or "?", reason)
+                    task_id or "?", reason,
+                    extra={"event": "task_outcome", "task_id": task_id or None,
+                           "handler": handler_name, "entry_id": delivery.entry_id,
+                           "outcome": "dead_lettered", "status": "failed", "reason": kind,
+                           "error": reason})
 
     async def _store_in_db(self, result: TaskResult | None, events: list[Event]) -> None:
         store = self._store
         if store is not None:
             await durably(lambda: store.record(result, events))
+
+
+def log_outcome(task_id: str, handler: str, attempt: int, duration: float,
+                finished: Finished) -> None:
+    """The task's outcome line: ids, handler, attempt, duration and outcome, never the payload
+    or the result; a handler's exception with its traceback. `status` is the recorded status,
+    or `retrying` when the task runs again; `dead_letter_reason` when it was dead-lettered."""
+    status = finished.status or "retrying"
+    fields: dict[str, Any] = {
+        "event": "task_outcome", "task_id": task_id, "handler": handler, "attempt": attempt,
+        "duration_seconds": round(duration, 6), "outcome": finished.outcome, "status": status}
+    if finished.error is not None and finished.outcome != "cancelled":
+        fields["error"] = finished.error
+    if finished.dead_reason:
+        fields["dead_letter_reason"] = finished.dead_reason
+    level = logging.INFO if finished.outcome in ("success", "cancelled") else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    exc = finished.exception
+    log.log(level, "task %s %s after %.3fs (handler %s, attempt %d, %s)", task_id,
+            finished.outcome, duration, handler, attempt, status, extra=fields,
+            exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
 
 
 async def durably(operation: Callable[[], Awaitable[Any]], what: str = "record outcome") -> Any:

@@ -15,6 +15,7 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 
+from agent_runtime import logs
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.ipc import pipe
 from agent_runtime.ipc.board import Board
@@ -30,9 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def configure_logging(level: str, who: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, force=True,
-        format=f"%(asctime)s %(levelname)s {who}[%(process)d] %(name)s: %(message)s")
+    """JSON lines on stderr (`agent_runtime.logs`); `process` says who wrote each line."""
+    logs.configure(level, process=who)
 
 
 def _raise_oom_score() -> None:

@@ -35,8 +35,10 @@ from agent_runtime.ipc.messages import (
     DbPoolSizes,
     Drain,
     Heartbeat,
+    MemoryReport,
     Pause,
     Ready,
+    ReportMemory,
     Resume,
     Retiring,
     RunningEntry,
@@ -52,6 +54,7 @@ from agent_runtime.sdk.context import WorkerResources
 from agent_runtime.sdk.http import HttpClient
 from agent_runtime.tracing import WorkerTracing
 from agent_runtime.worker.execution import RunningTask, TaskExecutor
+from agent_runtime.worker.leaks import AllocationTracer
 from agent_runtime.worker.lifeline import Lifeline
 from agent_runtime.worker.stats import WorkerStats
 from agent_runtime.worker.task_handlers import HandlerRegistry, run_hook
@@ -102,6 +105,8 @@ class Worker:
         self._finished_tasks = 0
         self._redis_ok = True
         self._closers: list[Any] = []
+        self._tracer = (AllocationTracer(self.config.tracemalloc_frames)
+                        if self.config.tracemalloc_frames else None)
         self._lifeline = Lifeline(conn, board, consumer, self._on_control)
         self._outbox = pipe.Outbox(conn, self._lifeline.supervisor_gone)
 
@@ -156,6 +161,8 @@ class Worker:
         await self.queue.ensure_group()
         self.executor = TaskExecutor(self.queue, registry, self.resources, store, self._send,
                                      self._become_unhealthy, self._board)
+        if self._tracer is not None:  # last: what the warm-up allocated is the baseline
+            self._tracer.start()
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -344,6 +351,9 @@ class Worker:
                 self._paused = False
             case Adopt():
                 self._adopt_requested = True
+            case ReportMemory():
+                self._send(self._tracer.report() if self._tracer is not None
+                           else MemoryReport((), 0))
         self._wake.set()
 
     def _send_heartbeat(self) -> None:

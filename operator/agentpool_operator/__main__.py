@@ -18,6 +18,7 @@ from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
+from agentpool_operator.memoryreports import MemoryReportPoster
 from agentpool_operator.publisher import DirectoryPublisher
 from agentpool_operator.queuedir import parse_reference
 from agentpool_operator.reconcile import Reconciler
@@ -62,6 +63,9 @@ async def run(settings: Settings) -> None:
         keeper = DeletionCostKeeper(kube, reconciler.queues, reader)
         tasks.append(asyncio.create_task(keeper.run(settings.deletion_cost_seconds),
                                          name="deletion-cost"))
+        reports = MemoryReportPoster(kube, reconciler.queues, reader)
+        tasks.append(asyncio.create_task(reports.run(settings.deletion_cost_seconds),
+                                         name="memory-reports"))
     if settings.queue_directory:
         publisher = DirectoryPublisher(
             kube, reconciler.queues, *parse_reference(settings.queue_directory),

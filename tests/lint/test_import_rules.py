@@ -35,7 +35,8 @@ class Rule:
 # -- the runtime -------------------------------------------------------------------------------
 # Layers, bottom up: the foundation (contract, config, errors) and `aio`; `ipc` and `queue`;
 # `db`; `tracing`; `sdk`; `worker`; `supervisor`; `cli` on top. Each may import the layers below it.
-FOUNDATION = ("agent_runtime.contract", "agent_runtime.config", "agent_runtime.errors")
+FOUNDATION = ("agent_runtime.contract", "agent_runtime.config", "agent_runtime.errors",
+              "agent_runtime.logs")
 IO_LIBRARIES = ("redis", "asyncpg", "aiohttp", "psutil", "prometheus_client")
 PURE = "pure: no I/O library, so the operator and every process can load it cheaply"
 
@@ -50,6 +51,8 @@ RUNTIME_RULES = [
              + PURE),
     Rule("agent_runtime.errors", may_import=(), never=IO_LIBRARIES,
          why="every layer raises these"),
+    Rule("agent_runtime.logs", may_import=(), never=IO_LIBRARIES,
+         why="the JSON log format of every process (the operator's too); " + PURE),
     Rule("agent_runtime.aio", may_import=(), never=IO_LIBRARIES,
          why="asyncio building blocks under every layer; they know nothing of tasks"),
     Rule("agent_runtime.ipc", may_import=FOUNDATION,

@@ -77,6 +77,8 @@ OLDEST_TASK_SECONDS = 600
 ERROR_RATIO = 0.05
 RESTARTS_PER_15M = 5
 LEAK_GROWTH_PER_HOUR = 0.10
+LEAK_GROWTH_PER_DAY = 0.20
+MEMORY_QUOTA_RATIO = 0.80
 LOAD_GROWTH_TOLERANCE = 1.10
 DB_POOL_SATURATION = 0.9
 PGBOUNCER_WAIT_SECONDS = 1
@@ -205,6 +207,67 @@ MEMORY_LEAK_SUSPECTED = Alert(
         "reach maxMemoryPerWorker. 3) Fix: module-level caches, growing lists or unclosed "
         "clients in the handler are the usual causes; compare heap snapshots of an old and a "
         "fresh worker."
+    ),
+)
+
+# The seed's definition: about 20 % more memory over a day without more load. Slow leaks
+# that the hourly alert above never sees (a 20 % day is under 1 % an hour).
+_MEMORY_GROWTH_DAY = (f"sum {_POD} (deriv({m.WORKER_USS}[24h])) * 86400\n"
+                      f"  / sum {_POD} (avg_over_time({m.WORKER_USS}[24h]))")
+_LOAD_QUARTER_DAY = f"sum {_POD} (rate({m.TASKS_RECEIVED}[6h]))"
+_LOAD_DAY = f"sum {_POD} (rate({m.TASKS_RECEIVED}[24h]))"
+_A_DAY_AGO = f"sum {_POD} (avg_over_time({m.WORKER_USS}[1h] offset 23h))"
+
+MEMORY_GROWING_OVER_A_DAY = Alert(
+    name="AgentPoolWorkerMemoryGrowingOverADay",
+    # Only pods that had workers a day ago: with less data the 24 h window would extrapolate
+    # a young pod's warm-up into a daily trend.
+    expr=both(both(above(_MEMORY_GROWTH_DAY, LEAK_GROWTH_PER_DAY),
+                   above(_LOAD_QUARTER_DAY, f"{_number(LOAD_GROWTH_TOLERANCE)} * {_LOAD_DAY}",
+                         "<="),
+                   POD_LABELS),
+              _A_DAY_AGO, POD_LABELS),
+    signals=(_MEMORY_GROWTH_DAY, _LOAD_QUARTER_DAY, _LOAD_DAY),
+    for_="1h", severity="warning",
+    summary="AgentPool worker memory grew over the last day while the load did not.",
+    description=(f"Worker memory in pod {{{{ $labels.pod }}}} of {_pool()} grows by "
+                 f"{{{{ $value | humanizePercentage }}}} per day (threshold "
+                 f"{LEAK_GROWTH_PER_DAY:.0%}) while the task rate of the last 6 hours is not "
+                 "above the day's: a slow memory leak is likely."),
+    runbook=(
+        "Worker memory (USS, summed over the pod's worker processes) has grown by about a "
+        "fifth or more over 24 hours at a load that did not grow: a leak too slow for "
+        "AgentPoolWorkerMemoryLeakSuspected. 1) `kubectl describe agentpool <pool>`: "
+        "WorkerMemoryReport events name the handler the growth came with, per recycled worker. "
+        "2) To see the source lines, set spec.workers.tracemallocFrames (1 is enough; it slows "
+        "allocation-heavy code, so only while you look) and let workers be recycled for their "
+        "memory (spec.workers.maxMemoryPerWorker). 3) Meanwhile contain it with "
+        "spec.workers.maxTasksPerWorker."
+    ),
+)
+
+_MEMORY_USED = f"max {_POD} ({m.CONTAINER_MEMORY})"
+_MEMORY_LIMIT = f"max {_POD} ({m.CONTAINER_MEMORY_LIMIT})"
+_MEMORY_QUOTA = f"{_MEMORY_USED}\n  / {_MEMORY_LIMIT}"
+
+MEMORY_NEAR_LIMIT = Alert(
+    name="AgentPoolPodMemoryNearLimit",
+    # A pod without a known limit reports 0: it is never near it.
+    expr=both(above(_MEMORY_QUOTA, MEMORY_QUOTA_RATIO), above(_MEMORY_LIMIT, 0), POD_LABELS),
+    signals=(_MEMORY_USED, _MEMORY_LIMIT),
+    for_="15m", severity="warning",
+    summary="AgentPool pod uses most of its memory limit.",
+    description=(f"Pod {{{{ $labels.pod }}}} of {_pool()} uses {{{{ $value | "
+                 f"humanizePercentage }}}} of its memory limit (threshold "
+                 f"{MEMORY_QUOTA_RATIO:.0%}) for 15 minutes."),
+    runbook=(
+        "The pod's cgroup working set is above 80 % of its memory limit. Above 90 % the memory "
+        "breaker stops intake (AgentPoolMemoryBreakerOpen), above 95 % the largest worker is "
+        "killed, then the kernel kills the container. 1) Memory per worker on the pool "
+        "overview dashboard: one worker growing is a leak (see "
+        "AgentPoolWorkerMemoryGrowingOverADay and the pool's WorkerMemoryReport events); all "
+        "of them high is the workload. 2) Raise spec.resources.limits.memory, or lower "
+        "spec.workers.perPod or spec.workers.maxMemoryPerWorker."
     ),
 )
 
@@ -347,6 +410,8 @@ ALERTS: tuple[Alert, ...] = (
     TASK_ERROR_RATE_HIGH,
     WORKERS_RESTARTING,
     MEMORY_LEAK_SUSPECTED,
+    MEMORY_GROWING_OVER_A_DAY,
+    MEMORY_NEAR_LIMIT,
     MEMORY_BREAKER_OPEN,
     DB_POOL_SATURATED,
     PGBOUNCER_CLIENTS_WAITING,

@@ -231,6 +231,17 @@ OVERVIEW = Dashboard(
                       q(f"sum ({m.MEMORY_BREAKER_OPEN}{_WORKERS})", "pods"),
                   ), kind="stat", width=4),
         )),
+        ("CPU", (
+            Panel("CPU per worker", "CPU time (user + system) each worker slot uses, in cores.",
+                  "short", (
+                      q(f"sum by (pod, slot) (rate({m.WORKER_CPU}{_WORKERS}[{RATE}]))",
+                        "{{pod}} #{{slot}}"),
+                  ), width=12),
+            Panel("CPU per pod", "CPU time of each pod's runtime processes (supervisor and "
+                  "workers), in cores.", "short", (
+                      q(f"sum by (pod) (rate({m.POD_CPU}{_WORKERS}[{RATE}]))", "{{pod}}"),
+                  ), width=12),
+        )),
     ),
 )
 

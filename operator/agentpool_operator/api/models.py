@@ -16,7 +16,7 @@ API server rejects a bad spec with a message saying how to fix it.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -41,6 +41,7 @@ from agentpool_operator.api.status import AgentPoolStatus as AgentPoolStatus
 # The handler reference and stream name grammars are the runtime's (agent_runtime.contract):
 # the API server accepts exactly the references a worker can import.
 HANDLER_PATTERN = contract.HANDLER_REF_PATTERN
+HANDLER_NAME_PATTERN = contract.HANDLER_NAME_PATTERN
 STREAM_PATTERN = contract.STREAM_PATTERN
 IMAGE_PATTERN = r"^[^\s]+$"
 DEFAULT_PGBOUNCER_IMAGE = "ghcr.io/cloudnative-pg/pgbouncer:1.24.1"
@@ -76,6 +77,11 @@ class WorkersSpec(ApiModel):
     blocking handlers."""
     max_tasks_per_worker: int = Field(default=0, ge=0, le=10_000_000)
     """Recycle a worker process after this many tasks, to contain leaks; 0 never recycles."""
+    max_tasks_jitter: int = Field(default=contract.DEFAULT_MAX_TASKS_JITTER, ge=0,
+                                  le=10_000_000)
+    """Up to this many extra tasks (drawn per worker process) before a maxTasksPerWorker
+    recycle, so a pod's workers do not all recycle at once; no effect without
+    maxTasksPerWorker."""
     max_memory_per_worker: ResourceQuantity | None = Field(
         default=None,
         json_schema_extra=validations(cel(
@@ -89,6 +95,13 @@ class WorkersSpec(ApiModel):
     """Recycle a worker process once its memory use passes this quantity (e.g. 1Gi),
     before the container limit makes the kernel kill the whole pod; must be below
     resources.limits.memory. Unset: no per-worker cap."""
+    tracemalloc_frames: int = Field(default=contract.DEFAULT_TRACEMALLOC_FRAMES, ge=0,
+                                    le=contract.MAX_TRACEMALLOC_FRAMES)
+    """Leak diagnostics: above 0, every worker process traces its allocations (Python's
+    tracemalloc, this many frames each) from the end of its warm-up, and the memory report
+    of a worker recycled for its memory (an Event on the pool) names the source lines whose
+    held allocations grew most. Slows allocation-heavy Python code about tenfold: turn it on
+    to find a leak, not for good. 0: the report still gives the growth per task and handler."""
     task_timeout_seconds: int = Field(default=contract.DEFAULT_TASK_TIMEOUT_SECONDS, ge=1,
                                       le=7 * _DAY)
     """Hard deadline of one task; the worker running it is killed and replaced after it."""
@@ -104,6 +117,27 @@ class WorkersSpec(ApiModel):
         if value is not None:
             whole_bytes(value)
         return value
+
+
+class HttpSpec(ApiModel):
+    """The keep-alive HTTP session each worker process gives handlers (`ctx.http`)."""
+
+    max_connections: int = Field(default=contract.DEFAULT_HTTP_MAX_CONNECTIONS, ge=1,
+                                 le=100_000)
+    """Open connections per worker process, all hosts together."""
+    max_connections_per_host: int = Field(
+        default=contract.DEFAULT_HTTP_MAX_CONNECTIONS_PER_HOST, ge=0, le=100_000)
+    """Open connections per worker process to one host; 0: only maxConnections bounds them."""
+    keepalive_seconds: int = Field(default=contract.DEFAULT_HTTP_KEEPALIVE_SECONDS, ge=1,
+                                   le=3600)
+    """How long an idle connection stays open for reuse."""
+    timeout_seconds: int = Field(default=contract.DEFAULT_HTTP_TIMEOUT_SECONDS, ge=1,
+                                 le=7 * _DAY)
+    """Total time of one request (connect, send, read) unless the handler passes its own."""
+
+
+HandlerRef = Annotated[str, Field(max_length=contract.HANDLER_REF_MAX_LENGTH,
+                                  pattern=HANDLER_PATTERN)]
 
 
 class RedisConnection(ApiModel):
@@ -271,7 +305,7 @@ class TracingSpec(ApiModel):
 
 
 class MonitoringSpec(ApiModel):
-    """Metrics endpoints and Prometheus integration."""
+    """Metrics endpoints, log level and Prometheus integration."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -286,6 +320,10 @@ class MonitoringSpec(ApiModel):
 
     metrics: bool = True
     """Serve the runtime's Prometheus metrics on metricsPort."""
+    log_level: str = Field(default=contract.DEFAULT_LOG_LEVEL,
+                           pattern=contract.LOG_LEVEL_PATTERN)
+    """Level of the runtime's JSON logs: INFO writes one line per task outcome, WARNING only
+    failures."""
     metrics_port: int = Field(default=contract.DEFAULT_METRICS_PORT, ge=1024, le=65535)
     """Container port of the metrics endpoint."""
     pod_monitor: bool = False
@@ -335,6 +373,37 @@ class AgentPoolSpec(ApiModel):
         ),
     )
     """The task handler as `module:function`, imported once per warm worker process."""
+    handlers: dict[str, HandlerRef] | None = Field(
+        default=None, max_length=contract.MAX_NAMED_HANDLERS,
+        json_schema_extra=validations(
+            cel(
+                f"self.all(k, k.size() <= {contract.HANDLER_NAME_MAX_LENGTH} && "
+                f"k.matches({_cel_regex(HANDLER_NAME_PATTERN)}))",
+                "handler names must be 1-63 letters, digits, '-', '_' or '.', starting and "
+                "ending with a letter or digit (each is a metric label)",
+            ),
+            cel(
+                f"self.all(k, k != '{contract.DEFAULT_HANDLER_NAME}')",
+                f"handler name '{contract.DEFAULT_HANDLER_NAME}' is the pool's handler; "
+                "choose another name",
+                reason="FieldValueForbidden",
+            ),
+        ),
+    )
+    """More handlers in the same image, by name (name -> `module:function`): a task runs the
+    one it names (`submit(payload, handler=name)`), `default` (or none) runs `handler`. Every
+    worker process imports them all."""
+    init_hook: str | None = Field(
+        default=None, max_length=contract.HANDLER_REF_MAX_LENGTH,
+        json_schema_extra=validations(
+            cel(
+                f"self.matches({_cel_regex(HANDLER_PATTERN)})",
+                "initHook must be 'module:function', e.g. myagents.setup:load_models",
+            )
+        ),
+    )
+    """Optional `module:function` each worker process runs once while warming up, before it
+    takes tasks: load models, build clients every task shares."""
     replicas: int = Field(default=1, ge=0, le=1000)
     """Desired number of pods, within [minReplicas, maxReplicas]. Set by kubectl scale or,
     when autoscaling is enabled, by the autoscaler through the scale subresource."""
@@ -356,7 +425,9 @@ class AgentPoolSpec(ApiModel):
     autoscaling: AutoscalingSpec = section(AutoscalingSpec)
     """Queue-driven autoscaling."""
     monitoring: MonitoringSpec = section(MonitoringSpec)
-    """Metrics and Prometheus integration."""
+    """Metrics, logs and Prometheus integration."""
+    http: HttpSpec = section(HttpSpec)
+    """The HTTP session handlers share (`ctx.http`): connection limits and timeouts."""
     pod: PodOverrides = section(PodOverrides)
     """Scheduling and metadata overrides for the worker pods."""
     # Naming one budget twice is harmless (the operator uses it once); a CEL uniqueness rule
@@ -372,6 +443,17 @@ class AgentPoolSpec(ApiModel):
     def _handler_format(cls, value: str) -> str:
         # Mirrors the CEL rule, for objects that did not come through the API server.
         return contract.check_handler_ref(value)
+
+    @field_validator("init_hook")
+    @classmethod
+    def _init_hook_format(cls, value: str | None) -> str | None:
+        return None if value is None else contract.check_handler_ref(value)
+
+    @field_validator("handlers")
+    @classmethod
+    def _handler_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # Mirrors the CEL rules (and the runtime's own check: the names are its contract).
+        return None if value is None else contract.check_handler_names(value)
 
     @field_validator("image")
     @classmethod

@@ -278,3 +278,22 @@ async def cached_load(payload: dict[str, Any], ctx: TaskContext) -> Any:
         return {"answer": key.upper()}
 
     return await ctx.cache("answers").get_or_load(key, loader)
+
+
+async def introspect(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """What the worker was configured with, as its handlers see it: the HTTP session's
+    connection limits and timeout, whether the init hook ran, which process ran the task."""
+    session = ctx.http.session
+    connector = session.connector
+    assert connector is not None
+    return {"limit": connector.limit, "limit_per_host": connector.limit_per_host,
+            "timeout": session.timeout.total, "pid": os.getpid(),
+            "init_hook_ran": [os.getpid()] == _WARMED_IN}
+
+
+async def burn(payload: dict[str, Any], ctx: TaskContext) -> float:
+    """Spend `seconds` of CPU in this worker (blocking its loop); returns the CPU spent."""
+    start = time.process_time()
+    while time.process_time() - start < float(payload["seconds"]):
+        pass
+    return time.process_time() - start

@@ -228,3 +228,59 @@ def test_database_timeouts_default_to_the_runtime_s() -> None:
     rendered = json.loads(build_config_map(full_ctx())["data"]["runtime.yaml"])
     assert not {key for key in rendered if (key.startswith("db_") and "timeout" in key)
                 or "retention" in key}
+
+
+KNOBS = {
+    "handlers": {"summarise": "research_agents.summary:run", "fetch.v2": "research_agents.f:go"},
+    "initHook": "research_agents.setup:load_models",
+    "workers": {"maxTasksPerWorker": 200, "maxTasksJitter": 40, "tracemallocFrames": 3},
+    "http": {"maxConnections": 50, "maxConnectionsPerHost": 0, "keepaliveSeconds": 15,
+             "timeoutSeconds": 120},
+    "monitoring": {"logLevel": "WARNING"},
+}
+
+
+def test_handlers_init_hook_jitter_http_and_log_level_reach_the_runtime() -> None:
+    config = _runtime(build_config_map(minimal_ctx(KNOBS)))
+    assert config.handler_map == {"default": "echo_agent.tasks:handle",
+                                  "summarise": "research_agents.summary:run",
+                                  "fetch.v2": "research_agents.f:go"}
+    assert config.init_hook == "research_agents.setup:load_models"
+    assert (config.max_tasks_per_worker, config.max_tasks_jitter) == (200, 40)
+    assert config.tracemalloc_frames == 3
+    assert (config.http_limit, config.http_limit_per_host) == (50, 0)
+    assert (config.http_keepalive_seconds, config.http_timeout_seconds) == (15, 120)
+    assert config.log_level == "WARNING"
+
+
+@pytest.mark.parametrize(("handlers", "message"), [
+    ({"default": "m:f"}, "reserved"),
+    ({"-x": "m:f"}, "handler name '-x'"),
+    ({"x": "not a ref"}, "handlers.x"),
+    ({f"h{n}": "m:f" for n in range(33)}, "32"),
+])
+def test_a_handler_map_the_runtime_would_refuse_is_refused_in_the_spec(
+        handlers: dict[str, str], message: str) -> None:
+    from agentpool_operator.api import AgentPoolSpec
+
+    spec = {"image": "i", "handler": "m:f", "handlers": handlers,
+            "queue": {"redis": {"urlSecretRef": {"name": "r", "key": "u"}}}}
+    with pytest.raises(ValueError, match=message):
+        AgentPoolSpec.model_validate(spec)
+
+
+def test_the_new_knobs_default_to_the_runtime_s_values() -> None:
+    from agentpool_operator.api import AgentPoolSpec
+
+    spec = AgentPoolSpec.model_validate(
+        {"image": "i", "handler": "m:f", "queue": {"redis": {"urlSecretRef": {"name": "r",
+                                                                           "key": "u"}}}})
+    runtime = RuntimeConfig(pool="p", handler="m:f")
+    assert spec.workers.max_tasks_jitter == runtime.max_tasks_jitter
+    assert spec.workers.tracemalloc_frames == runtime.tracemalloc_frames
+    assert (spec.http.max_connections, spec.http.max_connections_per_host) == (
+        runtime.http_limit, runtime.http_limit_per_host)
+    assert (spec.http.keepalive_seconds, spec.http.timeout_seconds) == (
+        runtime.http_keepalive_seconds, runtime.http_timeout_seconds)
+    assert spec.monitoring.log_level == runtime.log_level
+    assert (spec.init_hook, spec.handlers) == (runtime.init_hook, None)

@@ -38,11 +38,12 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
      "the network-facing metrics API depends only on the API models and the contract"),
     ("**/*.py", ("asyncpg", "psutil"), "the operator reads no database and polices no process"),
 ]
-# What the operator may take from the runtime: the contract, the config it renders, and the
-# queue's key names and backlog reader (they read the queue's own layout, so they live with
-# the queue; the metrics API and the deletion-cost pass read the backlog). Never the
+# What the operator may take from the runtime: the contract, the config it renders, the log
+# format every process shares, and the queue's key names and backlog reader (they read the
+# queue's own layout, so they live with the queue; the metrics API and the deletion-cost pass
+# read the backlog). Never the
 # supervisor, the workers, the SDK or the queue's consumer and producer.
-FROM_THE_RUNTIME = ("agent_runtime.contract", "agent_runtime.config",
+FROM_THE_RUNTIME = ("agent_runtime.contract", "agent_runtime.config", "agent_runtime.logs",
                     "agent_runtime.queue.keys", "agent_runtime.queue.backlog")
 # Only these modules may use a Kubernetes client (everything else works on dicts): the
 # operator's adapter and its kopf wiring, and the metrics API's adapter and the request

@@ -14,15 +14,18 @@ import pytest
 from agent_runtime.ipc import messages, pipe
 from agent_runtime.ipc.messages import (
     Adopt,
+    AllocationGrowth,
     BootError,
     DbPoolSizes,
     DeadLettered,
     Drain,
     Heartbeat,
+    MemoryReport,
     Message,
     MetricDelta,
     Pause,
     Ready,
+    ReportMemory,
     Resume,
     Retiring,
     RunningEntry,
@@ -53,6 +56,10 @@ ONE_OF_EACH: list[Message] = [
     Pause(),
     Resume(),
     Adopt(),
+    ReportMemory(),
+    MemoryReport(top=(AllocationGrowth("/app/agents/tasks.py:42", 52_428_800, 50),),
+                 traced_bytes=60_000_000),
+    MemoryReport(top=(), traced_bytes=0),
 ]
 
 
