@@ -19,11 +19,21 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources import apiextensions_v1, apps_v1, autoscaling_v2, core_v1, policy_v1
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources import (
+    apiextensions_v1,
+    apps_v1,
+    autoscaling_v2,
+    coordination_v1,
+    core_v1,
+    policy_v1,
+)
 from lightkube.types import PatchType
 
 from agentpool_operator.api import GROUP, KIND, PLURAL, VERSION
 from agentpool_operator.errors import ApiFailure, TransientError
+from agentpool_operator.leader import LeaseConflict, LeaseRecord
 
 FIELD_MANAGER = "agentpool-operator"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "agentpool-operator"}
@@ -99,6 +109,10 @@ class Kube:
 
     async def close(self) -> None:
         await self._client.close()
+
+    def leases(self, namespace: str, name: str) -> KubeLeases:
+        """The leader election's Lease, on the same connection."""
+        return KubeLeases(self._client, namespace, name)
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str
                   ) -> dict[str, Any] | None:
@@ -212,3 +226,61 @@ class Kube:
         except (ApiError, httpx.HTTPError):
             # An event is best effort: failing to post one must not fail the reconcile.
             return
+
+
+class KubeLeases:
+    """The leader election's Lease (`leader.LeaseStore`), read and replaced with optimistic
+    concurrency (the resourceVersion read). Not counted as writes: renewing the lease is
+    the election's heartbeat, not a change the operator makes."""
+
+    def __init__(self, client: AsyncClient, namespace: str, name: str) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._name = name
+
+    def _lease(self, record: LeaseRecord, resource_version: str | None) -> coordination_v1.Lease:
+        return coordination_v1.Lease(
+            metadata=ObjectMeta(name=self._name, namespace=self._namespace,
+                                resourceVersion=resource_version),
+            spec=LeaseSpec(holderIdentity=record.holder,
+                           leaseDurationSeconds=record.duration_seconds,
+                           acquireTime=record.acquired, renewTime=record.renewed,
+                           leaseTransitions=record.transitions))
+
+    @staticmethod
+    def _version(lease: coordination_v1.Lease) -> str:
+        return (lease.metadata.resourceVersion if lease.metadata else None) or ""
+
+    async def read(self) -> tuple[LeaseRecord, str] | None:
+        try:
+            with _calling(f"get Lease {self._namespace}/{self._name}"):
+                lease = await self._client.get(coordination_v1.Lease, self._name,
+                                               namespace=self._namespace)
+        except _NotFound:
+            return None
+        spec = lease.spec or LeaseSpec()
+        record = LeaseRecord(holder=spec.holderIdentity or "",
+                             duration_seconds=spec.leaseDurationSeconds or 0,
+                             acquired=spec.acquireTime, renewed=spec.renewTime,
+                             transitions=spec.leaseTransitions or 0)
+        return record, self._version(lease)
+
+    async def create(self, record: LeaseRecord) -> str:
+        with _lease_conflicts(), _calling(f"create Lease {self._namespace}/{self._name}"):
+            return self._version(await self._client.create(self._lease(record, None)))
+
+    async def update(self, record: LeaseRecord, resource_version: str) -> str:
+        with _lease_conflicts(), _calling(f"update Lease {self._namespace}/{self._name}"):
+            return self._version(await self._client.replace(
+                self._lease(record, resource_version)))
+
+
+@contextlib.contextmanager
+def _lease_conflicts() -> Iterator[None]:
+    """A 409 (changed since read, or created meanwhile) means another candidate came first."""
+    try:
+        yield
+    except TransientError as error:
+        if isinstance(error.__cause__, ApiError) and error.__cause__.status.code == 409:
+            raise LeaseConflict(str(error)) from error
+        raise

@@ -65,6 +65,11 @@ class OperatorMetrics:
             "1 while the AgentPool watch lags behind the API server (liveness fails).",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "agentpool_operator_leader",
+            "1 while this replica holds the leader lease and reconciles (always 1 without "
+            "leader election); 0 while it stands by.", registry=self.registry,
+        )
         self.registry.register(_PoolsCollector(pool_conditions))
 
     def count_write(self, verb: str, kind: str) -> None:

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from agentpool_operator.queuedir import parse_reference
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """Where the Lease is, who this replica is, and client-go's three timings (seconds)."""
+
+    namespace: str
+    name: str
+    identity: str
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,8 @@ class Settings:
     queue_directory: str = ""
     """`NAMESPACE/NAME` of the Secret to publish the queue directory in (`publisher.py`) for
     the metrics API server; empty: none."""
+    leader_election: LeaderElection | None = None
+    """Elect one leader among replicas on a Lease (`leader.py`); None: run as the only one."""
 
     @property
     def clusterwide(self) -> bool:
@@ -58,6 +77,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
                         metavar="NAMESPACE/NAME",
                         help="publish each served pool's queue in this Secret for the metrics "
                              "API server (the chart creates it)")
+    _leader_election_arguments(parser, env)
     args = parser.parse_args(argv)
     if args.queue_directory:
         try:
@@ -71,4 +91,53 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         health_port=args.health_port, health_host=args.health_host, workers=args.workers,
         stall_seconds=args.stall_seconds, log_level=args.log_level.upper(),
         deletion_cost_seconds=args.deletion_cost_seconds, queue_directory=args.queue_directory,
+        leader_election=_leader_election(parser, args),
     )
+
+
+def _leader_election_arguments(parser: argparse.ArgumentParser,
+                               env: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("leader election (several replicas, one reconciling)")
+    group.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
+                       help="reconcile only while holding the Lease below; default: off (run "
+                            "a single replica)")
+    group.add_argument("--leader-election-namespace",
+                       default=env.get("POD_NAMESPACE") or _service_account_namespace(),
+                       help="namespace of the Lease; default: $POD_NAMESPACE, or the pod's "
+                            "own namespace")
+    group.add_argument("--leader-election-name", default="agentpool-operator",
+                       help="name of the Lease")
+    group.add_argument("--leader-election-identity",
+                       default=f"{env.get('POD_NAME') or socket.gethostname()}_"
+                               f"{uuid.uuid4().hex[:8]}",
+                       help="this replica's holderIdentity; default: $POD_NAME (or the host "
+                            "name) and a random suffix")
+    group.add_argument("--leader-election-lease-duration", type=float, default=15.0,
+                       help="seconds a standby waits after the lease last changed before it "
+                            "takes over a leader that stopped renewing")
+    group.add_argument("--leader-election-renew-deadline", type=float, default=10.0,
+                       help="seconds the leader keeps trying to renew before it stops")
+    group.add_argument("--leader-election-retry-period", type=float, default=2.0,
+                       help="seconds between tries to take or renew the lease")
+
+
+def _service_account_namespace() -> str:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _leader_election(parser: argparse.ArgumentParser,
+                     args: argparse.Namespace) -> LeaderElection | None:
+    if not args.leader_elect:
+        return None
+    election = LeaderElection(
+        namespace=args.leader_election_namespace, name=args.leader_election_name,
+        identity=args.leader_election_identity,
+        lease_duration=args.leader_election_lease_duration,
+        renew_deadline=args.leader_election_renew_deadline,
+        retry_period=args.leader_election_retry_period)
+    if not 0 < election.retry_period < election.renew_deadline < election.lease_duration:
+        parser.error("leader election needs 0 < retry period < renew deadline < lease duration")
+    return election
