@@ -34,7 +34,11 @@ async def run(settings: Settings) -> int:
     """Serve health and metrics, and reconcile: at once, or while holding the leader lease.
     The exit code: 0 after a signal, 1 when leadership was lost."""
     conditions: dict[PoolKey, dict[str, str]] = {}
-    metrics = OperatorMetrics(lambda: conditions)
+    reconciler: Reconciler | None = None
+    metrics = OperatorMetrics(
+        lambda: conditions,
+        pool_details=lambda: reconciler.condition_details if reconciler else {},
+        autoscalers=lambda: reconciler.autoscalers if reconciler else {})
     kube = Kube.from_environment(count_write=metrics.count_write)
     election = settings.leader_election
     elector = None if election is None else LeaderElector(

@@ -106,6 +106,10 @@ class Reconciler:
     pod_monitor_api: bool = False
     keda_api: bool = False
     conditions: dict[PoolKey, dict[str, str]] = field(default_factory=dict)
+    condition_details: dict[PoolKey, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    """Each pool's conditions as last written: type -> (status, reason); for /metrics."""
+    autoscalers: dict[PoolKey, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    """The conditions of each pool's HPA as its watch delivered them (for /metrics)."""
     pools: LatestObjects[PoolKey] = field(default_factory=LatestObjects)
     deployments: LatestObjects[PoolKey] = field(default_factory=LatestObjects)
     """Latest watched bodies of the pools and of their Deployments (by pool key)."""
@@ -194,6 +198,8 @@ class Reconciler:
         if event_type is None:
             self.relisted.add((api_version, kind))
         pool_key = self._owning_pool(meta)
+        if kind == "HorizontalPodAutoscaler" and pool_key is not None:
+            self._note_autoscaler(pool_key, child, event_type == "DELETED")
         if event_type == "DELETED":
             self.children.drop(key, child)
             if pool_key is None:
@@ -217,6 +223,14 @@ class Reconciler:
             return None  # (re)listed and new to us: the resync's full reconcile checks it
         self.request_full(pool_key)
         return pool_key
+
+    def _note_autoscaler(self, key: PoolKey, hpa: dict[str, Any], deleted: bool) -> None:
+        conditions = (hpa.get("status") or {}).get("conditions") or []
+        if deleted or hpa["metadata"].get("name") != key[1]:
+            self.autoscalers.pop(key, None)
+            return
+        self.autoscalers[key] = {c["type"]: (c.get("status", ""), c.get("reason") or "")
+                                 for c in conditions if c.get("type")}
 
     def audit(self, api_version: str, kind: str, listed: Sequence[dict[str, Any]]
               ) -> set[PoolKey]:
@@ -310,6 +324,7 @@ class Reconciler:
             pool = await self.kube.get(API_VERSION, KIND, namespace, name)
         if pool is None or pool["metadata"].get("deletionTimestamp"):
             self.conditions.pop(key, None)
+            self.condition_details.pop(key, None)
             return
         self.pools.put(key, pool)
         generation = int(pool["metadata"].get("generation") or 0)
@@ -578,6 +593,8 @@ class Reconciler:
         current = pool.get("status") or {}
         desired = compute_status(observation, current, self.clock())
         self.conditions[key] = {c["type"]: c["status"] for c in desired["conditions"]}
+        self.condition_details[key] = {c["type"]: (c["status"], c.get("reason") or "")
+                                       for c in desired["conditions"]}
         if not status_changed(current, desired):
             return
         written = await self.kube.patch_pool_status(meta["namespace"], meta["name"], desired)

@@ -124,6 +124,12 @@ def test_helm_lint_strict(helm_offline: Helm) -> None:
     # Serving every namespace and a list of them at once is a contradiction.
     ({"operator": {"watchAllNamespaces": True, "watchNamespaces": ["a"]}},
      "/operator/watchNamespaces"),
+    # Two operators without leader election would both reconcile.
+    ({"operator": {"replicas": 2, "leaderElection": {"enabled": False}}},
+     "/operator/leaderElection/enabled"),
+    ({"metricsApi": {"podDisruptionBudget": {"enabled": True, "minAvailable": 1,
+                                             "maxUnavailable": 1}}},
+     "/metricsApi/podDisruptionBudget"),
 ])
 def test_the_values_schema_rejects_typos_and_unsafe_settings(
         helm_offline: Helm, values: dict[str, Any], error: str) -> None:
@@ -148,11 +154,26 @@ def test_default_render(helm_offline: Helm) -> None:
         assert labels["app.kubernetes.io/part-of"] == "agentpool"
 
 
-def test_operator_deployment_is_hardened_and_single(helm_offline: Helm) -> None:
+def test_operator_deployment_is_hardened_and_highly_available(helm_offline: Helm) -> None:
     deployment = one(helm_offline.render(), "Deployment", "agentpool-operator")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one leader: a new pod stands by until the old leader releases the Lease.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert {"--leader-elect", f"--leader-election-namespace={RELEASE_NAMESPACE}",
+            f"--leader-election-name={FULLNAME}", "--leader-election-lease-duration=15",
+            "--leader-election-renew-deadline=10",
+            "--leader-election-retry-period=2"} <= set(args)
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    single = one(helm_offline.render({"operator": {"replicas": 1,
+                                                   "leaderElection": {"enabled": False}}}),
+                 "Deployment", "agentpool-operator")
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [a for a in single["spec"]["template"]["spec"]["containers"][0]["args"]
+                if a.startswith("--leader")]
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -171,6 +192,35 @@ def test_operator_deployment_is_hardened_and_single(helm_offline: Helm) -> None:
     image = one(pinned, "Deployment", "agentpool-operator")["spec"]["template"]["spec"][
         "containers"][0]["image"]
     assert image == "ghcr.io/agentpool/agentpool-operator@sha256:" + "a" * 64
+
+
+def test_both_components_spread_and_keep_one_replica_through_disruptions(
+        helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    for name, component in ((FULLNAME, "operator"), (f"{FULLNAME}-metrics-api", "metrics-api")):
+        deployment = one(docs, "Deployment", name)
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == component
+        pdb = next(d for d in by_kind(docs, "PodDisruptionBudget")
+                   if d["metadata"]["name"] == name)
+        assert pdb["spec"]["minAvailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"] == selector
+        spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert [(c["topologyKey"], c["whenUnsatisfiable"]) for c in spread] == [
+            ("kubernetes.io/hostname", "ScheduleAnyway"),
+            ("topology.kubernetes.io/zone", "ScheduleAnyway")]
+        assert all(c["labelSelector"]["matchLabels"] == selector for c in spread)
+    # One replica: no budget (it would block every drain); an empty list: no spread.
+    single = helm_offline.render({"operator": {"replicas": 1, "topologySpreadConstraints": []},
+                                  "metricsApi": {"replicas": 1}})
+    assert not by_kind(single, "PodDisruptionBudget")
+    assert "topologySpreadConstraints" not in one(single, "Deployment", FULLNAME)["spec"][
+        "template"]["spec"]
+    custom = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+               "whenUnsatisfiable": "DoNotSchedule"}]
+    rendered = one(helm_offline.render({"metricsApi": {"topologySpreadConstraints": custom}}),
+                   "Deployment", f"{FULLNAME}-metrics-api")
+    assert rendered["spec"]["template"]["spec"]["topologySpreadConstraints"] == custom
 
 
 def test_crd_switches(helm_offline: Helm) -> None:

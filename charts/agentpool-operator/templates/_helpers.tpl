@@ -143,3 +143,55 @@ crash-loop check and the deletion-cost pass, patch for the deletion-cost annotat
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* The leader election's Lease, in the release namespace. */}}
+{{- define "agentpool-operator.leaseName" -}}
+{{- include "agentpool-operator.fullname" . }}
+{{- end }}
+
+{{/* A component's topologySpreadConstraints: its values' list when set (an empty list
+renders none), else spread over nodes and zones, softly (ScheduleAnyway: a single-node or
+single-zone cluster still runs every replica), counting only the pods of the same rollout
+(pod-template-hash) so a rolling update is not pushed aside by the pods it replaces.
+Arguments: root, values (the component's values), selector (its selector labels, YAML). */}}
+{{- define "agentpool-operator.topologySpread" -}}
+{{- $constraints := .values.topologySpreadConstraints }}
+{{- if kindIs "invalid" $constraints }}
+{{- $constraints = list }}
+{{- range $key := list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+{{- $constraints = append $constraints (dict "maxSkew" 1 "topologyKey" $key "whenUnsatisfiable" "ScheduleAnyway" "labelSelector" (dict "matchLabels" ($.selector | fromYaml)) "matchLabelKeys" (list "pod-template-hash")) }}
+{{- end }}
+{{- end }}
+{{- with $constraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A component's PodDisruptionBudget, only with more than one replica (with one, any
+minAvailable would block every node drain). Arguments: root, values, name, component,
+selector (YAML). */}}
+{{- define "agentpool-operator.pdb" -}}
+{{- if and .values.podDisruptionBudget.enabled (gt (int .values.replicas) 1) }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "agentpool-operator.labels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  {{- with .values.podDisruptionBudget }}
+  {{- if hasKey . "maxUnavailable" }}
+  maxUnavailable: {{ .maxUnavailable }}
+  {{- else }}
+  minAvailable: {{ .minAvailable | default 1 }}
+  {{- end }}
+  {{- end }}
+  unhealthyPodEvictionPolicy: AlwaysAllow
+  selector:
+    matchLabels:
+      {{- .selector | nindent 6 }}
+{{- end }}
+{{- end }}
