@@ -299,7 +299,15 @@ def test_monitoring_objects_follow_the_cluster_apis_and_values(helm_offline: Hel
                                            for r in g["rules"]]
     for r in rules:
         assert r["labels"]["team"] == "platform"
-        assert r["labels"]["severity"] == "warning"
+        assert r["labels"]["severity"] in {"warning", "critical"}
+        assert r["annotations"]["runbook_url"] == (
+            f"https://github.com/agentpool/agentpool/blob/main/docs/runbooks/{r['alert']}.md")
+    mirrored = one(helm_offline.render(
+        {"prometheusRule": {"runbookBaseUrl": "https://wiki.example.com/agentpool/"}},
+        api_versions=MONITORING_APIS), "PrometheusRule")
+    assert {r["annotations"]["runbook_url"] for g in mirrored["spec"]["groups"]
+            for r in g["rules"]} == {f"https://wiki.example.com/agentpool/{r['alert']}.md"
+                                     for r in rules}
     dashboards = by_kind(docs, "ConfigMap")
     assert len(dashboards) == len(DASHBOARDS)
     for cm in dashboards:
