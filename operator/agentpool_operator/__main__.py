@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from agentpool_operator import handlers, logs
+from agentpool_operator.certkeeper import CertKeeper
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.k8s import Kube
@@ -127,6 +128,9 @@ async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
             kube, reconciler.queues, *parse_reference(settings.queue_directory),
             listing=lambda: resyncer.last_list, verify_seconds=settings.resync_seconds)
         tasks.append(asyncio.create_task(publisher.run(), name="queue-directory"))
+    if settings.certs is not None:
+        certificates = CertKeeper(kube, settings.certs, metrics=reconciler.metrics)
+        tasks.append(asyncio.create_task(certificates.run(), name="certificates"))
     log.info("operator started", extra={"namespaces": ",".join(settings.namespaces) or "*"})
     try:
         await kopf.operator(

@@ -23,6 +23,7 @@ from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources import (
     apiextensions_v1,
+    apiregistration_v1,
     apps_v1,
     autoscaling_v2,
     coordination_v1,
@@ -193,6 +194,25 @@ class Kube:
         except _NotFound:
             return None
         return _as_dict(obj)
+
+    async def apiservice_ca_bundle(self, name: str) -> str | None:
+        """The APIService's spec.caBundle (base64, "" when unset); None when it is absent."""
+        try:
+            with _calling(f"get APIService {name}"):
+                found = await self._client.get(apiregistration_v1.APIService, name)
+        except _NotFound:
+            return None
+        return (found.spec.caBundle if found.spec else None) or ""
+
+    async def set_apiservice_ca_bundle(self, name: str, bundle: str) -> None:
+        """Apply spec.caBundle (base64) alone: the rest of the APIService is the chart's."""
+        self._count_write("apply", "APIService")
+        manifest = {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                    "metadata": {"name": name}, "spec": {"caBundle": bundle}}
+        with _calling(f"apply caBundle of APIService {name}"):
+            await self._client.patch(apiregistration_v1.APIService, name, manifest,
+                                     patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER,
+                                     force=True)
 
     async def crd_exists(self, name: str) -> bool:
         """Whether a CRD is installed (e.g. the Prometheus Operator's PodMonitor)."""

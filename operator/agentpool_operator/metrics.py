@@ -89,6 +89,14 @@ class OperatorMetrics:
             "1 while the AgentPool watch lags behind the API server (liveness fails).",
             registry=self.registry,
         )
+        self.certificate_checks = Counter(
+            "agentpool_operator_certificate_checks_total",
+            "Checks of the metrics API's certificates (operator-kept) by result: ok (nothing "
+            "to do), written (issued, renewed or repaired), failed.", ["result"],
+            registry=self.registry,
+        )
+        for result in ("ok", "written", "failed"):
+            self.certificate_checks.labels(result)
         self.leader = Gauge(
             "agentpool_operator_leader",
             "1 while this replica holds the leader lease and reconciles (always 1 without "

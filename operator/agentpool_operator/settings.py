@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import socket
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentpool_operator.certkeeper import CertSettings
 from agentpool_operator.queuedir import parse_reference
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -48,6 +50,8 @@ class Settings:
     the metrics API server; empty: none."""
     leader_election: LeaderElection | None = None
     """Elect one leader among replicas on a Lease (`leader.py`); None: run as the only one."""
+    certs: CertSettings | None = None
+    """Keep the metrics API's serving certificate (`certkeeper.py`); None: someone else does."""
 
     @property
     def clusterwide(self) -> bool:
@@ -78,6 +82,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
                         help="publish each served pool's queue in this Secret for the metrics "
                              "API server (the chart creates it)")
     _leader_election_arguments(parser, env)
+    _cert_arguments(parser)
     args = parser.parse_args(argv)
     if args.queue_directory:
         try:
@@ -92,7 +97,45 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         stall_seconds=args.stall_seconds, log_level=args.log_level.upper(),
         deletion_cost_seconds=args.deletion_cost_seconds, queue_directory=args.queue_directory,
         leader_election=_leader_election(parser, args),
+        certs=_certs(parser, args),
     )
+
+
+def _cert_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "the metrics API's certificates (when the operator keeps them: the chart's default)")
+    group.add_argument("--serving-cert", metavar="NAMESPACE/NAME", default="",
+                       help="the Secret to keep the metrics API's serving certificate in "
+                            "(tls.crt, tls.key, ca.crt); default: none")
+    group.add_argument("--serving-cert-ca-secret", metavar="NAME", default="",
+                       help="the Secret (same namespace) holding the CA that signs it")
+    group.add_argument("--serving-cert-service", metavar="NAME", default="",
+                       help="the metrics API's Service, whose DNS names the certificate "
+                            "carries")
+    group.add_argument("--serving-cert-apiservice", metavar="NAME", default="",
+                       help="the APIService whose caBundle to keep equal to the CA bundle")
+    group.add_argument("--serving-cert-validity-days", type=float, default=90.0,
+                       help="lifetime of a serving certificate; renewed after two thirds")
+
+
+def _certs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CertSettings | None:
+    if not args.serving_cert:
+        return None
+    try:
+        namespace, name = parse_reference(args.serving_cert)
+    except ValueError as error:
+        parser.error(f"--serving-cert: {error}")
+    if not args.serving_cert_ca_secret or not args.serving_cert_service:
+        parser.error("--serving-cert needs --serving-cert-ca-secret and --serving-cert-service")
+    if args.serving_cert_validity_days <= 0:
+        parser.error("--serving-cert-validity-days must be positive")
+    service = args.serving_cert_service
+    return CertSettings(
+        namespace=namespace, ca_secret=args.serving_cert_ca_secret, serving_secret=name,
+        hosts=(service, f"{service}.{namespace}", f"{service}.{namespace}.svc"),
+        apiservice=args.serving_cert_apiservice,
+        validity=dt.timedelta(days=args.serving_cert_validity_days),
+        check_seconds=min(args.resync_seconds, 60.0))
 
 
 def _leader_election_arguments(parser: argparse.ArgumentParser,

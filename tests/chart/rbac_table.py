@@ -73,10 +73,21 @@ def rows(readme: str | None = None) -> list[Row]:
     return found
 
 
+def _certificate_row(row: Row) -> bool:
+    """A right only the operator's certificate keeping needs (`metricsApi.tls.mode:
+    operator`): its two Secrets and the APIService's caBundle."""
+    return row.resources == ("apiservices",) or any(
+        name.endswith(("-metrics-api-ca", "-metrics-api-serving-cert")) for name in row.names)
+
+
 def grants(table: Sequence[Row], *, fullname: str, release_namespace: str, mode: str,
-           served: Iterable[str], metrics_api: bool = True) -> set[Grant]:
+           served: Iterable[str], metrics_api: bool = True, operator_certs: bool = True,
+           apiservice: bool = True) -> set[Grant]:
     """Every right the table gives in one install: `served` are the served namespaces of
-    mode "namespaced" (ignored for "all", where they are every namespace)."""
+    mode "namespaced" (ignored for "all", where they are every namespace). Without the
+    metrics API its rows go; without operator-kept certificates (another
+    `metricsApi.tls.mode`) theirs; without the APIService (`metricsApi.apiService.create`)
+    the caBundle's."""
     assert mode in MODES
     served = tuple(served)
     result: set[Grant] = set()
@@ -86,7 +97,12 @@ def grants(table: Sequence[Row], *, fullname: str, release_namespace: str, mode:
         account = row.account.replace("<fullname>", fullname)
         names = tuple(name.replace("<fullname>", fullname) for name in row.names)
         if not metrics_api and ("metrics-api" in account or any("metrics-api" in n
-                                                                  for n in names)):
+                                                                  for n in names)
+                                or _certificate_row(row)):
+            continue
+        if _certificate_row(row) and not operator_certs:
+            continue
+        if row.resources == ("apiservices",) and not apiservice:
             continue
         if row.where == "served":
             locations: tuple[str, ...] = (CLUSTER,) if mode == "all" else served

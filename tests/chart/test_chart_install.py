@@ -153,8 +153,12 @@ class Release:
         return self.operator
 
     def start_metrics_api(self) -> ChartProcess:
-        secret = self.cluster.kubectl_json("get", "secret", f"{self.metrics_api_name}-tls",
-                                           "-n", self.namespace)
+        # The operator fills the serving certificate's Secret (the chart makes it empty).
+        def filled() -> dict[str, Any] | None:
+            found = self.serving_secret()
+            return found if found.get("data") else None
+
+        secret = eventually(filled, timeout=30)
         for key in ("tls.crt", "tls.key", "ca.crt"):
             path = self.work / key
             path.write_bytes(base64.b64decode(secret["data"][key]))
@@ -173,6 +177,11 @@ class Release:
             health_url=f"http://127.0.0.1:{self.metrics_port}/readyz")
         self.metrics_api.start()
         return self.metrics_api
+
+    def serving_secret(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.cluster.kubectl_json(
+            "get", "secret", f"{self.metrics_api_name}-serving-cert", "-n", self.namespace)
+        return found
 
     def query_backlog(self, namespace: str, pool: str | None, token: str) -> tuple[int, Any]:
         """Ask the metrics API for a pool's backlog (None: every pool of the namespace) the way
@@ -322,8 +331,7 @@ def test_cluster_wide_install_upgrade_and_uninstall(
     if cluster.audit_log.exists():
         assert {"tokenreviews", "subjectaccessreviews"} <= reviews
 
-    tls_before = cluster.kubectl_json("get", "secret", f"{release.metrics_api_name}-tls",
-                                      "-n", release.namespace)["data"]
+    tls_before = release.serving_secret()["data"]
     directory = f"{release.metrics_api_name}-queues"
     published = cluster.kubectl_json("get", "secret", directory, "-n", release.namespace)
     assert published.get("data"), "the operator published no queue directory"
@@ -338,10 +346,9 @@ def test_cluster_wide_install_upgrade_and_uninstall(
                                 "-n", release.namespace)
     assert all(r["labels"]["team"] == "ops" for g in rule["spec"]["groups"]
                for r in g["rules"])
-    # The generated serving certificate survives upgrades (the APIService trusts its CA),
-    # and so does what the operator published in the chart's queue directory Secret.
-    assert cluster.kubectl_json("get", "secret", f"{release.metrics_api_name}-tls",
-                                "-n", release.namespace)["data"] == tls_before
+    # The serving certificate the operator keeps survives upgrades (the APIService trusts
+    # its CA), and so does what it published in the chart's queue directory Secret.
+    assert release.serving_secret()["data"] == tls_before
     assert cluster.kubectl_json("get", "secret", directory, "-n", release.namespace)[
         "data"] == published["data"]
 

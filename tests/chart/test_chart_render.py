@@ -9,6 +9,7 @@ the RBAC rules are exactly the README's RBAC table (`rbac_table.py`), in every i
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -37,6 +38,7 @@ NAMESPACED: dict[str, Any] = {"operator": {"watchNamespaces": ["team-a", "team-b
                               "crds": {"enabled": False}}
 ALL_NAMESPACES: dict[str, Any] = {"operator": {"watchAllNamespaces": True}}
 FULLNAME = "agentpool-operator"
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUa2V5\n-----END CERTIFICATE-----\n"
 RELEASE_NAMESPACE = "agentpool-system"
 
 
@@ -88,10 +90,11 @@ def rendered_grants(docs: list[Doc]) -> set[Grant]:
 
 
 def table_grants(mode: str, served: tuple[str, ...] = (), metrics_api: bool = True,
-                 ) -> set[Grant]:
+                 operator_certs: bool = True, apiservice: bool = True) -> set[Grant]:
     return rbac_table.grants(rbac_table.rows(), fullname=FULLNAME,
                              release_namespace=RELEASE_NAMESPACE, mode=mode, served=served,
-                             metrics_api=metrics_api)
+                             metrics_api=metrics_api, operator_certs=operator_certs,
+                             apiservice=apiservice)
 
 
 def diff(rendered: set[Grant], table: set[Grant]) -> str:
@@ -121,6 +124,14 @@ def test_helm_lint_strict(helm_offline: Helm) -> None:
     ({"grafanaDashboards": {"labelValue": 1}}, "/grafanaDashboards/labelValue"),
     ({"serviceMonitor": {"interval": "30 seconds"}}, "/serviceMonitor/interval"),
     ({"metricsApi": {"apiService": {"create": True, "caBundel": "x"}}}, "caBundel"),
+    # What the README says the schema refuses: a CA bundle that is not PEM ...
+    ({"metricsApi": {"tls": {"mode": "existingSecret", "existingSecret": "s",
+                             "caBundle": "LS0tLS1CRUdJTi=="}}}, "/metricsApi/tls/caBundle"),
+    # ... an existing Secret the chart would silently ignore ...
+    ({"metricsApi": {"tls": {"existingSecret": "s", "caBundle": PEM}}},
+     "/metricsApi/tls/mode"),
+    ({"metricsApi": {"tls": {"mode": "existingSecret"}}}, "/metricsApi/tls"),
+    ({"metricsApi": {"tls": {"mode": "selfSigned"}}}, "/metricsApi/tls/mode"),
     # Serving every namespace and a list of them at once is a contradiction.
     ({"operator": {"watchAllNamespaces": True, "watchNamespaces": ["a"]}},
      "/operator/watchNamespaces"),
@@ -327,21 +338,99 @@ def test_monitoring_objects_follow_the_cluster_apis_and_values(helm_offline: Hel
     assert not {"ServiceMonitor", "PrometheusRule", "ConfigMap"} & {d["kind"] for d in off}
 
 
-def test_the_metrics_api_keeps_its_generated_certificate_consistent(helm_offline: Helm) -> None:
-    docs = helm_offline.render()
-    secret = one(docs, "Secret", "metrics-api-tls")
+def test_the_operator_keeps_the_certificates_and_nothing_random_is_rendered(
+        helm_offline: Helm) -> None:
+    first, second = helm_offline.template().stdout, helm_offline.template().stdout
+    assert first == second  # GitOps: the same manifests on every render
+    docs = documents(first)
+    for suffix in ("metrics-api-ca", "metrics-api-serving-cert"):
+        secret = one(docs, "Secret", suffix)
+        assert secret["type"] == "Opaque"
+        assert "data" not in secret  # the operator fills it; re-applying leaves that alone
     api_service = one(docs, "APIService")
-    assert api_service["metadata"]["name"] == "v1beta1.external.metrics.k8s.io"
-    assert api_service["spec"]["caBundle"] == secret["data"]["ca.crt"]
-    assert api_service["spec"]["service"]["name"] == "agentpool-operator-metrics-api"
+    assert "caBundle" not in api_service["spec"]  # the operator sets it
+    assert api_service["spec"]["service"]["name"] == f"{FULLNAME}-metrics-api"
+    args = one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0][
+        "args"]
+    assert {f"--serving-cert={RELEASE_NAMESPACE}/{FULLNAME}-metrics-api-serving-cert",
+            f"--serving-cert-ca-secret={FULLNAME}-metrics-api-ca",
+            f"--serving-cert-service={FULLNAME}-metrics-api",
+            "--serving-cert-apiservice=v1beta1.external.metrics.k8s.io"} <= set(args)
+    mounted = one(docs, "Deployment", "metrics-api")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": f"{FULLNAME}-metrics-api-serving-cert"}} \
+        in mounted
     off = helm_offline.render({"metricsApi": {"enabled": False}})
     assert not [d for d in off if "metrics-api" in d["metadata"]["name"]
                 or d["kind"] == "APIService"]
+    assert not [a for a in one(off, "Deployment", FULLNAME)["spec"]["template"]["spec"][
+        "containers"][0]["args"] if a.startswith("--serving-cert")]
+
+
+CERT_MANAGER = ("cert-manager.io/v1",)
+
+
+def test_cert_manager_issues_the_certificate_and_injects_the_ca(helm_offline: Helm) -> None:
+    values = {"metricsApi": {"tls": {"mode": "certManager"}}}
+    refused = helm_offline.template(values, check=False)
+    assert refused.returncode != 0
+    assert "needs cert-manager (API cert-manager.io/v1)" in refused.stderr
+    docs = helm_offline.render(values, api_versions=CERT_MANAGER)
+    name = f"{FULLNAME}-metrics-api"
+    serving = next(d for d in by_kind(docs, "Certificate") if d["metadata"]["name"] ==
+                   f"{name}-tls")
+    assert serving["spec"]["dnsNames"] == [name, f"{name}.{RELEASE_NAMESPACE}",
+                                           f"{name}.{RELEASE_NAMESPACE}.svc"]
+    assert serving["spec"]["issuerRef"] == {"name": f"{name}-ca", "kind": "Issuer",
+                                            "group": "cert-manager.io"}
+    ca = next(d for d in by_kind(docs, "Certificate") if d["metadata"]["name"] == f"{name}-ca")
+    assert ca["spec"]["isCA"] is True
+    issuers = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "Issuer")}
+    assert issuers == {f"{name}-selfsigned": {"selfSigned": {}},
+                       f"{name}-ca": {"ca": {"secretName": f"{name}-ca-tls"}}}
+    api_service = one(docs, "APIService")
+    assert api_service["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{RELEASE_NAMESPACE}/{name}-tls"}
+    assert "caBundle" not in api_service["spec"]
+    assert not [d for d in by_kind(docs, "Secret") if "serving-cert" in d["metadata"]["name"]]
+    assert not [a for a in one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"][
+        "containers"][0]["args"] if a.startswith("--serving-cert")]
+    rendered, table = rendered_grants(docs), table_grants("namespaced", (RELEASE_NAMESPACE,),
+                                                          operator_certs=False)
+    assert rendered == table, diff(rendered, table)
+    # Your own issuer: only the serving certificate, from it.
+    ours = {"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    docs = helm_offline.render({"metricsApi": {"tls": {"mode": "certManager",
+                                                       "certManager": {"issuerRef": ours}}}},
+                               api_versions=CERT_MANAGER)
+    assert [d["metadata"]["name"] for d in by_kind(docs, "Certificate")] == [f"{name}-tls"]
+    assert one(docs, "Certificate")["spec"]["issuerRef"] == ours
+    assert not by_kind(docs, "Issuer")
+
+
+def test_an_existing_secret_and_its_ca_bundle(helm_offline: Helm) -> None:
+    docs = helm_offline.render({"metricsApi": {"tls": {
+        "mode": "existingSecret", "existingSecret": "my-tls", "caBundle": PEM}}})
+    assert one(docs, "APIService")["spec"]["caBundle"] == base64.b64encode(PEM.encode()).decode()
+    mounted = one(docs, "Deployment", "metrics-api")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": "my-tls"}} in mounted
+    rendered, table = rendered_grants(docs), table_grants("namespaced", (RELEASE_NAMESPACE,),
+                                                          operator_certs=False)
+    assert rendered == table, diff(rendered, table)
+    without = rendered_grants(helm_offline.render({"metricsApi": {"apiService": {
+        "create": False}}}))
+    assert without == table_grants("namespaced", (RELEASE_NAMESPACE,), apiservice=False)
 
 
 def _variants(namespace: str) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
     yield "defaults", {}, False
     yield "everything on", EVERYTHING_ON, True
+    yield "cert-manager", {"metricsApi": {"tls": {"mode": "certManager"}}}, False
+    yield "cert-manager, your issuer", {"metricsApi": {"tls": {"mode": "certManager",
+        "certManager": {"issuerRef": {"name": "platform", "kind": "ClusterIssuer",
+                                      "group": "cert-manager.io"}}}}}, False
+    yield "existing secret", {"metricsApi": {"tls": {"mode": "existingSecret",
+                                                     "existingSecret": "mine",
+                                                     "caBundle": PEM}}}, False
     yield "namespaced", {"operator": {"watchNamespaces": [namespace]}, "crds": {"enabled": False},
                          "podMonitor": {"enabled": True}}, True
     yield "all namespaces", {**ALL_NAMESPACES, "crds": {"enabled": False}}, False
@@ -352,10 +441,12 @@ def _variants(namespace: str) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
 
 @pytest.mark.cluster
 def test_rendered_objects_pass_the_api_servers_strict_validation(
-        cluster: Cluster, helm: Helm, monitoring_crds: list[str], namespace: str) -> None:
+        cluster: Cluster, helm: Helm, monitoring_crds: list[str], cert_manager_crds: list[str],
+        namespace: str) -> None:
     for name, values, monitoring in _variants(namespace):
         rendered = helm.template(values, namespace=namespace,
-                                 api_versions=MONITORING_APIS if monitoring else ()).stdout
+                                 api_versions=(MONITORING_APIS if monitoring else ())
+                                 + CERT_MANAGER).stdout
         docs = documents(rendered)  # duplicate keys fail here
         result = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
                                  input=rendered, check=False)

@@ -195,3 +195,27 @@ spec:
       {{- .selector | nindent 6 }}
 {{- end }}
 {{- end }}
+
+{{/* The external metrics APIService (one per cluster). */}}
+{{- define "agentpool-operator.apiServiceName" -}}
+v1beta1.external.metrics.k8s.io
+{{- end }}
+
+{{/* The Secret the metrics API's pods mount: tls.crt and tls.key (metricsApi.tls.mode). */}}
+{{- define "agentpool-operator.servingSecretName" -}}
+{{- $name := include "agentpool-operator.metricsApiName" . }}
+{{- $tls := .Values.metricsApi.tls }}
+{{- if eq $tls.mode "existingSecret" }}
+{{- required "metricsApi.tls.existingSecret is required with metricsApi.tls.mode=existingSecret" $tls.existingSecret }}
+{{- else if eq $tls.mode "certManager" }}
+{{- printf "%s-tls" $name }}
+{{- else }}
+{{- printf "%s-serving-cert" $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the CA the operator signs the serving certificate with (mode
+operator); only the operator reads it. */}}
+{{- define "agentpool-operator.caSecretName" -}}
+{{- printf "%s-ca" (include "agentpool-operator.metricsApiName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

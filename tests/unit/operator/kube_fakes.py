@@ -1,8 +1,10 @@
 """A test double for the operator's Kubernetes adapter (`agentpool_operator.k8s.Kube`): the
-pod and Secret calls of the deletion-cost pass and the queue-directory publisher."""
+pod and Secret calls of the deletion-cost pass and the queue-directory publisher, and the
+APIService caBundle of the certificate keeper."""
 
 from __future__ import annotations
 
+import base64
 import copy
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -34,6 +36,8 @@ class FakeOperatorKube:
     patches: list[tuple[str, str, str, str]] = field(default_factory=list)
     applied: list[dict[str, Any]] = field(default_factory=list)
     gets: int = 0
+    apiservices: dict[str, str] = field(default_factory=dict)
+    """caBundle by APIService name."""
 
     def as_kube(self) -> Kube:
         return cast(Kube, self)
@@ -66,6 +70,21 @@ class FakeOperatorKube:
                                          {"kind": "Secret", "metadata": dict(meta)})
         stored["data"] = dict(manifest["data"])
         return copy.deepcopy(stored)
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        found = await self.get("v1", "Secret", namespace, name)
+        if found is None:
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
+
+    async def apiservice_ca_bundle(self, name: str) -> str | None:
+        return self.apiservices.get(name)
+
+    async def set_apiservice_ca_bundle(self, name: str, bundle: str) -> None:
+        self._write(f"apply APIService {name}")
+        self.applied.append({"kind": "APIService", "metadata": {"name": name},
+                             "spec": {"caBundle": bundle}})
+        self.apiservices[name] = bundle
 
     def _write(self, what: str) -> None:
         if self.refuse_writes is not None:
