@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.plugins.runtime",
     "tests.plugins.metrics_api",
     "tests.plugins.chart",
+    "tests.plugins.releases",
 ]

@@ -126,7 +126,8 @@ async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
     if settings.queue_directory:
         publisher = DirectoryPublisher(
             kube, reconciler.queues, *parse_reference(settings.queue_directory),
-            listing=lambda: resyncer.last_list, verify_seconds=settings.resync_seconds)
+            listing=lambda: resyncer.last_list, verify_seconds=settings.resync_seconds,
+            key=settings.queue_directory_key)
         tasks.append(asyncio.create_task(publisher.run(), name="queue-directory"))
     if settings.certs is not None:
         certificates = CertKeeper(kube, settings.certs, metrics=reconciler.metrics)

@@ -154,8 +154,10 @@ class Kube:
         decoded.update(secret.get("stringData") or {})
         return decoded
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply under our field manager, taking ownership of conflicting fields."""
+    async def apply(self, manifest: dict[str, Any], field_manager: str | None = None
+                    ) -> dict[str, Any]:
+        """Server-side apply under our field manager (or `field_manager`), taking ownership of
+        conflicting fields."""
         meta = manifest["metadata"]
         kind = manifest["kind"]
         self._count_write("apply", kind)
@@ -163,7 +165,7 @@ class Kube:
             obj = await self._client.patch(
                 resource_for(manifest["apiVersion"], kind), meta["name"], manifest,
                 namespace=meta["namespace"], patch_type=PatchType.APPLY,
-                field_manager=FIELD_MANAGER, force=True,
+                field_manager=field_manager or FIELD_MANAGER, force=True,
             )
         return _as_dict(obj)
 

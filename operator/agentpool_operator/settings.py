@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentpool_operator import queuedir
 from agentpool_operator.certkeeper import CertSettings
 from agentpool_operator.queuedir import parse_reference
 
@@ -48,6 +49,8 @@ class Settings:
     queue_directory: str = ""
     """`NAMESPACE/NAME` of the Secret to publish the queue directory in (`publisher.py`) for
     the metrics API server; empty: none."""
+    queue_directory_key: str = queuedir.DATA_KEY
+    """The key it publishes under (another release's directory: `queuedir.shared_key`)."""
     leader_election: LeaderElection | None = None
     """Elect one leader among replicas on a Lease (`leader.py`); None: run as the only one."""
     certs: CertSettings | None = None
@@ -81,6 +84,9 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
                         metavar="NAMESPACE/NAME",
                         help="publish each served pool's queue in this Secret for the metrics "
                              "API server (the chart creates it)")
+    parser.add_argument("--queue-directory-key", default=queuedir.DATA_KEY, metavar="KEY",
+                        help="the data key to publish under: another release's directory "
+                             "takes queues.<namespace>.<name>.json.gz (metricsApi.shared)")
     _leader_election_arguments(parser, env)
     _cert_arguments(parser)
     args = parser.parse_args(argv)
@@ -89,6 +95,9 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
             parse_reference(args.queue_directory)
         except ValueError as error:
             parser.error(f"--queue-directory: {error}")
+    if not queuedir.is_directory_key(args.queue_directory_key):
+        parser.error("--queue-directory-key: want queues.json.gz or "
+                     "queues.<namespace>.<name>.json.gz")
     namespaces = args.namespace or [
         n.strip() for n in env.get("AGENTPOOL_WATCH_NAMESPACES", "").split(",") if n.strip()]
     return Settings(
@@ -96,6 +105,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         health_port=args.health_port, health_host=args.health_host, workers=args.workers,
         stall_seconds=args.stall_seconds, log_level=args.log_level.upper(),
         deletion_cost_seconds=args.deletion_cost_seconds, queue_directory=args.queue_directory,
+        queue_directory_key=args.queue_directory_key,
         leader_election=_leader_election(parser, args),
         certs=_certs(parser, args),
     )

@@ -42,6 +42,7 @@ from tests.plugins.chart import (
     container_of,
     documents,
     forbidden_requests,
+    route_apiservice,
     service_account_kubeconfig,
 )
 from tests.waiting import eventually
@@ -222,14 +223,7 @@ def serve(gitops: GitOps) -> None:
         return
     gitops.mount()
     gitops.start_metrics_api()
-    gitops.cluster.kubectl("patch", "service", METRICS_API, "-n", gitops.namespace,
-                           "--type=merge", "-p", json.dumps({"spec": {
-                               "type": "ExternalName", "externalName": "127.0.0.1",
-                               "clusterIP": None, "clusterIPs": None, "selector": None}}))
-    gitops.cluster.kubectl("patch", "apiservice", APISERVICE, "--type=merge", "-p",
-                           json.dumps({"spec": {"service": {"port": gitops.ports["secure"]}}}))
-    gitops.cluster.kubectl("wait", "--for=condition=Available", f"apiservice/{APISERVICE}",
-                           "--timeout=60s")
+    route_apiservice(gitops.cluster, gitops.namespace, METRICS_API, gitops.ports["secure"])
 
 
 def test_the_operator_renews_the_serving_certificate_and_the_metrics_api_serves_it(

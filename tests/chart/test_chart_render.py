@@ -268,6 +268,24 @@ def test_without_the_metrics_api_its_rows_go(helm_offline: Helm) -> None:
     assert not [d for d in docs if "queues" in d["metadata"]["name"]]
 
 
+def test_a_second_release_publishes_into_the_first_ones_metrics_api(helm_offline: Helm) -> None:
+    values = {"metricsApi": {"enabled": False, "shared": {"namespace": "platform",
+                                                          "fullname": "hub-agentpool-operator"}}}
+    docs = helm_offline.render(values, namespace="team-b")
+    args = one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--queue-directory=platform/hub-agentpool-operator-metrics-api-queues" in args
+    assert f"--queue-directory-key=queues.team-b.{FULLNAME}.json.gz" in args
+    assert not [d for d in docs if d["kind"] == "APIService" or "metrics-api" in
+                d["metadata"]["name"]]
+    rendered = rendered_grants(docs)
+    table = rbac_table.grants(rbac_table.rows(), fullname=FULLNAME,
+                              release_namespace="team-b", mode="namespaced", served=("team-b",),
+                              metrics_api=False, shared=("platform", "hub-agentpool-operator"))
+    assert rendered == table, diff(rendered, table)
+    assert Grant(FULLNAME, "platform", "", "secrets", "hub-agentpool-operator-metrics-api-queues",
+                 "patch") in rendered
+
+
 def test_the_operator_serves_only_the_namespaces_the_values_name(helm_offline: Helm) -> None:
     def namespace_args(values: dict[str, Any]) -> list[str]:
         args = one(helm_offline.render(values), "Deployment", "agentpool-operator")["spec"][

@@ -233,6 +233,22 @@ def external_metrics_apiservice(cluster: Cluster) -> Iterator[None]:
                             "--timeout=60s")
 
 
+def route_apiservice(cluster: Cluster, namespace: str, service: str, port: int) -> None:
+    """Lead the chart's APIService to a metrics API running locally on `port`: its Service
+    becomes an ExternalName for 127.0.0.1 (pod IPs are simulated) and the APIService names the
+    local port. The caBundle and the Service's name, for which the aggregator verifies the
+    served certificate, stay as they are; then wait until the aggregator reports the
+    APIService Available."""
+    cluster.kubectl("patch", "service", service, "-n", namespace, "--type=merge", "-p",
+                    json.dumps({"spec": {"type": "ExternalName", "externalName": "127.0.0.1",
+                                         "clusterIP": None, "clusterIPs": None,
+                                         "selector": None}}))
+    cluster.kubectl("patch", "apiservice", APISERVICE, "--type=merge", "-p",
+                    json.dumps({"spec": {"service": {"port": port}}}))
+    cluster.kubectl("wait", "--for=condition=Available", f"apiservice/{APISERVICE}",
+                    "--timeout=60s")
+
+
 def service_account_kubeconfig(cluster: Cluster, namespace: str, name: str, path: Path) -> Path:
     """A kubeconfig that authenticates as ServiceAccount `namespace/name` with a bound token
     from the TokenRequest API, against the cluster (server and CA) of the harness kubeconfig."""

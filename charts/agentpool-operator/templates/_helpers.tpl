@@ -219,3 +219,32 @@ operator); only the operator reads it. */}}
 {{- define "agentpool-operator.caSecretName" -}}
 {{- printf "%s-ca" (include "agentpool-operator.metricsApiName" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* Another release's queue directory this release's operator publishes into
+(metricsApi.shared), as namespace/name; "" when none. */}}
+{{- define "agentpool-operator.sharedDirectory" -}}
+{{- with .Values.metricsApi.shared }}
+{{- if and (not $.Values.metricsApi.enabled) .namespace .fullname }}
+{{- printf "%s/%s" .namespace (printf "%s-metrics-api-queues" .fullname | trunc 63 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The release (namespace/name) that owns an object, from Helm's ownership annotations;
+"" when Helm did not install it. */}}
+{{- define "agentpool-operator.helmOwner" -}}
+{{- $annotations := (.metadata | default dict).annotations | default dict }}
+{{- with index $annotations "meta.helm.sh/release-name" }}
+{{- printf "%s/%s" (index $annotations "meta.helm.sh/release-namespace") . }}
+{{- end }}
+{{- end }}
+
+{{/* The installed AgentPool CRD's owning release, when it is another release than this one
+(the chart then leaves the CRD to it); "" otherwise (absent, ours, or not Helm's). */}}
+{{- define "agentpool-operator.crdOwnedElsewhere" -}}
+{{- $crd := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" "agentpools.agentpool.dev" }}
+{{- $owner := include "agentpool-operator.helmOwner" $crd }}
+{{- if and $owner (ne $owner (printf "%s/%s" .Release.Namespace .Release.Name)) }}
+{{- $owner }}
+{{- end }}
+{{- end }}

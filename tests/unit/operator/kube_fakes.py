@@ -38,6 +38,8 @@ class FakeOperatorKube:
     gets: int = 0
     apiservices: dict[str, str] = field(default_factory=dict)
     """caBundle by APIService name."""
+    owners: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    """Per Secret, the field manager that applied each data key."""
 
     def as_kube(self) -> Kube:
         return cast(Kube, self)
@@ -62,13 +64,23 @@ class FakeOperatorKube:
         found = self.secrets.get((namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, manifest: dict[str, Any], field_manager: str | None = None
+                    ) -> dict[str, Any]:
         meta = manifest["metadata"]
         self._write(f"apply {manifest['kind']} {meta['namespace']}/{meta['name']}")
         self.applied.append(copy.deepcopy(manifest))
         stored = self.secrets.setdefault((meta["namespace"], meta["name"]),
                                          {"kind": "Secret", "metadata": dict(meta)})
-        stored["data"] = dict(manifest["data"])
+        # Server-side apply: a field manager's keys replace what that manager applied before,
+        # and leave the keys of other managers alone.
+        manager = field_manager or "agentpool-operator"
+        owned = self.owners.setdefault((meta["namespace"], meta["name"]), {})
+        data = stored.setdefault("data", {})
+        for key in [k for k, m in owned.items() if m == manager and k not in manifest["data"]]:
+            data.pop(key, None)
+            owned.pop(key)
+        data.update(manifest["data"])
+        owned.update({key: manager for key in manifest["data"]})
         return copy.deepcopy(stored)
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
