@@ -8,10 +8,10 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)
 DEV := $(PY) -m agentpool_dev
 
-.PHONY: deps venv lock services-install binaries up down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
+.PHONY: deps venv lock services-install nodes-install binaries images up up-kwok down crds chart-generate chart-check test-chart bench cluster-up cluster-down kubeconfig \
         services-up services-down lint typecheck test test-fast clean
 
-deps: venv services-install binaries
+deps: venv services-install nodes-install binaries
 
 venv: $(VENV)/.installed
 # Dependencies come from the lock (requirements/, refreshed by `make lock`) with their hashes,
@@ -25,16 +25,28 @@ $(VENV)/.installed: pyproject.toml requirements/dev.txt requirements/bench-arq.t
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# Re-resolve the lock files from pyproject.toml (newest versions it allows); commit the result.
+# Re-resolve the lock files from pyproject.toml (newest versions it allows), and the images'
+# wheelhouse lock from them; commit the result.
 lock:
 	bash hack/lock.sh
 
 services-install:
 	bash hack/install-services.sh
 
+# containerd, runc, CNI plugins, nftables, buildah, mmdebstrap: real nodes and image builds.
+nodes-install:
+	bash hack/install-nodes.sh
+
 # The first build takes 15-30 minutes on 2 cores; later runs reuse the cache and take a second.
+# Prometheus (with Kubernetes service discovery, for the real-pod tests) is cached the same way.
 binaries:
 	bash hack/testcluster/build.sh
+	bash hack/testcluster/build.sh node
+	bash hack/testcluster/build.sh prometheus
+
+# Container images for real nodes, built locally (no registry) and cached by content hash.
+images: venv
+	$(DEV) images build
 
 cluster-up: venv binaries
 	$(DEV) cluster up
@@ -51,9 +63,14 @@ services-up: venv services-install
 services-down: venv
 	$(DEV) services down
 
-# The main job: control plane, services, CRD, the operator and the example AgentPool, Ready.
+# The main job: control plane with a real node, images, services, CRD, operator, the example
+# AgentPool running in a real pod, and a batch of tasks processed by it.
 up: deps
 	$(DEV) up
+
+# API-only: the same with KWOK's simulated pods (no images, no containers, no tasks).
+up-kwok: deps
+	$(DEV) up --kwok
 
 down: venv
 	$(DEV) down
@@ -61,14 +78,14 @@ down: venv
 # Generated files: the CRD from the pydantic models, and the chart's dashboards, alert rules,
 # adapter rules and CRD template from the monitoring code. Tests fail when they are stale.
 crds: venv
-	$(PY) -m agentpool_operator.gen_crd
+	$(PY) -m agentpool_tools.gen_crd
 
 chart-generate: crds
-	$(PY) -m agentpool_operator.monitoring
+	$(PY) -m agentpool_tools.monitoring
 
 chart-check: venv
-	$(PY) -m agentpool_operator.gen_crd --check
-	$(PY) -m agentpool_operator.monitoring --check
+	$(PY) -m agentpool_tools.gen_crd --check
+	$(PY) -m agentpool_tools.monitoring --check
 
 # The chart alone: lint, render, strict validation, install/upgrade/uninstall, promtool, PromQL.
 test-chart: deps

@@ -123,6 +123,16 @@ async def _status(settings: RuntimeSettings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_supervisor(settings: RuntimeSettings) -> int:
+    # Not asyncio.run(): it waits for every task to finish cancelling, and one stuck in a
+    # client library's cleanup would keep a pod that has stopped from exiting.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(Supervisor(settings).run())
+    finally:
+        loop.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "run"
     if command == "run":
         configure_logging(settings.config.log_level, "supervisor")
-        return asyncio.run(Supervisor(settings).run())
+        return _run_supervisor(settings)
     configure_logging("WARNING", "cli")
     try:
         if command == "submit":

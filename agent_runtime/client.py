@@ -3,29 +3,41 @@
 Used by applications and by `cli.py`. Submitting is one XADD (or one Lua call with an
 idempotency key: the same key within `idempotency_ttl_seconds` returns the first task's id
 instead of queuing a duplicate). Each client has a reply list the workers push finished task
-ids to, so waiting is a blocking pop rather than polling; results of tasks submitted elsewhere
-are still found by a periodic read of their result keys. Results are read from Redis, then from
-PostgreSQL when the client has a database (results outlive their Redis TTL there).
+ids to; one reader per client pops it and wakes the waits concerned (`replies.py`), so any
+number of concurrent waits share one client without polling. Reads of results made in the
+same event-loop iteration share one MGET, and callers beyond the connection pool's size wait
+for a connection instead of failing. Results of tasks submitted elsewhere are still found by a
+periodic read of their result keys. Results are read from Redis, then from PostgreSQL when the
+client has a database (results outlive their Redis TTL there).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 
+from agent_runtime.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig, RuntimeSettings
 from agent_runtime.db import ResultStore, create_pool
+from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.errors import TaskCancelledError, TaskFailedError, TaskWaitTimeout
 from agent_runtime.keys import Keys
 from agent_runtime.messages import TaskEnvelope, TaskResult, encode_payload, new_task_id
+from agent_runtime.replies import ReplyReader
 from agent_runtime.scripts import SUBMIT_IDEMPOTENT
+
+log = logging.getLogger(__name__)
 
 CANCEL_TTL_SECONDS = 86400
 RECHECK_SECONDS = 1.0
+MAX_CONNECTIONS = 50
+CONNECTION_WAIT_SECONDS = 30.0
 Progress = Callable[[int, int, dict[str, TaskResult]], None]
 
 
@@ -38,11 +50,20 @@ class TaskClient:
         self._closers = list(closers)
         self.keys = Keys.for_config(config)
         self.reply_key = self.keys.reply(uuid.uuid4().hex)
+        self._replies = ReplyReader(redis, self.reply_key)
+        self._result_reads = PerIteration[tuple[str, ...], dict[str, TaskResult]](
+            self._read_results)
 
     @classmethod
     async def connect(cls, redis_url: str, config: RuntimeConfig,
                       database_url: str | None = None) -> TaskClient:
-        redis = Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5.0)
+        # Blocking pool: hundreds of concurrent calls on one client wait for a connection
+        # rather than fail with "Too many connections".
+        pool = BlockingConnectionPool.from_url(
+            redis_url, decode_responses=True, encoding_errors=TEXT_ERRORS,
+            socket_connect_timeout=5.0, max_connections=MAX_CONNECTIONS,
+            timeout=CONNECTION_WAIT_SECONDS)
+        redis = Redis(connection_pool=pool)
         closers: list[Callable[[], Any]] = [redis.aclose]
         store = None
         if database_url:
@@ -58,6 +79,7 @@ class TaskClient:
                                  db.get_secret_value() if db else None)
 
     async def close(self) -> None:
+        await self._replies.close()
         for close in reversed(self._closers):
             await close()
 
@@ -125,42 +147,58 @@ class TaskClient:
         return None
 
     async def _get_many(self, task_ids: list[str]) -> dict[str, TaskResult]:
+        """The results among `task_ids` that exist; the reads of concurrent waits made in one
+        event-loop iteration share their MGETs."""
+        if not task_ids:
+            return {}
+        return await self._result_reads(tuple(task_ids))
+
+    async def _read_through(self, task_ids: list[str]) -> dict[str, TaskResult]:
+        """`_get_many` for a wait: Redis restarting is a reason to look again at the next
+        re-read, not to give up waiting (the wait's own deadline still holds)."""
+        try:
+            return await self._get_many(task_ids)
+        except (RedisError, OSError) as exc:
+            log.warning("reading results failed (%s); looking again in %.0fs", exc,
+                        RECHECK_SECONDS)
+            return {}
+
+    async def _read_results(self, requests: list[tuple[str, ...]]) -> list[dict[str, TaskResult]]:
+        wanted = list(dict.fromkeys(t for ids in requests for t in ids))
         found: dict[str, TaskResult] = {}
-        for start in range(0, len(task_ids), 500):
-            chunk = task_ids[start:start + 500]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
             raws = await self._redis.mget([self.keys.result(t) for t in chunk])
             for task_id, raw in zip(chunk, raws, strict=True):
                 if raw is not None:
                     found[task_id] = TaskResult.from_json(raw)
-        return found
+        return [{t: found[t] for t in ids if t in found} for ids in requests]
 
     async def wait_many(self, task_ids: Iterable[str], max_wait: float | None = None,
                         on_progress: Progress | None = None) -> dict[str, TaskResult]:
         """Wait until every task has a final result; raises TaskWaitTimeout (with what is
-        done so far in `.args[1]`) if `max_wait` seconds pass first."""
+        done so far in `.args[1]`) if `max_wait` seconds pass first. Any number of waits may
+        run at once on one client: replies are read once and go to every wait concerned."""
         wanted = list(dict.fromkeys(task_ids))
         done: dict[str, TaskResult] = {}
         deadline = None if max_wait is None else time.monotonic() + max_wait
         next_recheck = 0.0
-        while len(done) < len(wanted):
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise TaskWaitTimeout(f"{len(wanted) - len(done)} of {len(wanted)} tasks not "
-                                      f"finished after {max_wait:g}s", done)
-            if now >= next_recheck:
-                missing = [t for t in wanted if t not in done]
-                done.update(await self._get_many(missing))
-                next_recheck = now + RECHECK_SECONDS
-            else:
-                block = RECHECK_SECONDS if deadline is None else min(RECHECK_SECONDS,
-                                                                     deadline - now)
-                popped = await self._redis.blpop([self.reply_key], timeout=max(block, 0.01))
-                if popped is not None:
-                    more = await self._redis.lpop(self.reply_key, 1000) or []
-                    ids = [t for t in [popped[1], *more] if t not in done]
-                    done.update(await self._get_many(ids))
-            if on_progress is not None:
-                on_progress(len(done), len(wanted), done)
+        with self._replies.watch(wanted) as watch:
+            while len(done) < len(wanted):
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise TaskWaitTimeout(f"{len(wanted) - len(done)} of {len(wanted)} tasks "
+                                          f"not finished after {max_wait:g}s", done)
+                if now >= next_recheck:
+                    # Also finds tasks whose reply went to another client (submitted there).
+                    next_recheck = now + RECHECK_SECONDS
+                    done.update(await self._read_through([t for t in wanted if t not in done]))
+                else:
+                    until = next_recheck if deadline is None else min(next_recheck, deadline)
+                    arrived = await watch.arrivals(max(until - now, 0.0))
+                    done.update(await self._read_through([t for t in arrived if t not in done]))
+                if on_progress is not None:
+                    on_progress(len(done), len(wanted), done)
         return {t: done[t] for t in wanted}
 
     async def wait(self, task_id: str, max_wait: float | None = None) -> TaskResult:

@@ -43,6 +43,9 @@ from agent_runtime.contract import (
     DATABASE_URL_ENV as DATABASE_URL_ENV,
 )
 from agent_runtime.contract import (
+    PGBOUNCER_STATS_URL_ENV as PGBOUNCER_STATS_URL_ENV,
+)
+from agent_runtime.contract import (
     POD_NAME_ENV as POD_NAME_ENV,
 )
 from agent_runtime.contract import (
@@ -65,6 +68,7 @@ class RuntimeSecrets(BaseModel):
     redis_url: SecretStr
     database_url: SecretStr | None = None
     cache_redis_url: SecretStr | None = None
+    pgbouncer_stats_url: SecretStr | None = None
 
     @property
     def effective_cache_redis_url(self) -> str:
@@ -108,10 +112,12 @@ def secrets_from_env(environ: Mapping[str, str]) -> RuntimeSecrets:
         raise ConfigError(f"{REDIS_URL_ENV} is not set")
     database_url = environ.get(DATABASE_URL_ENV) or None
     cache_url = environ.get(CACHE_REDIS_URL_ENV) or None
+    stats_url = environ.get(PGBOUNCER_STATS_URL_ENV) or None
     return RuntimeSecrets(
         redis_url=SecretStr(redis_url),
         database_url=SecretStr(database_url) if database_url else None,
         cache_redis_url=SecretStr(cache_url) if cache_url else None,
+        pgbouncer_stats_url=SecretStr(stats_url) if stats_url else None,
     )
 
 

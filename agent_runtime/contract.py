@@ -27,6 +27,9 @@ DATABASE_URL_ENV = "AGENTPOOL_DATABASE_URL"
 """Secret, optional: the PostgreSQL DSN (in the pod: the PgBouncer sidecar on loopback)."""
 CACHE_REDIS_URL_ENV = "AGENTPOOL_CACHE_REDIS_URL"
 """Secret, optional: a separate Redis for the cache helper."""
+PGBOUNCER_STATS_URL_ENV = "AGENTPOOL_PGBOUNCER_STATS_URL"
+"""Secret, optional: the pod's PgBouncer admin console as its stats-only user; when set,
+/metrics also serves PgBouncer's pool metrics (agent_runtime/pgbouncer_metrics.py)."""
 POD_NAME_ENV = "AGENTPOOL_POD_NAME"
 """This pod's name (downward API): consumers are named after it."""
 RESERVED_ENV_PREFIX = "AGENTPOOL_"
@@ -213,8 +216,8 @@ class RuntimeConfig(BaseModel):
     dead_letter_stream: str | None = Field(default=None, description="Dead-letter stream key.")
     max_deliveries: int = Field(
         default=DEFAULT_MAX_DELIVERIES, ge=1, le=MAX_DELIVERIES_LIMIT,
-        description="Executions of one task (retries and crash redeliveries "
-        "together) before it is dead-lettered.",
+        description="Executions of one task that started (retries and runs that took their "
+        "worker down, together) before it is dead-lettered; a hard bound.",
     )
     lease_seconds: float = Field(
         default=DEFAULT_LEASE_SECONDS, gt=0,

@@ -23,9 +23,17 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from agent_runtime.board import Board
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.context import TaskContext, WorkerResources
 from agent_runtime.db import ResultStore
+from agent_runtime.entries import (
+    EntryLimits,
+    bytes_safe,
+    clean_task_id,
+    dead_letter_copy,
+    decode_entry,
+)
 from agent_runtime.errors import MalformedTaskError, PermanentTaskError
 from agent_runtime.handlers import Handler, HandlerRegistry
 from agent_runtime.ipc import Message
@@ -34,7 +42,6 @@ from agent_runtime.messages import (
     TaskResult,
     TaskStatus,
     execution_number,
-    peek_task_id,
     retry_delay,
     truncate_error,
 )
@@ -52,9 +59,14 @@ class RunningTask:
     task_id: str
     handler: str
     started_at: float
+    slot: int = 0  # its slot on the worker's board
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
     in_handler: bool = False
+    handler_started: bool = False  # an execution, not only a delivery
+    # A sync handler's thread that outlived its task (timeout, drain): the entry must not run
+    # anywhere else until the thread has ended, or this process has.
+    thread_may_run: bool = False
 
 
 @dataclass
@@ -69,18 +81,20 @@ class Finished:
 class TaskExecutor:
     def __init__(self, queue: WorkQueue, registry: HandlerRegistry, resources: WorkerResources,
                  store: ResultStore | None, notify: Callable[[Message], None],
-                 on_unhealthy: Callable[[str], None]) -> None:
+                 on_unhealthy: Callable[[str], None], board: Board) -> None:
         self._queue = queue
+        self._board = board
         self._registry = registry
         self._resources = resources
         self._store = store
         self._notify = notify
         self._on_unhealthy = on_unhealthy
         self._config: RuntimeConfig = resources.settings.config
+        self._limits = EntryLimits(self._config.max_payload_bytes, queue.keys.reply(""))
 
     async def run(self, delivery: Delivery, running: RunningTask) -> None:
         try:
-            envelope = TaskEnvelope.from_fields(delivery.fields)
+            envelope = decode_entry(delivery.fields, self._limits)
         except MalformedTaskError as exc:
             await self._dead_letter(delivery, None, str(exc), "malformed", "unknown")
             return
@@ -108,6 +122,7 @@ class TaskExecutor:
                       "handler": handler.name, "wait": started - envelope.enqueued_at,
                       "at": started})
         finished = await self._execute(envelope, handler, attempt, running)
+        self._board.recording(running.slot, running.entry_id)
         await self._finish(delivery, envelope, handler, attempt, started, finished)
 
     async def _execute(self, envelope: TaskEnvelope, handler: Handler, attempt: int,
@@ -116,23 +131,29 @@ class TaskExecutor:
                           enqueued_at=envelope.enqueued_at, resources=self._resources)
         timeout = self._config.task_timeout_seconds
         can_retry = attempt < self._config.max_deliveries
+        payload = envelope.payload
+        thread: list[asyncio.Future[None]] = []
         running.in_handler = True
+        # The last step before the handler's first line, in the same event-loop step: the
+        # supervisor learns of the start even if the handler then blocks the loop.
+        self._board.start(running.slot, running.entry_id)
+        running.handler_started = True
         try:
             async with asyncio.timeout(timeout) as deadline:
-                value = await handler(envelope.payload, ctx)
+                value = await handler(payload, ctx, thread.append)
             json.dumps(value)  # the result must be storable; fail the task here if not
             return Finished("success", "succeeded", value=value)
         except TimeoutError:
             if not deadline.expired():
                 return self._failure("TimeoutError raised by the handler", can_retry)
-            if not handler.is_async:
-                # The thread cannot be stopped; it keeps a slot and maybe memory. Replace us.
-                self._on_unhealthy(f"sync handler {handler.name} ignored its {timeout}s timeout")
+            if thread:
+                await self._outlive_thread(thread[0], handler, running)
             error = f"task timed out after {timeout:g}s"
             finished = self._failure(error, can_retry)
             finished.outcome = "timeout"
             return finished
         except asyncio.CancelledError:
+            running.thread_may_run = bool(thread) and not thread[0].done()
             if running.cancel_reason != "cancel":
                 raise  # drain deadline: the worker hands the entry back
             current = asyncio.current_task()
@@ -147,6 +168,19 @@ class TaskExecutor:
         finally:
             running.in_handler = False
             await ctx.run_cleanups()
+
+    async def _outlive_thread(self, thread: asyncio.Future[None], handler: Handler,
+                              running: RunningTask) -> None:
+        """A sync handler passed its timeout; its thread cannot be stopped. Record the timeout
+        only once the thread has really ended: a retry must never run beside it. If it never
+        ends, the supervisor kills this worker at the deadline (its slot still says started)."""
+        if thread.done():
+            return
+        self._on_unhealthy(f"sync handler {handler.name} ignored its "
+                           f"{self._config.task_timeout_seconds:g}s timeout")
+        running.thread_may_run = True
+        await asyncio.shield(thread)
+        running.thread_may_run = False
 
     @staticmethod
     def _failure(error: str, can_retry: bool) -> Finished:
@@ -171,14 +205,15 @@ class TaskExecutor:
             events.append((envelope.task_id, "retry_scheduled", now, {"error": finished.error}))
         await self._store_in_db(result, events)
         if result is None:
-            delay = retry_delay(envelope.retries, self._config.retry_backoff_seconds,
+            delay = retry_delay(attempt - 1, self._config.retry_backoff_seconds,
                                 self._config.retry_backoff_max_seconds, random.Random())
-            await durably(lambda: self._queue.retry(delivery.entry_id, envelope,
+            await durably(lambda: self._queue.retry(delivery.entry_id, envelope, attempt,
                                                     finished.error or "", delay))
         elif finished.dead_reason:
             final = result
+            copy = dead_letter_copy(delivery.fields, self._limits)
             await durably(lambda: self._queue.dead_letter(
-                delivery.entry_id, delivery.fields, finished.error or "", envelope, final))
+                delivery.entry_id, copy, finished.error or "", envelope, final))
         else:
             final = result
             await durably(lambda: self._queue.complete(delivery.entry_id, envelope, final))
@@ -189,7 +224,8 @@ class TaskExecutor:
 
     async def _dead_letter(self, delivery: Delivery, envelope: TaskEnvelope | None, reason: str,
                            kind: str, handler_name: str) -> None:
-        task_id = envelope.task_id if envelope else peek_task_id(delivery.fields)
+        reason = bytes_safe(reason)
+        task_id = envelope.task_id if envelope else clean_task_id(delivery.fields)
         result = None
         if task_id:
             result = TaskResult(task_id=task_id, status="failed", handler=handler_name,
@@ -198,11 +234,12 @@ class TaskExecutor:
                                 finished_at=time.time(), worker=self._queue.consumer)
             await self._store_in_db(result, [(task_id, "dead_lettered", time.time(),
                                               {"error": reason})])
-        await durably(lambda: self._queue.dead_letter(delivery.entry_id, delivery.fields,
-                                                      reason, envelope, result))
+        copy = dead_letter_copy(delivery.fields, self._limits)
+        await durably(lambda: self._queue.dead_letter(delivery.entry_id, copy, reason, envelope,
+                                                      result))
         self._notify({"type": "dead", "handler": handler_name, "reason": kind})
-        log.warning("dead-lettered entry %s (task %s): %s", delivery.entry_id, task_id or "?",
-                    reason)
+        log.warning("dead-lettered entry %s (task %s): %s", delivery.entry_id,
+                    task_id or "?", reason)
 
     async def _store_in_db(self, result: TaskResult | None, events: list[Event]) -> None:
         store = self._store

@@ -13,6 +13,7 @@ The return value must be JSON-serialisable; it becomes the task's result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -63,13 +64,33 @@ class Handler:
                    wants_context=len(positional) >= 2 or any(
                        p.kind is p.VAR_POSITIONAL for p in params.values()))
 
-    async def __call__(self, payload: Any, ctx: Any) -> Any:
+    async def __call__(self, payload: Any, ctx: Any,
+                       on_thread: Callable[[asyncio.Future[None]], None] | None = None) -> Any:
+        """Run the handler. A sync one runs in the loop's default executor, so the loop keeps
+        heartbeating and serving other tasks meanwhile; `on_thread` receives a future that
+        completes when its thread has really finished (cancelling the await does not stop a
+        thread)."""
         args = (payload, ctx) if self.wants_context else (payload,)
         if self.is_async:
             return await self.func(*args)
-        # Sync handlers run in the loop's default executor (sized to the worker's concurrency)
-        # so the loop keeps heartbeating and serving other tasks meanwhile.
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.func(*args))
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        if on_thread is not None:
+            on_thread(finished)
+
+        def call() -> Any:
+            try:
+                return self.func(*args)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the process ends
+                    loop.call_soon_threadsafe(_resolve, finished)
+
+        return await loop.run_in_executor(None, call)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class HandlerRegistry:

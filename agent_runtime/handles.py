@@ -2,6 +2,9 @@
 
 Owned by `supervisor.py`; this module only keeps the facts (what runs where since when, last
 sign of life) and derives the worker's state from them, so the decisions stay in one place.
+When a handler started, and which entries really started, come from the worker's board
+(`board.py`), which is written independently of the worker's event loop and read here even
+after the worker died; the messages add task ids and handler names for metrics and errors.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+from agent_runtime.board import Board, Slot, SlotState
+from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
 
 
 @dataclass
@@ -34,6 +40,7 @@ class WorkerHandle:
     ready: bool = False
     running: dict[str, RunningEntry] = field(default_factory=dict)
     retiring: str | None = None  # why we asked it to drain
+    retire_detail: str | None = None  # what the worker said (unhealthy: which handler, why)
     retire_deadline: float = 0.0
     kill_reason: str | None = None  # why we killed it (it is about to exit)
     exited: bool = False
@@ -41,6 +48,9 @@ class WorkerHandle:
     db_pool: list[int] | None = None
     boot_error: str | None = None
     exit_error: str | None = None  # why it died or was killed, for its tasks' last error
+    board: Board | None = None
+    # At exit: the entries whose execution had started (read from the board, then closed).
+    started_at_exit: tuple[str, ...] = ()
 
     @property
     def pid(self) -> int | None:
@@ -73,14 +83,39 @@ class WorkerHandle:
         self.db_pool = [int(x) for x in db] if isinstance(db, list) and len(db) == 3 else None
 
     def oldest_task_age(self, now: float) -> float:
-        if not self.running:
-            return 0.0
-        return now - min(entry.started_at for entry in self.running.values())
+        """Seconds since the oldest running handler started (`now`: monotonic), from the
+        board: a handler that blocked the worker's loop from its first line counts too."""
+        started = [slot.started_at for slot in self.started_slots()
+                   if slot.state is SlotState.STARTED]
+        return now - min(started) if started else 0.0
+
+    def started_slots(self) -> list[Slot]:
+        return self.board.started() if self.board is not None and not self.exited else []
+
+    def close_board(self) -> None:
+        """At exit: keep which entries had started, release the shared memory."""
+        if self.board is not None:
+            self.started_at_exit = tuple(slot.entry_id for slot in self.board.started())
+            self.board.close()
+            self.board = None
+
+    def task_ids(self, entry_ids: tuple[str, ...] | list[str]) -> list[str]:
+        """Task ids of these entries, as far as the worker reported them."""
+        known = (self.running.get(entry_id) for entry_id in entry_ids)
+        return [entry.task_id for entry in known if entry is not None and entry.task_id]
+
+
+EXIT_MEANINGS = {
+    EXIT_SUPERVISOR_GONE: "its supervisor was gone",
+    EXIT_LEASES_LAPSING: "the pod's leases could not be confirmed",
+}
 
 
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "no exit status"
+    if code in EXIT_MEANINGS:
+        return f"exit code {code} ({EXIT_MEANINGS[code]})"
     if code < 0:
         try:
             return f"signal {-code} ({signal.Signals(-code).name})"

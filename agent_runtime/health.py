@@ -14,14 +14,18 @@ from aiohttp import web
 from agent_runtime.metrics import RuntimeMetrics
 
 Probe = Callable[[], tuple[bool, str]]
+Extra = Callable[[], Awaitable[bytes]]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class HealthServer:
-    def __init__(self, metrics: RuntimeMetrics, live: Probe, ready: Probe) -> None:
+    def __init__(self, metrics: RuntimeMetrics, live: Probe, ready: Probe,
+                 extra: Extra | None = None) -> None:
         self._metrics = metrics
         self._live = live
         self._ready = ready
+        # Series read from elsewhere at scrape time (PgBouncer's), appended to ours.
+        self._extra = extra
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -33,7 +37,10 @@ class HealthServer:
         return app
 
     async def _serve_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        body = self._metrics.render()
+        if self._extra is not None:
+            body += await self._extra()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     @staticmethod
     def _probe(probe: Probe) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

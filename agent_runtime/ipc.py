@@ -4,7 +4,8 @@ Worker -> supervisor (`type` field):
     ready       warm-up finished; the worker reads tasks from now on
     boot_error  warm-up failed (handler import, init hook, connections); `error` says why
     heartbeat   every `heartbeat_interval_seconds`: running tasks, metric deltas, DB pool sizes
-    start       a task started (`entry`, `task`, `handler`, `wait` = seconds since submission)
+    start       a task started (`entry`, `task`, `handler`, `wait` = seconds since submission);
+                for metrics and task ids: deadlines and hand-overs go by the board
     done        a task execution ended (`outcome`, `duration`, `retried`, `dead`)
     dead        an entry was dead-lettered without running (`handler`, `reason`)
     retiring    the worker reached its task budget and drains itself (`reason`)
@@ -63,13 +64,13 @@ def unpack(message: Message) -> Iterator[Message]:
             yield member
 
 
-# Ends of tasks (done, dead) wait this long for company: with tasks arriving one at a time,
-# a frame per event woke the supervisor twice per task; now the next task's start takes them
-# along. Metrics lag by at most this much. Everything else, "start" included, goes out in the
-# current event-loop iteration: a handler that then blocks the loop must already be known to
-# the supervisor, which kills it at its deadline.
+# Task events (start, done, dead) wait this long for company: with tasks arriving one at a
+# time, a frame per event woke the supervisor twice per task. They only feed metrics, which
+# lag by at most this much; the supervisor learns that a handler started from the worker's
+# board (`board.py`), written before the handler's first line, so a handler that blocks the
+# loop is still killed at its deadline. Everything else goes out in the current iteration.
 TASK_EVENT_DELAY_SECONDS = 0.005
-TASK_EVENTS = frozenset({"done", "dead"})
+TASK_EVENTS = frozenset({"start", "done", "dead"})
 
 
 class Outbox:

@@ -24,6 +24,12 @@ class Keys:
                    dead=config.dead_letter_key)
 
     @property
+    def pods(self) -> str:
+        """Sorted set of this pool's pods (supervisor boots): when each last renewed its leases
+        (Redis time, ms). A pod that stopped renewing is gone: its empty consumers go too."""
+        return f"{self.prefix}:pods"
+
+    @property
     def delayed(self) -> str:
         """Sorted set of envelopes waiting for their retry time (score: due Unix time)."""
         return f"{self.prefix}:delayed"

@@ -8,6 +8,7 @@ and a pod that dies stops renewing, which is exactly what lets other pods reclai
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from redis.asyncio import Redis
@@ -17,14 +18,32 @@ from agent_runtime.config import RuntimeConfig
 from agent_runtime.keys import Keys
 from agent_runtime.messages import peek_task_id
 from agent_runtime.queue import LAST_ERROR_TTL_SECONDS, ensure_group, is_nogroup
-from agent_runtime.scripts import HAND_BACK, PROMOTE_DUE, RENEW_LEASES, TRANSFER_PENDING
+from agent_runtime.scripts import (
+    HAND_BACK,
+    PROMOTE_DUE,
+    PRUNE_CONSUMERS,
+    RENEW_LEASES,
+    TRANSFER_PENDING,
+)
+
+# A lease is renewed once this share of it has passed.
+RENEW_THRESHOLD_SHARE = 1 / 3
+
+
+# A pod that has not renewed its leases for this many leases is gone.
+GONE_AFTER_LEASES = 3
+# Pods are forgotten this long after they were last seen.
+FORGET_PODS_AFTER_SECONDS = 86400.0
 
 
 class QueueMaintenance:
-    def __init__(self, redis: Redis, config: RuntimeConfig) -> None:
+    def __init__(self, redis: Redis, config: RuntimeConfig, pod_id: str = "") -> None:
+        """`pod_id`: this supervisor's boot, the prefix of its consumers' names ("" for tools
+        that only maintain)."""
         self._redis = redis
         self._config = config
         self.keys = Keys.for_config(config)
+        self.pod_id = pod_id
 
     async def _script(self, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -40,28 +59,34 @@ class QueueMaintenance:
 
     async def renew_leases(self, consumers: list[str]) -> int:
         """Reset the idle time of every entry the given consumers hold (renew each lease once a
-        third of it has passed, so a delayed tick still renews in time)."""
-        if not consumers:
+        third of it has passed, so a delayed tick still renews in time), and mark this pod
+        alive."""
+        if not consumers and not self.pod_id:
             return 0
-        threshold_ms = int(self._config.lease_seconds * 1000 / 3)
-        renewed = await self._script(RENEW_LEASES, [self.keys.stream],
-                                     [self.keys.group, threshold_ms, *consumers])
+        threshold_ms = int(self._config.lease_seconds * 1000 * RENEW_THRESHOLD_SHARE)
+        renewed = await self._script(RENEW_LEASES, [self.keys.stream, self.keys.pods],
+                                     [self.keys.group, threshold_ms, self.pod_id, *consumers])
         return int(renewed)
 
-    async def transfer(self, from_consumer: str, to_consumer: str) -> int:
-        """Move a dead worker's entries to the consumer of its replacement."""
+    async def transfer(self, from_consumer: str, to_consumer: str,
+                       started: Collection[str] = ()) -> int:
+        """Move a dead worker's entries to the consumer of its replacement; `started`: the
+        entries whose execution had started there (only those count a delivery)."""
         moved = await self._script(TRANSFER_PENDING, [self.keys.stream],
-                                   [self.keys.group, from_consumer, to_consumer])
+                                   [self.keys.group, from_consumer, to_consumer,
+                                    *sorted(started)])
         return int(moved)
 
-    async def hand_back_all(self, consumer: str) -> int:
+    async def hand_back_all(self, consumer: str, started: Collection[str] = ()) -> int:
         """Put everything a consumer holds back on the stream (final step of a drain)."""
-        handed = await self._script(HAND_BACK, [self.keys.stream], [self.keys.group, consumer])
+        handed = await self._script(HAND_BACK, [self.keys.stream],
+                                    [self.keys.group, consumer, 0, *sorted(started)])
         return int(handed)
 
     async def promote_due(self, limit: int = 500) -> int:
         """Move retries whose backoff has elapsed from the delayed set to the stream."""
-        moved = await self._script(PROMOTE_DUE, [self.keys.delayed, self.keys.stream],
+        moved = await self._script(PROMOTE_DUE, [self.keys.delayed, self.keys.stream,
+                                                 self.keys.dead],
                                    [repr(time.time()), limit])
         return int(moved)
 
@@ -74,19 +99,19 @@ class QueueMaintenance:
                 pipe.set(self.keys.last_error(task_id), error, ex=LAST_ERROR_TTL_SECONDS)
             await pipe.execute()
 
-    async def record_pending_errors(self, consumer: str, error: str) -> int:
-        """Remember `error` as the last error of every task a dead consumer still holds.
+    async def record_entry_errors(self, entry_ids: Collection[str], error: str) -> int:
+        """Remember `error` as the last error of the tasks of these entries (those whose
+        execution had started on a worker that died).
 
-        Read from the queue, not from what the worker last reported: a task that kills its
-        worker the moment it starts (a segfault in a C extension) is attributed too.
+        The task ids are read from the queue, not from what the worker last reported: a task
+        that kills its worker the moment it starts (a segfault in a C extension) is attributed
+        too.
         """
-        rows: Any = await self._redis.xpending_range(self.keys.stream, self.keys.group, "-",
-                                                     "+", 10_000, consumername=consumer)
-        if not rows:
+        if not entry_ids:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.xrange(self.keys.stream, row["message_id"], row["message_id"])
+            for entry_id in entry_ids:
+                pipe.xrange(self.keys.stream, entry_id, entry_id)
             entries: list[Any] = await pipe.execute()
         task_ids = [peek_task_id(found[0][1]) for found in entries if found]
         task_ids = [task_id for task_id in task_ids if task_id]
@@ -128,20 +153,22 @@ class QueueMaintenance:
         # MINID keeps entries >= floor; the floor entry itself may be pending or unread.
         return int(await self._redis.xtrim(self.keys.stream, minid=floor, approximate=False))
 
-    async def prune_consumers(self, idle_seconds: float) -> int:
-        """Delete consumers that hold nothing and were idle for long (pods that went away).
-        Consumers with pending entries are kept: deleting them would orphan their entries."""
-        try:
-            consumers = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group)
-        except ResponseError:
-            return 0
-        removed = 0
-        for consumer in consumers:
-            if int(consumer["pending"]) == 0 and int(consumer["idle"]) > idle_seconds * 1000:
-                await self._redis.xgroup_delconsumer(self.keys.stream, self.keys.group,
-                                                     str(consumer["name"]))
-                removed += 1
-        return removed
+    async def prune_consumers(self, idle_seconds: float) -> list[str]:
+        """Delete consumers that hold nothing and whose pod is gone (it stopped renewing its
+        leases `GONE_AFTER_LEASES` leases ago), or, for consumers of no known pod, that were
+        idle `idle_seconds`. Consumers holding entries are kept: deleting them would orphan
+        their entries; they go once others have reclaimed those. Returns the deleted names."""
+        gone_after_ms = int(GONE_AFTER_LEASES * self._config.lease_seconds * 1000)
+        removed = await self._script(
+            PRUNE_CONSUMERS, [self.keys.stream, self.keys.pods],
+            [self.keys.group, gone_after_ms, int(idle_seconds * 1000),
+             int(FORGET_PODS_AFTER_SECONDS * 1000)])
+        return [str(name) for name in removed or []]
+
+    async def leave(self) -> None:
+        """This pod stops: it is no longer alive for PRUNE_CONSUMERS (after a drain)."""
+        if self.pod_id:
+            await self._redis.zrem(self.keys.pods, self.pod_id)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

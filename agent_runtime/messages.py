@@ -9,7 +9,9 @@ An envelope is stored as flat stream-entry fields so `XRANGE` stays readable for
     handler      handler name from the pool's `handler_map` ("default" when omitted)
     payload      the JSON payload, as JSON text
     enqueued_at  submission time, Unix seconds (feeds the queue-wait histogram)
-    retries      executions that already ended in a retry (0 for a new task)
+    retries      executions of the task before this entry: runs that ended in a retry, that
+                 died with their worker or pod, or were interrupted by a drain (0 for a new
+                 task), so the attempt count goes on across entries
     error        the error of the last failed execution (empty for a new task)
     reply        optional Redis list the worker pushes the task id to when it finishes
     idem         optional idempotency key the task was submitted under
@@ -18,6 +20,7 @@ An envelope is stored as flat stream-entry fields so `XRANGE` stays readable for
 from __future__ import annotations
 
 import json
+import math
 import random
 import uuid
 from collections.abc import Mapping
@@ -87,8 +90,10 @@ class TaskEnvelope:
                 fields[name] = value
         return fields
 
-    def for_retry(self, error: str) -> TaskEnvelope:
-        return replace(self, retries=self.retries + 1, error=error[:MAX_ERROR_CHARS])
+    def for_retry(self, error: str, executions: int) -> TaskEnvelope:
+        """The envelope of the next entry of this task, after `executions` runs in all."""
+        return replace(self, retries=max(executions, self.retries + 1),
+                       error=truncate_error(error)[:MAX_ERROR_CHARS])
 
     @classmethod
     def from_fields(cls, raw: Mapping[Any, Any]) -> TaskEnvelope:
@@ -101,17 +106,24 @@ class TaskEnvelope:
             json.loads(fields["payload"])
         except ValueError as exc:
             raise MalformedTaskError(f"malformed task: payload is not JSON ({exc})") from exc
+        except RecursionError:
+            raise MalformedTaskError("malformed task: payload is nested too deeply to decode "
+                                     "as JSON") from None
         try:
             enqueued_at = float(fields["enqueued_at"])
             retries = int(fields.get("retries") or 0)
         except ValueError as exc:
             raise MalformedTaskError(f"malformed task: bad number ({exc})") from exc
+        if not math.isfinite(enqueued_at):
+            raise MalformedTaskError(f"malformed task: bad number (enqueued_at {enqueued_at})")
+        if retries < 0:
+            raise MalformedTaskError(f"malformed task: bad number (retries {retries} < 0)")
         return cls(
             task_id=fields["id"],
             handler=fields["handler"],
             payload_json=fields["payload"],
             enqueued_at=enqueued_at,
-            retries=max(retries, 0),
+            retries=retries,
             error=fields.get("error", ""),
             reply_to=fields.get("reply", ""),
             idempotency_key=fields.get("idem", ""),
@@ -151,6 +163,9 @@ class TaskResult:
 
 
 def truncate_error(message: str) -> str:
+    """An error message as it is stored: at most MAX_ERROR_CHARS, and valid UTF-8 whatever the
+    handler's exception held (a lone surrogate would fail every write to PostgreSQL)."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "..."
 
 
@@ -163,6 +178,7 @@ def retry_delay(retries: int, base: float, cap: float, rng: random.Random | None
 
 
 def execution_number(retries: int, deliveries: int) -> int:
-    """Which execution of a task this is: earlier retried runs plus deliveries of this entry
-    (each crash or hang of a worker adds a delivery)."""
+    """Which execution of a task this is: runs before this entry (`retries`) plus the
+    executions of this entry, this one included (`deliveries`: a delivery counts only when the
+    execution started - each run that died with its worker adds one; see `board.py`)."""
     return retries + max(deliveries, 1)

@@ -14,8 +14,9 @@ needs MAXLEN trimming (which would drop unacknowledged entries; see `maintenance
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,12 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from agent_runtime.coalesce import PerIteration
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.entries import bytes_safe
 from agent_runtime.keys import Keys
 from agent_runtime.messages import TaskEnvelope, TaskResult, normalise_fields
-from agent_runtime.scripts import COMPLETE, HAND_BACK
+from agent_runtime.scripts import ADOPT, COMPLETE, HAND_BACK
+
+log = logging.getLogger(__name__)
 
 REPLY_TTL_SECONDS = 86400
 LAST_ERROR_TTL_SECONDS = 7 * 86400
@@ -43,7 +47,9 @@ class Completion:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One stream entry handed to this consumer, with how often it has been delivered.
+    """One stream entry handed to this consumer, with its delivery count: executions of this
+    entry that started, this one included (a delivery to a worker that died before starting
+    it does not count; see `scripts.TRANSFER_PENDING`).
 
     `may_be_cancelled` is False when the read that delivered it also saw that no cancellation
     had been requested, so the task needs no cancellation check before it starts.
@@ -53,6 +59,12 @@ class Delivery:
     fields: dict[str, str]
     deliveries: int
     may_be_cancelled: bool = True
+
+    @property
+    def suspect(self) -> bool:
+        """An execution of this entry died with its worker or pod (or it was handed back as a
+        suspect): it may be what killed it, so it runs alone."""
+        return self.deliveries > 1 or self.fields.get("suspect") == "1"
 
 
 def is_nogroup(exc: ResponseError) -> bool:
@@ -122,24 +134,13 @@ class WorkQueue:
         return {row["message_id"]: int(row["times_delivered"]) for row in rows}
 
     async def adopt_own(self, exclude: set[str], count: int) -> list[Delivery]:
-        """Claim entries already owned by this consumer but not running here: moved to us by the
-        supervisor after our predecessor died. The claim counts as a delivery."""
-        rows: Any = await self._redis.xpending_range(
-            self.keys.stream, self.keys.group, min="-", max="+", count=count + len(exclude),
-            consumername=self.consumer,
-        )
-        ids: list[str] = [row["message_id"] for row in rows
-                          if row["message_id"] not in exclude][:count]
-        if not ids:
-            return []
-        claimed: Any = await self._redis.xclaim(self.keys.stream, self.keys.group, self.consumer,
-                                                0, list(ids))
-        found: dict[str, Any] = {i: f for i, f in claimed if f is not None}
-        gone = [entry_id for entry_id in ids if entry_id not in found]
-        if gone:  # deleted from the stream; nothing left to run, clear the PEL
-            await self._redis.xack(self.keys.stream, self.keys.group, *gone)
-        counts = await self._delivery_counts(found)
-        return [Delivery(i, normalise_fields(f), counts.get(i, 1)) for i, f in found.items()]
+        """Entries already owned by this consumer but not running here: moved to us by the
+        supervisor after our predecessor died. Adopting is not a delivery: the hand-over
+        counted the executions that had started."""
+        rows: Any = await self._redis.eval(ADOPT, 1, self.keys.stream, self.keys.group,
+                                           self.consumer, count, *sorted(exclude))
+        return [Delivery(str(entry_id), _pairs(fields), int(deliveries))
+                for entry_id, deliveries, fields in rows or []]
 
     async def reclaim_idle(self, count: int) -> list[Delivery]:
         """Take entries whose lease expired: their consumer's pod stopped renewing them."""
@@ -150,9 +151,12 @@ class WorkQueue:
         )
         # Resume from the cursor next time instead of rescanning the head of the PEL.
         self._autoclaim_cursor = str(reply[0])
+        # Counted as a delivery: the pod that held these is gone, and with it the knowledge of
+        # whether they had started. Counting keeps maxDeliveries a hard bound (a task that
+        # kills its whole pod must not loop forever); the count also makes them suspects.
         entries = [(i, f) for i, f in reply[1] if f is not None]
         counts = await self._delivery_counts(i for i, _ in entries)
-        return [Delivery(i, normalise_fields(f), counts.get(i, 1)) for i, f in entries]
+        return [Delivery(i, normalise_fields(f), counts.get(i, 2)) for i, f in entries]
 
     async def cancelled(self, task_ids: list[str]) -> set[str]:
         if not task_ids:
@@ -192,18 +196,23 @@ class WorkQueue:
         if self._complete_sha is None:
             self._complete_sha = await self._redis.script_load(COMPLETE)
         try:
-            await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+            unreplied = await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
         except NoScriptError:
             # Redis restarted (or SCRIPT FLUSH): load the script again and run once more.
             self._complete_sha = await self._redis.script_load(COMPLETE)
-            await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+            unreplied = await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+        for task_id in unreplied or []:
+            log.warning("task %s: its reply key is not a list; result stored without a reply",
+                        bytes_safe(str(task_id)))
         # An error reaches every task of the batch; each records again (harmless, see COMPLETE).
         return [None] * len(batch)
 
-    async def retry(self, entry_id: str, envelope: TaskEnvelope, error: str,
+    async def retry(self, entry_id: str, envelope: TaskEnvelope, executions: int, error: str,
                     delay: float) -> None:
-        """Park the task in the delayed set for its next attempt and acknowledge, atomically."""
-        member = json.dumps(envelope.for_retry(error).to_fields(), sort_keys=True)
+        """Park the task in the delayed set for its next attempt and acknowledge, atomically.
+        `executions`: how many times the task has run, this time included; the new entry
+        carries it on, so its attempts keep counting up."""
+        member = json.dumps(envelope.for_retry(error, executions).to_fields(), sort_keys=True)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.keys.delayed, {member: time.time() + delay})
             self._stage_ack(pipe, entry_id, envelope.task_id)
@@ -219,27 +228,33 @@ class WorkQueue:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.dead, dead, maxlen=self._config.dead_letter_max_length,
                       approximate=True)
+            best_effort: set[int] = set()
             if result is not None:
-                self._stage_result(pipe, envelope, result)
+                best_effort = self._stage_result(pipe, envelope, result)
             self._stage_ack(pipe, entry_id, result.task_id if result else "")
-            await _execute(pipe)
+            await _execute(pipe, best_effort)
 
-    async def hand_back(self, entry_ids: list[str]) -> int:
-        """Return unfinished entries to the stream for any consumer (drain deadline)."""
+    async def hand_back(self, entry_ids: list[str], started: set[str]) -> int:
+        """Return unfinished entries to the stream for any consumer (drain deadline);
+        `started`: those whose execution had started (it counts as one)."""
         if not entry_ids:
             return 0
         handed = await self._redis.eval(
-            HAND_BACK, 1, self.keys.stream, self.keys.group, self.consumer, *entry_ids
-        )
+            HAND_BACK, 1, self.keys.stream, self.keys.group, self.consumer, len(entry_ids),
+            *entry_ids, *sorted(started))
         return int(handed)
 
     def _stage_result(self, pipe: Any, envelope: TaskEnvelope | None,
-                      result: TaskResult) -> None:
+                      result: TaskResult) -> set[int]:
+        """Stage the result and the reply; returns the positions of the reply's commands,
+        which may fail (a reply key of another type) without failing the transaction."""
         pipe.set(self.keys.result(result.task_id), result.to_json(),
                  ex=self._config.result_ttl_seconds)
-        if envelope is not None and envelope.reply_to:
-            pipe.rpush(envelope.reply_to, result.task_id)
-            pipe.expire(envelope.reply_to, REPLY_TTL_SECONDS)
+        if envelope is None or not envelope.reply_to:
+            return set()
+        pipe.rpush(envelope.reply_to, result.task_id)
+        pipe.expire(envelope.reply_to, REPLY_TTL_SECONDS)
+        return {len(pipe) - 2, len(pipe) - 1}
 
     def _stage_ack(self, pipe: Any, entry_id: str, task_id: str) -> None:
         pipe.xack(self.keys.stream, self.keys.group, entry_id)
@@ -248,19 +263,26 @@ class WorkQueue:
             pipe.delete(self.keys.last_error(task_id))
 
 
-async def _execute(pipe: Any) -> None:
-    """EXEC, tolerating only NOGROUP on XACK (the group vanished with a Redis restart, so there
-    is nothing left to acknowledge); any other error is raised."""
-    error = _first_error(await pipe.execute(raise_on_error=False))
+async def _execute(pipe: Any, best_effort: Collection[int] = ()) -> None:
+    """EXEC, tolerating NOGROUP on XACK (the group vanished with a Redis restart, so there is
+    nothing left to acknowledge) and any error of the commands at `best_effort` positions
+    (EXEC does not roll back: the others took effect); any other error is raised."""
+    error = _first_error(await pipe.execute(raise_on_error=False), best_effort)
     if error is not None:
         raise error
 
 
-def _first_error(replies: list[Any]) -> ResponseError | None:
-    for reply in replies:
-        if isinstance(reply, ResponseError) and not is_nogroup(reply):
+def _first_error(replies: list[Any], best_effort: Collection[int]) -> ResponseError | None:
+    for position, reply in enumerate(replies):
+        if (isinstance(reply, ResponseError) and not is_nogroup(reply)
+                and position not in best_effort):
             return reply
     return None
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """Stream entry fields as a script returns them: [name, value, name, value, ...]."""
+    return normalise_fields(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -3,13 +3,18 @@
 Started by `supervisor.py` (through `worker_process.main`). Reads never take more entries than
 the worker has free slots (no prefetch: a crash re-runs only what was running). Before reading
 new work it adopts entries moved to it from a dead predecessor and reclaims entries whose lease
-expired. Reports to the supervisor over its pipe (`ipc.py`): ready, task start/finish, and a
-heartbeat with metric deltas; obeys drain/pause/resume/adopt.
+expired. An entry delivered more than once (a suspect: an execution of it died with its
+worker) runs alone, so that if it kills this worker too, no other task dies with it. Every
+task's slot on the board (`board.py`) says what it holds and whether its handler started.
+Reports to the supervisor over its pipe (`ipc.py`): ready, task start/finish, and a heartbeat
+with metric deltas; obeys drain/pause/resume/adopt, read by the lifeline thread
+(`lifeline.py`), which also ends the process when the supervisor is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -21,27 +26,34 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent_runtime import ipc
+from agent_runtime.board import Board
 from agent_runtime.cache import CacheInvalidations
 from agent_runtime.config import RuntimeSettings
 from agent_runtime.context import WorkerResources
 from agent_runtime.db import ResultStore, create_pool
+from agent_runtime.entries import TEXT_ERRORS
 from agent_runtime.execution import RunningTask, TaskExecutor
 from agent_runtime.handlers import HandlerRegistry, run_hook
 from agent_runtime.http import HttpClient
 from agent_runtime.keys import Keys
+from agent_runtime.lifeline import Lifeline
 from agent_runtime.queue import Delivery, WorkQueue
 from agent_runtime.stats import WorkerStats
+from agent_runtime.supervised import Beat, Supervised
 
 log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 500
 CANCEL_POLL_SECONDS = 0.5
+LEASE_WAIT_SECONDS = 0.1
+CLOSE_WAIT_SECONDS = 2.0
 
 
-def redis_client(url: str, *, name: str, read_timeout: float) -> Redis:
+def redis_client(url: str, *, name: str, read_timeout: float,
+                 encoding_errors: str = "strict") -> Redis:
     return Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0,
                           socket_timeout=read_timeout, health_check_interval=30,
-                          client_name=name)
+                          client_name=name, encoding_errors=encoding_errors)
 
 
 class Worker:
@@ -53,15 +65,20 @@ class Worker:
     _invalidations: CacheInvalidations
 
     def __init__(self, settings: RuntimeSettings, slot: int, consumer: str, conn: Connection,
-                 max_tasks: int | None) -> None:
+                 max_tasks: int | None, board: Board) -> None:
         self.settings = settings
         self.config = settings.config
         self.slot = slot
         self.consumer = consumer
         self._conn = conn
         self._max_tasks = max_tasks
+        self._board = board
+        self._free_slots = list(range(board.slots))
         self._stats = WorkerStats()
         self._running: dict[str, RunningTask] = {}
+        # Suspects wait here until the worker is otherwise idle; `_solo` is the one running.
+        self._suspects: collections.deque[Delivery] = collections.deque()
+        self._solo: str | None = None
         self._wake = asyncio.Event()
         self._draining = False
         self._drain_deadline = 0.0
@@ -70,7 +87,8 @@ class Worker:
         self._finished_tasks = 0
         self._redis_ok = True
         self._closers: list[Any] = []
-        self._outbox = ipc.Outbox(conn, self._supervisor_gone)
+        self._lifeline = Lifeline(conn, board, consumer, self._on_control)
+        self._outbox = ipc.Outbox(conn, self._lifeline.supervisor_gone)
 
     # -- warm-up ----------------------------------------------------------------------------
 
@@ -83,14 +101,18 @@ class Worker:
         # collector again, so their pages stay shared with the fork server (copy-on-write).
         gc.freeze()
         secrets = self.settings.secrets
-        redis = redis_client(secrets.redis_url.get_secret_value(), name=self.consumer,
-                             read_timeout=10.0)
-        reader = redis_client(secrets.redis_url.get_secret_value(), name=self.consumer,
-                              read_timeout=READ_BLOCK_MS / 1000 + 10.0)
+        url = secrets.redis_url.get_secret_value()
+        # Handlers get a client with plain string replies (`ctx.redis`); the queue's own clients
+        # never fail to decode what another producer wrote (see `entries.py`).
+        redis = redis_client(url, name=self.consumer, read_timeout=10.0)
+        queue_redis = redis_client(url, name=self.consumer, read_timeout=10.0,
+                                   encoding_errors=TEXT_ERRORS)
+        reader = redis_client(url, name=self.consumer, read_timeout=READ_BLOCK_MS / 1000 + 10.0,
+                              encoding_errors=TEXT_ERRORS)
         cache_url = secrets.effective_cache_redis_url
-        cache_redis = (redis if cache_url == secrets.redis_url.get_secret_value()
+        cache_redis = (redis if cache_url == url
                        else redis_client(cache_url, name=self.consumer, read_timeout=10.0))
-        self._closers += [redis.aclose, reader.aclose]
+        self._closers += [redis.aclose, queue_redis.aclose, reader.aclose]
         if cache_redis is not redis:
             self._closers.append(cache_redis.aclose)
         await redis.ping()
@@ -111,55 +133,74 @@ class Worker:
                                                  self.resources.caches)
         self._invalidations.start()
         self.store = store
-        self.queue = WorkQueue(redis, reader, self.config, self.consumer)
+        self.queue = WorkQueue(queue_redis, reader, self.config, self.consumer)
         await self.queue.ensure_group()
         self.executor = TaskExecutor(self.queue, registry, self.resources, store, self._send,
-                                     self._become_unhealthy)
+                                     self._become_unhealthy, self._board)
 
     # -- main loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._conn.fileno(), self._on_control)
-        background = [asyncio.create_task(self._heartbeats(), name="heartbeats"),
-                      asyncio.create_task(self._watch_cancellations(), name="cancellations")]
+        self._lifeline.start(asyncio.get_running_loop())
+        chores = [Supervised("heartbeats", self._heartbeats),
+                  Supervised("cancellation watch", self._watch_cancellations)]
+        background = [asyncio.create_task(chore.run(), name=chore.name) for chore in chores]
         self._send({"type": "ready", "consumer": self.consumer})
         try:
             await self._consume()
             await self._finish_drain()
         finally:
+            self._lifeline.stop()
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            # Bounded, like every step below: the process exits anyway (`os._exit`), and a
+            # task stuck in a client library's cleanup must not keep it alive.
+            await asyncio.wait(background, timeout=CLOSE_WAIT_SECONDS)
             self._send_heartbeat()  # last metric deltas
             self._outbox.flush()
-            loop.remove_reader(self._conn.fileno())
             await self._close()
 
     @property
     def free_slots(self) -> int:
-        return self.config.concurrency - len(self._running)
+        # A board slot held by a sync handler's thread that outlived its task is not free.
+        return min(self.config.concurrency - len(self._running), len(self._free_slots))
+
+    def _may_start(self) -> bool:
+        """Not paused, and the pod's leases are confirmed: a task started now could not be
+        reclaimed by another pod while it runs (see `lifeline.py`)."""
+        return not self._paused and self._board.leases_ok()
 
     async def _consume(self) -> None:
         next_adopt = 0.0
         backoff = 0.1
         while not self._draining:
-            if self._paused or self.free_slots <= 0:
+            if not self._may_start():
+                await self._wait_for_change(LEASE_WAIT_SECONDS if not self._paused else 0.5)
+                continue
+            if self._solo is not None or (self._suspects and self._running):
+                await self._wait_for_change(0.5)  # a suspect runs alone, or waits to
+                continue
+            if self._suspects:
+                suspect = self._suspects.popleft()
+                self._solo = suspect.entry_id
+                self._start([suspect])
+                continue
+            if self.free_slots <= 0:
                 await self._wait_for_change(0.5)
                 continue
             try:
                 if self._adopt_requested or time.monotonic() >= next_adopt:
                     next_adopt = time.monotonic() + min(self.config.lease_seconds / 2, 5.0)
                     wanted = self.free_slots
-                    adopted = await self.queue.adopt_own(set(self._running), wanted)
-                    self._start(adopted)
+                    adopted = await self.queue.adopt_own(self._held(), wanted)
+                    self._take(adopted)
                     # A full take means more may be waiting: entries moved to us from a dead
                     # worker go before new work, as soon as the next slot frees.
                     self._adopt_requested = len(adopted) >= wanted
-                    if self.free_slots > 0:
-                        self._start(await self.queue.reclaim_idle(self.free_slots))
+                    if self.free_slots > 0 and not self._suspects:
+                        self._take(await self.queue.reclaim_idle(self.free_slots))
                     continue
-                self._start(await self.queue.read_new(self.free_slots, READ_BLOCK_MS))
+                self._take(await self.queue.read_new(self.free_slots, READ_BLOCK_MS))
                 self._redis_ok, backoff = True, 0.1
             except (RedisError, OSError) as exc:
                 self._redis_ok = False
@@ -168,15 +209,30 @@ class Worker:
                 await self._wait_for_change(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _held(self) -> set[str]:
+        return set(self._running) | {d.entry_id for d in self._suspects}
+
     async def _wait_for_change(self, seconds: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
+    def _take(self, deliveries: list[Delivery]) -> None:
+        """Start what was delivered; suspects wait to run alone."""
+        fresh = []
+        for delivery in deliveries:
+            if delivery.suspect:
+                self._suspects.append(delivery)
+            else:
+                fresh.append(delivery)
+        self._start(fresh)
+
     def _start(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
+            slot = self._free_slots.pop()
+            self._board.hold(slot, delivery.entry_id)
             running = RunningTask(entry_id=delivery.entry_id, task_id="", handler="",
-                                  started_at=time.time())
+                                  started_at=time.time(), slot=slot)
             running.task = asyncio.create_task(self._run_one(delivery, running))
             self._running[delivery.entry_id] = running
 
@@ -193,6 +249,14 @@ class Worker:
                           running.task_id)
         finally:
             self._running.pop(delivery.entry_id, None)
+            if not running.thread_may_run:
+                # A sync handler's thread that outlived its task keeps its slot "started":
+                # the supervisor kills this worker at the deadline and no one re-runs it
+                # while the thread still runs.
+                self._board.free(running.slot)
+                self._free_slots.append(running.slot)
+            if self._solo == delivery.entry_id:
+                self._solo = None
             self._wake.set()
             self._check_task_budget()
 
@@ -217,17 +281,21 @@ class Worker:
         if tasks:
             await asyncio.wait(tasks, timeout=max(self._drain_deadline - time.monotonic(), 0))
         leftover = list(self._running.values())
-        if not leftover:
-            return
         for running in leftover:
             running.cancel_reason = "drain"
             if running.task is not None:
                 running.task.cancel()
         await asyncio.gather(*(r.task for r in leftover if r.task), return_exceptions=True)
-        ids = [r.entry_id for r in leftover]
+        # Hand back only what certainly stopped: a sync handler's thread cannot be cancelled,
+        # so its entry stays pending until this process has exited and the supervisor moves it.
+        stopped = [r for r in leftover if not r.thread_may_run]
+        started = {r.entry_id for r in stopped if r.handler_started}
+        ids = [r.entry_id for r in stopped] + [d.entry_id for d in self._suspects]
+        if not ids:
+            return
         for _ in range(20):
             try:
-                handed = await self.queue.hand_back(ids)
+                handed = await self.queue.hand_back(ids, started)
                 log.info("worker %s handed back %d unfinished task(s)", self.consumer, handed)
                 return
             except (RedisError, OSError) as exc:
@@ -240,19 +308,14 @@ class Worker:
     def _send(self, message: ipc.Message) -> None:
         self._outbox.put(message)
 
-    def _supervisor_gone(self) -> None:
-        self.drain(self.config.drain_grace_seconds)  # wind down
-
     def _become_unhealthy(self, reason: str) -> None:
+        """A sync handler's thread outlived its timeout: take no more work, and give the
+        thread until the supervisor's deadline (the hang grace) to end on its own."""
         self._send({"type": "unhealthy", "reason": reason})
-        self.drain(self.config.task_timeout_seconds)
+        self.drain(self.config.hang_grace_seconds)
 
-    def _on_control(self) -> None:
-        message = ipc.receive(self._conn)
-        if message is None:  # supervisor gone
-            asyncio.get_running_loop().remove_reader(self._conn.fileno())
-            self.drain(self.config.drain_grace_seconds)
-            return
+    def _on_control(self, message: ipc.Message) -> None:
+        """A message from the supervisor (read by the lifeline thread)."""
         kind = message.get("type")
         if kind == "drain":
             self.drain(float(message.get("seconds", self.config.drain_grace_seconds)))
@@ -271,14 +334,16 @@ class Worker:
         self._outbox.put({"type": "heartbeat", "running": running, "stats": self._stats.drain(),
                           "db": db, "redis_ok": self._redis_ok, "draining": self._draining})
 
-    async def _heartbeats(self) -> None:
+    async def _heartbeats(self, beat: Beat) -> None:
         while True:
+            beat()
             self._send_heartbeat()
             await asyncio.sleep(self.config.heartbeat_interval_seconds)
 
-    async def _watch_cancellations(self) -> None:
+    async def _watch_cancellations(self, beat: Beat) -> None:
         """Cancel running tasks whose cancellation a client requested."""
         while True:
+            beat()
             await asyncio.sleep(CANCEL_POLL_SECONDS)
             ids = {r.task_id: r for r in self._running.values() if r.task_id}
             try:
@@ -293,7 +358,12 @@ class Worker:
                     running.task.cancel()
 
     async def _close(self) -> None:
-        await self._invalidations.stop()
-        for close in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                await close()
+        steps = [asyncio.ensure_future(self._invalidations.stop())]
+        steps += [asyncio.ensure_future(close()) for close in reversed(self._closers)]
+        _, stuck = await asyncio.wait(steps, timeout=CLOSE_WAIT_SECONDS)
+        if stuck:
+            log.warning("worker %s: %d connection(s) did not close in time", self.consumer,
+                        len(stuck))
+        for step in steps:
+            if step.done() and not step.cancelled():
+                step.exception()  # retrieved: closing errors do not matter on the way out

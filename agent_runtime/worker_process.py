@@ -8,6 +8,7 @@ score, then runs `Worker` and exits with a code the supervisor understands. Exit
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -15,11 +16,14 @@ import sys
 from multiprocessing.connection import Connection
 
 from agent_runtime import ipc
+from agent_runtime.board import Board
 from agent_runtime.config import RuntimeSettings
+from agent_runtime.lifeline import EXIT_SUPERVISOR_GONE
 from agent_runtime.worker import Worker
 
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # warm-up failed; the supervisor backs off before the next attempt
+PR_SET_PDEATHSIG = 1
 # The kernel OOM killer prefers workers over the supervisor (which only supervises).
 WORKER_OOM_SCORE_ADJ = 800
 
@@ -55,12 +59,28 @@ async def _amain(worker: Worker, conn: Connection) -> int:
     return EXIT_OK
 
 
+def _die_with_parent() -> None:
+    """Be killed when our parent, the fork server, exits - which it does the moment the
+    supervisor dies. Without a supervisor nothing renews our leases: other pods would soon
+    re-run the tasks we still run (`lifeline.py` notices too; this needs no Python code to
+    run, so it works even while a handler holds the GIL)."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter runs on
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the lifeline thread alone
+    if os.getppid() != parent:  # it died before we asked
+        os._exit(EXIT_SUPERVISOR_GONE)
+
+
 def main(settings: RuntimeSettings, slot: int, consumer: str, conn: Connection,
-         max_tasks: int | None) -> None:
+         max_tasks: int | None, board: Board) -> None:
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor's drain
     configure_logging(settings.config.log_level, f"worker-{slot}")
     _raise_oom_score()
-    worker = Worker(settings, slot, consumer, conn, max_tasks)
+    worker = Worker(settings, slot, consumer, conn, max_tasks, board)
     # Not asyncio.run(): its shutdown joins executor threads, and a sync handler stuck past its
     # timeout would keep this process alive forever. Durable state is in Redis/PostgreSQL.
     loop = asyncio.new_event_loop()

@@ -2,6 +2,7 @@
 
     python -m bench throughput|latency|warmcold|crash [--help for options]
     python -m bench operator-scale [options]     # needs the test control plane
+    python -m bench real-pods [--reps N]         # a real node: cold start, burst, memory (root)
     python -m bench all [--smoke]                # every runtime benchmark, then operator-scale
 
 Each prints a Markdown table (also pasteable into bench/RESULTS.md).
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if name == "operator-scale":
         from bench import operator_scale
         return operator_scale.main(rest)
+    if name == "real-pods":
+        from bench import real_pods
+        return real_pods.main(rest)
     if name == "all":
         smoke = "--smoke" in rest
         for bench_name in RUNTIME:

@@ -8,7 +8,8 @@ Celery/RQ plain arguments); the adapters in `bench/peers/` are one-line wrappers
   first task, a warm one imported them during warm-up (see `warm_heavy`).
 * `chaos` - the crash test's task: records every execution (`HINCRBY`), marks itself running
   in this pid while it sleeps 0-50 ms, so the kill loop can pick a busy worker and the test can
-  count lost and duplicated tasks.
+  count lost and duplicated tasks, and counts an overlap when it finds its task marked
+  running in another live process (two executions of one task at the same time).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 import time
 from typing import Any
 
+import psutil
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
@@ -56,6 +58,22 @@ def _keys() -> tuple[str, str]:
     return f"{prefix}:exec", f"{prefix}:running"
 
 
+def overlaps_key() -> str:
+    """Executions that began while another execution of the same task was still running."""
+    return f"{os.environ.get(CHAOS_PREFIX_ENV, 'bench:chaos')}:overlaps"
+
+
+def _runs_elsewhere(previous: bytes | str | None) -> bool:
+    """The task is marked running in another process that is still alive (a killed
+    execution leaves its mark behind, but its process is gone)."""
+    if previous is None or int(previous) == os.getpid():
+        return False
+    try:
+        return bool(psutil.Process(int(previous)).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 def _sync() -> redis.Redis:
     global _sync_client
     if _sync_client is None:
@@ -66,10 +84,13 @@ def _sync() -> redis.Redis:
 def chaos_sync(task: str) -> dict[str, str]:
     executions, running = _keys()
     client = _sync()
-    with client.pipeline(transaction=False) as pipe:
+    with client.pipeline(transaction=True) as pipe:
         pipe.hincrby(executions, task, 1)
+        pipe.hget(running, task)
         pipe.hset(running, task, os.getpid())
-        pipe.execute()
+        _, previous, _ = pipe.execute()
+    if _runs_elsewhere(previous):
+        client.hincrby(overlaps_key(), task, 1)
     time.sleep(random.random() * CHAOS_MAX_SLEEP)
     client.hdel(running, task)
     return {"task": task}
@@ -81,10 +102,13 @@ async def chaos_async(task: str) -> dict[str, str]:
     client = _async_clients.get(os.getpid())
     if client is None:
         client = _async_clients[os.getpid()] = AsyncRedis.from_url(os.environ[CHAOS_URL_ENV])
-    async with client.pipeline(transaction=False) as pipe:
+    async with client.pipeline(transaction=True) as pipe:
         pipe.hincrby(executions, task, 1)
+        pipe.hget(running, task)
         pipe.hset(running, task, os.getpid())
-        await pipe.execute()
+        _, previous, _ = await pipe.execute()
+    if _runs_elsewhere(previous):
+        await client.hincrby(overlaps_key(), task, 1)
     await asyncio.sleep(random.random() * CHAOS_MAX_SLEEP)
     await client.hdel(running, task)
     return {"task": task}

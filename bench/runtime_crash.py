@@ -8,7 +8,8 @@ Systems: AgentPool and Celery (acks_late + reject_on_worker_lost, visibility_tim
 The task (`handlers.chaos`) counts its executions in Redis and marks itself running in its pid
 while it sleeps 0-50 ms, so a kill always hits a worker with a task in flight, and we know
 which. lost = tasks with no readable result when the drain deadline passes; duplicated =
-executions beyond the first.
+executions beyond the first (duplicate rate: per task); concurrent runs = executions that
+began while another execution of the same task was still running.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Crash:
     recoveries: list[float] = field(default_factory=list)
     lost: int = 0
     duplicated: int = 0
+    concurrent: int = 0
     seconds: float = 0.0
 
 
@@ -104,6 +106,7 @@ async def run_system(name: str, tasks: int, interval: float, drain: float) -> Cr
                 [k for k in keys if k not in watcher.first_seen]))
         executions = await client.hvals(f"{PREFIX}:exec")
         result.duplicated = sum(max(0, int(n) - 1) for n in executions)
+        result.concurrent = sum(int(n) for n in await client.hvals(handlers.overlaps_key()))
     finally:
         await client.aclose()
         await system.close()
@@ -119,11 +122,14 @@ async def run(systems: Sequence[str], tasks: int, interval: float = 1.0,
 def report(results: Sequence[Crash]) -> str:
     ours = next((median(r.recoveries) for r in results if r.system == "agentpool"), 0.0)
     rows = [[r.system, str(r.tasks), str(r.kills), str(r.lost), str(r.duplicated),
+             f"{r.duplicated / r.tasks:.2%}", f"{r.duplicated / max(r.kills, 1):.1f}",
+             str(r.concurrent),
              f"{median(r.recoveries) * 1000:.0f}" if r.recoveries else "-",
              f"{max(r.recoveries) * 1000:.0f}" if r.recoveries else "-",
              f"{median(r.recoveries) / ours:.1f}x" if ours and r.recoveries else "-",
              f"{r.seconds:.1f}"] for r in results]
-    return table(["system", "tasks", "kills", "lost", "duplicated", "recovery ms (median)",
+    return table(["system", "tasks", "kills", "lost", "duplicated", "duplicate rate",
+                  "duplicates per kill", "concurrent runs", "recovery ms (median)",
                   "recovery ms (max)", "recovery / agentpool", "run s"], rows)
 
 

@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.plugins.runtime",
     "tests.plugins.metrics_api",
     "tests.plugins.chart",
+    "tests.plugins.realpods",
     "tests.plugins.releases",
 ]

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agentpool_tools.crd import openapi_schema
 from hypothesis import strategies as st
 
 from agentpool_operator.api.labels import RESERVED_LABELS
-from agentpool_operator.crd import openapi_schema
 
 Spec = dict[str, Any]
 Strategy = st.SearchStrategy[Any]

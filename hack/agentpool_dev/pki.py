@@ -184,8 +184,10 @@ def issue_client(pki: Pki, user: str, groups: tuple[str, ...]) -> tuple[Path, Pa
     return cert_path, key_path
 
 
-def generate(directory: Path) -> Pki:
-    """Write a fresh CA, serving/client certificates and the service-account key pair."""
+def generate(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Write a fresh CA, serving/client certificates and the service-account key pair.
+
+    `extra_ips`: further addresses the API server serves on (the real nodes' bridge)."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
 
@@ -194,7 +196,7 @@ def generate(directory: Path) -> Pki:
     _write_key(pki.ca_key, ca[1])
 
     serving = _issue(ca, _name("kube-apiserver"), server=True, dns=_APISERVER_DNS,
-                     ips=_APISERVER_IPS)
+                     ips=_APISERVER_IPS + extra_ips)
     _write_cert(pki.apiserver_crt, serving[0])
     _write_key(pki.apiserver_key, serving[1])
 

@@ -14,6 +14,7 @@ import contextlib
 import csv as csvlib
 import fcntl
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -69,6 +70,8 @@ class ServiceSettings:
     user: str = "agentpool"
     # Loopback-only development database: a fixed password keeps DSNs reproducible.
     password: str = "agentpool-dev"
+    log_statements: bool = False
+    """Log every statement PostgreSQL executes (tests read how clients prepared them)."""
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -341,6 +344,11 @@ def _logfile(settings: ServiceSettings, name: str) -> Path:
     return settings.state_dir / name / f"{name}.log"
 
 
+def postgres_log(settings: ServiceSettings) -> Path:
+    """PostgreSQL's log file (statements too, with `log_statements`)."""
+    return _logfile(settings, "postgres")
+
+
 def _pg_socket_dir(settings: ServiceSettings) -> Path:
     return _pg_dir(settings) / "run"
 
@@ -363,6 +371,7 @@ def _start_postgres(settings: ServiceSettings) -> int:
             ],
             cwd=base,
         )  # fmt: skip
+    _allow_remote_clients(settings, data)
     options = {
         "listen_addresses": settings.host,
         "port": str(settings.pg_port),
@@ -373,10 +382,32 @@ def _start_postgres(settings: ServiceSettings) -> int:
         "synchronous_commit": "off",
         "full_page_writes": "off",
     }
+    if settings.log_statements:
+        options["log_min_duration_statement"] = "0"
     argv = [str(bins["postgres"]), "-D", str(data)]
     for key, value in options.items():
         argv += ["-c", f"{key}={value}"]
     return _spawn(argv, _logfile(settings, "postgres"), service_user=True)
+
+
+# Appended to pg_hba.conf when PostgreSQL listens on a non-loopback address: that address is
+# the test cluster's bridge, and its clients are pods with addresses of their own.
+_REMOTE_HBA = "host all all 0.0.0.0/0 scram-sha-256  # agentpool: pods on the cluster bridge\n"
+
+
+def _loopback(settings: ServiceSettings) -> bool:
+    return ipaddress.ip_address(settings.host).is_loopback
+
+
+def _allow_remote_clients(settings: ServiceSettings, data: Path) -> None:
+    """initdb only admits loopback clients; a server bound to the cluster's bridge (only
+    there: listen_addresses) must also admit the pods behind it, still by password."""
+    if _loopback(settings):
+        return
+    hba = data / "pg_hba.conf"
+    if _REMOTE_HBA not in hba.read_text():
+        with hba.open("a") as out:
+            out.write(_REMOTE_HBA)
 
 
 def _run_as_service_user(argv: list[str], cwd: Path) -> None:
@@ -476,7 +507,9 @@ def _start_redis(settings: ServiceSettings) -> int:
             [
                 f"bind {settings.host}",
                 f"port {settings.redis_port}",
-                "protected-mode yes",
+                # Protected mode refuses every client but loopback ones while no password is
+                # set; bound to the cluster bridge, the clients are the test cluster's pods.
+                f"protected-mode {'yes' if _loopback(settings) else 'no'}",
                 # Pure cache for tests: nothing survives a restart.
                 'save ""',
                 "appendonly no",

@@ -13,19 +13,20 @@ from typing import Any
 
 import kopf
 
-from agentpool_operator import handlers, logs
+from agentpool_operator import login, logs, watches
 from agentpool_operator.certkeeper import CertKeeper
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
+from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
 from agentpool_operator.leader import LeaderElector
-from agentpool_operator.metrics import OperatorMetrics
 from agentpool_operator.metrics_api.backlog import BacklogReader
 from agentpool_operator.publisher import DirectoryPublisher
 from agentpool_operator.queuedir import parse_reference
-from agentpool_operator.reconcile import PoolKey, Reconciler
+from agentpool_operator.reconcile import Reconciler
 from agentpool_operator.resync import Resyncer
 from agentpool_operator.settings import Settings, parse
+from agentpool_operator.store import PoolKey
 from agentpool_operator.workqueue import WorkQueue
 
 log = logging.getLogger("agentpool_operator")
@@ -34,19 +35,20 @@ log = logging.getLogger("agentpool_operator")
 async def run(settings: Settings) -> int:
     """Serve health and metrics, and reconcile: at once, or while holding the leader lease.
     The exit code: 0 after a signal, 1 when leadership was lost."""
-    conditions: dict[PoolKey, dict[str, str]] = {}
     reconciler: Reconciler | None = None
+    # The pool gauges read the conditions the status writer last computed, the autoscaler
+    # gauge the HPA conditions the store last watched.
     metrics = OperatorMetrics(
-        lambda: conditions,
-        pool_details=lambda: reconciler.condition_details if reconciler else {},
-        autoscalers=lambda: reconciler.autoscalers if reconciler else {})
+        lambda: reconciler.status.conditions if reconciler else {},
+        pool_details=lambda: reconciler.status.details if reconciler else {},
+        autoscalers=lambda: reconciler.store.autoscalers if reconciler else {})
     kube = Kube.from_environment(count_write=metrics.count_write)
     election = settings.leader_election
     elector = None if election is None else LeaderElector(
         kube.leases(election.namespace, election.name), election.identity,
         lease_duration=election.lease_duration, renew_deadline=election.renew_deadline,
         retry_period=election.retry_period)
-    reconciler = Reconciler(kube=kube, metrics=metrics, conditions=conditions)
+    reconciler = Reconciler.for_cluster(kube, metrics)
     queue: WorkQueue[PoolKey] = WorkQueue(reconciler, workers=settings.workers)
     metrics.queue_depth.set_function(lambda: len(queue))
     resyncer = Resyncer(kube, queue, reconciler, settings)
@@ -107,15 +109,12 @@ def _exit_lost() -> None:
 async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
                   queue: WorkQueue[PoolKey], resyncer: Resyncer) -> None:
     """Reconcile until kopf stops (a signal): watches, work queue, resync and side jobs."""
-    registry = handlers.build_registry(queue, resyncer, reconciler)
+    registry = watches.build_registry(queue, resyncer, reconciler)
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-        return info or kopf.login_with_kubeconfig(**kwargs)
+    kopf.on.login(registry=registry)(login.login)
 
     kopf_settings = kopf.OperatorSettings()
-    handlers.configure(kopf_settings)
+    watches.configure(kopf_settings)
     queue.start()
     tasks = [asyncio.create_task(resyncer.run(), name="resync")]
     reader = BacklogReader(client_name="agentpool-operator")

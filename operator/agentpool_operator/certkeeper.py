@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 from agentpool_operator import certs
 from agentpool_operator.errors import OperatorError
+from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
-from agentpool_operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 

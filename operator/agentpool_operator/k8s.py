@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
@@ -21,18 +22,11 @@ from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources import (
-    apiextensions_v1,
-    apiregistration_v1,
-    apps_v1,
-    autoscaling_v2,
-    coordination_v1,
-    core_v1,
-    policy_v1,
-)
+from lightkube.resources import apiextensions_v1, apiregistration_v1, coordination_v1, core_v1
 from lightkube.types import PatchType
 
 from agentpool_operator.api import GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.builders.kinds import CHILD_KINDS, ChildKind
 from agentpool_operator.errors import ApiFailure, TransientError
 from agentpool_operator.leader import LeaseConflict, LeaseRecord
 
@@ -41,24 +35,20 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "agentpool-operator"}
 """The label on every child: the watches and lists of children select on it."""
 
 AgentPoolResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
-PodMonitorResource = create_namespaced_resource(
-    "monitoring.coreos.com", "v1", "PodMonitor", "podmonitors"
-)
-ScaledObjectResource = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject",
-                                                  "scaledobjects")
-TriggerAuthenticationResource = create_namespaced_resource(
-    "keda.sh", "v1alpha1", "TriggerAuthentication", "triggerauthentications")
+
+
+def _child_resource(child: ChildKind) -> type[NamespacedResource]:
+    """lightkube's typed class for a built-in kind, a generic one for a CRD's."""
+    if "." not in child.group:  # a built-in API group ("" is the core group)
+        module = importlib.import_module(
+            f"lightkube.resources.{child.group or 'core'}_{child.version}")
+        typed: type[NamespacedResource] = getattr(module, child.kind)
+        return typed
+    return create_namespaced_resource(child.group, child.version, child.kind, child.plural)
+
 
 _RESOURCES: dict[tuple[str, str], type[NamespacedResource]] = {
-    ("v1", "ConfigMap"): core_v1.ConfigMap,
-    ("v1", "Secret"): core_v1.Secret,
-    ("v1", "Service"): core_v1.Service,
-    ("apps/v1", "Deployment"): apps_v1.Deployment,
-    ("policy/v1", "PodDisruptionBudget"): policy_v1.PodDisruptionBudget,
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): autoscaling_v2.HorizontalPodAutoscaler,
-    ("monitoring.coreos.com/v1", "PodMonitor"): PodMonitorResource,
-    ("keda.sh/v1alpha1", "ScaledObject"): ScaledObjectResource,
-    ("keda.sh/v1alpha1", "TriggerAuthentication"): TriggerAuthenticationResource,
+    **{(child.api_version, child.kind): _child_resource(child) for child in CHILD_KINDS},
     (f"{GROUP}/{VERSION}", KIND): AgentPoolResource,
 }
 _TRANSIENT_CODES = {409, 429, 500, 502, 503, 504}

@@ -21,15 +21,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agentpool_operator.builders.kinds import CHILD_CRDS
 from agentpool_operator.errors import OperatorError
 from agentpool_operator.k8s import Kube
-from agentpool_operator.reconcile import PoolKey, Reconciler
+from agentpool_operator.reconcile import Reconciler
 from agentpool_operator.settings import Settings
+from agentpool_operator.store import PoolKey
 from agentpool_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
-POD_MONITOR_CRD = "podmonitors.monitoring.coreos.com"
-KEDA_CRD = "scaledobjects.keda.sh"
 
 
 class StallDetector:
@@ -69,6 +69,7 @@ class Resyncer:
         self._kube = kube
         self._queue = queue
         self._reconciler = reconciler
+        self._store = reconciler.store
         self._settings = settings
         self._clock = clock
         self.detector = StallDetector(settings.stall_seconds)
@@ -96,8 +97,8 @@ class Resyncer:
             await asyncio.sleep(self._settings.resync_seconds)
 
     async def once(self) -> None:
-        self._reconciler.pod_monitor_api = await self._kube.crd_exists(POD_MONITOR_CRD)
-        self._reconciler.keda_api = await self._kube.crd_exists(KEDA_CRD)
+        self._store.served_crds = frozenset(
+            [crd for crd in CHILD_CRDS if await self._kube.crd_exists(crd)])
         versions: dict[PoolKey, str] = {}
         listed_at = self._clock()
         for namespace in self._settings.namespaces or (None,):
@@ -105,35 +106,35 @@ class Resyncer:
                 meta = pool["metadata"]
                 key = (meta["namespace"], meta["name"])
                 versions[key] = meta.get("resourceVersion", "")
-                self._reconciler.pools.put(key, pool)
+                self._store.pools.put(key, pool)
         self.detector.listed(versions, self._clock())
         self.last_list = (listed_at, frozenset(versions))
         await self._audit_relisted()
         # A deletion the watch missed (e.g. while it reconnected) must not leave a pool behind.
-        for key in self._reconciler.pools.keys() - versions.keys():
-            self._reconciler.pools.drop(key)
+        for key in self._store.pools.keys() - versions.keys():
+            self._store.pools.drop(key)
         for key in versions:
             # A resync checks everything, children the watch does not cover included, of each
             # pool not already checked so within the period (e.g. just created): every pool is
             # checked at least every two periods without doubling the load of a busy one.
             if not self._reconciler.checked_within(key, self._settings.resync_seconds):
-                self._reconciler.request_full(key)
+                self._store.request_full(key)
             self._queue.add(key)
         self.listed_once = True
 
     async def _audit_relisted(self) -> None:
         """List each child kind a watch (re)listed since the last audit; reconcile the pools
         whose cached children turn out gone or different."""
-        kinds, self._reconciler.relisted = self._reconciler.relisted, set()
+        kinds, self._store.relisted = self._store.relisted, set()
         owners: set[PoolKey] = set()
         try:
             for api_version, kind in sorted(kinds):
                 listed: list[dict[str, Any]] = []
                 for namespace in self._settings.namespaces or (None,):
                     listed += await self._kube.list_children(api_version, kind, namespace)
-                owners |= self._reconciler.audit(api_version, kind, listed)
+                owners |= self._store.audit(api_version, kind, listed)
                 kinds = kinds - {(api_version, kind)}
         finally:
-            self._reconciler.relisted |= kinds  # not audited (a failed list): next time
+            self._store.relisted |= kinds  # not audited (a failed list): next time
             for key in owners:
                 self._queue.add(key)

@@ -5,6 +5,7 @@ and written only when it differs; condition timestamps move only when a status f
 (`set_condition`), so a steady pool produces identical status and no writes.
 
 Condition reasons, by type:
+Every reason is a member of `api.Reason` (documented there). By condition type:
 - Ready: `MinimumReplicasAvailable` / `MinimumReplicasUnavailable`, or the Degraded reason
   when the pool cannot be acted on at all (`InvalidSpec`, `SecretMissing`, ...).
 - Progressing: `RollingOut` (new pod template not fully rolled out), `Scaling` (pod count
@@ -25,25 +26,6 @@ from typing import Any
 
 from agentpool_operator.api import Condition, ConditionType, Reason, set_condition
 
-
-class Reasons:
-    """Reason strings the operator sets, besides the shared ones in `api.Reason`."""
-
-    MIN_AVAILABLE = "MinimumReplicasAvailable"
-    MIN_UNAVAILABLE = "MinimumReplicasUnavailable"
-    ROLLING_OUT = "RollingOut"
-    SCALING = "Scaling"
-    COMPLETE = "Complete"
-    SECRET_MISSING = "SecretMissing"
-    INVALID_DATABASE_DSN = "InvalidDatabaseDSN"
-    CRASH_LOOPING = "CrashLooping"
-    APPLY_FAILED = "ApplyFailed"
-    POD_CREATION_FAILED = "PodCreationFailed"
-    ROLLOUT_STUCK = "RolloutStuck"
-    CHILD_CONFLICT = "ChildConflict"
-    QUEUE_CONFLICT = "QueueConflict"
-
-
 # metav1.Condition allows 32768 characters; an API server's error (a whole rejected manifest)
 # can be longer. Each problem gets a share, so one long message cannot hide the others.
 MAX_CONDITION_MESSAGE = 32768
@@ -58,7 +40,7 @@ def clamp(message: str, limit: int) -> str:
     return message[:limit - len(marker)] + marker
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Problem:
     """Something that makes the pool Degraded; `blocking` problems stop the reconcile."""
 
@@ -67,7 +49,7 @@ class Problem:
     blocking: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Observation:
     """What one reconcile saw and decided."""
 
@@ -89,16 +71,16 @@ def _deployment_counts(deployment: dict[str, Any] | None) -> dict[str, int]:
 def _rollout_state(obs: Observation) -> tuple[bool, str, str]:
     """(in progress, reason, message) of the Deployment's rollout and scaling."""
     if obs.deployment is None:
-        return True, Reasons.ROLLING_OUT, "creating the Deployment"
+        return True, Reason.ROLLING_OUT, "creating the Deployment"
     counts = _deployment_counts(obs.deployment)
     generation = int((obs.deployment.get("metadata") or {}).get("generation") or 0)
     if counts["observedGeneration"] < generation or counts["updatedReplicas"] < obs.spec_replicas:
-        return True, Reasons.ROLLING_OUT, (
+        return True, Reason.ROLLING_OUT, (
             f"{counts['updatedReplicas']} of {obs.spec_replicas} pods run the current template")
     if counts["replicas"] != obs.spec_replicas or counts["availableReplicas"] < obs.spec_replicas:
-        return True, Reasons.SCALING, (
+        return True, Reason.SCALING, (
             f"{counts['availableReplicas']} of {obs.spec_replicas} pods available")
-    return False, Reasons.COMPLETE, f"{obs.spec_replicas} pods available and up to date"
+    return False, Reason.COMPLETE, f"{obs.spec_replicas} pods available and up to date"
 
 
 def _condition(type_: str, ok: bool, reason: str, message: str, obs: Observation,
@@ -119,11 +101,11 @@ def compute_status(obs: Observation, current: dict[str, Any], now: dt.datetime
         ready = _condition(ConditionType.READY, False, blocking.reason,
                            clamp(blocking.message, MAX_PROBLEM_MESSAGE), obs, now)
     elif counts["availableReplicas"] >= obs.min_replicas:
-        ready = _condition(ConditionType.READY, True, Reasons.MIN_AVAILABLE,
+        ready = _condition(ConditionType.READY, True, Reason.MIN_AVAILABLE,
                            f"{counts['availableReplicas']} pods available "
                            f"(minReplicas {obs.min_replicas})", obs, now)
     else:
-        ready = _condition(ConditionType.READY, False, Reasons.MIN_UNAVAILABLE,
+        ready = _condition(ConditionType.READY, False, Reason.MIN_UNAVAILABLE,
                            f"{counts['availableReplicas']} pods available, "
                            f"minReplicas is {obs.min_replicas}", obs, now)
 
@@ -179,7 +161,7 @@ def crash_looping(pods: list[dict[str, Any]]) -> Problem | None:
         return None
     shown = ", ".join(sorted(looping)[:5])
     more = f" and {len(looping) - 5} more" if len(looping) > 5 else ""
-    return Problem(Reasons.CRASH_LOOPING, f"containers crash-looping: {shown}{more}")
+    return Problem(reason=Reason.CRASH_LOOPING, message=f"containers crash-looping: {shown}{more}")
 
 
 def deployment_problems(deployment: dict[str, Any] | None) -> list[Problem]:
@@ -189,10 +171,10 @@ def deployment_problems(deployment: dict[str, Any] | None) -> list[Problem]:
     for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
         kind, status = condition.get("type"), condition.get("status")
         if kind == "ReplicaFailure" and status == "True":
-            found.append(Problem(Reasons.POD_CREATION_FAILED,
-                                 f"pods cannot be created: {condition.get('message', '')}"))
+            found.append(Problem(reason=Reason.POD_CREATION_FAILED,
+                                 message=f"pods cannot be created: {condition.get('message', '')}"))
         elif (kind == "Progressing" and status == "False"
               and condition.get("reason") == "ProgressDeadlineExceeded"):
-            found.append(Problem(Reasons.ROLLOUT_STUCK,
-                                 f"rollout stuck: {condition.get('message', '')}"))
+            found.append(Problem(reason=Reason.ROLLOUT_STUCK,
+                                 message=f"rollout stuck: {condition.get('message', '')}"))
     return found

@@ -57,3 +57,4 @@ def test_crash_smoke_loses_no_agentpool_task(services: ServiceSettings) -> None:
     print(runtime_crash.report([result]))
     assert result.lost == 0
     assert result.kills >= 1
+    assert result.concurrent == 0  # killed workers never leave a task running twice

@@ -8,20 +8,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import promql_parser
+from agentpool_tools.monitoring.alerts import ALERTS
+from agentpool_tools.monitoring.catalogue import PGBOUNCER_EXPORTER_COLUMNS
+from agentpool_tools.monitoring.dashboards import DASHBOARDS, variable_queries
+from agentpool_tools.monitoring.promql import concrete
 from prometheus_client import CollectorRegistry
 
 from agentpool_operator.metrics_api import adapter_rules
-from agentpool_operator.monitoring.alerts import ALERTS
-from agentpool_operator.monitoring.dashboards import DASHBOARDS, variable_queries
-from agentpool_operator.monitoring.metrics import PGBOUNCER_EXPORTER_COLUMNS
-from agentpool_operator.monitoring.promql import concrete
 
-# The PgBouncer exporter the pods run (prometheus-community, Go) cannot run in the tests:
-# there is no container engine, its Go module is not on the module proxy CI may use, and
-# Debian's `prometheus-pgbouncer-exporter` is another program (Christopher Baines' 1.7, other
-# metric names) that fails on every scrape of PgBouncer >= 1.8 (SHOW STATS lost
-# `total_requests`). Expressions reading its metrics must be valid but cannot have data; the
-# live test checks instead that the real PgBouncer serves every column they are read from.
+# PgBouncer's metrics (pgbouncer_exporter's names) are served by the runtime of pods with a
+# PgBouncer sidecar (agent_runtime/pgbouncer_metrics.py). The runtime the live test loads runs
+# without one, so expressions reading them must be valid but cannot have data there; the
+# real-pod test (tests/e2e/test_real_pods.py) scrapes them from a real pod, and
+# tests/integration/test_pgbouncer_stats_config.py reads them from a real PgBouncer.
 EXPORTER_ONLY = frozenset(PGBOUNCER_EXPORTER_COLUMNS)
 
 

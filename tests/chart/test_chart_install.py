@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 import redis
+from agentpool_tools.crd import CRD_NAME
 
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.services import ServiceSettings
 from agentpool_operator.api import AgentPoolSpec
-from agentpool_operator.crd import CRD_NAME
 from agentpool_operator.deletioncost import POD_DELETION_COST
 from agentpool_operator.queues import queue_keys
 from tests.plugins.chart import container_of

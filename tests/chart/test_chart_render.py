@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
+from agentpool_tools.crd import build_crd
+from agentpool_tools.monitoring.dashboards import DASHBOARDS
 
 from agentpool_dev.cluster import Cluster
-from agentpool_operator.crd import build_crd
-from agentpool_operator.monitoring.dashboards import DASHBOARDS
+from agentpool_operator.builders.kinds import CHILD_KINDS
 from tests.chart import rbac_table
 from tests.chart.rbac_table import CLUSTER, Grant
 from tests.plugins.chart import CHART, MONITORING_APIS, Helm, documents
@@ -487,3 +488,27 @@ def test_strict_validation_catches_an_unknown_field(
     assert 'unknown field "spec.endpoints[0].honourLabels"' in result.stderr
     with pytest.raises(yaml.YAMLError, match="duplicate keys"):
         documents("kind: A\nmetadata: {name: x}\nmetadata: {name: y}\n")
+
+
+def test_the_operators_rights_on_children_follow_the_registry_of_child_kinds(
+        helm_offline: Helm) -> None:
+    """builders/kinds.py is the one list of child kinds: the operator may read, create, apply
+    and watch each one where it serves pools, and delete exactly those it prunes or makes
+    anew; it may write no other kind of child."""
+    grants = rendered_grants(helm_offline.render())
+    operator = FULLNAME
+    served = {(g.group, g.resource, g.verb) for g in grants
+              if g.account == operator and g.location == RELEASE_NAMESPACE and g.name is None}
+    needed: dict[tuple[str, str], set[str]] = {}
+    for child in CHILD_KINDS:
+        verbs = needed.setdefault((child.group, child.plural), set())
+        verbs |= {"get", "list", "watch", "create", "patch"}
+        if child.optional or child.recreatable:
+            verbs.add("delete")
+    for (group, plural), verbs in needed.items():
+        granted = {verb for g, r, verb in served if (g, r) == (group, plural)}
+        assert granted == verbs, (group, plural, sorted(granted), sorted(verbs))
+    # Writes on anything else: the pool's status, Events, pods' deletion cost; nothing more.
+    others = {(g, r) for g, r, verb in served if verb in ("create", "patch", "delete", "update")
+              } - set(needed)
+    assert others == {("agentpool.dev", "agentpools/status"), ("", "events"), ("", "pods")}

@@ -17,22 +17,22 @@ from typing import Any
 
 import pytest
 import yaml
-
-from agent_runtime.metrics import RuntimeMetrics
-from agentpool_dev.services import ServiceSettings
-from agentpool_operator.crd import build_crd
-from agentpool_operator.metrics import OperatorMetrics
-from agentpool_operator.metrics_api.telemetry import Telemetry
-from agentpool_operator.monitoring import gen
-from agentpool_operator.monitoring.alerts import (
+from agentpool_tools.crd import build_crd
+from agentpool_tools.monitoring import gen
+from agentpool_tools.monitoring.alerts import (
     ALERTS,
     RUNBOOK_BASE_URL,
     RUNBOOKS_DIR,
     runbook_markdown,
 )
-from agentpool_operator.monitoring.dashboards import DASHBOARDS
-from agentpool_operator.monitoring.metrics import PGBOUNCER_EXPORTER_COLUMNS
-from agentpool_operator.monitoring.promql import OPERATOR, POOL, RATE
+from agentpool_tools.monitoring.catalogue import PGBOUNCER_EXPORTER_COLUMNS
+from agentpool_tools.monitoring.dashboards import DASHBOARDS
+from agentpool_tools.monitoring.promql import OPERATOR, POOL, RATE
+
+from agent_runtime.metrics import RuntimeMetrics
+from agentpool_dev.services import ServiceSettings
+from agentpool_operator.instrumentation import OperatorMetrics
+from agentpool_operator.metrics_api.telemetry import Telemetry
 from tests.chart.promql import exported_names, metric_names, shipped_expressions
 from tests.plugins.chart import CHART
 
@@ -44,7 +44,7 @@ RUNBOOKS = REPO / RUNBOOKS_DIR
 
 def test_committed_chart_files_are_what_the_code_generates() -> None:
     stale = {**gen.stale(CHART), **gen.stale_runbooks(RUNBOOKS)}
-    assert not stale, ("run `python -m agentpool_operator.monitoring`:\n"
+    assert not stale, ("run `python -m agentpool_tools.monitoring`:\n"
                        + "\n".join(stale.values()))
 
 

@@ -11,9 +11,10 @@ rule go through Prometheus' HTTP API: each must be valid, each query and signal 
 least one finite sample, and every metric name they read must be among the names Prometheus
 actually scraped.
 
-The exception is the PgBouncer exporter's metrics (see `tests/chart/promql.py` for why the
-exporter cannot run here): their queries must be valid, and the test PgBouncer, after the
-load went through it, must serve every SHOW column and list item the exporter reads them from.
+The exception is PgBouncer's metrics, which only pods with a PgBouncer sidecar serve (see
+`tests/chart/promql.py`): here their queries must be valid, and the test PgBouncer, after the
+load went through it, must serve every SHOW column and list item they are read from;
+`tests/e2e/test_real_pod_prometheus.py` gets them data from real pods.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentpool_tools.monitoring.catalogue import PGBOUNCER_EXPORTER_COLUMNS
 from aiohttp import web
 
 from agent_runtime.client import TaskClient
@@ -39,7 +41,6 @@ from agentpool_dev.services import ServiceSettings, pgbouncer_show
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.config import runtime_config
 from agentpool_operator.builders.context import PoolContext, SecretValues
-from agentpool_operator.monitoring.metrics import PGBOUNCER_EXPORTER_COLUMNS
 from tests.chart.promql import (
     EXPORTER_ONLY,
     Expression,

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentpool_tools.crd import openapi_schema
 
 from agentpool_dev.cluster import Cluster
 from agentpool_operator.api import AgentPoolSpec
-from agentpool_operator.crd import openapi_schema
 from tests.plugins.crd import load_manifests
 from tests.waiting import eventually
 

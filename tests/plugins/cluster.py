@@ -1,8 +1,11 @@
 """pytest fixtures for the real Kubernetes control plane.
 
-`cluster` starts one loopback control plane per test session (see `agentpool_dev.cluster`), or
-uses an existing cluster when `AGENTPOOL_TEST_KUBECONFIG` names its kubeconfig. `namespace`
-gives each test a fresh namespace so tests cannot see each other's objects.
+`cluster` starts one control plane per test session (see `agentpool_dev.cluster`), or uses an
+existing cluster when `AGENTPOOL_TEST_KUBECONFIG` names its kubeconfig. Run as root, the
+cluster gets its own network, so that real nodes can join it when a test asks for one
+(`tests.plugins.realpods`); `AGENTPOOL_REAL_NODES=0` keeps it on loopback (KWOK only).
+KWOK stays the default kind of node: real nodes are tainted. `namespace` gives each test a
+fresh namespace so tests cannot see each other's objects.
 """
 
 from __future__ import annotations
@@ -24,13 +27,18 @@ def _existing_cluster(kubeconfig: Path, state_dir: Path) -> cluster_mod.Cluster:
                                kubeconfig=kubeconfig)
 
 
+def real_nodes_possible() -> bool:
+    """Real nodes need root (links, namespaces, cgroups, mounts) and may be turned off."""
+    return os.geteuid() == 0 and os.environ.get("AGENTPOOL_REAL_NODES", "1") != "0"
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_mod.Cluster]:
     existing = os.environ.get("AGENTPOOL_TEST_KUBECONFIG")
     if existing:
         yield _existing_cluster(Path(existing), tmp_path_factory.mktemp("cluster"))
         return
-    running = cluster_mod.up(tmp_path_factory.mktemp("cluster"))
+    running = cluster_mod.up(tmp_path_factory.mktemp("cluster"), network=real_nodes_possible())
     try:
         yield running
     finally:

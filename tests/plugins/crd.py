@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from agentpool_tools.crd import CRD_NAME
+from agentpool_tools.gen_crd import render
 from hypothesis import strategies as st
 
-from agentpool_operator.crd import CRD_NAME
-from agentpool_operator.gen_crd import render
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def agentpool_crd(cluster: Cluster) -> dict[str, Any]:
         "apply", "--server-side", "--force-conflicts", "--field-manager=agentpool-tests",
         "-f", "-", input=render(),
     )
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    cluster.wait_condition(f"crd/{CRD_NAME}", "Established")
     # Established can precede discovery by a moment; wait until kubectl can list the kind.
     eventually(lambda: cluster.kubectl("get", CRD_NAME.split(".")[0], "-A",
                                        check=False).returncode == 0, timeout=30)

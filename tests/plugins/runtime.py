@@ -12,9 +12,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -136,7 +138,8 @@ class RunningSupervisor:
 
 class StartSupervisor(Protocol):
     def __call__(self, pool: RuntimePool, *, database_url: str | None = None,
-                 ready: bool = True, wrapper: Sequence[str] = ()) -> RunningSupervisor: ...
+                 ready: bool = True, wrapper: Sequence[str] = (),
+                 redis_url: str | None = None) -> RunningSupervisor: ...
 
 
 def _wait_for_port(log_path: Path, process: subprocess.Popen[bytes], within: float) -> int:
@@ -165,33 +168,39 @@ def wait_ready(supervisor: RunningSupervisor, within: float = 60.0) -> None:
 
 
 @pytest.fixture
-def runtime_pool(tmp_path: Path) -> RuntimePool:
+def runtime_pool(tmp_path: Path) -> Iterator[RuntimePool]:
     """A fresh pool (unique name, hence unique Redis keys) running the test handlers."""
     config = RuntimeConfig(
         pool=f"t-{uuid.uuid4().hex[:10]}",
         handler=f"{TEST_HANDLERS}:record", init_hook=f"{TEST_HANDLERS}:init",
         handlers={name: f"{TEST_HANDLERS}:{name}"
                   for name in ("hang", "leak", "fail", "permanent", "sleepy", "sync_sleep",
-                               "orphan", "segfault")},
+                               "orphan", "segfault", "flaky", "block_at_once",
+                               "crash_twice_then_fail", "exclusive", "sync_exclusive")},
         workers=2, concurrency=4, task_timeout_seconds=10, hang_grace_seconds=1,
         heartbeat_interval_seconds=0.5, lease_seconds=10, retry_backoff_seconds=0.2,
         retry_backoff_max_seconds=1, drain_grace_seconds=5, metrics_host="127.0.0.1",
         metrics_port=0, log_level="INFO")
     pool = RuntimePool(tmp_path / "runtime.json", config)
     pool.update()
-    return pool
+    yield pool
+    # What the test handlers left on disk for this pool (see `handlers.runs_dir`).
+    shutil.rmtree(Path(tempfile.gettempdir()) / "agentpool-test-runs" / pool.config.pool,
+                  ignore_errors=True)
 
 
 @pytest.fixture
 def start_supervisor(redis_url: str, tmp_path: Path) -> Iterator[StartSupervisor]:
     started: list[RunningSupervisor] = []
+    session_redis_url = redis_url
 
     def start(pool: RuntimePool, *, database_url: str | None = None, ready: bool = True,
-              wrapper: Sequence[str] = ()) -> RunningSupervisor:
+              wrapper: Sequence[str] = (), redis_url: str | None = None) -> RunningSupervisor:
         log_path = tmp_path / f"supervisor-{len(started)}.log"
         env = {key: value for key, value in os.environ.items()
                if not key.startswith("AGENTPOOL_")}
-        env.update({"AGENTPOOL_CONFIG": str(pool.path), "AGENTPOOL_REDIS_URL": redis_url,
+        env.update({"AGENTPOOL_CONFIG": str(pool.path),
+                    "AGENTPOOL_REDIS_URL": redis_url or session_redis_url,
                     "AGENTPOOL_POD_NAME": f"pod{len(started)}",
                     "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
         if database_url:

@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from agentpool_operator import gen_crd
-from agentpool_operator.api import AgentPoolSpec
-from agentpool_operator.crd import (
+from agentpool_tools import gen_crd
+from agentpool_tools.crd import (
     SchemaError,
     build_crd,
     openapi_schema,
     structural_violations,
     to_structural,
 )
+
+from agentpool_operator.api import AgentPoolSpec
 from tests.plugins.crd import apply_defaults
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from agentpool_tools.crd import openapi_schema
 from hypothesis import given, settings
 
 from agentpool_operator.api import AgentPoolSpec, parse_quantity
-from agentpool_operator.crd import openapi_schema
 from tests.plugins.crd import agentpool_specs, apply_defaults
 
 SPEC_SCHEMA = openapi_schema()["properties"]["spec"]

@@ -57,7 +57,7 @@ def test_below_min_replicas_is_not_ready() -> None:
 
 
 def test_a_blocking_problem_makes_the_pool_not_ready_and_degraded_with_its_reason() -> None:
-    problem = Problem("SecretMissing", "Secret x does not exist", blocking=True)
+    problem = Problem(reason="SecretMissing", message="Secret x does not exist", blocking=True)
     status = compute_status(observe(None, [problem]), {}, T0)
     assert conditions(status)["Ready"] == ("False", "SecretMissing")
     assert conditions(status)["Degraded"] == ("True", "SecretMissing")

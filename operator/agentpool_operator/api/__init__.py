@@ -1,6 +1,6 @@
 """The AgentPool API (`agentpool.dev/v1alpha1`): pydantic models, quantities, conditions.
 
-Pure: no Kubernetes client, no I/O. `agentpool_operator.crd` generates the CRD from these
+Pure: no Kubernetes client, no I/O. `agentpool_tools.crd` generates the CRD from these
 models; the operator parses live objects with `AgentPoolSpec.model_validate(spec)`.
 """
 

@@ -14,6 +14,10 @@ from pydantic import Field
 
 from agentpool_operator.api.common import ApiModel, section
 
+QUEUE_BACKLOG_METRIC = "agentpool_queue_backlog"
+"""The External metric a pool's HPA scales on (tasks queued or running on its stream,
+labelled agentpool.dev/pool), served by the metrics API."""
+
 
 class ScalingPolicy(ApiModel):
     """A limit on how much the pool may scale within one period."""

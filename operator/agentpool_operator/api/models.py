@@ -32,7 +32,7 @@ from agentpool_operator.api.common import (
     section,
     validations,
 )
-from agentpool_operator.api.pod import PodOverrides, ResourceRequirements, SidecarResources
+from agentpool_operator.api.pod import PodOverrides, ResourceRequirements
 from agentpool_operator.api.quantity import ResourceQuantity, whole_bytes
 from agentpool_operator.api.spec_rules import SPEC_RULES
 from agentpool_operator.api.status import AgentPoolStatus as AgentPoolStatus
@@ -43,14 +43,6 @@ HANDLER_PATTERN = contract.HANDLER_REF_PATTERN
 STREAM_PATTERN = contract.STREAM_PATTERN
 IMAGE_PATTERN = r"^[^\s]+$"
 DEFAULT_PGBOUNCER_IMAGE = "ghcr.io/cloudnative-pg/pgbouncer:1.24.1"
-# prometheus-community/pgbouncer_exporter; the dashboards and alerts use its metric names.
-DEFAULT_PGBOUNCER_EXPORTER_IMAGE = "quay.io/prometheuscommunity/pgbouncer-exporter:v0.11.0"
-DEFAULT_PGBOUNCER_EXPORTER_PORT = 9127  # the exporter's registered default port
-# Measured order of magnitude for the Go exporter: ~10 MiB resident, a few millicores.
-_EXPORTER_RESOURCES: dict[str, Any] = {
-    "requests": {"cpu": "10m", "memory": "24Mi"},
-    "limits": {"memory": "64Mi"},
-}
 _DAY = 86400
 
 
@@ -163,8 +155,9 @@ class QueueSpec(ApiModel):
     tasks delivered to the old group and not yet acknowledged."""
     max_deliveries: int = Field(default=contract.DEFAULT_MAX_DELIVERIES, ge=1,
                                 le=contract.MAX_DELIVERIES_LIMIT)
-    """Deliveries of one task (retries and crash redeliveries together) before it is moved
-    to the pool's dead-letter stream instead of being run again."""
+    """Executions of one task that started (retries, and runs that took their worker down,
+    together) before it is moved to the pool's dead-letter stream instead of being run again;
+    a hand-over of a task that never started does not count. A hard bound."""
     lease_seconds: int = Field(default=contract.DEFAULT_LEASE_SECONDS,
                                ge=contract.MIN_LEASE_SECONDS, le=3600)
     """How long a task stays claimed by a worker without a lease renewal before another pod
@@ -212,25 +205,17 @@ class DatabaseSpec(ApiModel):
 
 
 class PgBouncerExporterSpec(ApiModel):
-    """The PgBouncer metrics exporter sidecar (prometheus-community pgbouncer_exporter).
+    """PgBouncer's pool metrics (clients waiting, longest wait, server connections in use),
+    exported by the runtime container itself on `metricsPort`, under the metric names of
+    prometheus-community's pgbouncer_exporter v0.11; no sidecar.
 
-    It reads PgBouncer's admin console over loopback as a stats-only user whose credentials
-    live in the pool's derived Secret, and serves pool metrics (clients waiting, longest
-    wait, server connections in use) on `port`.
+    The runtime reads PgBouncer's admin console over loopback as a stats-only user whose
+    credentials live in the pool's derived Secret.
     """
 
     enabled: bool = True
-    """Run the exporter in every pod of a pool with a database; no effect without one."""
-    image: str = Field(default=DEFAULT_PGBOUNCER_EXPORTER_IMAGE, min_length=1, max_length=512)
-    """Exporter container image; the dashboards and alerts use the metric names of
-    prometheus-community/pgbouncer_exporter v0.11."""
-    port: int = Field(default=DEFAULT_PGBOUNCER_EXPORTER_PORT, ge=1024, le=65535)
-    """Container port of the exporter's /metrics (port name `pgb-metrics`)."""
-    resources: SidecarResources = Field(
-        default_factory=lambda: SidecarResources.model_validate(_EXPORTER_RESOURCES),
-        json_schema_extra={"default": _EXPORTER_RESOURCES},
-    )
-    """CPU and memory of the exporter container."""
+    """Export PgBouncer's metrics from every pod of a pool with a database; no effect
+    without one."""
 
 
 class MonitoringSpec(ApiModel):
@@ -244,13 +229,6 @@ class MonitoringSpec(ApiModel):
                 "the PodMonitor",
                 field_path=".podMonitor",
             ),
-            cel(
-                "!self.pgbouncerExporter.enabled || "
-                "self.pgbouncerExporter.port != self.metricsPort",
-                "monitoring.pgbouncerExporter.port must differ from monitoring.metricsPort: "
-                "both containers listen on the pod's IP",
-                field_path=".pgbouncerExporter.port",
-            ),
         )
     )
 
@@ -261,7 +239,7 @@ class MonitoringSpec(ApiModel):
     pod_monitor: bool = False
     """Create a PodMonitor (needs the Prometheus Operator's CRDs in the cluster)."""
     pgbouncer_exporter: PgBouncerExporterSpec = section(PgBouncerExporterSpec)
-    """PgBouncer metrics exporter sidecar (only in pools with a database)."""
+    """PgBouncer's pool metrics, served by the runtime (only in pools with a database)."""
 
     @model_validator(mode="before")
     @classmethod

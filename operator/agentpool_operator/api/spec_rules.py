@@ -76,14 +76,6 @@ _METRICS_PORT_FREE = cel(
     field_path=".monitoring.metricsPort",
 )
 
-_EXPORTER_PORT_FREE = cel(
-    "!has(self.database) || !self.monitoring.pgbouncerExporter.enabled || "
-    f"self.monitoring.pgbouncerExporter.port != {PGBOUNCER_PORT}",
-    f"spec.monitoring.pgbouncerExporter.port must not be {PGBOUNCER_PORT}: the PgBouncer "
-    "sidecar listens on it in every pod of a pool with a database; choose another port",
-    field_path=".monitoring.pgbouncerExporter.port",
-)
-
 SPEC_RULES = (
     _BOUNDS,
     _REPLICAS_IN_BOUNDS,
@@ -92,5 +84,4 @@ SPEC_RULES = (
     _CLIENT_CONNECTIONS,
     _WORKER_MEMORY,
     _METRICS_PORT_FREE,
-    _EXPORTER_PORT_FREE,
 )

@@ -4,7 +4,8 @@ Called by the reconciler, which applies every manifest with server-side apply (f
 `agentpool-operator`, force) and deletes optional children that come back as None. Nothing
 in this package does I/O, reads the clock or the environment, or imports kopf or lightkube.
 
-One module per child: `config` (ConfigMap), `secret` (derived PgBouncer Secret, with the DSN
+`kinds` is the registry of child kinds everything else derives from. One module per child:
+`config` (ConfigMap), `secret` (derived PgBouncer Secret, with the DSN
 parser), `deployment` (+ `pgbouncer` sidecar, `scheduling`), `service`, `pdb`, `hpa`,
 `scaledobject` (KEDA instead of the HPA), `podmonitor`; `common` holds names, labels and
 owner references, `confighash` the pod template's config hash.
@@ -13,6 +14,7 @@ owner references, `confighash` the pod template's config hash.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 from agentpool_operator.builders.common import (
     CONFIG_HASH_ANNOTATION,
@@ -37,6 +39,7 @@ from agentpool_operator.builders.dsn import (
     parse_database_dsn,
 )
 from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC, build_hpa
+from agentpool_operator.builders.kinds import CHILD_KINDS, ChildKind
 from agentpool_operator.builders.pdb import build_pdb
 from agentpool_operator.builders.podmonitor import build_pod_monitor
 from agentpool_operator.builders.scaledobject import (
@@ -72,44 +75,27 @@ class Children:
 
     @property
     def manifests(self) -> tuple[Manifest, ...]:
-        """The non-None manifests in apply order: what the pods mount and the objects that
-        select them exist before the Deployment; the HPA and PodMonitor come last because
-        they only observe the running pool."""
-        ordered = (
-            self.config_map,
-            self.secret,
-            self.service,
-            self.pdb,
-            self.deployment,
-            self.hpa,
-            self.keda_secret,
-            self.trigger_authentication,
-            self.scaled_object,
-            self.pod_monitor,
-        )
-        return tuple(manifest for manifest in ordered if manifest is not None)
+        """The non-None manifests in apply order (`kinds.CHILD_KINDS`' order)."""
+        found = (getattr(self, child.field) for child in CHILD_KINDS)
+        return tuple(manifest for manifest in found if manifest is not None)
 
 
 def build_children(ctx: PoolContext) -> Children:
-    """Every child of the pool. Raises `InvalidDatabaseDsn` for an unusable database DSN."""
-    return Children(
-        config_map=build_config_map(ctx),
-        secret=build_secret(ctx),
-        deployment=build_deployment(ctx),
-        service=build_service(ctx),
-        pdb=build_pdb(ctx),
-        hpa=build_hpa(ctx),
-        pod_monitor=build_pod_monitor(ctx),
-        keda_secret=build_keda_secret(ctx),
-        trigger_authentication=build_trigger_authentication(ctx),
-        scaled_object=build_scaled_object(ctx),
-    )
+    """Every child of the pool, one builder per entry of `kinds.CHILD_KINDS`. Raises
+    `InvalidDatabaseDsn` for an unusable database DSN."""
+    built = {child.field: child.build(ctx) for child in CHILD_KINDS}
+    missing = [c.field for c in CHILD_KINDS if not c.optional and built[c.field] is None]
+    if missing:  # a builder bug: reported by the plan step as such
+        raise ValueError(f"no manifest built for the required children {missing}")
+    return Children(**cast(dict[str, Any], built))
 
 
 __all__ = [
+    "CHILD_KINDS",
     "CONFIG_HASH_ANNOTATION",
     "FIELD_MANAGER",
     "QUEUE_BACKLOG_METRIC",
+    "ChildKind",
     "Children",
     "DatabaseDsn",
     "DsnOptions",

@@ -33,14 +33,13 @@ APP_NAME = "agentpool"
 WORKER_COMPONENT = "worker"
 
 METRICS_PORT_NAME = "metrics"
-PGBOUNCER_EXPORTER_PORT_NAME = "pgb-metrics"  # port names are at most 15 characters
 
 
 def pgbouncer_exporter_enabled(spec: AgentPoolSpec) -> bool:
-    """Whether the pods run the PgBouncer metrics exporter: asked for, and PgBouncer exists.
+    """Whether the pods export PgBouncer's metrics: asked for, and PgBouncer exists.
 
-    The Deployment, the derived Secret (stats user), PgBouncer's ini (stats_users), the
-    Service and the PodMonitor all follow this one decision."""
+    The runtime's environment (the stats URL), the derived Secret (stats user) and
+    PgBouncer's ini (stats_users) all follow this one decision."""
     return spec.database is not None and spec.monitoring.pgbouncer_exporter.enabled
 
 

@@ -44,6 +44,11 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # libpq's ssl_min_protocol_version -> PgBouncer's server_tls_protocols (that version and up).
 _TLS_FROM = {"TLSv1": "tlsv1.0,tlsv1.1,tlsv1.2,tlsv1.3", "TLSv1.1": "tlsv1.1,tlsv1.2,tlsv1.3",
              "TLSv1.2": "tlsv1.2,tlsv1.3", "TLSv1.3": "tlsv1.3"}
+# asyncpg's named-statement cache per connection, within what PgBouncer tracks. Safe because
+# the sidecar always gets `max_prepared_statements`, which PgBouncer < 1.21 refuses to start
+# with ("unknown parameter"): a pool's PgBouncer either tracks prepared statements or does
+# not run at all.
+STATEMENT_CACHE_SIZE = MAX_PREPARED_STATEMENTS // 2
 
 
 def _bytes(quantity: int | str) -> int:
@@ -84,6 +89,10 @@ runtime's model is reported against the field the user wrote."""
 
 def runtime_config(ctx: PoolContext) -> RuntimeConfig:
     """The runtime settings of a pool's pods, from its spec (secrets come from env vars)."""
+    return ctx.once("runtime_config", lambda: _runtime_config(ctx))
+
+
+def _runtime_config(ctx: PoolContext) -> RuntimeConfig:
     spec = ctx.spec
     workers = spec.workers
     limits = spec.resources.limits or {}
@@ -113,6 +122,7 @@ def runtime_config(ctx: PoolContext) -> RuntimeConfig:
         fields["cache_ttl_seconds"] = spec.cache.ttl_seconds
     if spec.database is not None:
         fields["db_pool_max_size"] = db_pool_max_size(spec, spec.database)
+        fields["db_statement_cache_size"] = STATEMENT_CACHE_SIZE
     return RuntimeConfig.model_validate(fields)
 
 
@@ -135,9 +145,10 @@ def _server_settings(options: DsnOptions) -> list[tuple[str, str]]:
 def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False,
                   options: DsnOptions | None = None) -> str:
     """PgBouncer's main config: settings only, the `[databases]` entry is `%include`d from
-    the Secret mounted at /etc/pgbouncer/secret. With `exporter`, the exporter's user may
-    read the admin console's SHOW commands (stats_users), nothing more. `options` are the
-    DSN's TLS and timeout parameters (not credentials, so they may live here)."""
+    the Secret mounted at /etc/pgbouncer/secret. With `exporter`, the stats user (the runtime
+    reading PgBouncer's metrics) may read the admin console's SHOW commands (stats_users),
+    nothing more. `options` are the DSN's TLS and timeout parameters (not credentials, so
+    they may live here)."""
     pgbouncer = database.pgbouncer
     settings: list[tuple[str, str]] = [
         # Loopback only: the workers share the pod's network namespace; nothing else may
@@ -161,7 +172,7 @@ def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False,
         # also drop the prepared statements PgBouncer tracks.
         settings.append(("server_reset_query", ""))
     settings += [
-        # No admin console users (only the exporter's read-only stats user), no log or pid
+        # No admin console users (only the read-only stats user), no log or pid
         # files: logs go to stdout, the pod is the unit.
         ("admin_users", ""),
         ("stats_users", STATS_USER if exporter else ""),
@@ -175,6 +186,10 @@ def pgbouncer_ini(database: DatabaseSpec, *, exporter: bool = False,
 
 def config_data(ctx: PoolContext) -> dict[str, str]:
     """The ConfigMap's `data`: the runtime config, plus PgBouncer's ini with a database."""
+    return ctx.once("config_data", lambda: _config_data(ctx))
+
+
+def _config_data(ctx: PoolContext) -> dict[str, str]:
     data = {RUNTIME_CONFIG_KEY: render_config(runtime_config(ctx))}
     if ctx.spec.database is not None:
         dsn = ctx.database_dsn

@@ -6,8 +6,10 @@ builders in this package, which turn it into the desired child objects. Nothing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, TypeVar, cast
 
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.dsn import DatabaseDsn, parse_database_dsn
@@ -25,6 +27,9 @@ class SecretValues:
     """database.dsnSecretRef's value, when a database is configured."""
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class PoolContext:
     """One AgentPool as the builders see it."""
@@ -38,6 +43,15 @@ class PoolContext:
     """Whether the cluster serves monitoring.coreos.com/v1 PodMonitor."""
     keda_api: bool = False
     """Whether the cluster serves keda.sh/v1alpha1 ScaledObject (KEDA is installed)."""
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def once(self, name: str, compute: Callable[[], T]) -> T:
+        """`compute()` the first time `name` is asked for on this context, then that value:
+        inputs several builders share (the runtime config, the ConfigMap's data) are built
+        once per reconcile, not once per builder."""
+        if name not in self._memo:
+            self._memo[name] = compute()
+        return cast(T, self._memo[name])
 
     @cached_property
     def database_dsn(self) -> DatabaseDsn | None:

@@ -1,5 +1,5 @@
-"""The Deployment `<pool>`: the worker pods, their runtime container, the PgBouncer sidecar and
-its metrics exporter.
+"""The Deployment `<pool>`: the worker pods, their runtime container (which also serves
+PgBouncer's metrics) and the PgBouncer sidecar.
 
 `spec.replicas` is always the AgentPool's `spec.replicas`: the operator is the Deployment's
 only replica writer, and the HorizontalPodAutoscaler scales the AgentPool through its scale
@@ -14,6 +14,7 @@ from agent_runtime.config import (
     CACHE_REDIS_URL_ENV,
     CONFIG_PATH_ENV,
     DATABASE_URL_ENV,
+    PGBOUNCER_STATS_URL_ENV,
     POD_NAME_ENV,
     REDIS_URL_ENV,
 )
@@ -37,13 +38,9 @@ from agentpool_operator.builders.config import (
 )
 from agentpool_operator.builders.confighash import config_hash
 from agentpool_operator.builders.context import PoolContext
-from agentpool_operator.builders.pgbouncer import (
-    pgbouncer_container,
-    pgbouncer_exporter_container,
-    pgbouncer_volume,
-)
+from agentpool_operator.builders.pgbouncer import pgbouncer_container, pgbouncer_volume
 from agentpool_operator.builders.scheduling import pod_security_context, scheduling
-from agentpool_operator.builders.secret import DATABASE_URL_KEY
+from agentpool_operator.builders.secret import DATABASE_URL_KEY, STATS_URL_KEY
 
 RUNTIME_CONTAINER = "runtime"
 # The `agentpool-runtime` console script and its `run` subcommand (agent_runtime/cli.py).
@@ -96,6 +93,9 @@ def runtime_env(ctx: PoolContext) -> list[dict[str, Any]]:
         env.append(_secret_env(CACHE_REDIS_URL_ENV, cache_ref.name, cache_ref.key))
     if spec.database is not None:
         env.append(_secret_env(DATABASE_URL_ENV, secret_name(ctx.name), DATABASE_URL_KEY))
+    if pgbouncer_exporter_enabled(spec):
+        # With it the runtime also serves PgBouncer's pool metrics on its /metrics.
+        env.append(_secret_env(PGBOUNCER_STATS_URL_ENV, secret_name(ctx.name), STATS_URL_KEY))
     return env + _user_env(spec)
 
 
@@ -188,8 +188,6 @@ def pod_spec(ctx: PoolContext) -> dict[str, Any]:
     if spec.database is not None:
         pod["initContainers"] = [pgbouncer_container(spec.database)]
     pod["containers"] = [runtime_container(ctx)]
-    if pgbouncer_exporter_enabled(spec):
-        pod["containers"].append(pgbouncer_exporter_container(ctx))
     pod["volumes"] = _volumes(ctx)
     pod |= scheduling(ctx)
     return pod

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-# PgBouncer's read-only admin console user for the exporter (see secret.py).
+# PgBouncer's read-only admin console user, for its metrics (see secret.py).
 STATS_USER = "agentpool_stats"
 DEFAULT_POSTGRES_PORT = 5432
 
@@ -177,7 +177,7 @@ def _check_usable(dsn: DatabaseDsn) -> None:
     if dsn.user == STATS_USER:
         raise InvalidDatabaseDsn(
             f"the database user in the DSN must not be {STATS_USER!r}: PgBouncer reserves that "
-            "name for the metrics exporter"
+            "name for reading its metrics"
         )
     if not _ALIAS.match(dsn.dbname) or dsn.dbname in _RESERVED_ALIASES:
         raise InvalidDatabaseDsn(

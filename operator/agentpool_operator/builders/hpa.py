@@ -11,12 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec, AutoscalingSpec
+from agentpool_operator.api.autoscaling import QUEUE_BACKLOG_METRIC as QUEUE_BACKLOG_METRIC
 from agentpool_operator.api.models import ScaleDownRules, ScaleUpRules
 from agentpool_operator.builders.common import POOL_LABEL, Manifest, object_meta
 from agentpool_operator.builders.context import PoolContext
-
-QUEUE_BACKLOG_METRIC = "agentpool_queue_backlog"
-"""External metric: tasks queued or running on a pool's stream, labelled agentpool.dev/pool."""
 
 
 def _rules(rules: ScaleUpRules | ScaleDownRules) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The PodMonitor `<pool>` (monitoring.coreos.com/v1): tells a Prometheus Operator to scrape
-the workers' metrics endpoint and, with a database, the PgBouncer exporter's. Built only when
+the workers' metrics endpoint (which, with a database, also serves PgBouncer's). Built only when
 the user asks for it and the cluster serves the PodMonitor API (the reconciler detects that
 into `PoolContext.pod_monitor_api`).
 """
@@ -10,12 +10,10 @@ from typing import Any
 
 from agentpool_operator.builders.common import (
     METRICS_PORT_NAME,
-    PGBOUNCER_EXPORTER_PORT_NAME,
     POOL_LABEL,
     Manifest,
     label_selector,
     object_meta,
-    pgbouncer_exporter_enabled,
 )
 from agentpool_operator.builders.context import PoolContext
 
@@ -46,8 +44,6 @@ def build_pod_monitor(ctx: PoolContext) -> Manifest | None:
     if not (monitoring.pod_monitor and monitoring.metrics and ctx.pod_monitor_api):
         return None
     endpoints = [_endpoint(METRICS_PORT_NAME)]
-    if pgbouncer_exporter_enabled(ctx.spec):
-        endpoints.append(_endpoint(PGBOUNCER_EXPORTER_PORT_NAME))
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",

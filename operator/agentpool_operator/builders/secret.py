@@ -11,14 +11,14 @@ Keys:
 * `databases.ini` - PgBouncer's `[databases]` section, `%include`d by `pgbouncer.ini`: where
   the database is, and no user or password. An entry with `user=` would make PgBouncer log in
   to PostgreSQL as that user for every client it admits, so any user in `userlist.txt` - the
-  exporter's stats user too - would get the application database. Without it PgBouncer logs
+  stats user too - would get the application database. Without it PgBouncer logs
   in as the client's own user with that user's password from `userlist.txt`: the pool's user
   reaches its database, and the stats user, which PostgreSQL does not know, is refused.
 * `userlist.txt` - PgBouncer's auth_file: the credentials workers log in to PgBouncer with.
 * `database-url` - `AGENTPOOL_DATABASE_URL` for the runtime: the same user through PgBouncer
   on 127.0.0.1:6432.
-* `exporter-connection-string` - only with the PgBouncer exporter: its
-  `PGBOUNCER_EXPORTER_CONNECTION_STRING`, PgBouncer's admin console (`pgbouncer` database) as
+* `pgbouncer-stats-url` - only with PgBouncer metrics on: the runtime's
+  `AGENTPOOL_PGBOUNCER_STATS_URL`, PgBouncer's admin console (`pgbouncer` database) as
   the stats-only user `agentpool_stats`, whose entry `userlist.txt` then also holds. That
   user exists only in PgBouncer (`stats_users`: SHOW commands, nothing else); its password
   is derived from the database password with HMAC-SHA256, so it is stable across reconciles
@@ -51,9 +51,9 @@ from agentpool_operator.builders.dsn import DatabaseDsn, DsnOptions
 DATABASES_INI_KEY = "databases.ini"
 USERLIST_KEY = "userlist.txt"
 DATABASE_URL_KEY = "database-url"
-EXPORTER_CONNECTION_KEY = "exporter-connection-string"
+STATS_URL_KEY = "pgbouncer-stats-url"
 
-# PgBouncer's read-only admin console user for the exporter (see the module docstring).
+# PgBouncer's read-only admin console, read for its metrics (see the module docstring).
 ADMIN_DATABASE = "pgbouncer"
 
 PGBOUNCER_HOST = "127.0.0.1"
@@ -78,7 +78,7 @@ def _runtime_query(options: DsnOptions) -> str:
 
 
 def stats_password(ctx: PoolContext, dsn: DatabaseDsn) -> str:
-    """The exporter's PgBouncer password: HMAC-SHA256 of the pool's identity keyed with the
+    """The stats user's PgBouncer password: HMAC-SHA256 of the pool's identity keyed with the
     database password (hex, so it needs no quoting anywhere)."""
     message = f"agentpool pgbouncer stats user {ctx.namespace}/{ctx.name}".encode()
     return hmac.new(dsn.password.encode("utf-8"), message, hashlib.sha256).hexdigest()
@@ -110,7 +110,7 @@ def secret_data(ctx: PoolContext) -> dict[str, str] | None:
         password = stats_password(ctx, dsn)
         data[USERLIST_KEY] += f"{_auth_file_field(STATS_USER)} {_auth_file_field(password)}\n"
         # Loopback inside the pod, and PgBouncer is configured without TLS.
-        data[EXPORTER_CONNECTION_KEY] = (
+        data[STATS_URL_KEY] = (
             f"postgres://{STATS_USER}:{password}@{PGBOUNCER_HOST}:{PGBOUNCER_PORT}/"
             f"{ADMIN_DATABASE}?sslmode=disable"
         )

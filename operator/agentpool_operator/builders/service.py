@@ -11,17 +11,15 @@ from typing import Any
 
 from agentpool_operator.builders.common import (
     METRICS_PORT_NAME,
-    PGBOUNCER_EXPORTER_PORT_NAME,
     Manifest,
     object_meta,
-    pgbouncer_exporter_enabled,
     selector_labels,
 )
 from agentpool_operator.builders.context import PoolContext
 
 
 def build_service(ctx: PoolContext) -> Manifest:
-    """The `<pool>` Service (with the PgBouncer exporter's port when the pods run it)."""
+    """The `<pool>` Service (its one port also serves PgBouncer's metrics, when on)."""
     ports: list[dict[str, Any]] = [
         # protocol is part of the ports list's merge key: sent explicitly for apply.
         {
@@ -31,13 +29,6 @@ def build_service(ctx: PoolContext) -> Manifest:
             "protocol": "TCP",
         }
     ]
-    if pgbouncer_exporter_enabled(ctx.spec):
-        ports.append({
-            "name": PGBOUNCER_EXPORTER_PORT_NAME,
-            "port": ctx.spec.monitoring.pgbouncer_exporter.port,
-            "targetPort": PGBOUNCER_EXPORTER_PORT_NAME,
-            "protocol": "TCP",
-        })
     return {
         "apiVersion": "v1",
         "kind": "Service",

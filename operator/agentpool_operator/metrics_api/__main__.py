@@ -24,6 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from agentpool_operator import health, logs
+from agentpool_operator.metrics_api.apiserver import ApiServer
 from agentpool_operator.metrics_api.auth import (
     AUTH_CONFIGMAP_NAME,
     AUTH_CONFIGMAP_NAMESPACE,
@@ -33,7 +34,6 @@ from agentpool_operator.metrics_api.auth import (
 )
 from agentpool_operator.metrics_api.backlog import BacklogReader
 from agentpool_operator.metrics_api.gauges import GaugeRefresher
-from agentpool_operator.metrics_api.kube import Kube
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.server import MetricsApi, build_app
 from agentpool_operator.metrics_api.telemetry import Telemetry
@@ -103,7 +103,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
 
 
 async def run(settings: Settings) -> None:
-    kube = Kube.from_environment()
+    kube = ApiServer.from_environment()
     reader = BacklogReader(timeout=settings.redis_timeout)
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[None]] = []

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from agentpool_operator.builders.common import POOL_LABEL
-from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC
+from agentpool_operator.api.autoscaling import QUEUE_BACKLOG_METRIC
+from agentpool_operator.api.labels import POOL_LABEL
 
 SERIES_POOL_LABEL = "agentpool"
 

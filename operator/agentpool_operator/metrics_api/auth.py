@@ -37,7 +37,7 @@ from cryptography.x509.oid import NameOID
 from lightkube.models.authorization_v1 import ResourceAttributes
 from multidict import CIMultiDictProxy
 
-from agentpool_operator.metrics_api.kube import Kube
+from agentpool_operator.metrics_api.apiserver import ApiServer
 
 AUTH_CONFIGMAP_NAMESPACE = "kube-system"
 AUTH_CONFIGMAP_NAME = "extension-apiserver-authentication"
@@ -172,7 +172,7 @@ class _TtlCache(Generic[K, V]):
 class Authenticator:
     """Who sent a request (see the module docstring for the order)."""
 
-    def __init__(self, config: AuthConfig, kube: Kube, ttl: float = CACHE_SECONDS,
+    def __init__(self, config: AuthConfig, kube: ApiServer, ttl: float = CACHE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._kube = kube
@@ -181,7 +181,7 @@ class Authenticator:
     async def authenticate(self, peer_cert_der: bytes | None,
                            headers: CIMultiDictProxy[str]) -> UserInfo | None:
         """The user, or None when the request is anonymous or its credentials are invalid.
-        Raises `KubeError` when a TokenReview cannot be made."""
+        Raises `ApiServerError` when a TokenReview cannot be made."""
         if peer_cert_der:
             cert = x509.load_der_x509_certificate(peer_cert_der)
             user = front_proxy_user(self.config, cert, headers)
@@ -220,14 +220,14 @@ class Decision:
 class Authorizer:
     """Whether a user may make a request: a SubjectAccessReview, cached briefly."""
 
-    def __init__(self, kube: Kube, ttl: float = CACHE_SECONDS,
+    def __init__(self, kube: ApiServer, ttl: float = CACHE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._kube = kube
         self._decisions: _TtlCache[tuple[object, ...], Decision] = _TtlCache(ttl, clock)
 
     async def authorize(self, user: UserInfo, *, verb: str, group: str, version: str,
                         resource: str, namespace: str) -> Decision:
-        """Raises `KubeError` when the review cannot be made."""
+        """Raises `ApiServerError` when the review cannot be made."""
         key = (*user.cache_key(), verb, group, resource, namespace)
         hit, cached = self._decisions.get(key)
         if hit and cached is not None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from agentpool_operator.metrics_api.apiserver import ApiServerError
 from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
-from agentpool_operator.metrics_api.kube import KubeError
 from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError
 from agentpool_operator.metrics_api.telemetry import Telemetry
 from agentpool_operator.queuedir import PoolKey, QueueEntry
@@ -45,7 +45,7 @@ class GaugeRefresher:
     async def run_once(self) -> None:
         try:
             entries = await self._pools.entries()
-        except (PoolError, KubeError) as error:
+        except (PoolError, ApiServerError) as error:
             self._telemetry.queue_errors.inc()
             if str(error) != self._directory_error:
                 log.warning("queue gauges: %s", error)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from agentpool_operator.builders.common import POOL_LABEL
-from agentpool_operator.metrics_api.kube import Kube
+from agentpool_operator.api.labels import POOL_LABEL
+from agentpool_operator.metrics_api.apiserver import ApiServer
 from agentpool_operator.metrics_api.selector import Selector
 from agentpool_operator.queuedir import DirectoryError, PoolKey, QueueEntry, decode_all
 
@@ -42,7 +42,7 @@ def metric_labels(pool: str) -> dict[str, str]:
 class PoolDirectory:
     """The operator's queue directory, cached for a few seconds."""
 
-    def __init__(self, kube: Kube, namespace: str, name: str,
+    def __init__(self, kube: ApiServer, namespace: str, name: str,
                  ttl: float = DEFAULT_TTL_SECONDS, miss_ttl: float = MISS_TTL_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._kube = kube
@@ -62,7 +62,7 @@ class PoolDirectory:
 
     async def entries(self, max_age: float | None = None) -> dict[PoolKey, QueueEntry]:
         """Every published pool. Raises `PoolError` when the directory cannot be read, and
-        `KubeError` when the API server cannot answer."""
+        `ApiServerError` when the API server cannot answer."""
         age = None if self._read_at is None else self._clock() - self._read_at
         if age is None or age >= (self._ttl if max_age is None else max_age):
             secret = await self._kube.secret_data(self._namespace, self._name)

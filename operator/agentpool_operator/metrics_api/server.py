@@ -23,10 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from agentpool_operator.builders.hpa import QUEUE_BACKLOG_METRIC
+from agentpool_operator.api.autoscaling import QUEUE_BACKLOG_METRIC
+from agentpool_operator.metrics_api.apiserver import ApiServerError
 from agentpool_operator.metrics_api.auth import Authenticator, Authorizer, UserInfo
 from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
-from agentpool_operator.metrics_api.kube import KubeError
 from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError, metric_labels
 from agentpool_operator.metrics_api.selector import SelectorError, parse_selector
 from agentpool_operator.metrics_api.telemetry import Telemetry
@@ -86,7 +86,7 @@ class MetricsApi:
         peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         try:
             user = await self.authenticator.authenticate(peer, request.headers)
-        except KubeError as error:
+        except ApiServerError as error:
             log.warning("authentication failed: %s", error)
             return status(503, "ServiceUnavailable", "cannot authenticate the request now")
         if user is None:
@@ -128,7 +128,7 @@ class MetricsApi:
             decision = await self.authorizer.authorize(
                 user, verb="list", group=GROUP, version=VERSION, resource=metric,
                 namespace=namespace)
-        except KubeError as error:
+        except ApiServerError as error:
             log.warning("authorisation failed: %s", error)
             return status(503, "ServiceUnavailable", "cannot authorise the request now")
         if not decision.allowed:
@@ -147,7 +147,7 @@ class MetricsApi:
             targets = await self.pools.select(namespace, selector)
             backlogs = await asyncio.gather(
                 *(self.reader.read(t.redis_url, t.keys) for t in targets))
-        except (PoolError, BacklogError, KubeError) as error:
+        except (PoolError, BacklogError, ApiServerError) as error:
             self.telemetry.queue_errors.inc()
             log.warning("no backlog for %r in %s: %s", request.query.get("labelSelector", ""),
                         namespace, error)

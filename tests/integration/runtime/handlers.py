@@ -11,10 +11,14 @@ import gc
 import os
 import signal
 import subprocess
+import tempfile
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 
 from agent_runtime import PermanentTaskError, TaskContext
 
@@ -38,6 +42,18 @@ def pids_key(pool: str) -> str:
 
 def cleanups_key(pool: str) -> str:
     return f"test:{pool}:cleanups"
+
+
+def attempts_key(pool: str, task_id: str) -> str:
+    """The `ctx.attempt` of every execution of a task, in order."""
+    return f"test:{pool}:attempts:{task_id}"
+
+
+def overlaps_key(pool: str) -> str:
+    """Per task: executions that started while another execution of it was still running."""
+    return f"test:{pool}:overlaps"
+
+
 
 
 async def _mark(ctx: TaskContext) -> None:
@@ -111,3 +127,95 @@ async def segfault(payload: dict[str, Any], ctx: TaskContext) -> None:
     """Kills its worker the moment it starts, before the worker can report anything."""
     await _mark(ctx)
     os.kill(os.getpid(), signal.SIGSEGV)
+
+
+async def flaky(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Fails its first execution, succeeds after (needs the retry to be promoted)."""
+    await _mark(ctx)
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return {"attempt": ctx.attempt}
+
+
+async def block_at_once(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Blocks the worker's event loop from its very first line, before any await (a CPU loop or
+    a blocking call right at the start), for `seconds`; counts the execution synchronously."""
+    _sync_redis(ctx).hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+    time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 - blocking the loop is the point
+    return "woke"
+
+
+def _sync_redis(ctx: TaskContext) -> redis.Redis:
+    kwargs = ctx.redis.connection_pool.connection_kwargs
+    return redis.Redis(host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379),
+                       db=kwargs.get("db", 0), decode_responses=True)
+
+
+async def crash_twice_then_fail(payload: dict[str, Any], ctx: TaskContext) -> None:
+    """By its own execution count (not `ctx.attempt`): executions 1 and 2 kill the worker,
+    the 3rd raises (a retry: a new stream entry), and so on in that cycle. Records every
+    `ctx.attempt` it was given."""
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        pipe.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+        pipe.rpush(attempts_key(ctx.pool, ctx.task_id), ctx.attempt)
+        executions, _ = await pipe.execute()
+    if int(executions) % 3 != 0:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    raise RuntimeError(f"fails on execution {executions}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def runs_dir(pool: str, task_id: str) -> Path:
+    """Where the executions of a task that are running now register (one file each). A
+    local directory, not Redis: a registration must be removed even when Redis is
+    restarting at the end of a run, or a later run would take it for a live one."""
+    return Path(tempfile.gettempdir()) / "agentpool-test-runs" / pool / task_id
+
+
+async def exclusive(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Runs `seconds` and notices if another execution of the same task is running at the same
+    time anywhere on this host: every execution registers a file named by its pid while it
+    runs, and one that finds another registration whose process is still alive counts an
+    overlap. (A killed execution leaves its file behind, but its process is dead.)"""
+    runs = runs_dir(ctx.pool, ctx.task_id)
+    runs.mkdir(parents=True, exist_ok=True)
+    mine = runs / f"{os.getpid()}-{uuid.uuid4().hex}"
+    mine.touch()
+    try:
+        others = [path for path in runs.iterdir()
+                  if path != mine and _alive(int(path.name.partition("-")[0]))]
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            if others:
+                pipe.hincrby(overlaps_key(ctx.pool), ctx.task_id, 1)
+            pipe.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+            pipe.rpush(attempts_key(ctx.pool, ctx.task_id), ctx.attempt)
+            await pipe.execute()
+        await asyncio.sleep(float(payload.get("seconds", 0)))
+    finally:
+        mine.unlink(missing_ok=True)
+    return {"n": payload.get("n"), "attempt": ctx.attempt, "pid": os.getpid()}
+
+
+def sync_exclusive(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """`exclusive` as a sync handler (it runs in a thread, which a timeout cannot stop)."""
+    runs = runs_dir(ctx.pool, ctx.task_id)
+    runs.mkdir(parents=True, exist_ok=True)
+    mine = runs / f"{os.getpid()}-{uuid.uuid4().hex}"
+    mine.touch()
+    try:
+        others = [path for path in runs.iterdir()
+                  if path != mine and _alive(int(path.name.partition("-")[0]))]
+        client = _sync_redis(ctx)
+        if others:
+            client.hincrby(overlaps_key(ctx.pool), ctx.task_id, 1)
+        client.hincrby(executions_key(ctx.pool), ctx.task_id, 1)
+        time.sleep(float(payload["seconds"]))
+    finally:
+        mine.unlink(missing_ok=True)
+    return "done"

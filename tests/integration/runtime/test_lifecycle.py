@@ -87,3 +87,36 @@ async def test_supervisor_and_workers_reconnect_after_a_redis_restart(
     assert result.result["n"] == 2
     assert supervisor.process.poll() is None
     assert eventually(lambda: "Redis unavailable" in supervisor.log(), timeout=5)
+
+
+async def test_a_dead_pods_consumers_leave_the_group_once_their_tasks_moved_on(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    runtime_pool.update(workers=2, concurrency=2, lease_seconds=2)
+    dead = start_supervisor(runtime_pool)
+    stream, pool = runtime_pool.config.stream_key, runtime_pool.config.pool
+    interrupted = await task_client.submit_many([{"seconds": 1}] * 2, handler="sleepy")
+
+    async def both_running() -> bool:
+        return await redis_client.hlen(executions_key(pool)) == 2
+
+    await eventually_async(both_running, within=30)
+    rows = await redis_client.xinfo_consumers(stream, "workers")
+    dead_consumers = {str(row["name"]) for row in rows}
+    assert dead_consumers
+    dead.kill_tree()  # the whole pod, at once
+    alive = start_supervisor(runtime_pool)
+
+    results = await task_client.wait_many(interrupted, max_wait=60)
+    assert {r.status for r in results.values()} == {"succeeded"}
+
+    async def only_the_live_pod_left() -> set[str]:
+        rows = await redis_client.xinfo_consumers(stream, "workers")
+        names = {str(row["name"]) for row in rows}
+        return names if names and not names & dead_consumers else set()
+
+    names = await eventually_async(only_the_live_pod_left, within=30)
+    # The live pod's own consumers stay: they keep reading.
+    assert all(name.startswith("pod1-") for name in names)
+    assert (await task_client.run({"n": 1}, max_wait=30))["n"] == 1
+    assert alive.process.poll() is None

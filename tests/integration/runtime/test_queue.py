@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from agent_runtime.client import TaskClient
 from agent_runtime.maintenance import QueueMaintenance
-from agent_runtime.messages import TaskEnvelope, TaskResult
+from agent_runtime.messages import TaskEnvelope, TaskResult, execution_number
 from agent_runtime.queue import WorkQueue
 from tests.plugins.runtime import RuntimePool
 
@@ -62,23 +62,61 @@ async def test_renewed_lease_keeps_a_long_task_from_being_stolen(
     assert {d.deliveries for d in stolen} == {2}
 
 
-async def test_dead_workers_entries_move_to_its_replacement(
+async def test_dead_workers_entries_move_to_its_replacement_counting_only_started_runs(
         runtime_pool: RuntimePool, redis: Redis) -> None:
     dead, heir = _queue(redis, runtime_pool, "dead"), _queue(redis, runtime_pool, "heir")
     maintenance = QueueMaintenance(redis, runtime_pool.config)
     await dead.ensure_group()
-    await _add(redis, runtime_pool, 3)
-    taken = await dead.read_new(2, 100)
+    await _add(redis, runtime_pool, 4)
+    taken = await dead.read_new(3, 100)
+    ran, waited = taken[0].entry_id, {d.entry_id for d in taken[1:]}
 
-    assert await maintenance.transfer("dead", "heir") == 2
-    adopted = await heir.adopt_own(set(), 10)
+    # Only the first had started on the dead worker (its board said so).
+    assert await maintenance.transfer("dead", "heir", started=[ran]) == 3
+    adopted = {d.entry_id: d for d in await heir.adopt_own(set(), 10)}
 
-    assert sorted(d.entry_id for d in adopted) == sorted(d.entry_id for d in taken)
-    assert {d.deliveries for d in adopted} == {2}  # the re-run counts as a delivery
+    assert set(adopted) == {d.entry_id for d in taken}
+    assert adopted[ran].deliveries == 2  # its next run is its second
+    assert adopted[ran].suspect  # and it runs alone: it may be what killed the worker
+    assert {adopted[e].deliveries for e in waited} == {1}  # never ran: nothing used up
+    assert not any(adopted[e].suspect for e in waited)
+    # Adopting again (the worker re-checks what it owns) is not another delivery.
+    again = await heir.adopt_own({ran}, 10)
+    assert {d.deliveries for d in again} == {1}
     consumers = await redis.xinfo_consumers(runtime_pool.config.stream_key, "workers")
     assert "dead" not in {c["name"] for c in consumers}
-    # The third entry was never delivered and is still there for anyone.
+    # The fourth entry was never delivered and is still there for anyone.
     assert len(await heir.read_new(10, 100)) == 1
+
+
+async def test_a_task_keeps_its_execution_count_across_hand_backs_and_retries(
+        runtime_pool: RuntimePool, redis: Redis) -> None:
+    first, second = _queue(redis, runtime_pool, "first"), _queue(redis, runtime_pool, "second")
+    maintenance = QueueMaintenance(redis, runtime_pool.config)
+    await first.ensure_group()
+    await _add(redis, runtime_pool, 2)
+    ran, queued = await first.read_new(2, 100)
+    # `ran` died once with a worker (count 2) and its second run was interrupted by a drain;
+    # `queued` was held but never started.
+    await maintenance.transfer("first", "second", started=[ran.entry_id])
+    assert await second.hand_back([ran.entry_id, queued.entry_id],
+                                  started={ran.entry_id}) == 2
+
+    back = {d.fields["id"]: d for d in await first.read_new(10, 100)}
+    ran_again = back[ran.fields["id"]]
+    assert TaskEnvelope.from_fields(ran_again.fields).retries == 2  # two runs so far
+    assert ran_again.suspect  # one of them died with its worker
+    assert TaskEnvelope.from_fields(back[queued.fields["id"]].fields).retries == 0
+    assert not back[queued.fields["id"]].suspect
+    # Its third run fails normally: the retry carries all three runs on.
+    envelope = TaskEnvelope.from_fields(ran_again.fields)
+    attempt = execution_number(envelope.retries, ran_again.deliveries)
+    assert attempt == 3
+    await first.retry(ran_again.entry_id, envelope, attempt, "boom", delay=0)
+    assert await maintenance.promote_due() == 1
+    [fourth] = await first.read_new(10, 100)
+    assert execution_number(TaskEnvelope.from_fields(fourth.fields).retries,
+                            fourth.deliveries) == 4
 
 
 async def test_hand_back_makes_unfinished_work_available_at_once(
@@ -88,7 +126,7 @@ async def test_hand_back_makes_unfinished_work_available_at_once(
     await _add(redis, runtime_pool, 2)
     taken = await leaving.read_new(2, 100)
 
-    assert await leaving.hand_back([d.entry_id for d in taken]) == 2
+    assert await leaving.hand_back([d.entry_id for d in taken], started=set()) == 2
 
     again = await staying.read_new(10, 100)
     assert sorted(d.fields["id"] for d in again) == ["task-0", "task-1"]
@@ -105,7 +143,7 @@ async def test_retry_waits_in_the_delayed_set_then_comes_back(
     [delivery] = await queue.read_new(1, 100)
     envelope = TaskEnvelope.from_fields(delivery.fields)
 
-    await queue.retry(delivery.entry_id, envelope, "ValueError: flaky", delay=0.5)
+    await queue.retry(delivery.entry_id, envelope, 1, "ValueError: flaky", delay=0.5)
     assert await maintenance.promote_due() == 0  # not due yet
     assert await queue.read_new(1, 100) == []
     await asyncio.sleep(0.6)
@@ -181,3 +219,39 @@ async def test_reads_skip_the_cancellation_check_only_while_no_cancellation_was_
     adopted = await queue.adopt_own(set(), 10)
     assert len(adopted) == 2
     assert all(d.may_be_cancelled for d in adopted)
+
+
+async def _consumer_names(redis: Redis, pool: RuntimePool) -> dict[str, int]:
+    rows = await redis.xinfo_consumers(pool.config.stream_key, "workers")
+    return {str(row["name"]): int(row["pending"]) for row in rows}
+
+
+async def test_consumers_of_gone_pods_are_removed_once_empty_and_live_ones_never(
+        runtime_pool: RuntimePool, redis: Redis) -> None:
+    runtime_pool.update(lease_seconds=1)
+    live = QueueMaintenance(redis, runtime_pool.config, pod_id="live-aaa")
+    gone = QueueMaintenance(redis, runtime_pool.config, pod_id="gone-bbb")
+    await live.ensure_group()
+    await _add(redis, runtime_pool, 3)
+    # A live pod's idle consumer (its worker paused) and a busy one.
+    await _queue(redis, runtime_pool, "live-aaa-0.1").read_new(1, 100)
+    await redis.xgroup_createconsumer(runtime_pool.config.stream_key, "workers", "live-aaa-1.1")
+    # A pod that stopped renewing: one consumer empty, one still holding an entry.
+    await _queue(redis, runtime_pool, "gone-bbb-0.1").read_new(1, 100)
+    await redis.xgroup_createconsumer(runtime_pool.config.stream_key, "workers", "gone-bbb-1.1")
+    # Something that is not ours (no pod registered): only the long idle rule applies.
+    await redis.xgroup_createconsumer(runtime_pool.config.stream_key, "workers", "other")
+    await gone.renew_leases(["gone-bbb-0.1", "gone-bbb-1.1"])
+    await asyncio.sleep(3.2)  # more than three leases without a renewal from gone-bbb
+    await live.renew_leases(["live-aaa-0.1", "live-aaa-1.1"])
+
+    assert await live.prune_consumers(idle_seconds=3600) == ["gone-bbb-1.1"]
+
+    left = await _consumer_names(redis, runtime_pool)
+    assert left == {"live-aaa-0.1": 1, "live-aaa-1.1": 0, "gone-bbb-0.1": 1, "other": 0}
+    # Its entry is reclaimed elsewhere; then the gone pod's last consumer goes too.
+    thief = _queue(redis, runtime_pool, "live-aaa-1.1")
+    assert len(await thief.reclaim_idle(10)) == 1
+    assert await live.prune_consumers(idle_seconds=3600) == ["gone-bbb-0.1"]
+    assert set(await _consumer_names(redis, runtime_pool)) == {"live-aaa-0.1", "live-aaa-1.1",
+                                                               "other"}

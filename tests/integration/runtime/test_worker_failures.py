@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from agent_runtime.client import TaskClient
-from tests.integration.runtime.handlers import MB, executions_key, pids_key
+from tests.integration.runtime.handlers import MB, attempts_key, executions_key, pids_key
 from tests.plugins.runtime import RuntimePool, StartSupervisor
 from tests.waiting import eventually_async
 
@@ -201,3 +201,75 @@ async def test_a_task_that_kills_its_worker_at_once_is_dead_lettered_with_the_ca
                                       reason="crash") == 2
     # The pool recovered: a normal task runs on the replacement worker.
     assert (await task_client.run({"n": 5}, max_wait=30))["n"] == 5
+
+
+async def test_a_handler_that_blocks_from_its_first_line_dies_at_its_deadline(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    # It blocks the worker's event loop before its first await, for far longer than its
+    # timeout; the heartbeat timeout (30 s) is far longer still.
+    runtime_pool.update(workers=1, concurrency=4, task_timeout_seconds=1, hang_grace_seconds=1,
+                        max_deliveries=1, heartbeat_timeout_seconds=30)
+    supervisor = start_supervisor(runtime_pool)
+    blocker = await task_client.submit({"seconds": 20}, handler="block_at_once")
+    started = time.monotonic()
+
+    result = await task_client.wait(blocker, max_wait=60)
+    elapsed = time.monotonic() - started
+
+    assert result.status == "failed"
+    assert result.error == ("max deliveries (1) exceeded; last error: worker killed: task "
+                            "exceeded its 1s timeout")
+    # Killed at timeout + grace (2 s), not when the block ends (20 s) or heartbeats stop (30 s).
+    assert elapsed < 12, elapsed
+    assert supervisor.metric_reaching("agentpool_worker_restarts_total", 1,
+                                      reason="timeout") == 1
+    assert supervisor.metric("agentpool_worker_restarts_total", reason="heartbeat") == 0
+    assert (await _executions(redis_client, runtime_pool.config.pool))[blocker] == 1
+    assert (await task_client.run({"n": 3}, max_wait=30))["n"] == 3
+
+
+async def test_batch_mates_of_a_task_that_kills_its_worker_are_not_dead_lettered(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    # One worker, one read: a task that kills its worker shares the batch with healthy ones.
+    runtime_pool.update(workers=1, concurrency=8, max_deliveries=2)
+    healthy = await task_client.submit_many([{"n": n, "sleep": 0.5} for n in range(3)])
+    crasher = await task_client.submit({}, handler="segfault")
+    later = await task_client.submit_many([{"n": n} for n in range(3, 6)])
+    supervisor = start_supervisor(runtime_pool)
+
+    results = await task_client.wait_many([*healthy, crasher, *later], max_wait=60)
+
+    assert [results[t].result["n"] for t in healthy + later] == list(range(6))
+    assert results[crasher].status == "failed"
+    assert results[crasher].error == ("max deliveries (2) exceeded; last error: worker died: "
+                                      "signal 11 (SIGSEGV)")
+    executions = await _executions(redis_client, runtime_pool.config.pool)
+    assert executions[crasher] == 2  # its second run was alone: it took nobody with it
+    assert all(executions[t] <= 2 for t in healthy)  # killed with it at most once
+    assert supervisor.metric_reaching("agentpool_worker_restarts_total", 2,
+                                      reason="crash") == 2
+    dead = [fields["id"] for _id, fields in await task_client.dead_letters()]
+    assert dead == [crasher]
+
+
+async def test_attempts_count_up_across_crashes_and_retries_and_never_pass_the_bound(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
+        redis_client: Redis) -> None:
+    # Two runs kill the worker, the third raises (a retry is a new stream entry), and again.
+    runtime_pool.update(workers=1, concurrency=2, max_deliveries=5)
+    supervisor = start_supervisor(runtime_pool)
+    task_id = await task_client.submit({}, handler="crash_twice_then_fail")
+
+    result = await task_client.wait(task_id, max_wait=60)
+
+    pool = runtime_pool.config.pool
+    attempts = [int(a) for a in await redis_client.lrange(attempts_key(pool, task_id), 0, -1)]
+    assert attempts == [1, 2, 3, 4, 5]
+    assert (await _executions(redis_client, pool))[task_id] == 5
+    assert result.status == "failed"
+    assert result.error == ("max deliveries (5) exceeded; last error: worker died: "
+                            "signal 11 (SIGSEGV)")
+    assert supervisor.metric_reaching("agentpool_worker_restarts_total", 4,
+                                      reason="crash") == 4

@@ -1,7 +1,9 @@
 """Sample AgentPools for the builder tests: a minimal spec and one with every section set.
 
 They mirror `examples/agentpool-minimal.yaml` and `examples/agentpool-full.yaml` but are kept
-here, so the golden files change only when the builders (or the API defaults) do.
+here, so the builder tests change only when the builders (or the API defaults) do. Builders
+are tested by focused assertions on what each field is for (one per behaviour), not by golden
+copies of whole manifests: a golden file restates every field without saying which matter.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from lightkube.models.authorization_v1 import ResourceAttributes
 
 from agent_runtime.keys import Keys
 from agentpool_operator.api import AgentPoolSpec
+from agentpool_operator.metrics_api.apiserver import ApiServer
 from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
-from agentpool_operator.metrics_api.kube import Kube
 from agentpool_operator.queuedir import QueueEntry, encode
 from agentpool_operator.queues import queue_keys
 
@@ -76,7 +76,7 @@ def queue_entry(namespace: str, name: str, url: str, **spec: Any) -> QueueEntry:
 
 
 @dataclass
-class FakeKube:
+class FakeApiServer:
     """Answers like the API server would; records the reviews it was asked for. `queues` is
     what the operator's queue directory holds (None: its Secret does not exist)."""
 
@@ -87,8 +87,8 @@ class FakeKube:
     token_reviews: int = 0
     access_reviews: list[tuple[str, str, str, str]] = field(default_factory=list)
 
-    def as_kube(self) -> Kube:
-        return cast(Kube, self)
+    def as_kube(self) -> ApiServer:
+        return cast(ApiServer, self)
 
     async def token_review(self, token: str) -> dict[str, Any] | None:
         self.token_reviews += 1

@@ -8,6 +8,7 @@ from agent_runtime.config import (
     CACHE_REDIS_URL_ENV,
     CONFIG_PATH_ENV,
     DATABASE_URL_ENV,
+    PGBOUNCER_STATS_URL_ENV,
     POD_NAME_ENV,
     REDIS_URL_ENV,
 )
@@ -129,6 +130,7 @@ def test_env_references_secrets_and_appends_user_env() -> None:
         REDIS_URL_ENV,
         CACHE_REDIS_URL_ENV,
         DATABASE_URL_ENV,
+        PGBOUNCER_STATS_URL_ENV,
         "LOG_LEVEL",
         "OPENAI_API_KEY",
     ]

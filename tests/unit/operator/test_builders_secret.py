@@ -14,7 +14,7 @@ from agentpool_operator.builders import (
 )
 from tests.unit.operator.builder_samples import FULL_SECRETS, full_ctx, minimal_ctx
 
-# The PgBouncer exporter's entries have their own tests (test_builders_pgbouncer_exporter.py).
+# The stats user's entries have their own tests (test_builders_pgbouncer_metrics.py).
 NO_EXPORTER = {"monitoring": {"pgbouncerExporter": {"enabled": False}}}
 
 
@@ -105,7 +105,7 @@ def test_secret_shape_and_base64_data() -> None:
     assert (secret["apiVersion"], secret["kind"], secret["type"]) == ("v1", "Secret", "Opaque")
     assert "stringData" not in secret
     assert sorted(secret["data"]) == [
-        "database-url", "databases.ini", "exporter-connection-string", "userlist.txt"]
+        "database-url", "databases.ini", "pgbouncer-stats-url", "userlist.txt"]
     without_exporter = build_secret(full_ctx(NO_EXPORTER))
     assert without_exporter is not None
     assert sorted(without_exporter["data"]) == ["database-url", "databases.ini", "userlist.txt"]

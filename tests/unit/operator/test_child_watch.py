@@ -1,24 +1,24 @@
 """Watched children: which events reconcile a pool, and how a relist audit keeps the cache true.
 
-Pure: the reconciler's bookkeeping only; no request is made (its Kube is never called).
+Pure: the store's bookkeeping only; no request is made.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import generate_latest
 
+from agentpool_operator.apply import recreatable
 from agentpool_operator.cache import LatestObjects, digest_secret, same_content
-from agentpool_operator.k8s import Kube
-from agentpool_operator.metrics import OperatorMetrics
-from agentpool_operator.reconcile import Reconciler, _recreatable
+from agentpool_operator.instrumentation import OperatorMetrics
+from agentpool_operator.store import PoolStore
 
 POOL_UID = "pool-uid"
 
 
-def reconciler() -> Reconciler:
-    found = Reconciler(kube=cast(Kube, None), metrics=cast(OperatorMetrics, None))
+def reconciler() -> PoolStore:
+    found = PoolStore()
     found.pools.put(("ns", "p"), {"metadata": {"name": "p", "namespace": "ns",
                                                "uid": POOL_UID, "resourceVersion": "1"}})
     return found
@@ -41,7 +41,7 @@ def test_an_edit_reconciles_the_pool_fully_but_our_echo_and_status_updates_do_no
     assert r.child_event("v1", "Service", status_only, "MODIFIED") is None
     edited = child("Service", "12", spec={"clusterIP": "None", "ports": []})
     assert r.child_event("v1", "Service", edited, "MODIFIED") == ("ns", "p")
-    assert ("ns", "p") in r._full_requested
+    assert r.take_full(("ns", "p"))
 
 
 def test_a_late_older_event_is_ignored() -> None:
@@ -131,14 +131,14 @@ def test_only_kinds_the_operator_may_delete_are_made_anew_and_never_the_deployme
         return {**child(kind, "1"), "apiVersion": api_version}
 
     for api_version, kind in [("policy/v1", "PodDisruptionBudget"), ("v1", "Secret")]:
-        assert _recreatable(manifest(api_version, kind), manifest(api_version, kind))
+        assert recreatable(manifest(api_version, kind), manifest(api_version, kind))
     for api_version, kind in [("apps/v1", "Deployment"), ("v1", "ConfigMap"), ("v1", "Service")]:
-        assert not _recreatable(manifest(api_version, kind), manifest(api_version, kind))
+        assert not recreatable(manifest(api_version, kind), manifest(api_version, kind))
     pdb = manifest("policy/v1", "PodDisruptionBudget")
-    assert not _recreatable(None, pdb)  # nothing live (a first reconcile does not look)
+    assert not recreatable(None, pdb)  # nothing live (a first reconcile does not look)
     someone_elses = {**child("PodDisruptionBudget", "1", owner_uid="other"),
                      "apiVersion": "policy/v1"}
-    assert not _recreatable(someone_elses, pdb)
+    assert not recreatable(someone_elses, pdb)
 
 
 def test_objects_with_our_label_but_no_pool_owner_are_not_kept() -> None:

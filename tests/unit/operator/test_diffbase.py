@@ -5,7 +5,7 @@ from __future__ import annotations
 import kopf
 
 from agentpool_operator.diffbase import NoDiffBase
-from agentpool_operator.handlers import configure
+from agentpool_operator.watches import configure
 
 
 def test_the_operator_settings_use_the_empty_diff_base() -> None:

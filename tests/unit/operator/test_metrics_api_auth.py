@@ -15,7 +15,7 @@ from agentpool_operator.metrics_api.auth import (
     front_proxy_user,
     parse_auth_config,
 )
-from tests.unit.operator.metrics_api_fakes import Ca, FakeKube, der
+from tests.unit.operator.metrics_api_fakes import Ca, FakeApiServer, der
 
 CLUSTER_CA = Ca("kubernetes")
 FRONT_PROXY_CA = Ca("front-proxy-ca")
@@ -77,7 +77,7 @@ def test_a_client_certificate_of_the_cluster_ca_names_its_user() -> None:
 
 
 async def test_spoofed_headers_without_the_proxy_certificate_are_ignored() -> None:
-    authenticator = Authenticator(config(), FakeKube().as_kube())
+    authenticator = Authenticator(config(), FakeApiServer().as_kube())
     spoof = headers(("X-Remote-User", "system:admin"), ("X-Remote-Group", "system:masters"))
     assert await authenticator.authenticate(None, spoof) is None
     user = await authenticator.authenticate(der(CLUSTER_CA.issue("nobody")), spoof)
@@ -86,7 +86,7 @@ async def test_spoofed_headers_without_the_proxy_certificate_are_ignored() -> No
 
 async def test_bearer_tokens_are_reviewed_once_per_cache_period() -> None:
     now = [0.0]
-    kube = FakeKube(tokens={"good": {"username": "system:serviceaccount:ns:reader",
+    kube = FakeApiServer(tokens={"good": {"username": "system:serviceaccount:ns:reader",
                                      "uid": "u-1", "groups": ["system:serviceaccounts"]}})
     authenticator = Authenticator(config(), kube.as_kube(), ttl=10, clock=lambda: now[0])
     good = headers(("Authorization", "Bearer good"))
@@ -105,7 +105,7 @@ async def test_bearer_tokens_are_reviewed_once_per_cache_period() -> None:
 
 async def test_authorisation_asks_the_api_server_and_caches_the_answer() -> None:
     now = [0.0]
-    kube = FakeKube(allowed_users={"hpa"})
+    kube = FakeApiServer(allowed_users={"hpa"})
     authorizer = Authorizer(kube.as_kube(), ttl=10, clock=lambda: now[0])
     attrs = {"verb": "list", "group": "external.metrics.k8s.io", "version": "v1beta1",
              "resource": "agentpool_queue_backlog", "namespace": "agents"}

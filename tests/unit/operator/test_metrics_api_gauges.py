@@ -12,7 +12,7 @@ from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, Backlo
 from agentpool_operator.metrics_api.gauges import GaugeRefresher
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.telemetry import Telemetry
-from tests.unit.operator.metrics_api_fakes import FakeKube, FakeReader, queue_entry
+from tests.unit.operator.metrics_api_fakes import FakeApiServer, FakeReader, queue_entry
 
 URL = "redis://:queue-secret-pw@redis:6379/0"
 
@@ -21,14 +21,14 @@ def exposition(telemetry: Telemetry) -> str:
     return generate_latest(telemetry.registry).decode()
 
 
-def refresher(kube: FakeKube, reader: FakeReader, telemetry: Telemetry) -> GaugeRefresher:
+def refresher(kube: FakeApiServer, reader: FakeReader, telemetry: Telemetry) -> GaugeRefresher:
     # ttl 0: every pass reads the directory, as passes 10 s apart do.
     pools = PoolDirectory(kube.as_kube(), "agentpool-system", "queues", ttl=0)
     return GaugeRefresher(pools, reader.as_reader(), telemetry)
 
 
 async def test_every_published_pool_gets_its_gauges_and_a_deleted_one_loses_them() -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     kube.add_pool("agents", "research", URL)
     kube.add_pool("team", "echo", URL)
     reader = FakeReader({"agentpool:{agents/research}:tasks": Backlog(4, 2),
@@ -53,7 +53,7 @@ async def test_every_published_pool_gets_its_gauges_and_a_deleted_one_loses_them
     ids=["redis-down", "bad-url", "unexpected"])
 async def test_an_unreadable_pool_never_stops_the_refresh_of_the_others(
         failure: Exception, caplog: pytest.LogCaptureFixture) -> None:
-    kube = FakeKube()
+    kube = FakeApiServer()
     for name in ("alpha", "broken", "omega"):
         kube.add_pool("agents", name, URL)
     reader = FakeReader({"agentpool:{agents/alpha}:tasks": Backlog(3, 0),
@@ -76,7 +76,7 @@ async def test_an_unreadable_pool_never_stops_the_refresh_of_the_others(
 
 async def test_a_missing_directory_is_reported_once_and_the_refresh_goes_on(
         caplog: pytest.LogCaptureFixture) -> None:
-    kube = FakeKube(queues=None)
+    kube = FakeApiServer(queues=None)
     telemetry = Telemetry()
     gauges = refresher(kube, FakeReader(), telemetry)
     with caplog.at_level(logging.WARNING):

@@ -14,7 +14,7 @@ from agentpool_operator.metrics_api.backlog import Backlog
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.server import MetricsApi, build_app
 from agentpool_operator.metrics_api.telemetry import Telemetry
-from tests.unit.operator.metrics_api_fakes import FakeKube, FakeReader
+from tests.unit.operator.metrics_api_fakes import FakeApiServer, FakeReader
 
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
 METRIC = f"{BASE}/namespaces/agents/agentpool_queue_backlog"
@@ -24,8 +24,8 @@ URL = "redis://:queue-secret-pw@redis.agents.svc:6379/0"
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    kube = FakeKube(
+def kube() -> FakeApiServer:
+    kube = FakeApiServer(
         tokens={"hpa-token": {"username": "hpa"}, "nobody-token": {"username": "nobody"}},
         allowed_users={"hpa"})
     kube.add_pool("agents", "research", URL)
@@ -41,7 +41,7 @@ def reader() -> FakeReader:
 
 
 @pytest.fixture
-async def client(kube: FakeKube, reader: FakeReader) -> AsyncIterator[TestClient[Any, Any]]:
+async def client(kube: FakeApiServer, reader: FakeReader) -> AsyncIterator[TestClient[Any, Any]]:
     api = MetricsApi(Authenticator(AuthConfig(), kube.as_kube()), Authorizer(kube.as_kube()),
                      PoolDirectory(kube.as_kube(), "agentpool-system", "queues"),
                      reader.as_reader(), Telemetry())
@@ -75,7 +75,7 @@ async def test_unknown_pools_give_an_empty_list(client: TestClient[Any, Any]) ->
 
 
 async def test_anonymous_requests_get_401_and_unauthorised_users_403(
-    client: TestClient[Any, Any], kube: FakeKube,
+    client: TestClient[Any, Any], kube: FakeApiServer,
 ) -> None:
     response = await client.get(METRIC)
     assert (response.status, (await response.json())["reason"]) == (401, "Unauthorized")
@@ -111,7 +111,7 @@ async def test_other_metrics_are_not_found_and_bad_selectors_are_rejected(
 
 
 async def test_an_unreadable_queue_is_503_and_the_message_has_no_credentials(
-    client: TestClient[Any, Any], reader: FakeReader, kube: FakeKube,
+    client: TestClient[Any, Any], reader: FakeReader, kube: FakeApiServer,
 ) -> None:
     reader.error = "cannot read the queue at redis redis.agents.svc:6379/0: Connection refused"
     response = await client.get(METRIC, params={"labelSelector": "agentpool.dev/pool=research"},
@@ -123,7 +123,7 @@ async def test_an_unreadable_queue_is_503_and_the_message_has_no_credentials(
 
 
 async def test_a_missing_queue_directory_is_503_and_says_which_secret(
-    client: TestClient[Any, Any], kube: FakeKube,
+    client: TestClient[Any, Any], kube: FakeApiServer,
 ) -> None:
     kube.queues = None
     response = await client.get(METRIC, params={"labelSelector": "agentpool.dev/pool=research"},
@@ -134,7 +134,7 @@ async def test_a_missing_queue_directory_is_503_and_says_which_secret(
 
 
 async def test_a_pool_published_after_the_last_read_is_served_at_once(
-    client: TestClient[Any, Any], kube: FakeKube, reader: FakeReader,
+    client: TestClient[Any, Any], kube: FakeApiServer, reader: FakeReader,
 ) -> None:
     response = await client.get(METRIC, params={"labelSelector": "agentpool.dev/pool=new"},
                                 headers=HPA)

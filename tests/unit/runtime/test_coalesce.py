@@ -68,19 +68,20 @@ async def test_a_cancelled_caller_is_left_out_of_the_flush() -> None:
     assert recorder.flushes == [[2]]
 
 
-async def test_outbox_holds_ends_of_tasks_briefly_and_sends_them_with_the_next_message() -> None:
+async def test_outbox_holds_task_events_briefly_and_sends_them_with_the_next_message() -> None:
     ours, theirs = multiprocessing.Pipe()
     gone: list[bool] = []
     outbox = ipc.Outbox(ours, lambda: gone.append(True), delay=0.05)
     outbox.put({"type": "done", "entry": "1-0"})
     outbox.put({"type": "dead", "reason": "malformed"})
+    outbox.put({"type": "start", "entry": "2-0"})  # deadlines go by the board, not by this
     await asyncio.sleep(0)
-    assert not theirs.poll()  # ends of tasks wait for company
-    outbox.put({"type": "start", "entry": "2-0"})  # a start goes out at once, with them
+    assert not theirs.poll()  # task events wait for company
+    outbox.put({"type": "retiring"})  # anything else goes out at once, with them
     await asyncio.sleep(0)
     first = ipc.receive(theirs)
     assert first is not None
-    assert [m["type"] for m in ipc.unpack(first)] == ["done", "dead", "start"]
+    assert [m["type"] for m in ipc.unpack(first)] == ["done", "dead", "start", "retiring"]
     assert not theirs.poll()
 
     outbox.put({"type": "done", "entry": "2-0"})

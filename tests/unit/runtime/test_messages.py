@@ -49,10 +49,14 @@ def test_task_id_of_a_malformed_entry_is_still_known() -> None:
     assert peek_task_id({"junk": "1"}) == ""
 
 
-def test_retry_keeps_the_task_and_counts_the_retry() -> None:
-    retried = TaskEnvelope("t", "h", "{}", 1.0).for_retry("E" * 10_000)
+def test_retry_keeps_the_task_and_carries_every_execution_so_far() -> None:
+    retried = TaskEnvelope("t", "h", "{}", 1.0).for_retry("E" * 10_000, executions=1)
     assert (retried.task_id, retried.retries) == ("t", 1)
     assert len(retried.error) == 4000
+    # Two of its three executions died with their workers: the next entry starts at 4.
+    again = TaskEnvelope("t", "h", "{}", 1.0).for_retry("boom", executions=3)
+    assert execution_number(again.retries, 1) == 4
+    assert again.for_retry("x\udcff", executions=4).error == "x\\udcff"  # storable text
 
 
 def test_payload_limit_is_exact_and_the_error_is_clear() -> None:
@@ -80,10 +84,10 @@ def test_backoff_grows_exponentially_within_the_cap() -> None:
     assert retry_delay(500, base=1.0, cap=30.0) <= 30.0  # no overflow
 
 
-def test_execution_number_counts_retries_and_redeliveries() -> None:
+def test_execution_number_counts_earlier_runs_and_started_deliveries() -> None:
     assert execution_number(0, 1) == 1
-    assert execution_number(2, 1) == 3  # two earlier runs failed and were retried
-    assert execution_number(0, 3) == 3  # two crashes of this delivery
+    assert execution_number(2, 1) == 3  # two earlier runs (on earlier entries)
+    assert execution_number(0, 3) == 3  # two started executions of this entry died
     assert execution_number(0, 0) == 1
 
 

@@ -7,11 +7,10 @@ import multiprocessing
 import signal
 from unittest.mock import Mock
 
-import pytest
-
 from agent_runtime.breaker import BreakerAction, MemoryBreaker
 from agent_runtime.cache import LruCache
 from agent_runtime.handles import WorkerHandle, describe_exit
+from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
 from agent_runtime.migrations import (
     add_months,
     create_partition_sql,
@@ -88,7 +87,7 @@ def test_worker_state_follows_what_it_reports() -> None:
     assert handle.state == "idle"
     handle.apply_heartbeat({"running": [["1-0", "t", "h", 100.0], ["bad"]], "db": [2, 1, 4]})
     assert handle.state == "busy"
-    assert handle.oldest_task_age(130.0) == pytest.approx(30.0)
+    assert handle.task_ids(["1-0", "2-0"]) == ["t"]
     assert handle.db_pool == [2, 1, 4]
     handle.retiring = "memory"
     assert handle.state == "draining"
@@ -100,3 +99,7 @@ def test_exit_descriptions() -> None:
     assert describe_exit(-signal.SIGKILL) == "signal 9 (SIGKILL)"
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(None) == "no exit status"
+    # A worker that stopped itself says why (see lifeline.py).
+    assert describe_exit(EXIT_SUPERVISOR_GONE) == "exit code 4 (its supervisor was gone)"
+    assert describe_exit(EXIT_LEASES_LAPSING) == ("exit code 5 (the pod's leases could not be "
+                                                  "confirmed)")
