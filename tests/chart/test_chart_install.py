@@ -165,6 +165,7 @@ def test_namespaced_install_serves_its_namespaces_and_only_them(
     operator_args = container_of(release.deployment(release.fullname), "operator")["args"]
     assert [a for a in operator_args if a.startswith("--namespace")] == [
         f"--namespace={n}" for n in watched]
+    assert_namespace_users_manage_pools(cluster, watched[0])
 
     release.start_operator()
     release.start_metrics_api()
@@ -195,6 +196,29 @@ def test_namespaced_install_serves_its_namespaces_and_only_them(
     for process in (release.operator, release.metrics_api):
         assert process is not None
         assert "hidden-pw" not in process.log()
+
+
+def assert_namespace_users_manage_pools(cluster: Cluster, namespace: str) -> None:
+    """Users bound to Kubernetes' default roles in a namespace get the chart's aggregated
+    AgentPool rights (the controller-manager aggregates them): editors manage pools and their
+    scale, viewers read them, and neither writes the operator's status."""
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        cluster.kubectl("create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}",
+                        f"--user={user}", "-n", namespace)
+
+    def can(user: str, verb: str, resource: str) -> bool:
+        answer = cluster.kubectl("auth", "can-i", verb, resource, "--as", user, "-n",
+                                 namespace, check=False).stdout.strip()
+        return answer == "yes"
+
+    assert eventually(lambda: can("alice", "create", "agentpools.agentpool.dev"), timeout=30)
+    for verb, resource in (("delete", "agentpools.agentpool.dev"),
+                           ("patch", "agentpools.agentpool.dev/scale")):
+        assert can("alice", verb, resource), (verb, resource)
+    assert eventually(lambda: can("bob", "list", "agentpools.agentpool.dev"), timeout=30)
+    assert not can("bob", "create", "agentpools.agentpool.dev")
+    for user in ("alice", "bob"):
+        assert not can(user, "patch", "agentpools.agentpool.dev/status")
 
 
 def assert_backlog_served(release: Release, token: str, watched: list[str],

@@ -34,6 +34,8 @@ EVERYTHING_ON: dict[str, Any] = {
                        "ruleLabels": {"team": "platform"}},
     "grafanaDashboards": {"annotations": {"grafana_folder": "AgentPool"}},
     "commonLabels": {"cost-center": "agents"},
+    "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]},
 }
 NAMESPACED: dict[str, Any] = {"operator": {"watchNamespaces": ["team-a", "team-b"]},
                               "crds": {"enabled": False}}
@@ -142,6 +144,14 @@ def test_helm_lint_strict(helm_offline: Helm) -> None:
     ({"metricsApi": {"podDisruptionBudget": {"enabled": True, "minAvailable": 1,
                                              "maxUnavailable": 1}}},
      "/metricsApi/podDisruptionBudget"),
+    # ... a writable root file system, and the plain-HTTP metrics port on a load balancer.
+    ({"securityContext": {"readOnlyRootFilesystem": False}},
+     "/securityContext/readOnlyRootFilesystem"),
+    ({"service": {"type": "LoadBalancer"}}, "/service/type"),
+    ({"networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelecter": {}}]}},
+     "/networkPolicy/metricsFrom/0"),
+    ({"networkPolicy": {"enabled": True, "apiServerFrom": [{}]}},
+     "/networkPolicy/apiServerFrom/0"),
 ])
 def test_the_values_schema_rejects_typos_and_unsafe_settings(
         helm_offline: Helm, values: dict[str, Any], error: str) -> None:
@@ -512,3 +522,92 @@ def test_the_operators_rights_on_children_follow_the_registry_of_child_kinds(
     others = {(g, r) for g, r, verb in served if verb in ("create", "patch", "delete", "update")
               } - set(needed)
     assert others == {("agentpool.dev", "agentpools/status"), ("", "events"), ("", "pods")}
+
+
+def test_network_policies_admit_only_the_ports_the_pods_serve(helm_offline: Helm) -> None:
+    assert not by_kind(helm_offline.render(), "NetworkPolicy")  # opt-in
+    monitoring = [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+    control_plane = [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    docs = helm_offline.render({"networkPolicy": {
+        "enabled": True, "metricsFrom": monitoring, "apiServerFrom": control_plane}})
+    policies = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "NetworkPolicy")}
+    assert set(policies) == {FULLNAME, f"{FULLNAME}-metrics-api"}
+    for name, spec in policies.items():
+        pod = one(docs, "Deployment", name)["spec"]["template"]
+        # It selects exactly this Deployment's pods, and only ingress is restricted.
+        assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert spec["podSelector"]["matchLabels"] == one(docs, "Deployment", name)["spec"][
+            "selector"]["matchLabels"]
+        assert spec["policyTypes"] == ["Ingress"]
+        served = {port["name"] for c in pod["spec"]["containers"] for port in c["ports"]}
+        admitted = {(port["port"], json.dumps(rule.get("from"), sort_keys=True))
+                    for rule in spec["ingress"] for port in rule["ports"]}
+        assert {port for port, _ in admitted} == served, name
+    assert policies[FULLNAME]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}], "from": monitoring}]
+    assert policies[f"{FULLNAME}-metrics-api"]["ingress"] == [
+        {"ports": [{"port": "https", "protocol": "TCP"}], "from": control_plane},
+        {"ports": [{"port": "http-metrics", "protocol": "TCP"}], "from": monitoring}]
+    # No peers listed: the ports are open to any source (still only those ports).
+    open_ports = helm_offline.render({"networkPolicy": {"enabled": True},
+                                      "metricsApi": {"enabled": False}})
+    (policy,) = by_kind(open_ports, "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
+def test_namespace_users_manage_pools_through_the_default_roles(helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    aggregated = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRole")
+                  if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-")
+                         for k in d["metadata"]["labels"])}
+    view, edit = aggregated[f"{FULLNAME}:agentpools-view"], aggregated[
+        f"{FULLNAME}:agentpools-edit"]
+    assert set(aggregated) == {f"{FULLNAME}:agentpools-view", f"{FULLNAME}:agentpools-edit"}
+
+    def into(role: Doc) -> set[str]:
+        return {k.rsplit("-", 1)[1] for k, v in role["metadata"]["labels"].items()
+                if k.startswith("rbac.authorization.k8s.io/aggregate-to-") and v == "true"}
+
+    def rights(role: Doc) -> set[tuple[str, str]]:
+        return {(resource, verb) for rule in role["rules"] for resource in rule["resources"]
+                for verb in rule["verbs"] if rule["apiGroups"] == ["agentpool.dev"]}
+
+    assert into(view) == {"view", "edit", "admin"}
+    assert into(edit) == {"edit", "admin"}
+    assert {verb for _, verb in rights(view)} == {"get", "list", "watch"}
+    # Editors change pools and their scale, never the operator's status.
+    assert rights(edit) == {(r, v) for r in ("agentpools",) for v in (
+        "create", "update", "patch", "delete", "deletecollection")} | {
+        ("agentpools/scale", "update"), ("agentpools/scale", "patch")}
+    assert not {r for r in rights(edit) | rights(view) if r[0] == "agentpools/status"
+                and r[1] not in ("get", "list", "watch")}
+    # They are bound to no one by the chart: the default roles' bindings carry them.
+    bound = {d["roleRef"]["name"] for d in docs if d["kind"].endswith("Binding")}
+    assert not bound & set(aggregated)
+    assert not [d for d in helm_offline.render({"rbac": {"aggregateToDefaultRoles": False}})
+                if d["metadata"]["name"] in aggregated]
+
+
+def test_helm_test_checks_both_services_answer(helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    pod = one(docs, "Pod", "-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["image"] == one(docs, "Deployment", FULLNAME)["spec"]["template"][
+        "spec"]["containers"][0]["image"]
+    # The kubelet's Service variables (no DNS needed) and the Services' ports.
+    services = {d["metadata"]["name"]: d for d in by_kind(docs, "Service")}
+    targets = container["args"][1:]
+    wanted = {f"{name.upper().replace('-', '_')}_SERVICE_HOST:{port['port']}"
+              for name, service in services.items() for port in service["spec"]["ports"]
+              if port["name"] == "http-metrics"}
+    assert set(targets) == wanted
+    assert len(wanted) == 2
+    without_api = one(helm_offline.render({"metricsApi": {"enabled": False}}), "Pod", "-test")
+    assert without_api["spec"]["containers"][0]["args"][1:] == [
+        f"{FULLNAME.upper().replace('-', '_')}_SERVICE_HOST:8080"]
+    assert not by_kind(helm_offline.render({"tests": {"enabled": False}}), "Pod")
