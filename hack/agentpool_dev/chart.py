@@ -1,14 +1,15 @@
-"""The chart installed as the README's install section installs it, on a KWOK cluster.
+"""The chart installed as the README's install section installs it (`make up`).
 
 `install` runs `helm upgrade --install` of `charts/agentpool-operator` (the CRD, RBAC, the
 operator's and the metrics API's Deployments, their certificates' Secrets) serving the
-`default` namespace. The chart's pods are simulated by KWOK, so `start_operator` runs the
+`default` namespace. On a real node its pods run the chart's image. Where they are simulated
+by KWOK (`make up-kwok`, `tests/e2e/test_readme_install.py`), `start_operator` runs the
 operator as a local process standing in for its pod: the installed Deployment's container
 arguments, under the chart's ServiceAccount's identity (a client certificate from the
 harness's CA for `system:serviceaccount:<namespace>:<name>`, which RBAC treats as the
 ServiceAccount and which, unlike a token, does not expire), so it has exactly the chart's
-rights. The metrics API's APIService is left out: the aggregator cannot reach simulated pods.
-(`tests/e2e/test_readme_install.py` walks the README through with it.)
+rights; the metrics API's APIService is then left out: the aggregator cannot reach simulated
+pods.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ def _crd_needs_adoption(cluster: cluster_mod.Cluster) -> bool:
     return "meta.helm.sh/release-name" not in annotations
 
 
-def install(cluster: cluster_mod.Cluster) -> dict[str, Any]:
-    """Install (or upgrade) the release; the operator's Deployment as installed."""
+def install(cluster: cluster_mod.Cluster, apiservice: bool = False) -> dict[str, Any]:
+    """Install (or upgrade) the release and wait for its pods; the operator's Deployment as
+    installed. `apiservice`: register the metrics API (its pods must be real)."""
     args = ["upgrade", "--install", RELEASE, str(CHART), "--namespace", NAMESPACE,
             "--create-namespace", "--set", f"operator.watchNamespaces={{{SERVED}}}",
-            "--set", "metricsApi.apiService.create=false", "--wait", "--timeout", "120s"]
+            "--set", f"metricsApi.apiService.create={str(apiservice).lower()}",
+            "--wait", "--timeout", "180s"]
     if _crd_needs_adoption(cluster):
         args.append("--take-ownership")
     subprocess.run([cluster.binary("helm"), *args], check=True, env=cluster.env(),

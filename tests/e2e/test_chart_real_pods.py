@@ -151,13 +151,22 @@ def test_the_chart_runs_the_operator_and_metrics_api_as_real_pods(
         pools.secret("alpha-redis", {"url": pod_services.redis_url})
         pools.create("alpha", with_secret=False, replicas=1)
         pools.wait_ready("alpha", timeout=90)
-        log = cluster.kubectl("logs", "-n", namespace, pods["operator"]["metadata"]["name"]).stdout
+        # Of the operator's replicas, the one holding the Lease reconciled it.
+        leader = cluster.kubectl_json("get", "lease", fullname, "-n", namespace)["spec"][
+            "holderIdentity"]
+        assert leader in {p["metadata"]["name"] for p in _pods(cluster, namespace, release)}
+        log = cluster.kubectl("logs", "-n", namespace, leader).stdout
         assert "alpha" in log, log[-2000:]
 
         # The metrics API pod authenticates (TokenReview) and authorises (SubjectAccessReview)
         # the caller through the API server, then reads the queue from Redis.
-        secret = cluster.kubectl_json("get", "secret", f"{fullname}-metrics-api-tls",
-                                      "-n", namespace)
+        # The serving certificate the operator pod issued (the chart renders the Secret empty).
+        def issued() -> dict[str, Any] | None:
+            found: dict[str, Any] = cluster.kubectl_json(
+                "get", "secret", f"{fullname}-metrics-api-serving-cert", "-n", namespace)
+            return found if found.get("data") else None
+
+        secret = eventually(issued, timeout=60)
         ca = tmp_path / "ca.crt"
         ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
         token = _reader_token(cluster, namespace)
