@@ -1,7 +1,7 @@
 """The Helm chart with its default image on a real node: the operator and the metrics API run
 as real pods, under the chart's ServiceAccounts and RBAC, with in-cluster configuration (the
-`kubernetes` Service, through kube-proxy), and survive `helm upgrade`; `helm uninstall`
-removes them.
+`kubernetes` Service, through kube-proxy), `helm test` finds both answering through their
+Services, and they survive `helm upgrade`; `helm uninstall` removes them.
 
 The pools the chart's operator reconciles here run on KWOK (what matters is that the
 operator, in its pod, reconciles them); the metrics API pod reads their queue from the Redis
@@ -144,6 +144,12 @@ def test_the_chart_runs_the_operator_and_metrics_api_as_real_pods(
             [container] = pod["spec"]["containers"]
             assert container["image"] == operator_image
         assert pods["operator"]["spec"]["serviceAccountName"] == fullname
+        # `helm test`: its pod (on the real node, like the operator) finds both Services
+        # answering /readyz (it exits non-zero otherwise), and is deleted once it succeeded.
+        tested = helm.run("test", release, "--namespace", namespace, "--timeout", "120s",
+                          timeout=180)
+        assert f"TEST SUITE:     {fullname}-test" in tested.stdout, tested.stdout
+        assert "Phase:          Succeeded" in tested.stdout, tested.stdout
 
         # The operator pod reconciles a pool to Ready, talking to the API server through
         # the `kubernetes` Service with its ServiceAccount's token.
