@@ -518,10 +518,12 @@ def test_the_operators_rights_on_children_follow_the_registry_of_child_kinds(
     for (group, plural), verbs in needed.items():
         granted = {verb for g, r, verb in served if (g, r) == (group, plural)}
         assert granted == verbs, (group, plural, sorted(granted), sorted(verbs))
-    # Writes on anything else: the pool's status, Events, pods' deletion cost; nothing more.
+    # Writes on anything else: the pool's status, Events, pods' deletion cost, and (the
+    # default served namespace being the release's) the leader election's Lease; nothing more.
     others = {(g, r) for g, r, verb in served if verb in ("create", "patch", "delete", "update")
               } - set(needed)
-    assert others == {("agentpool.dev", "agentpools/status"), ("", "events"), ("", "pods")}
+    assert others == {("agentpool.dev", "agentpools/status"), ("", "events"), ("", "pods"),
+                      ("coordination.k8s.io", "leases")}
 
 
 def test_network_policies_admit_only_the_ports_the_pods_serve(helm_offline: Helm) -> None:
