@@ -61,6 +61,17 @@ def test_the_readme_shows_the_commands_and_their_output() -> None:
     assert sample_output()[0] == ["NAME", "READY", "REPLICAS", "AVAILABLE", "BACKLOG", "AGE"]
 
 
+def state(cluster: cluster_mod.Cluster, operator: procs.Proc | None) -> str:
+    """What a failing step leaves to look at: the pools' conditions, the pods, the operator's
+    log tail."""
+    shown = [cluster.kubectl("get", "agentpools,pods", "-A", "-o", "wide", check=False).stdout,
+             cluster.kubectl("get", "agentpools", "-A", "-o",
+                             "jsonpath={.items[*].status.conditions}", check=False).stdout]
+    if operator is not None:
+        shown.append(procs.log_tail(operator.log))
+    return "\n".join(shown)
+
+
 @pytest.fixture(scope="module")
 def fresh_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_mod.Cluster]:
     running = cluster_mod.up(tmp_path_factory.mktemp("fresh-cluster"))
@@ -83,7 +94,8 @@ def test_the_readme_install_section_works_on_a_fresh_cluster(
         for command in commands():
             result = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=env,
                                     capture_output=True, text=True, timeout=180)
-            assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+            assert result.returncode == 0, (f"{command}\n{result.stdout}\n{result.stderr}\n"
+                                            + state(fresh_cluster, operator))
             output = result.stdout
             if command.startswith("helm ") and operator is None:
                 # The operator's pod is KWOK's: its process runs here instead, as in make up.
