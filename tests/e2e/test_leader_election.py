@@ -113,6 +113,7 @@ def test_one_replica_reconciles_and_a_killed_leader_is_replaced_within_the_lease
     assert waited <= LEASE_SECONDS + RETRY_SECONDS * (1 + JITTER) + 1.5, waited
     # ... and not before: b last saw a renewal at most one (jittered) retry before the kill.
     assert waited >= LEASE_SECONDS - RETRY_SECONDS * (1 + JITTER), "taken before it expired"
+    print(f"SIGKILL'd leader replaced after {waited:.1f} s (lease {LEASE_SECONDS} s)")
     eventually(lambda: leader_gauge(b) == 1.0, timeout=10)
     pools.create("second")
     pools.wait_ready("second")
@@ -122,7 +123,9 @@ def test_one_replica_reconciles_and_a_killed_leader_is_replaced_within_the_lease
     assert leader_gauge(a) == 0.0
     stopped_at = time.time()
     b.stop()
-    assert takeover(cluster, namespace, "a", stopped_at) < LEASE_SECONDS - RENEW_SECONDS
+    released = takeover(cluster, namespace, "a", stopped_at)
+    print(f"SIGTERM'd leader replaced after {released:.1f} s")
+    assert released < LEASE_SECONDS - RENEW_SECONDS
     pools.create("third")
     pools.wait_ready("third")
 
