@@ -162,6 +162,7 @@ def test_namespaced_install_serves_its_namespaces_and_only_them(
                                            crds={"enabled": False}))["info"]["notes"]
     assert f"the namespaces {', '.join(watched)}" in notes
     assert "did not install the AgentPool CRD" in notes
+    assert f"helm test {release.name} -n {release.namespace}" in notes
     operator_args = container_of(release.deployment(release.fullname), "operator")["args"]
     assert [a for a in operator_args if a.startswith("--namespace")] == [
         f"--namespace={n}" for n in watched]
