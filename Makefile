@@ -97,10 +97,15 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# The suite in stages (tests/plugins/stages.py), each only once the one before passed: lint and
+# types, unit, integration (real services), e2e (the real control plane and real pods).
+TEST_STAGES := lint unit integration e2e
 test: deps
-	$(VENV)/bin/pytest
+	@for stage in $(TEST_STAGES); do \
+	  echo "test: stage $$stage"; $(VENV)/bin/pytest -m $$stage || exit $$?; \
+	done
 
-# Pure unit tests only: no cluster, no services.
+# Pure unit tests only (tests/unit): no ruff or mypy, no services, no cluster.
 test-fast: venv
 	$(VENV)/bin/pytest tests/unit
 

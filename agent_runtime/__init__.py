@@ -16,9 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent_runtime.client import TaskClient
     from agent_runtime.config import RuntimeConfig, RuntimeSettings, load_settings
-    from agent_runtime.context import TaskContext
     from agent_runtime.errors import (
         AgentPoolError,
         InvalidPayloadError,
@@ -28,7 +26,9 @@ if TYPE_CHECKING:
         TaskFailedError,
         TaskWaitTimeout,
     )
-    from agent_runtime.messages import TaskResult
+    from agent_runtime.queue.envelope import TaskResult
+    from agent_runtime.sdk.client import TaskClient
+    from agent_runtime.sdk.context import TaskContext
 
 _EXPORTS = {
     "AgentPoolError": "agent_runtime.errors",
@@ -38,10 +38,10 @@ _EXPORTS = {
     "RuntimeConfig": "agent_runtime.config",
     "RuntimeSettings": "agent_runtime.config",
     "TaskCancelledError": "agent_runtime.errors",
-    "TaskClient": "agent_runtime.client",
-    "TaskContext": "agent_runtime.context",
+    "TaskClient": "agent_runtime.sdk.client",
+    "TaskContext": "agent_runtime.sdk.context",
     "TaskFailedError": "agent_runtime.errors",
-    "TaskResult": "agent_runtime.messages",
+    "TaskResult": "agent_runtime.queue.envelope",
     "TaskWaitTimeout": "agent_runtime.errors",
     "load_settings": "agent_runtime.config",
 }

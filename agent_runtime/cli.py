@@ -17,12 +17,12 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import ConfigError, RuntimeSettings, load_settings
 from agent_runtime.errors import AgentPoolError, TaskWaitTimeout
-from agent_runtime.messages import TaskResult
-from agent_runtime.supervisor import Supervisor
-from agent_runtime.worker_process import configure_logging
+from agent_runtime.queue.envelope import TaskResult
+from agent_runtime.sdk.client import TaskClient
+from agent_runtime.supervisor.supervisor import Supervisor
+from agent_runtime.worker.process import configure_logging
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 

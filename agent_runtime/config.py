@@ -51,6 +51,7 @@ from agent_runtime.contract import (
 from agent_runtime.contract import (
     REDIS_URL_ENV as REDIS_URL_ENV,
 )
+from agent_runtime.contract import BudgetKeyConfig, budget_api_key_env
 from agent_runtime.contract import (
     RuntimeConfig as RuntimeConfig,
 )
@@ -69,6 +70,8 @@ class RuntimeSecrets(BaseModel):
     database_url: SecretStr | None = None
     cache_redis_url: SecretStr | None = None
     pgbouncer_stats_url: SecretStr | None = None
+    budget_api_keys: dict[str, SecretStr] = {}
+    """Budget key name -> the provider's API key (from the AgentBudget's Secret)."""
 
     @property
     def effective_cache_redis_url(self) -> str:
@@ -106,7 +109,8 @@ def render_config(config: RuntimeConfig) -> str:
                       sort_keys=True) + "\n"
 
 
-def secrets_from_env(environ: Mapping[str, str]) -> RuntimeSecrets:
+def secrets_from_env(environ: Mapping[str, str],
+                     budgets: tuple[BudgetKeyConfig, ...] = ()) -> RuntimeSecrets:
     redis_url = environ.get(REDIS_URL_ENV)
     if not redis_url:
         raise ConfigError(f"{REDIS_URL_ENV} is not set")
@@ -118,6 +122,9 @@ def secrets_from_env(environ: Mapping[str, str]) -> RuntimeSecrets:
         database_url=SecretStr(database_url) if database_url else None,
         cache_redis_url=SecretStr(cache_url) if cache_url else None,
         pgbouncer_stats_url=SecretStr(stats_url) if stats_url else None,
+        budget_api_keys={key.name: SecretStr(environ[budget_api_key_env(key.name)])
+                         for key in budgets
+                         if key.has_api_key and environ.get(budget_api_key_env(key.name))},
     )
 
 
@@ -140,6 +147,7 @@ def load_settings(path: str | Path | None = None,
     """Everything the runtime reads from outside the process, read once at start-up."""
     env = os.environ if environ is None else environ
     pod_name = env.get(POD_NAME_ENV) or env.get("HOSTNAME") or socket.gethostname()
+    config = load_config(path, env)
     return RuntimeSettings(
-        config=load_config(path, env), secrets=secrets_from_env(env), pod_name=pod_name
+        config=config, secrets=secrets_from_env(env, config.budgets), pod_name=pod_name
     )

@@ -120,6 +120,52 @@ def pod_of_consumer(consumer: str, pods: list[str] | tuple[str, ...]) -> str | N
     return max(owners, key=len) if owners else None
 
 
+# --- Budgets (fleet-wide API limits, `AgentBudget`) ----------------------------------------
+# A budget key's name is what handlers pass to `ctx.budget(name)`; it also names an
+# environment variable (the key's API key), so it stays a short DNS-label-like word.
+BUDGET_KEY_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+BUDGET_KEY_NAME_MAX_LENGTH = 63
+BUDGET_API_KEY_ENV_PREFIX = "AGENTPOOL_BUDGET_"
+BUDGET_WAITER_TTL_SECONDS = 15
+"""A task waiting for a budget permit stays counted this long after its last refresh."""
+
+
+def budget_api_key_env(key_name: str) -> str:
+    """Secret, optional: the API key of budget key `key_name`, from the budget's Secret."""
+    return f"{BUDGET_API_KEY_ENV_PREFIX}{key_name.upper().replace('-', '_')}_API_KEY"
+
+
+def budget_waiting_key(prefix: str) -> str:
+    """Sorted set of the pool's tasks waiting for a budget permit (member: waiter id, score:
+    Redis ms until which it counts). The metrics API reads it: a pool whose work waits on its
+    budget, not on workers, is not scaled out."""
+    return f"{prefix}:budget-waiting"
+
+
+class BudgetKeyConfig(BaseModel):
+    """One budget key a pool's handlers may use: its limits, shared by every pod of every pool
+    that references the budget (all of them count in the same Redis keys)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=BUDGET_KEY_NAME_MAX_LENGTH,
+                      pattern=BUDGET_KEY_NAME_PATTERN,
+                      description="What handlers call it: `ctx.budget(name)`.")
+    budget: str = Field(pattern=r"^[a-z0-9][-a-z0-9]*/[a-z0-9][-.a-z0-9]*$",
+                        description="`namespace/name` of the AgentBudget defining the key.")
+    requests_per_second: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    concurrent_requests: int | None = Field(default=None, ge=1)
+    has_api_key: bool = Field(default=False, description="Whether the key's API key is in the "
+                              "environment (`budget_api_key_env(name)`).")
+
+    @property
+    def id(self) -> str:
+        """Where its state lives in Redis: every pool using the key shares it."""
+        return f"{self.budget}/{self.name}"
+
+
 class RuntimeConfig(BaseModel):
     """Non-secret settings rendered by the operator; every field is documented for that reason."""
 
@@ -137,6 +183,8 @@ class RuntimeConfig(BaseModel):
         default_factory=dict,
         description="Extra named handlers, name -> `module:function`; tasks choose one by name.",
     )
+    budgets: tuple[BudgetKeyConfig, ...] = Field(
+        default=(), description="Budget keys the handlers may use (from the pool's AgentBudgets).")
     init_hook: str | None = Field(
         default=None,
         description="Optional `module:function` run once per worker during warm-up, before "
@@ -300,6 +348,15 @@ class RuntimeConfig(BaseModel):
                 check_handler_ref(ref)
             except ValueError as exc:
                 raise ValueError(f"handler {name!r}: {exc}") from None
+        return value
+
+    @field_validator("budgets")
+    @classmethod
+    def _budget_names_unique(cls, value: tuple[BudgetKeyConfig, ...]
+                             ) -> tuple[BudgetKeyConfig, ...]:
+        names = [key.name for key in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"budget key names must be unique in a pool: {sorted(names)}")
         return value
 
     @model_validator(mode="after")

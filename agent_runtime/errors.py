@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent_runtime.messages import TaskResult
+    from agent_runtime.queue.envelope import TaskResult
 
 
 class AgentPoolError(Exception):

@@ -1,6 +1,6 @@
 """Run the benchmarks: `python -m bench all` or `python -m bench <name> [options]`.
 
-    python -m bench throughput|latency|warmcold|crash [--help for options]
+    python -m bench throughput|latency|warmcold|crash|budget [--help for options]
     python -m bench operator-scale [options]     # needs the test control plane
     python -m bench real-pods [--reps N]         # a real node: cold start, burst, memory (root)
     python -m bench all [--smoke]                # every runtime benchmark, then operator-scale
@@ -18,12 +18,14 @@ from types import ModuleType
 from typing import cast
 
 RUNTIME = {"throughput": "bench.runtime_throughput", "latency": "bench.runtime_latency",
-           "warmcold": "bench.runtime_warmcold", "crash": "bench.runtime_crash"}
+           "warmcold": "bench.runtime_warmcold", "crash": "bench.runtime_crash",
+           "budget": "bench.budget_limiter"}
 # Smoke-sized options of each runtime benchmark (what the tests run).
 SMOKE = {"throughput": ["--tasks", "200", "--reps", "1"],
          "latency": ["--tasks", "200", "--levels", "50"],
          "warmcold": ["--reps", "1"],
-         "crash": ["--tasks", "200"]}
+         "crash": ["--tasks", "200"],
+         "budget": ["--ops", "1000"]}
 
 
 def _module(name: str) -> ModuleType:

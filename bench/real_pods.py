@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig, parse_config
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import cluster as cluster_mod
 from agentpool_dev import images, procs, realnode, services
 from agentpool_dev.paths import REPO_ROOT

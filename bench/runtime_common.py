@@ -24,7 +24,8 @@ PROCESSES = 2
 SLOTS_PER_PROCESS = 8
 TOTAL_CONCURRENCY = PROCESSES * SLOTS_PER_PROCESS
 # One Redis database per system, so FLUSHDB between systems never touches DB 0 (tests).
-DB_NUMBERS = {"agentpool": 10, "celery": 11, "rq": 12, "arq": 13, "spawn": 14, "fork": 15}
+DB_NUMBERS = {"agentpool": 10, "celery": 11, "rq": 12, "arq": 13, "spawn": 14, "fork": 15,
+              "budget": 9}
 
 
 class BenchError(RuntimeError):

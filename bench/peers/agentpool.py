@@ -13,11 +13,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.context import TaskContext
-from agent_runtime.keys import Keys
-from agent_runtime.messages import TaskResult
+from agent_runtime.queue.envelope import TaskResult
+from agent_runtime.queue.keys import Keys
+from agent_runtime.sdk.client import TaskClient
+from agent_runtime.sdk.context import TaskContext
 from bench import handlers
 from bench.peers.base import System, python
 from bench.runtime_common import PROCESSES, SLOTS_PER_PROCESS

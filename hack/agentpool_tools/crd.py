@@ -1,4 +1,4 @@
-"""Models -> Kubernetes structural schema -> the AgentPool CustomResourceDefinition (pure).
+"""Models -> Kubernetes structural schema -> the API group's CustomResourceDefinitions (pure).
 
 pydantic emits JSON Schema draft 2020-12, which a CRD does not accept as is: `$ref`s into
 `$defs`, `anyOf` with `{type: null}` for optional fields, `additionalProperties: false`,
@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
 from agent_runtime import contract
 from agentpool_operator import api
+from agentpool_operator.api import budget
 from agentpool_operator.api.models import AGENTPOOL_DESCRIPTION, AgentPoolSpec
 from agentpool_operator.api.status import AgentPoolStatus
 
 Schema = dict[str, Any]
 
-CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 # Keywords structural schemas forbid, or that have no meaning for the API server.
 _DROPPED = frozenset({"title", "$schema", "examples", "$defs", "definitions"})
 _FORBIDDEN = frozenset(
@@ -187,11 +188,39 @@ def _children(schema: Mapping[str, Any], path: str) -> Iterator[tuple[str, Mappi
         yield f"{path}[*]", schema["additionalProperties"]
 
 
-def openapi_schema() -> Schema:
-    """The CRD version's `openAPIV3Schema`: the whole AgentPool object."""
-    return {
+@dataclass(frozen=True)
+class CrdSource:
+    """What one generated CRD is made of: its names, its models, its root rules, printer
+    columns and subresources. Every CRD of the API group is one of these (`CRDS`)."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    categories: tuple[str, ...]
+    description: str
+    spec_model: type[BaseModel]
+    status_model: type[BaseModel]
+    printer_columns: tuple[dict[str, Any], ...]
+    root_rules: tuple[dict[str, str], ...] = ()
+    subresources: Mapping[str, Any] = field(default_factory=lambda: {"status": {}})
+
+    @property
+    def name(self) -> str:
+        return f"{self.plural}.{api.GROUP}"
+
+    @property
+    def file_name(self) -> str:
+        """`<group>_<plural>.yaml`, the name of its file in crds/ and the chart."""
+        return f"{api.GROUP}_{self.plural}.yaml"
+
+
+def openapi_schema(source: CrdSource | None = None) -> Schema:
+    """The CRD version's `openAPIV3Schema`: the whole object (AgentPool by default)."""
+    source = source or AGENTPOOL
+    schema: Schema = {
         "type": "object",
-        "description": AGENTPOOL_DESCRIPTION,
+        "description": source.description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {
@@ -199,23 +228,27 @@ def openapi_schema() -> Schema:
                 "description": "APIVersion of this representation of the object: "
                 f"{api.API_VERSION}.",
             },
-            "kind": {"type": "string", "description": f"Kind of the object: {api.KIND}."},
+            "kind": {"type": "string", "description": f"Kind of the object: {source.kind}."},
             "metadata": {"type": "object"},
-            "spec": model_schema(AgentPoolSpec),
-            "status": model_schema(AgentPoolStatus),
+            "spec": model_schema(source.spec_model),
+            "status": model_schema(source.status_model),
         },
-        "x-kubernetes-validations": [{
-            "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-            "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it is "
-            "used in label values and in the names of the objects the operator creates",
-        }, {
-            "rule": f"self.metadata.name.matches('{contract.POOL_NAME_PATTERN}')",
-            "message": "metadata.name must be lowercase letters, digits and '-', start with a "
-            "letter and end with a letter or digit (no dots): it names the pool's Service, "
-            "an RFC 1035 label",
-        }],
     }
+    if source.root_rules:
+        schema["x-kubernetes-validations"] = [dict(rule) for rule in source.root_rules]
+    return schema
 
+
+_POOL_NAME_RULES: tuple[dict[str, str], ...] = ({
+    "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+    "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it is "
+    "used in label values and in the names of the objects the operator creates",
+}, {
+    "rule": f"self.metadata.name.matches('{contract.POOL_NAME_PATTERN}')",
+    "message": "metadata.name must be lowercase letters, digits and '-', start with a "
+    "letter and end with a letter or digit (no dots): it names the pool's Service, "
+    "an RFC 1035 label",
+})
 
 PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
     {"name": "Ready", "type": "string", "description": "Status of the Ready condition.",
@@ -231,27 +264,65 @@ PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
      "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )
+BUDGET_PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
+    # A printer column shows only a JSONPath's first result: the key names cannot be listed.
+    {"name": "Keys", "type": "integer", "description": "Keys the budget defines.",
+     "jsonPath": ".status.keyCount"},
+    {"name": "Pools", "type": "integer", "description": "AgentPools using the budget.",
+     "jsonPath": ".status.poolCount"},
+    {"name": "Ready", "type": "string", "description": "Status of the Ready condition.",
+     "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Shared", "type": "string", "priority": 1,
+     "description": "Other namespaces whose pools may use the budget.",
+     "jsonPath": ".spec.sharedWith.namespaces"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+
+AGENTPOOL = CrdSource(
+    kind=api.KIND, plural=api.PLURAL, singular=api.SINGULAR, short_names=api.SHORT_NAMES,
+    categories=api.CATEGORIES, description=AGENTPOOL_DESCRIPTION, spec_model=AgentPoolSpec,
+    status_model=AgentPoolStatus, printer_columns=PRINTER_COLUMNS, root_rules=_POOL_NAME_RULES,
+    subresources={
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    },
+)
+AGENTBUDGET = CrdSource(
+    kind=budget.BUDGET_KIND, plural=budget.BUDGET_PLURAL, singular=budget.BUDGET_SINGULAR,
+    short_names=budget.BUDGET_SHORT_NAMES, categories=budget.BUDGET_CATEGORIES,
+    description=budget.AGENTBUDGET_DESCRIPTION, spec_model=budget.AgentBudgetSpec,
+    status_model=budget.AgentBudgetStatus, printer_columns=BUDGET_PRINTER_COLUMNS,
+)
+CRDS: tuple[CrdSource, ...] = (AGENTPOOL, AGENTBUDGET)
+"""Every CRD of the API group, each generated into crds/ and the chart."""
+CRD_NAME = AGENTPOOL.name
 
 
-def build_crd() -> Schema:
-    """The complete CustomResourceDefinition for AgentPool, as a dict ready to serialize."""
-    schema = openapi_schema()
+def build_crd(source: CrdSource | None = None) -> Schema:
+    """The complete CustomResourceDefinition (AgentPool's by default), ready to serialize."""
+    source = source or AGENTPOOL
+    schema = openapi_schema(source)
     problems = structural_violations(schema)
     if problems:
-        raise SchemaError("generated schema is not structural:\n" + "\n".join(problems))
+        raise SchemaError(f"generated {source.kind} schema is not structural:\n"
+                          + "\n".join(problems))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "agentpool"}},
+        "metadata": {"name": source.name, "labels": {"app.kubernetes.io/part-of": "agentpool"}},
         "spec": {
             "group": api.GROUP,
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": list(api.SHORT_NAMES),
-                "categories": list(api.CATEGORIES),
+                "kind": source.kind,
+                "listKind": f"{source.kind}List",
+                "plural": source.plural,
+                "singular": source.singular,
+                "shortNames": list(source.short_names),
+                "categories": list(source.categories),
             },
             "scope": "Namespaced",
             "versions": [{
@@ -259,15 +330,8 @@ def build_crd() -> Schema:
                 "served": True,
                 "storage": True,
                 "schema": {"openAPIV3Schema": schema},
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector",
-                    },
-                },
-                "additionalPrinterColumns": [dict(c) for c in PRINTER_COLUMNS],
+                "subresources": {k: dict(v) for k, v in source.subresources.items()},
+                "additionalPrinterColumns": [dict(c) for c in source.printer_columns],
             }],
         },
     }

@@ -38,6 +38,14 @@ if [[ -f "$stamp" ]]; then
 fi
 
 mkdir -p "$bin"
+# One build per cache folder at a time: a second caller (CI beside a test that needs the same
+# binaries) waits here, then finds the folder complete instead of racing on the .tmp files.
+exec 9>"$bin/.lock"
+flock 9
+if [[ -f "$stamp" ]]; then
+  echo "$bin"
+  exit 0
+fi
 export CGO_ENABLED=0 GOFLAGS="-buildvcs=false -trimpath" GOTOOLCHAIN=local
 
 minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"

@@ -13,14 +13,16 @@ from typing import Any
 
 import kopf
 
+from agent_runtime.queue.backlog import BacklogReader
 from agentpool_operator import login, logs, watches
+from agentpool_operator.budget_status import BudgetStatusWriter
+from agentpool_operator.budgets import BudgetId
 from agentpool_operator.certkeeper import CertKeeper
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
 from agentpool_operator.leader import LeaderElector
-from agentpool_operator.metrics_api.backlog import BacklogReader
 from agentpool_operator.publisher import DirectoryPublisher
 from agentpool_operator.queuedir import parse_reference
 from agentpool_operator.reconcile import Reconciler
@@ -51,7 +53,7 @@ async def run(settings: Settings) -> int:
     reconciler = Reconciler.for_cluster(kube, metrics)
     queue: WorkQueue[PoolKey] = WorkQueue(reconciler, workers=settings.workers)
     metrics.queue_depth.set_function(lambda: len(queue))
-    resyncer = Resyncer(kube, queue, reconciler, settings)
+    resyncer = Resyncer(kube, queue, reconciler, settings, on_resync=metrics.resyncs.inc)
     metrics.watch_stalled.set_function(lambda: float(resyncer.stalled))
 
     def leading() -> bool:
@@ -109,13 +111,18 @@ def _exit_lost() -> None:
 async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
                   queue: WorkQueue[PoolKey], resyncer: Resyncer) -> None:
     """Reconcile until kopf stops (a signal): watches, work queue, resync and side jobs."""
-    registry = watches.build_registry(queue, resyncer, reconciler)
+    budget_queue: WorkQueue[BudgetId] = WorkQueue(
+        BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once,
+                           queues=reconciler.queues), workers=1)
+
+    registry = watches.build_registry(queue, resyncer, reconciler, budget_queue)
 
     kopf.on.login(registry=registry)(login.login)
 
     kopf_settings = kopf.OperatorSettings()
     watches.configure(kopf_settings)
     queue.start()
+    budget_queue.start()
     tasks = [asyncio.create_task(resyncer.run(), name="resync")]
     reader = BacklogReader(client_name="agentpool-operator")
     if settings.deletion_cost_seconds > 0:
@@ -143,6 +150,7 @@ async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await queue.stop()
+        await budget_queue.stop()
         await reader.close()
 
 

@@ -3,7 +3,7 @@
 Run by `__main__.py` every `--deletion-cost-seconds`. The operator owns this (not the
 network-facing metrics API server, which thus needs no write right at all): it already holds
 each served pool's Redis URL (`queues.py`) and may patch pods in the namespaces it serves.
-For each pool it reads the queue (`metrics_api/backlog.py`: the in-flight tasks of every
+For each pool it reads the queue (`agent_runtime/queue/backlog.py`: the in-flight tasks of every
 Redis consumer, from XPENDING), maps consumers to the pool's pods, and sets each pod's cost to
 the number of tasks it is running. When the HPA (or `kubectl scale`) lowers the replicas, the
 ReplicaSet controller deletes the ready pods with the lowest cost first (KEP-2255): idle pods
@@ -25,10 +25,10 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from agent_runtime.contract import pod_of_consumer
+from agent_runtime.queue.backlog import BacklogError, BacklogReader
 from agentpool_operator.builders.common import selector_labels
 from agentpool_operator.errors import OperatorError
 from agentpool_operator.k8s import Kube
-from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.queuedir import PoolKey, QueueEntry
 from agentpool_operator.queues import QueueRegistry
 

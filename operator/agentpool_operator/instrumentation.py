@@ -69,6 +69,11 @@ class OperatorMetrics:
             "Reconciles of AgentPools by result (success, error, invalid, waiting).",
             ["result"], registry=self.registry,
         )
+        self.resyncs = Counter(
+            "agentpool_operator_resyncs_total",
+            "Periodic resyncs completed (each lists the pools and queues every one).",
+            registry=self.registry,
+        )
         self.reconcile_duration = Histogram(
             "agentpool_operator_reconcile_duration_seconds",
             "Time one reconcile of one AgentPool took.",

@@ -25,7 +25,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources import apiextensions_v1, apiregistration_v1, coordination_v1, core_v1
 from lightkube.types import PatchType
 
-from agentpool_operator.api import GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.api import BUDGET_KIND, BUDGET_PLURAL, GROUP, KIND, PLURAL, VERSION
 from agentpool_operator.builders.kinds import CHILD_KINDS, ChildKind
 from agentpool_operator.errors import ApiFailure, TransientError
 from agentpool_operator.leader import LeaseConflict, LeaseRecord
@@ -35,6 +35,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "agentpool-operator"}
 """The label on every child: the watches and lists of children select on it."""
 
 AgentPoolResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+AgentBudgetResource = create_namespaced_resource(GROUP, VERSION, BUDGET_KIND, BUDGET_PLURAL)
 
 
 def _child_resource(child: ChildKind) -> type[NamespacedResource]:
@@ -50,6 +51,7 @@ def _child_resource(child: ChildKind) -> type[NamespacedResource]:
 _RESOURCES: dict[tuple[str, str], type[NamespacedResource]] = {
     **{(child.api_version, child.kind): _child_resource(child) for child in CHILD_KINDS},
     (f"{GROUP}/{VERSION}", KIND): AgentPoolResource,
+    (f"{GROUP}/{VERSION}", BUDGET_KIND): AgentBudgetResource,
 }
 _TRANSIENT_CODES = {409, 429, 500, 502, 503, 504}
 
@@ -205,6 +207,20 @@ class Kube:
             await self._client.patch(apiregistration_v1.APIService, name, manifest,
                                      patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER,
                                      force=True)
+
+    async def patch_budget_status(self, namespace: str, name: str, status: dict[str, Any]
+                                  ) -> dict[str, Any] | None:
+        """Merge `status` into an AgentBudget's status; the budget as written, None if gone."""
+        self._count_write("patch-status", BUDGET_KIND)
+        try:
+            with _calling(f"update status of AgentBudget {namespace}/{name}"):
+                obj = await self._client.patch(
+                    AgentBudgetResource.Status, name, {"status": status}, namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                )
+        except _NotFound:
+            return None
+        return _as_dict(obj)
 
     async def crd_exists(self, name: str) -> bool:
         """Whether a CRD is installed (e.g. the Prometheus Operator's PodMonitor)."""

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_runtime.keys import Keys
+from agent_runtime.queue.keys import Keys
 
 DATA_KEY = "queues.json.gz"
 _SHARED_KEY = re.compile(r"^queues\.[a-z0-9][-a-z0-9.]*\.json\.gz$")
@@ -50,6 +50,10 @@ class QueueEntry:
     name: str
     keys: Keys
     redis_url: str = field(repr=False)
+    target_per_pod: int | None = None
+    """The HPA's backlog target per pod (None: the pool does not autoscale)."""
+    lease_seconds: int | None = None
+    """The pool's task lease: a pod that renewed within it is live."""
 
     @property
     def key(self) -> PoolKey:
@@ -84,7 +88,9 @@ def encode(entries: Iterable[QueueEntry], key: str = DATA_KEY) -> dict[str, str]
     """The Secret `data` under `key` (base64 values, as the API server takes them)."""
     pools = [{"namespace": e.namespace, "name": e.name, "url": e.redis_url,
               "keys": {"prefix": e.keys.prefix, "stream": e.keys.stream,
-                       "group": e.keys.group, "dead": e.keys.dead}}
+                       "group": e.keys.group, "dead": e.keys.dead},
+              **({"targetPerPod": e.target_per_pod} if e.target_per_pod else {}),
+              **({"leaseSeconds": e.lease_seconds} if e.lease_seconds else {})}
              for e in sorted(entries, key=lambda e: e.key)]
     text = json.dumps({"version": FORMAT_VERSION, "pools": pools}, separators=(",", ":"))
     # mtime=0: the same entries always give the same bytes.
@@ -146,4 +152,11 @@ def _entry(item: Any) -> QueueEntry | None:
         return None
     return QueueEntry(namespace=item["namespace"], name=item["name"], redis_url=item["url"],
                       keys=Keys(prefix=keys["prefix"], stream=keys["stream"],
-                                group=keys["group"], dead=keys["dead"]))
+                                group=keys["group"], dead=keys["dead"]),
+                      target_per_pod=_positive(item.get("targetPerPod")),
+                      lease_seconds=_positive(item.get("leaseSeconds")))
+
+
+def _positive(value: Any) -> int | None:
+    # Optional facts (older operators did not write them): anything else counts as absent.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable
 
 from pydantic import ValidationError
 
-from agent_runtime.keys import Keys
+from agent_runtime.queue.keys import Keys
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.config import runtime_config
 from agentpool_operator.builders.context import PoolContext, SecretValues
+from agentpool_operator.builders.hpa import per_pod_target
 from agentpool_operator.queuedir import PoolKey, QueueEntry
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class QueueRegistry:
             self.forget(key)
             return
         self._recorded_at[key] = self._clock()
-        self._put(QueueEntry(key[0], key[1], keys, redis_url))
+        target = per_pod_target(spec) if spec.autoscaling.enabled else None
+        self._put(QueueEntry(key[0], key[1], keys, redis_url, target_per_pod=target,
+                             lease_seconds=spec.queue.lease_seconds))
 
     def seed(self, entries: Iterable[QueueEntry]) -> None:
         """Entries published before this process started, for pools not recorded yet: kept

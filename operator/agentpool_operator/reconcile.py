@@ -19,9 +19,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentpool_operator import builders
-from agentpool_operator.api import API_VERSION, KIND, AgentPoolSpec, Reason
+from agentpool_operator.api import API_VERSION, BUDGET_KIND, KIND, AgentPoolSpec, Reason
 from agentpool_operator.apply import PERMANENT_CODES, Applier
-from agentpool_operator.builders.context import PoolContext, SecretValues
+from agentpool_operator.budgets import BudgetId, BudgetProblem, references, resolve
+from agentpool_operator.builders.context import PoolContext, ResolvedBudgetKey, SecretValues
 from agentpool_operator.builders.kinds import KEDA_CRD, POD_MONITOR_CRD
 from agentpool_operator.cache import RecentReads
 from agentpool_operator.errors import ApiFailure
@@ -172,10 +173,11 @@ class Reconciler:
         namespace, name = key
         secrets = await self._read_secrets(namespace, spec)
         self.queues.record(key, spec, secrets.redis_url)
+        budgets = await self._resolve_budgets(namespace, spec)
         served = self.store.served_crds
         ctx = PoolContext(name=name, namespace=namespace, uid=pool["metadata"]["uid"],
                           spec=spec, secrets=secrets, pod_monitor_api=POD_MONITOR_CRD in served,
-                          keda_api=KEDA_CRD in served)
+                          keda_api=KEDA_CRD in served, budgets=budgets)
         try:
             return plan_children(ctx)
         except builders.InvalidDatabaseDsn as error:
@@ -184,6 +186,33 @@ class Reconciler:
         except InvalidSpec as error:
             # Deterministic: nothing to retry until the spec changes.
             raise Blocked(Problem(reason=Reason.INVALID_SPEC, message=str(error),
+                                  blocking=True)) from None
+
+    async def _resolve_budgets(self, namespace: str, spec: AgentPoolSpec
+                               ) -> tuple[ResolvedBudgetKey, ...]:
+        """The keys of the pool's AgentBudgets, or Blocked with the reason there are none.
+        Budgets come from the watch; one it has not delivered is read (it may be in a
+        namespace the operator does not watch). Not retried on a timer: a budget's creation
+        or change reconciles the pools naming it (the watch), the resync covers the rest."""
+        found: dict[BudgetId, dict[str, Any] | None] = {}
+        for _, budget_id, _ in references(namespace, spec):
+            body = self.store.budgets.get(budget_id)
+            if body is None:
+                try:
+                    body = await self.kube.get(API_VERSION, BUDGET_KIND, *budget_id)
+                except ApiFailure as failure:
+                    if failure.code not in PERMANENT_CODES:
+                        raise
+                    raise Blocked(Problem(
+                        reason=Reason.BUDGET_NOT_FOUND, blocking=True,
+                        message=f"AgentBudget {budget_id[0]}/{budget_id[1]} cannot be read "
+                        f"({failure}): the operator reads budgets only in the namespaces it "
+                        "serves (the chart's operator.watchNamespaces)")) from None
+            found[budget_id] = body
+        try:
+            return resolve(namespace, spec, found)
+        except BudgetProblem as problem:
+            raise Blocked(Problem(reason=problem.reason, message=problem.message,
                                   blocking=True)) from None
 
     async def _observe(self, pool: dict[str, Any], observation: Observation) -> None:

@@ -65,13 +65,15 @@ class StallDetector:
 
 class Resyncer:
     def __init__(self, kube: Kube, queue: WorkQueue[PoolKey], reconciler: Reconciler,
-                 settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+                 settings: Settings, clock: Callable[[], float] = time.monotonic,
+                 on_resync: Callable[[], None] = lambda: None) -> None:
         self._kube = kube
         self._queue = queue
         self._reconciler = reconciler
         self._store = reconciler.store
         self._settings = settings
         self._clock = clock
+        self._on_resync = on_resync
         self.detector = StallDetector(settings.stall_seconds)
         self.listed_once = False
         self.last_list: tuple[float, frozenset[PoolKey]] | None = None
@@ -121,6 +123,7 @@ class Resyncer:
                 self._store.request_full(key)
             self._queue.add(key)
         self.listed_once = True
+        self._on_resync()
 
     async def _audit_relisted(self) -> None:
         """List each child kind a watch (re)listed since the last audit; reconcile the pools

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentpool_operator.api import API_VERSION, KIND
+from agentpool_operator.budgets import BudgetId, referenced_ids
 from agentpool_operator.builders.kinds import DEPLOYMENT, WATCHED_KINDS
 from agentpool_operator.cache import LatestObjects, same_content
 from agentpool_operator.queue_claims import QueueClaims
@@ -43,8 +44,11 @@ class PoolStore:
     relisted: set[tuple[str, str]] = field(default_factory=set)
     """Child kinds (api version, kind) a watch listed since the last audit. A deletion while
     a watch reconnects has no event; the resync lists those kinds once to drop such bodies."""
+    budgets: LatestObjects[BudgetId] = field(default_factory=LatestObjects)
+    """Latest watched AgentBudgets (a referenced budget the watch lacks is read with a GET)."""
     _needs_full: set[PoolKey] = field(default_factory=set)
     _rechecks: set[PoolKey] = field(default_factory=set)
+    _budget_rechecks: set[BudgetId] = field(default_factory=set)
     _own_status_versions: dict[PoolKey, str] = field(default_factory=dict)
 
     # -- what the reconcile owes --------------------------------------------------------------
@@ -66,8 +70,19 @@ class PoolStore:
 
     # -- watch events -------------------------------------------------------------------------
 
+    def take_budget_rechecks(self) -> set[BudgetId]:
+        """The budgets whose users may have changed (a pool referencing them came, changed
+        or went): their status is computed again."""
+        rechecks, self._budget_rechecks = self._budget_rechecks, set()
+        return rechecks
+
     def pool_event(self, key: PoolKey, pool: dict[str, Any], deleted: bool) -> bool:
         """Note a watched version of a pool; whether it needs a reconcile."""
+        old = self.pools.get(key)
+        before = referenced_ids(old) if old is not None else set()
+        after = set() if deleted else referenced_ids(pool)
+        if before != after or (deleted and before):
+            self._budget_rechecks |= before | after
         if deleted:
             self._rechecks |= self.queue_claims.drop(key)
             self.pools.drop(key, pool)
@@ -84,6 +99,36 @@ class PoolStore:
             return False  # the echo of our own status write: nothing new to act on
         self.request_full(key)
         return True
+
+    def budget_event(self, budget_id: BudgetId, budget: dict[str, Any], deleted: bool
+                     ) -> set[PoolKey]:
+        """Note a watched version of an AgentBudget; the pools to reconcile fully because
+        its spec changed (or it came or went). Its status updates change nothing."""
+        cached = self.budgets.get(budget_id)
+        if deleted:
+            self.budgets.drop(budget_id, budget)
+        elif not self.budgets.put(budget_id, budget):
+            return set()  # older than what we have
+        elif cached is not None and _generation(cached) == _generation(budget):
+            return set()  # a status update (ours, say): no spec change
+        self._budget_rechecks.add(budget_id)
+        pools = self.pools_using(budget_id)
+        for key in pools:
+            self.request_full(key)
+        return pools
+
+    def pools_using(self, budget_id: BudgetId) -> set[PoolKey]:
+        """The pools (as last seen) that reference a budget."""
+        found = set()
+        for key in self.pools:
+            pool = self.pools.get(key)
+            if pool is not None and budget_id in referenced_ids(pool):
+                found.add(key)
+        return found
+
+    def pool_bodies(self) -> list[dict[str, Any]]:
+        """Every pool body as last seen."""
+        return [pool for key in self.pools if (pool := self.pools.get(key)) is not None]
 
     def own_status_written(self, key: PoolKey, written: dict[str, Any]) -> None:
         """Our status write returned this version (for the generation the reconcile saw):
@@ -231,3 +276,7 @@ class PoolStore:
         if live is not None and kind in _WATCHED:
             meta = desired["metadata"]
             self.children.put((*kind, meta["namespace"], meta["name"]), live, watched=False)
+
+
+def _generation(obj: dict[str, Any]) -> int:
+    return int((obj.get("metadata") or {}).get("generation") or 0)

@@ -12,7 +12,8 @@ from typing import Any
 import kopf
 
 from agentpool_operator import k8s
-from agentpool_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.api import API_VERSION, BUDGET_PLURAL, GROUP, KIND, PLURAL, VERSION
+from agentpool_operator.budgets import BudgetId
 from agentpool_operator.builders.kinds import WATCHED_KINDS
 from agentpool_operator.diffbase import NoDiffBase
 from agentpool_operator.reconcile import Reconciler
@@ -25,8 +26,8 @@ LIST_CHUNK_SIZE = 100
 WORKER_IDLE_SECONDS = 0.05
 
 
-def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Reconciler
-                   ) -> kopf.OperatorRegistry:
+def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Reconciler,
+                   budget_queue: WorkQueue[BudgetId] | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     store = reconciler.store
 
@@ -39,6 +40,7 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Re
         wanted = store.pool_event(key, kwargs["event"]["object"], deleted)
         for rival in store.take_rechecks():  # pools sharing its queue
             queue.add(rival)
+        _recheck_budgets(store, budget_queue)  # budgets it starts or stops using
         if deleted:
             reconciler.forget(key)
             queue.forget(key)
@@ -57,9 +59,30 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Re
                                             kwargs["type"] == "DELETED", kwargs["type"] is None)
                 queue.add(key)
 
+    _watch_budgets(registry, queue, store, budget_queue)
     for api_version, kind, plural in WATCHED_KINDS:
         _watch_child(registry, queue, store, api_version, kind, plural)
     return registry
+
+
+def _recheck_budgets(store: PoolStore, budget_queue: WorkQueue[BudgetId] | None) -> None:
+    for budget_id in store.take_budget_rechecks():
+        if budget_queue is not None:
+            budget_queue.add(budget_id)
+
+
+def _watch_budgets(registry: kopf.OperatorRegistry, queue: WorkQueue[PoolKey],
+                   store: PoolStore, budget_queue: WorkQueue[BudgetId] | None) -> None:
+    """AgentBudgets: a budget's spec change (or its coming or going) reconciles every pool
+    naming it and recomputes its own status. kopf watches them while their CRD exists."""
+
+    @kopf.on.event(GROUP, VERSION, BUDGET_PLURAL, registry=registry)
+    async def budget_changed(**kwargs: Any) -> None:
+        budget_id = (kwargs["namespace"], kwargs["name"])
+        for key in store.budget_event(budget_id, kwargs["event"]["object"],
+                                      kwargs["type"] == "DELETED"):
+            queue.add(key)
+        _recheck_budgets(store, budget_queue)
 
 
 def _group_version(api_version: str) -> tuple[str, str]:

@@ -8,7 +8,13 @@ import asyncio
 import pytest
 
 from agentpool_dev.services import ServiceSettings
-from bench import runtime_crash, runtime_latency, runtime_throughput, runtime_warmcold
+from bench import (
+    budget_limiter,
+    runtime_crash,
+    runtime_latency,
+    runtime_throughput,
+    runtime_warmcold,
+)
 
 pytestmark = [
     pytest.mark.services, pytest.mark.slow,
@@ -58,3 +64,12 @@ def test_crash_smoke_loses_no_agentpool_task(services: ServiceSettings) -> None:
     assert result.lost == 0
     assert result.kills >= 1
     assert result.concurrent == 0  # killed workers never leave a task running twice
+
+
+def test_budget_limiter_smoke_reports_its_cost_against_redis(services: ServiceSettings) -> None:
+    results = asyncio.run(budget_limiter.run(ops=300, callers=8))
+    report = budget_limiter.report(results)
+    print(report)
+    assert results[0][0] == "INCR (Redis round trip)"
+    assert all(latencies and rate > 0 for _, latencies, rate in results)
+    assert "of INCR's ops/s" in report

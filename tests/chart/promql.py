@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from agentpool_operator.metrics_api import adapter_rules
 
 # PgBouncer's metrics (pgbouncer_exporter's names) are served by the runtime of pods with a
-# PgBouncer sidecar (agent_runtime/pgbouncer_metrics.py). The runtime the live test loads runs
-# without one, so expressions reading them must be valid but cannot have data there; the
-# real-pod test (tests/e2e/test_real_pods.py) scrapes them from a real pod, and
+# PgBouncer sidecar (agent_runtime/supervisor/pgbouncer_metrics.py). The runtime the live test
+# loads runs without one, so expressions reading them must be valid but cannot have data there;
+# the real-pod test (tests/e2e/test_real_pods.py) scrapes them from a real pod, and
 # tests/integration/test_pgbouncer_stats_config.py reads them from a real PgBouncer.
 EXPORTER_ONLY = frozenset(PGBOUNCER_EXPORTER_COLUMNS)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from agentpool_tools.crd import build_crd
+from agentpool_tools.crd import CRDS, CrdSource, build_crd
 from agentpool_tools.monitoring.dashboards import DASHBOARDS
 
 from agentpool_dev.cluster import Cluster
@@ -245,12 +245,14 @@ def test_both_components_spread_and_keep_one_replica_through_disruptions(
     assert rendered["spec"]["template"]["spec"]["topologySpreadConstraints"] == custom
 
 
-def test_crd_switches(helm_offline: Helm) -> None:
-    crd = one(helm_offline.render(), "CustomResourceDefinition")
-    assert crd["spec"] == build_crd()["spec"]
-    assert build_crd()["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+@pytest.mark.parametrize("source", CRDS, ids=lambda source: source.kind)
+def test_crd_switches(helm_offline: Helm, source: CrdSource) -> None:
+    crd = one(helm_offline.render(), "CustomResourceDefinition", source.name)
+    assert crd["spec"] == build_crd(source)["spec"]
+    assert build_crd(source)["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
     assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    unkept = one(helm_offline.render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    unkept = one(helm_offline.render({"crds": {"keep": False}}), "CustomResourceDefinition",
+                 source.name)
     assert "annotations" not in unkept["metadata"]
     assert not by_kind(helm_offline.render({"crds": {"enabled": False}}),
                        "CustomResourceDefinition")
@@ -518,11 +520,13 @@ def test_the_operators_rights_on_children_follow_the_registry_of_child_kinds(
     for (group, plural), verbs in needed.items():
         granted = {verb for g, r, verb in served if (g, r) == (group, plural)}
         assert granted == verbs, (group, plural, sorted(granted), sorted(verbs))
-    # Writes on anything else: the pool's status, Events, pods' deletion cost, and (the
-    # default served namespace being the release's) the leader election's Lease; nothing more.
+    # Writes on anything else: the pool's and budget's status, Events, pods' deletion cost,
+    # and (the default served namespace being the release's) the leader election's Lease;
+    # nothing more (an AgentBudget itself is only read).
     others = {(g, r) for g, r, verb in served if verb in ("create", "patch", "delete", "update")
               } - set(needed)
-    assert others == {("agentpool.dev", "agentpools/status"), ("", "events"), ("", "pods"),
+    assert others == {("agentpool.dev", "agentpools/status"),
+                      ("agentpool.dev", "agentbudgets/status"), ("", "events"), ("", "pods"),
                       ("coordination.k8s.io", "leases")}
 
 

@@ -29,7 +29,7 @@ from agentpool_tools.monitoring.catalogue import PGBOUNCER_EXPORTER_COLUMNS
 from agentpool_tools.monitoring.dashboards import DASHBOARDS
 from agentpool_tools.monitoring.promql import OPERATOR, POOL, RATE
 
-from agent_runtime.metrics import RuntimeMetrics
+from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
 from agentpool_dev.services import ServiceSettings
 from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.metrics_api.telemetry import Telemetry

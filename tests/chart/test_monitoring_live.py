@@ -34,7 +34,7 @@ import pytest
 from agentpool_tools.monitoring.catalogue import PGBOUNCER_EXPORTER_COLUMNS
 from aiohttp import web
 
-from agent_runtime.client import TaskClient
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.procs import free_port
 from agentpool_dev.services import ServiceSettings, pgbouncer_show

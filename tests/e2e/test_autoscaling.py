@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.contract import budget_waiting_key
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import pki as pki_mod
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.procs import free_port
@@ -241,6 +242,58 @@ async def test_a_backlog_scales_the_pool_up_and_draining_it_scales_back_to_min(
     assert down < 90
 
 
+async def test_a_budget_bound_backlog_holds_the_pool_and_lifting_the_budget_scales_it(
+    cluster: Cluster, metrics_api: MetricsApiServer, operator: OperatorProcess, pools: Pools,
+    redis_url: str, redis: Redis,
+) -> None:
+    name = unique("budget")
+    pools.secret(f"{name}-redis", {"url": redis_url})
+    pools.create(name, with_secret=False, minReplicas=1, maxReplicas=4, workers={"perPod": 2},
+                 autoscaling={"enabled": True, "targetBacklogPerWorker": 1})
+    pools.wait_ready(name)
+    eventually(lambda: pools.get("hpa", name))
+    config = pool_config(pools, name)
+    # What the pool's one running pod would write (no runtime runs on KWOK): its lease
+    # renewal, and three tasks waiting for a budget permit (far-future scores: no refresh).
+    redis_now = await redis.time()
+    later_ms = (int(redis_now[0]) + 600) * 1000
+    await redis.zadd(f"{config.key_prefix}:pods", {f"{name}-pod-boot": later_ms})
+    board = budget_waiting_key(config.key_prefix)
+    await redis.zadd(board, {f"waiter-{i}": later_ms for i in range(3)})
+    async with await TaskClient.connect(redis_url, config) as client:
+        await client.submit_many([{"n": i} for i in range(20)])
+
+    # 20 tasks would want 10 pods (4 at most), but the work waits on its budget: the value is
+    # what the one live pod covers (2 per pod), and the HPA holds at 1.
+    eventually(lambda: _served(cluster, pools.namespace, name) == "2", timeout=60)
+    eventually(lambda: _hpa_read(pools, name) == "2", timeout=90)
+    assert spec_replicas(pools, name) == 1
+
+    # The budget is lifted (no task waits on it any more): the backlog scales the pool.
+    started = time.monotonic()
+    await redis.delete(board)
+    wait_for("budget lifted -> AgentPool.spec.replicas 4", started,
+             lambda: spec_replicas(pools, name) == 4)
+    await redis.delete(config.stream_key, f"{config.key_prefix}:pods")
+
+
+def _served(cluster: Cluster, namespace: str, name: str) -> str | None:
+    """The pool's value as the metrics API serves it through the aggregator (None: not yet)."""
+    code, out = raw_get(cluster, metric_path(namespace, name))
+    items = json.loads(out)["items"] if code == 0 else []
+    return str(items[0]["value"]) if items else None
+
+
+def _hpa_read(pools: Pools, name: str) -> str | None:
+    """The metric value the HPA controller last read (its status), if any."""
+    status = (pools.get("hpa", name) or {}).get("status") or {}
+    for metric in status.get("currentMetrics") or []:
+        value = ((metric.get("external") or {}).get("current") or {}).get("averageValue")
+        if value is not None:
+            return str(value)
+    return None
+
+
 def _costs(cluster: Cluster, namespace: str, pool: str) -> list[str]:
     pods = cluster.kubectl_json("-n", namespace, "get", "pods", "-l",
                                 f"app.kubernetes.io/instance={pool}")["items"]
@@ -358,8 +411,7 @@ def test_provider_keda_renders_a_scaled_object_instead_of_the_hpa_while_keda_is_
     try:
         for crd in crds:
             cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
-            cluster.kubectl("wait", "--for=condition=Established",
-                            f"crd/{crd['metadata']['name']}", "--timeout=60s")
+            cluster.wait_condition(f"crd/{crd['metadata']['name']}", "Established")
         scaled = eventually(lambda: pools.get("scaledobject.keda.sh", name), timeout=60)
         assert scaled["spec"]["scaleTargetRef"]["kind"] == "AgentPool"
         trigger = scaled["spec"]["triggers"][0]

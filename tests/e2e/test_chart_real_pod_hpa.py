@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import parse_config
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import realnode
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.services import ServiceSettings

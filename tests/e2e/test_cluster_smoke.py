@@ -118,8 +118,7 @@ def test_custom_resource_with_scale_subresource_can_be_scaled(
     cluster: Cluster, namespace: str
 ) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(SCALABLE_CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.smoke.agentpool.dev",
-                    "--timeout=30s")
+    cluster.wait_condition("crd/widgets.smoke.agentpool.dev", "Established")
     widget = {"apiVersion": "smoke.agentpool.dev/v1", "kind": "Widget",
               "metadata": {"name": "w", "namespace": namespace}, "spec": {}}
     eventually(lambda: cluster.kubectl("apply", "-f", "-", input=json.dumps(widget),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agentpool_dev.cluster import Cluster
-from tests.plugins.operator import RESYNC_SECONDS, OperatorProcess, Pools
+from tests.plugins.operator import OperatorProcess, Pools
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
@@ -189,12 +189,12 @@ def test_steady_state_and_operator_restart_make_no_writes(operator: OperatorProc
     pools.wait_ready("iota")
     # Let the rollout's last status updates land before counting.
     eventually(lambda: (pools.condition("iota", "Progressing") or {}).get("status") == "False")
-    time.sleep(RESYNC_SECONDS * 2)
+    operator.wait_resyncs(2)
     before = len(operator.writes(pools.namespace))
 
-    time.sleep(RESYNC_SECONDS * 3)  # three resyncs, each reconciling every pool
+    operator.wait_resyncs(3)  # three resyncs, each reconciling every pool
     operator.restart()
-    time.sleep(RESYNC_SECONDS * 3)
+    operator.wait_resyncs(3)
 
     extra = operator.writes(pools.namespace)[before:]
     summary = [(e["verb"], e["objectRef"].get("resource"), e["objectRef"].get("name"),

@@ -9,13 +9,12 @@ build raised, retried forever, no status), an API refusal longer than a conditio
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.plugins.operator import RESYNC_SECONDS, OperatorProcess, Pools
+from tests.plugins.operator import OperatorProcess, Pools
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
@@ -61,7 +60,7 @@ def test_an_object_with_a_childs_name_is_reported_never_taken_over(
 
     # Deleting the pool leaves the user's object alone (it was never made ours).
     pools.cluster.kubectl("-n", pools.namespace, "delete", "agentpool", "kappa", "--wait")
-    time.sleep(RESYNC_SECONDS)
+    operator.wait_resyncs(1)
     assert (pools.get("configmap", "kappa-config") or {}).get("data") == {"mine": "yes"}
 
     # Once the name is free, the pool is built.
@@ -113,7 +112,7 @@ def test_a_stored_spec_the_crd_now_refuses_is_reported_once_and_not_retried(
         assert pools.get(kind, "xi.v2") is None
         assert pools.get(kind, "xi.v2-config") is None
     settled = len(writes_for(operator, pools, "xi.v2"))
-    time.sleep(RESYNC_SECONDS * 4)  # two full reconciles: nothing new to write or to post
+    operator.wait_resyncs(4)  # two full reconciles: nothing new to write or to post
     assert len(writes_for(operator, pools, "xi.v2")) == settled
     assert len(events(pools, "xi.v2", "InvalidSpec")) == 1
 
@@ -135,7 +134,7 @@ def test_an_api_refusal_longer_than_a_condition_is_reported_cut_short(
     assert pools.get("deployment", "omicron") is None
     # The refusal is final for this spec: no request is sent again at the resyncs.
     settled = len(writes_for(operator, pools, "omicron"))
-    time.sleep(RESYNC_SECONDS * 4)
+    operator.wait_resyncs(4)
     assert len(writes_for(operator, pools, "omicron")) == settled
     assert len(events(pools, "omicron", "ApplyFailed")) == 1
 

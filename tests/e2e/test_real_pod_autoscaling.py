@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import parse_config
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import realnode
 from agentpool_dev.services import ServiceSettings
 from tests.integration.runtime.handlers import executions_key

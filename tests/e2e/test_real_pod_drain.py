@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import parse_config
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import images, realnode
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.services import ServiceSettings
 from tests.integration.runtime.handlers import executions_key
 from tests.plugins.operator import OperatorProcess, Pools
 from tests.plugins.realpods import REAL_NODE_POD, RealNodes
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
 
@@ -75,7 +76,8 @@ async def test_draining_a_real_node_respects_the_budget_and_loses_no_task(
                             "limits": {"memory": "256Mi"}},
                  pod=REAL_NODE_POD)
     pools.wait_ready(NAME, timeout=120)
-    assert sorted(_ready_on(pools)) == [leave.name, leave.name]
+    # The pool is Ready with its minimum available; the drain needs both pods up.
+    eventually(lambda: sorted(_ready_on(pools)) == [leave.name, leave.name], timeout=120)
     cluster.kubectl("uncordon", stay.name)
     config_map = pools.get("configmap", f"{NAME}-config") or {}
     config = parse_config(config_map["data"]["runtime.yaml"])

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig, parse_config
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import realnode
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.services import ServiceSettings

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import parse_config
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import procs, realnode
 from agentpool_dev.cluster import Cluster, find_prometheus
 from agentpool_dev.services import ServiceSettings

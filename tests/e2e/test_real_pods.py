@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig, parse_config
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev import images, realnode
 from agentpool_dev.services import ServiceSettings, postgres_log
 from tests.plugins.operator import OperatorProcess, Pools

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
-from agent_runtime.keys import Keys
+from agent_runtime.queue.backlog import Backlog, BacklogError, BacklogReader
+from agent_runtime.queue.keys import Keys
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev.procs import free_port
 from agentpool_operator.deletioncost import deletion_costs
-from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
+from tests.fake_provider import FakeProvider, ProviderLimits
 from tests.plugins.runtime import RuntimePool, StartSupervisor
 from tests.waiting import eventually_async
 
@@ -130,3 +131,31 @@ async def test_clients_are_reused_per_url_and_the_oldest_closed_beyond_the_limit
             assert await reader.read(url, keys) == Backlog(0, 0)
     finally:
         await reader.close()
+
+
+async def test_tasks_waiting_on_their_budget_and_the_live_pods_are_counted(
+    runtime_pool: RuntimePool, start_supervisor: StartSupervisor, redis_url: str,
+    reader: BacklogReader,
+) -> None:
+    provider = FakeProvider(ProviderLimits(), latency_seconds=10)
+    url = await provider.start()
+    runtime_pool.update(budgets=[{"name": "llm", "budget": f"team/{runtime_pool.config.pool}",
+                                  "concurrent_requests": 1}], http_timeout_seconds=15)
+    for _ in range(2):
+        start_supervisor(runtime_pool)
+    keys = Keys.for_config(runtime_pool.config)
+    client = await TaskClient.connect(redis_url, runtime_pool.config)
+    try:
+        await client.submit_many([{"url": url}] * 4, handler="budgeted")
+
+        async def bound() -> Backlog | None:
+            backlog = await reader.read(redis_url, keys)
+            return backlog if backlog.budget_waiting == 3 else None
+
+        # One task holds the key's only permit; the other three wait on the budget.
+        backlog = await eventually_async(bound, within=30)
+    finally:
+        await client.close()
+        await provider.stop()
+    assert backlog.live_pods == 2
+    assert backlog.in_flight == 4

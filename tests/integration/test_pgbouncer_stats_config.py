@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from agent_runtime.pgbouncer_metrics import PgBouncerMetrics
+from agent_runtime.supervisor.pgbouncer_metrics import PgBouncerMetrics
 from agentpool_dev import services as svc
 from agentpool_dev.procs import free_port
 from agentpool_dev.services import ServiceSettings
@@ -414,8 +414,8 @@ def _samples(text: str) -> dict[str, list[tuple[str, float]]]:
 async def test_the_runtime_serves_the_exporters_metrics_from_it(
     bouncer: Bouncer, rendered: Rendered
 ) -> None:
-    """What the runtime adds to /metrics (agent_runtime/pgbouncer_metrics.py), read as the
-    stats user with the rendered URL: pgbouncer_exporter's names, the dashboards' series."""
+    """What the runtime adds to /metrics (agent_runtime/supervisor/pgbouncer_metrics.py), read
+    as the stats user with the rendered URL: pgbouncer_exporter's names, the dashboards' series."""
     text = (await PgBouncerMetrics(bouncer.url(rendered.exporter_url)).render()).decode()
     samples = _samples(text)
     assert samples["pgbouncer_up"] == [("", 1.0)]

@@ -157,8 +157,8 @@ def served_crds(cluster: Cluster, files: Sequence[Path], names: Sequence[str],
     for path in files:
         args += ["-f", str(path)]
     cluster.kubectl(*args)
-    cluster.kubectl("wait", "--for=condition=Established", *(f"crd/{n}" for n in names),
-                    "--timeout=60s")
+    for name in names:
+        cluster.wait_condition(f"crd/{name}", "Established")
     # Discovery (which helm reads for .Capabilities) can trail Established by a moment.
     eventually(lambda: all(cluster.kubectl("get", kind.lower(), "-A", check=False).returncode
                            == 0 for kind in kinds), timeout=30)

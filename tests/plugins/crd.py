@@ -1,10 +1,11 @@
 """pytest plugin for the AgentPool CRD: install it into the test cluster; valid-spec strategies.
 
-`agentpool_crd` (session) applies the CRD generated from the models (the same text as the
-committed `crds/` file, which a unit test keeps in step) to the `cluster` fixture's API server
-and waits until it is Established and served. `agentpool_specs()` is a hypothesis strategy of
-valid AgentPool specs (camelCase dicts honouring every schema limit and CEL rule), shared by
-the unit round-trip test and the e2e test that sends them to the real API server.
+`agentpool_crd` (session) applies the CRDs generated from the models (AgentPool's and
+AgentBudget's: the same text as the committed `crds/` files, which a unit test keeps in step)
+to the `cluster` fixture's API server and waits until they are Established and served.
+`agentpool_specs()` is a hypothesis strategy of valid AgentPool specs (camelCase dicts
+honouring every schema limit and CEL rule), shared by the unit round-trip test and the e2e
+test that sends them to the real API server.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from agentpool_tools.crd import CRD_NAME
+from agentpool_tools.crd import CRD_NAME, CRDS
 from agentpool_tools.gen_crd import render
 from hypothesis import strategies as st
 
@@ -29,15 +30,17 @@ Spec = dict[str, Any]
 
 @pytest.fixture(scope="session")
 def agentpool_crd(cluster: Cluster) -> dict[str, Any]:
-    """The installed AgentPool CRD (as the API server returns it), Established and served."""
+    """The installed AgentPool CRD (as the API server returns it), Established and served;
+    the group's other CRDs (AgentBudget) are installed and served with it."""
     cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "--field-manager=agentpool-tests",
-        "-f", "-", input=render(),
+        "-f", "-", input="---\n".join(render(source) for source in CRDS),
     )
-    cluster.wait_condition(f"crd/{CRD_NAME}", "Established")
-    # Established can precede discovery by a moment; wait until kubectl can list the kind.
-    eventually(lambda: cluster.kubectl("get", CRD_NAME.split(".")[0], "-A",
-                                       check=False).returncode == 0, timeout=30)
+    for source in CRDS:
+        cluster.wait_condition(f"crd/{source.name}", "Established")
+        # Established can precede discovery by a moment; wait until kubectl can list the kind.
+        eventually(lambda: cluster.kubectl("get", source.plural, "-A",  # noqa: B023
+                                           check=False).returncode == 0, timeout=30)
     installed: dict[str, Any] = json.loads(
         cluster.kubectl("get", "crd", CRD_NAME, "-o", "json").stdout
     )

@@ -102,8 +102,7 @@ class MetricsApiServer:
         ]
         for manifest in manifests:
             self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-        self.cluster.kubectl("wait", "--for=condition=Available", f"apiservice/{APISERVICE_NAME}",
-                             "--timeout=60s")
+        self.cluster.wait_condition(f"apiservice/{APISERVICE_NAME}", "Available")
 
     def unregister(self) -> None:
         self.cluster.kubectl("delete", "apiservice", APISERVICE_NAME, "--ignore-not-found",

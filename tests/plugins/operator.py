@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.procs import free_port, log_tail, module_env, spawn_module, terminate
@@ -74,6 +75,21 @@ class OperatorProcess:
         if self.process is not None:
             terminate(self.process)
         self.process = None
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on the operator's /metrics (0 when absent)."""
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        return sum(sample.value for family in text_string_to_metric_families(body)
+                   for sample in family.samples if sample.name == name)
+
+    def wait_resyncs(self, count: int, timeout: float = 120) -> None:
+        """Until `count` more periodic resyncs have completed and the work queue is empty
+        again (every pool they queued reconciled): what a steady-state check waits for."""
+        target = self.metric("agentpool_operator_resyncs_total") + count
+        eventually(lambda: self.metric("agentpool_operator_resyncs_total") >= target
+                   and self.metric("agentpool_operator_workqueue_depth") == 0,
+                   timeout=timeout, interval=0.2)
 
     def restart(self) -> None:
         self.stop()

@@ -31,8 +31,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.sdk.client import TaskClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_HANDLERS = "tests.integration.runtime.handlers"
@@ -176,7 +176,8 @@ def runtime_pool(tmp_path: Path) -> Iterator[RuntimePool]:
         handlers={name: f"{TEST_HANDLERS}:{name}"
                   for name in ("hang", "leak", "fail", "permanent", "sleepy", "sync_sleep",
                                "orphan", "segfault", "flaky", "block_at_once",
-                               "crash_twice_then_fail", "exclusive", "sync_exclusive")},
+                               "crash_twice_then_fail", "exclusive", "sync_exclusive",
+                               "budgeted")},
         workers=2, concurrency=4, task_timeout_seconds=10, hang_grace_seconds=1,
         heartbeat_interval_seconds=0.5, lease_seconds=10, retry_backoff_seconds=0.2,
         retry_backoff_max_seconds=1, drain_grace_seconds=5, metrics_host="127.0.0.1",

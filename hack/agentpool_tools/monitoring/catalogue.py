@@ -1,7 +1,7 @@
 """The metric names the dashboards and alerts query, in one place.
 
 Each is exported by code in this repository: the runtime's supervisor
-(`agent_runtime/metrics.py`, scraped from every pool pod), the operator
+(`agent_runtime/supervisor/pod_metrics.py`, scraped from every pool pod), the operator
 (`agentpool_operator/instrumentation.py`) or the metrics API server (queue gauges labelled with
 the pool's namespace and name, `metrics_api/telemetry.py`). The tests check every name against
 the registries and against what a real Prometheus scraped, so a renamed metric fails the build
@@ -9,7 +9,7 @@ instead of leaving an empty panel.
 
 The `PGBOUNCER_*` names are prometheus-community pgbouncer_exporter v0.11.0's (taken from its
 collector.go), which the runtime serves itself from PgBouncer's admin console
-(`agent_runtime/pgbouncer_metrics.py`), each with the column it reads
+(`agent_runtime/supervisor/pgbouncer_metrics.py`), each with the column it reads
 (`PGBOUNCER_EXPORTER_COLUMNS`).
 """
 
@@ -35,12 +35,18 @@ DB_CONNECTIONS = "agentpool_db_pool_connections"
 DB_CONNECTIONS_MAX = "agentpool_db_pool_connections_max"
 EXTERNAL_REQUEST_DURATION = "agentpool_external_request_duration_seconds"
 CACHE_REQUESTS = "agentpool_cache_requests_total"
+BUDGET_PERMITS = "agentpool_budget_permits_total"
+BUDGET_WAIT = "agentpool_budget_wait_seconds"
+BUDGET_TOKENS = "agentpool_budget_tokens_total"
+BUDGET_THROTTLED = "agentpool_budget_throttled_total"
+BUDGET_LIMIT = "agentpool_budget_limit"
 
 # Queue (once per pool, by the metrics API server: agentpool_operator/metrics_api/telemetry.py).
 QUEUE_BACKLOG = "agentpool_queue_backlog"
 QUEUE_WAITING = "agentpool_queue_waiting_tasks"
 QUEUE_IN_FLIGHT = "agentpool_queue_in_flight_tasks"
 QUEUE_OLDEST_WAITING = "agentpool_queue_oldest_waiting_task_age_seconds"
+QUEUE_BUDGET_WAITING = "agentpool_queue_budget_waiting_tasks"
 
 # Operator.
 OPERATOR_RECONCILES = "agentpool_operator_reconciles_total"

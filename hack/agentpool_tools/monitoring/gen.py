@@ -7,11 +7,11 @@ Writes into the chart: `dashboards/<uid>.json` (from `dashboards.py`), `rules/ag
 (the plain Prometheus rules file from `alerts.py`, which the PrometheusRule template embeds and
 promtool tests), `prometheus-adapter/external-rules.yaml` (the metrics API's rules for
 prometheus-adapter, `metrics_api/adapter_rules.py`) and
-`templates/crds/agentpool.dev_agentpools.yaml` (the CRD from the pydantic models, wrapped in the
-chart's `crds.enabled` / `crds.keep` switches); and, outside the chart, each alert's runbook
-page `docs/runbooks/<alert>.md` with an index (their `runbook_url` annotations link them).
-`--check` writes nothing and exits 1 with a diff when a committed file differs from what the
-code generates.
+`templates/crds/<group>_<plural>.yaml` (each CRD from the pydantic models: AgentPool,
+AgentBudget; wrapped in the chart's `crds.enabled` / `crds.keep` switches); and, outside the
+chart, each alert's runbook page `docs/runbooks/<alert>.md` with an index (their `runbook_url`
+annotations link them). `--check` writes nothing and exits 1 with a diff when a committed file
+differs from what the code generates.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from agentpool_operator.metrics_api import adapter_rules
-from agentpool_tools.crd import CRD_NAME, build_crd
+from agentpool_tools.crd import AGENTPOOL, CRDS, CrdSource, build_crd
 from agentpool_tools.monitoring.alerts import (
     ALERTS,
     RUNBOOKS_DIR,
@@ -41,8 +41,8 @@ DEFAULT_RUNBOOKS = Path(RUNBOOKS_DIR)
 DASHBOARDS_DIR = "dashboards"
 RULES_FILE = Path("rules") / "agentpool.rules.yaml"
 ADAPTER_RULES_FILE = Path("prometheus-adapter") / "external-rules.yaml"
-_PLURAL, _GROUP = CRD_NAME.split(".", 1)
-CRD_TEMPLATE = Path("templates") / "crds" / f"{_GROUP}_{_PLURAL}.yaml"
+CRD_TEMPLATES_DIR = Path("templates") / "crds"
+CRD_TEMPLATE = CRD_TEMPLATES_DIR / AGENTPOOL.file_name
 GENERATED_BY = "python -m agentpool_tools.monitoring"
 
 
@@ -77,9 +77,9 @@ def adapter_rules_text() -> str:
     return header + adapter_rules.render()
 
 
-def crd_template() -> str:
-    """The CRD as a chart template: the generated schema under the chart's switches."""
-    crd = build_crd()
+def crd_template(source: CrdSource = AGENTPOOL) -> str:
+    """A CRD as a chart template: the generated schema under the chart's switches."""
+    crd = build_crd(source)
     body = _yaml({"spec": crd["spec"]})
     if "{{" in body or "}}" in body:
         raise ValueError("the CRD text contains '{{' or '}}', which Helm would interpret")
@@ -110,7 +110,8 @@ def generated_files() -> dict[Path, str]:
     files = {Path(DASHBOARDS_DIR) / d.filename: d.to_json() for d in DASHBOARDS}
     files[RULES_FILE] = rules_text()
     files[ADAPTER_RULES_FILE] = adapter_rules_text()
-    files[CRD_TEMPLATE] = crd_template()
+    for source in CRDS:
+        files[CRD_TEMPLATES_DIR / source.file_name] = crd_template(source)
     return files
 
 

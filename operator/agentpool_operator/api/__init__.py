@@ -1,4 +1,5 @@
-"""The AgentPool API (`agentpool.dev/v1alpha1`): pydantic models, quantities, conditions.
+"""The AgentPool API (`agentpool.dev/v1alpha1`): pydantic models, quantities, conditions, and
+the AgentBudget resource (`budget.py`).
 
 Pure: no Kubernetes client, no I/O. `agentpool_tools.crd` generates the CRD from these
 models; the operator parses live objects with `AgentPoolSpec.model_validate(spec)`.
@@ -9,6 +10,15 @@ from agentpool_operator.api.autoscaling import (
     ScaleDownRules,
     ScaleUpRules,
     ScalingPolicy,
+)
+from agentpool_operator.api.budget import (
+    BUDGET_KIND,
+    BUDGET_PLURAL,
+    AgentBudgetSpec,
+    AgentBudgetStatus,
+    BudgetKey,
+    BudgetReference,
+    BudgetSharing,
 )
 from agentpool_operator.api.conditions import (
     Condition,
@@ -43,6 +53,8 @@ CATEGORIES = ("agentpool", "all")
 
 __all__ = [
     "API_VERSION",
+    "BUDGET_KIND",
+    "BUDGET_PLURAL",
     "CATEGORIES",
     "GROUP",
     "KIND",
@@ -50,9 +62,14 @@ __all__ = [
     "SHORT_NAMES",
     "SINGULAR",
     "VERSION",
+    "AgentBudgetSpec",
+    "AgentBudgetStatus",
     "AgentPoolSpec",
     "AgentPoolStatus",
     "AutoscalingSpec",
+    "BudgetKey",
+    "BudgetReference",
+    "BudgetSharing",
     "CacheSpec",
     "Condition",
     "ConditionType",

@@ -74,6 +74,15 @@ class Reason(StrEnum):
     """Degraded: an object with a child's name exists and is not this pool's."""
     QUEUE_CONFLICT = "QueueConflict"
     """Degraded: another pool, created earlier, reads the same stream and group."""
+    BUDGET_NOT_FOUND = "BudgetNotFound"
+    """Degraded: a referenced AgentBudget does not exist (or the operator may not read it)."""
+    BUDGET_NOT_SHARED = "BudgetNotShared"
+    """Degraded: a referenced AgentBudget in another namespace is not shared with the pool's."""
+    BUDGET_KEY_CONFLICT = "BudgetKeyConflict"
+    """Degraded: two referenced AgentBudgets define the same key name."""
+    BUDGET_SPLIT = "BudgetSplit"
+    """AgentBudget not Ready: the pools using it queue on different Redis servers, where the
+    budget's state lives, so each server would grant the whole limit."""
 
 
 class Condition(ApiModel):

@@ -24,6 +24,7 @@ from agent_runtime import contract
 from agentpool_operator.api.autoscaling import AutoscalingSpec
 from agentpool_operator.api.autoscaling import ScaleDownRules as ScaleDownRules
 from agentpool_operator.api.autoscaling import ScaleUpRules as ScaleUpRules
+from agentpool_operator.api.budget import MAX_POOL_BUDGETS, BudgetReference
 from agentpool_operator.api.common import (
     ApiModel,
     SecretKeyRef,
@@ -305,6 +306,13 @@ class AgentPoolSpec(ApiModel):
     """Metrics and Prometheus integration."""
     pod: PodOverrides = section(PodOverrides)
     """Scheduling and metadata overrides for the worker pods."""
+    # Naming one budget twice is harmless (the operator uses it once); a CEL uniqueness rule
+    # over optional namespaces would cost more than the API server's estimate allows.
+    budgets: list[BudgetReference] | None = Field(default=None, max_length=MAX_POOL_BUDGETS)
+    """AgentBudgets whose keys the handlers use (`ctx.budget(name)`): fleet-wide limits of
+    external APIs, shared with every other pool using the same budget. A budget in another
+    namespace must be shared with this one (its `sharedWith`); two budgets must not define
+    the same key name."""
 
     @field_validator("handler")
     @classmethod

@@ -82,6 +82,7 @@ SPEC_FIELD_OF_RUNTIME_SETTING = {
     "metrics_port": "spec.monitoring.metricsPort",
     "cache_ttl_seconds": "spec.cache.ttlSeconds",
     "db_pool_max_size": "spec.database.pgbouncer.maxClientConnections",
+    "budgets": "spec.budgets",
 }
 """Which spec field each setting `runtime_config` renders comes from, so a refusal of the
 runtime's model is reported against the field the user wrote."""
@@ -123,6 +124,8 @@ def _runtime_config(ctx: PoolContext) -> RuntimeConfig:
     if spec.database is not None:
         fields["db_pool_max_size"] = db_pool_max_size(spec, spec.database)
         fields["db_statement_cache_size"] = STATEMENT_CACHE_SIZE
+    if ctx.budgets:
+        fields["budgets"] = tuple(key.config for key in ctx.budgets)
     return RuntimeConfig.model_validate(fields)
 
 

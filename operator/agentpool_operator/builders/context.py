@@ -1,6 +1,7 @@
 """What the builders know about one AgentPool: its identity, its parsed spec, and observed inputs.
 
-Built by `reconcile.py` from the live object and the Secrets it references; consumed by the pure
+Built by `reconcile.py` from the live object, the Secrets and the AgentBudgets it references
+(`budgets.py` resolves those); consumed by the pure
 builders in this package, which turn it into the desired child objects. Nothing here does I/O.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, cast
 
+from agent_runtime.contract import BudgetKeyConfig
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.dsn import DatabaseDsn, parse_database_dsn
 
@@ -25,6 +27,17 @@ class SecretValues:
     """cache.redis.urlSecretRef's value, when a separate cache Redis is configured."""
     database_dsn: str | None = None
     """database.dsnSecretRef's value, when a database is configured."""
+
+
+@dataclass(frozen=True)
+class ResolvedBudgetKey:
+    """One budget key the pool's handlers may use, as resolved from its AgentBudget."""
+
+    config: BudgetKeyConfig
+    """The key's limits, rendered into the runtime's config."""
+    api_key: tuple[str, str] | None = None
+    """(Secret, key) in the pool's namespace holding the key's API key, passed to the
+    runtime by reference (`secretKeyRef`); None: no API key for this budget key."""
 
 
 T = TypeVar("T")
@@ -43,6 +56,8 @@ class PoolContext:
     """Whether the cluster serves monitoring.coreos.com/v1 PodMonitor."""
     keda_api: bool = False
     """Whether the cluster serves keda.sh/v1alpha1 ScaledObject (KEDA is installed)."""
+    budgets: tuple[ResolvedBudgetKey, ...] = ()
+    """The keys of the AgentBudgets the pool references (resolved by the reconcile)."""
     _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def once(self, name: str, compute: Callable[[], T]) -> T:

@@ -18,6 +18,7 @@ from agent_runtime.config import (
     POD_NAME_ENV,
     REDIS_URL_ENV,
 )
+from agent_runtime.contract import budget_api_key_env
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.builders.common import (
     CONFIG_HASH_ANNOTATION,
@@ -96,6 +97,11 @@ def runtime_env(ctx: PoolContext) -> list[dict[str, Any]]:
     if pgbouncer_exporter_enabled(spec):
         # With it the runtime also serves PgBouncer's pool metrics on its /metrics.
         env.append(_secret_env(PGBOUNCER_STATS_URL_ENV, secret_name(ctx.name), STATS_URL_KEY))
+    # Budget keys' API keys: by reference to a Secret in the pool's namespace (the budget's
+    # own, or the pool's copy of a shared budget's), never read or copied by the operator.
+    for key in ctx.budgets:
+        if key.api_key is not None:
+            env.append(_secret_env(budget_api_key_env(key.config.name), *key.api_key))
     return env + _user_env(spec)
 
 

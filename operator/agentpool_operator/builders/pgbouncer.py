@@ -1,5 +1,6 @@
 """The PgBouncer sidecar of pools with a database: its container and its config volume.
-(Its pool metrics are served by the runtime container: agent_runtime/pgbouncer_metrics.py.)
+(Its pool metrics are served by the runtime container:
+agent_runtime/supervisor/pgbouncer_metrics.py.)
 
 Called by `deployment.py` only. PgBouncer runs as a native sidecar (an init container with
 `restartPolicy: Always`): the kubelet starts it before the runtime container and stops it

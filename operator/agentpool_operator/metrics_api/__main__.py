@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from agent_runtime.queue.backlog import BacklogReader
 from agentpool_operator import health, logs
 from agentpool_operator.metrics_api.apiserver import ApiServer
 from agentpool_operator.metrics_api.auth import (
@@ -32,7 +33,6 @@ from agentpool_operator.metrics_api.auth import (
     Authorizer,
     parse_auth_config,
 )
-from agentpool_operator.metrics_api.backlog import BacklogReader
 from agentpool_operator.metrics_api.gauges import GaugeRefresher
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.server import MetricsApi, build_app

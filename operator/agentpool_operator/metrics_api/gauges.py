@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from agent_runtime.queue.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.apiserver import ApiServerError
-from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError
 from agentpool_operator.metrics_api.telemetry import Telemetry
 from agentpool_operator.queuedir import PoolKey, QueueEntry
@@ -82,4 +82,5 @@ class GaugeRefresher:
         if self._failing.pop(entry.key, None) is not None:
             log.info("pool %s/%s: queue readable again", entry.namespace, entry.name)
         self._telemetry.observe_pool(entry.namespace, entry.name, backlog.waiting,
-                                     backlog.in_flight, backlog.oldest_waiting_seconds)
+                                     backlog.in_flight, backlog.oldest_waiting_seconds,
+                                     backlog.budget_waiting)

@@ -23,13 +23,14 @@ from typing import Any
 
 from aiohttp import web
 
+from agent_runtime.queue.backlog import Backlog, BacklogError, BacklogReader
 from agentpool_operator.api.autoscaling import QUEUE_BACKLOG_METRIC
 from agentpool_operator.metrics_api.apiserver import ApiServerError
 from agentpool_operator.metrics_api.auth import Authenticator, Authorizer, UserInfo
-from agentpool_operator.metrics_api.backlog import BacklogError, BacklogReader
 from agentpool_operator.metrics_api.pools import PoolDirectory, PoolError, metric_labels
 from agentpool_operator.metrics_api.selector import SelectorError, parse_selector
 from agentpool_operator.metrics_api.telemetry import Telemetry
+from agentpool_operator.queuedir import QueueEntry
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +147,28 @@ class MetricsApi:
         try:
             targets = await self.pools.select(namespace, selector)
             backlogs = await asyncio.gather(
-                *(self.reader.read(t.redis_url, t.keys) for t in targets))
+                *(self.reader.read(t.redis_url, t.keys, *_pod_window(t)) for t in targets))
         except (PoolError, BacklogError, ApiServerError) as error:
             self.telemetry.queue_errors.inc()
             log.warning("no backlog for %r in %s: %s", request.query.get("labelSelector", ""),
                         namespace, error)
             return status(503, "ServiceUnavailable", str(error))
-        items = [(metric_labels(t.name), b.total)
+        items = [(metric_labels(t.name), autoscaling_value(t, b))
                  for t, b in zip(targets, backlogs, strict=True)]
         return web.json_response(value_list(items, dt.datetime.now(dt.UTC)))
+
+
+def autoscaling_value(entry: QueueEntry, backlog: Backlog) -> int:
+    """The backlog the HPA scales on. While tasks wait for a budget permit, the pool's pace is
+    set by its API budget, not by its workers: more pods would only wait too (and burn money),
+    so the value is capped at what the live pods already cover, and the HPA holds."""
+    if backlog.budget_waiting and entry.target_per_pod:
+        return min(backlog.total, max(backlog.live_pods, 1) * entry.target_per_pod)
+    return backlog.total
+
+
+def _pod_window(entry: QueueEntry) -> tuple[int, ...]:
+    return (entry.lease_seconds * 1000,) if entry.lease_seconds else ()
 
 
 def build_app(api: MetricsApi) -> web.Application:

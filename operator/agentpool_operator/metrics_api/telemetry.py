@@ -30,6 +30,10 @@ class Telemetry:
             "agentpool_queue_oldest_waiting_task_age_seconds",
             "How long the oldest task not yet delivered to a worker has waited (0 when none; "
             "parked retries excluded).", POOL_LABELS, registry=r)
+        self.budget_waiting = Gauge(
+            "agentpool_queue_budget_waiting_tasks",
+            "Tasks waiting for a budget permit: while above 0 the pool's autoscaling value is "
+            "capped at what its live pods cover.", POOL_LABELS, registry=r)
         self.requests = Counter("agentpool_metrics_api_requests",
                                 "External metrics API requests by HTTP status code.",
                                 ["code"], registry=r)
@@ -41,16 +45,18 @@ class Telemetry:
         self._pools: set[tuple[str, str]] = set()
 
     def observe_pool(self, namespace: str, pool: str, waiting: int, in_flight: int,
-                     oldest_waiting_seconds: float = 0.0) -> None:
+                     oldest_waiting_seconds: float = 0.0, budget_waiting: int = 0) -> None:
         self.backlog.labels(namespace, pool).set(waiting + in_flight)
         self.waiting.labels(namespace, pool).set(waiting)
         self.in_flight.labels(namespace, pool).set(in_flight)
         self.oldest_waiting.labels(namespace, pool).set(oldest_waiting_seconds)
+        self.budget_waiting.labels(namespace, pool).set(budget_waiting)
         self._pools.add((namespace, pool))
 
     def keep_only(self, pools: set[tuple[str, str]]) -> None:
         """Drop the series of pools that are gone, so a deleted pool does not linger."""
         for key in self._pools - pools:
-            for gauge in (self.backlog, self.waiting, self.in_flight, self.oldest_waiting):
+            for gauge in (self.backlog, self.waiting, self.in_flight, self.oldest_waiting,
+                          self.budget_waiting):
                 gauge.remove(*key)
         self._pools &= pools

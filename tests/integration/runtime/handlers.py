@@ -219,3 +219,11 @@ def sync_exclusive(payload: dict[str, Any], ctx: TaskContext) -> str:
     finally:
         mine.unlink(missing_ok=True)
     return "done"
+
+
+async def budgeted(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """One call to `payload["url"]` under the pool's budget key `llm`."""
+    answer = await ctx.budget("llm").call(
+        "POST", payload["url"], json={"tokens": payload.get("tokens", 0)},
+        tokens=int(payload.get("tokens", 0)))
+    return {"status": answer.status, "attempts": answer.attempts}

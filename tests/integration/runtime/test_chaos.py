@@ -18,25 +18,21 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agent_runtime.client import TaskClient
-from agentpool_dev.procs import free_port
+from agent_runtime.sdk.client import TaskClient
 from tests.integration.runtime.handlers import attempts_key, executions_key, overlaps_key
+from tests.plugins.durable_redis import DurableRedis
 from tests.plugins.runtime import RunningSupervisor, RuntimePool, StartSupervisor
-from tests.waiting import eventually
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -52,58 +48,6 @@ PODS = 3
 # The chaos, in order of progress (share of tasks that have run when the action fires).
 PLAN = (["kill worker"] * 24 + ["kill supervisor"] * 3 + ["kill pod"] * 3
         + ["terminate pod"] * 2 + ["restart redis"] * 3)
-
-
-class DurableRedis:
-    """A Redis server of the test's own with an append-only file fsynced on every write."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server", path=os.pathsep.join(
-            [os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"]))
-        if binary is None:
-            pytest.fail("redis-server is not installed (make services-install)")
-        self._binary = binary
-        self._dir = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        config = self._dir / "redis.conf"
-        config.write_text("\n".join([
-            "bind 127.0.0.1", f"port {self.port}", f"dir {self._dir}", 'save ""',
-            "appendonly yes", "appendfsync always", "daemonize no", 'logfile ""']) + "\n")
-        with (self._dir / "redis.log").open("ab") as log:
-            self._process = subprocess.Popen([self._binary, str(config)], stdout=log,
-                                             stderr=subprocess.STDOUT)
-        eventually(self._answers, timeout=30, interval=0.05)
-
-    def _answers(self) -> bool:
-        probe = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                               capture_output=True, text=True, check=False)
-        return probe.stdout.strip() == "PONG"
-
-    def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=30)
-
-    def restart(self) -> None:
-        """kill -9, then start again from the append-only file."""
-        self.kill()
-        self.start()
-
-
-@pytest.fixture
-def durable_redis() -> Iterator[DurableRedis]:
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None  # fsync is cheap there
-    with tempfile.TemporaryDirectory(prefix="agentpool-chaos-", dir=base) as directory:
-        server = DurableRedis(Path(directory))
-        server.start()
-        try:
-            yield server
-        finally:
-            server.kill()
 
 
 @pytest.fixture

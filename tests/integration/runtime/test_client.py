@@ -1,7 +1,7 @@
 """The SDK client is safe to share: any number of concurrent waits, submits and cancels on one
 `TaskClient`, each wait returning its own tasks' results as soon as they are recorded.
 
-The tasks are completed by the real queue code (`WorkQueue.complete`, the script workers use)
+The tasks are completed by the real queue code (`TaskConsumer.complete`, the script workers use)
 in random order, so the test controls when each result appears and can time every wait.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import RECHECK_SECONDS, TaskClient
-from agent_runtime.messages import TaskEnvelope, TaskResult
-from agent_runtime.queue import Delivery, WorkQueue
+from agent_runtime.queue.consumer import Delivery, TaskConsumer
+from agent_runtime.queue.envelope import TaskEnvelope, TaskResult
+from agent_runtime.sdk.client import RECHECK_SECONDS, TaskClient
 from tests.plugins.runtime import RuntimePool
 
 pytestmark = [pytest.mark.services]
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.services]
 WAITS = 300
 
 
-async def _complete_in_random_order(queue: WorkQueue, count: int, rng: random.Random,
+async def _complete_in_random_order(queue: TaskConsumer, count: int, rng: random.Random,
                                     recorded: dict[str, float]) -> None:
     """Stand in for workers: read every task, record results a few at a time."""
     deliveries: list[Delivery] = []
@@ -50,7 +51,7 @@ async def _complete_in_random_order(queue: WorkQueue, count: int, rng: random.Ra
 async def test_hundreds_of_concurrent_waits_on_one_client(
         runtime_pool: RuntimePool, task_client: TaskClient, redis_client: Redis) -> None:
     rng = random.Random(5)
-    queue = WorkQueue(redis_client, redis_client, runtime_pool.config, "stand-in-worker")
+    queue = TaskConsumer(redis_client, redis_client, runtime_pool.config, "stand-in-worker")
     await queue.ensure_group()
     ids = [await task_client.submit({"n": n}) for n in range(WAITS)]
     returned: dict[str, float] = {}
@@ -82,7 +83,7 @@ async def test_hundreds_of_concurrent_waits_on_one_client(
 
 async def test_concurrent_wait_many_calls_share_tasks_and_each_get_their_own(
         runtime_pool: RuntimePool, task_client: TaskClient, redis_client: Redis) -> None:
-    queue = WorkQueue(redis_client, redis_client, runtime_pool.config, "stand-in-worker")
+    queue = TaskConsumer(redis_client, redis_client, runtime_pool.config, "stand-in-worker")
     await queue.ensure_group()
     ids = [await task_client.submit({"n": n}) for n in range(40)]
     groups = [ids[:20], ids[10:30], ids[25:], ids[::3], ids]
@@ -105,7 +106,7 @@ async def test_rounds_of_five_concurrent_waits_each_get_their_own_result_at_once
         runtime_pool: RuntimePool, task_client: TaskClient, redis_client: Redis) -> None:
     # The report: in rounds of five concurrent waits, 206 of 500 raised KeyError (one wait
     # took the others' replies as its own) and others waited a second too long.
-    queue = WorkQueue(redis_client, redis_client, runtime_pool.config, "stand-in-worker")
+    queue = TaskConsumer(redis_client, redis_client, runtime_pool.config, "stand-in-worker")
     await queue.ensure_group()
     rng = random.Random(11)
     slowest = 0.0
@@ -119,3 +120,25 @@ async def test_rounds_of_five_concurrent_waits_each_get_their_own_result_at_once
         slowest = max(slowest, time.monotonic() - max(recorded.values()))
         assert [r.task_id for r in results] == ids
     assert slowest < RECHECK_SECONDS / 2
+
+
+async def test_concurrent_single_submits_share_round_trips_and_each_gets_its_task(
+    runtime_pool: RuntimePool, task_client: TaskClient, redis_client: Redis,
+) -> None:
+    # Three hundred callers each submitting one task, all at once: their XADDs go out
+    # together (one pipeline per event-loop iteration), yet each caller gets its own task id
+    # and every payload is queued exactly once.
+    ids = await asyncio.gather(*(task_client.submit({"n": i}) for i in range(300)))
+    assert len(set(ids)) == 300
+    entries: Any = await redis_client.xrange(runtime_pool.config.stream_key)
+    assert len(entries) == 300
+    queued = {TaskEnvelope.from_fields(fields).task_id for _, fields in entries}
+    assert queued == set(ids)
+
+    # A stream key holding another type fails every caller of that batch with Redis's error,
+    # not with a silent loss.
+    await redis_client.delete(runtime_pool.config.stream_key)
+    await redis_client.set(runtime_pool.config.stream_key, "not a stream")
+    outcomes = await asyncio.gather(*(task_client.submit({"n": i}) for i in range(5)),
+                                    return_exceptions=True)
+    assert all("WRONGTYPE" in str(o) for o in outcomes), outcomes

@@ -12,14 +12,14 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
-from agent_runtime.migrations import (
+from agent_runtime.db.migrations import (
     add_months,
     create_partition_sql,
     ensure_schema,
     maintain_partitions,
     partition_name,
 )
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev.services import ServiceSettings, restart_pgbouncer
 from tests.plugins.runtime import RuntimePool, StartSupervisor
 

@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from agent_runtime.cache import Cache, CacheInvalidations
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.http import HttpClient
-from agent_runtime.keys import Keys
-from agent_runtime.stats import WorkerStats
+from agent_runtime.queue.keys import Keys
+from agent_runtime.sdk.cache import Cache, CacheInvalidations
+from agent_runtime.sdk.http import HttpClient
+from agent_runtime.worker.stats import WorkerStats
 from tests.plugins.runtime import RuntimePool
 from tests.waiting import eventually_async
 

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from agent_runtime.client import TaskClient
+from agent_runtime.sdk.client import TaskClient
 from agentpool_dev.services import ServiceSettings, restart_redis
 from tests.integration.runtime.handlers import executions_key
 from tests.plugins.runtime import RunningSupervisor, RuntimePool, StartSupervisor

@@ -9,8 +9,8 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
 from agent_runtime.errors import PayloadTooLargeError, TaskCancelledError
+from agent_runtime.sdk.client import TaskClient
 from tests.integration.runtime.handlers import executions_key
 from tests.plugins.runtime import RuntimePool, StartSupervisor
 from tests.waiting import eventually_async

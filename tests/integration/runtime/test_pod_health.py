@@ -11,7 +11,7 @@ import psutil
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
+from agent_runtime.sdk.client import TaskClient
 from tests.integration.runtime.handlers import MB, executions_key
 from tests.plugins.runtime import RuntimePool, StartSupervisor
 from tests.waiting import eventually

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
-from agent_runtime.messages import TaskEnvelope
+from agent_runtime.queue.envelope import TaskEnvelope
+from agent_runtime.sdk.client import TaskClient
 from tests.integration.runtime.handlers import executions_key
 from tests.plugins.runtime import RunningSupervisor, RuntimePool, StartSupervisor
 from tests.waiting import eventually_async

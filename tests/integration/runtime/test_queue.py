@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
-from agent_runtime.maintenance import QueueMaintenance
-from agent_runtime.messages import TaskEnvelope, TaskResult, execution_number
-from agent_runtime.queue import WorkQueue
+from agent_runtime.queue.consumer import TaskConsumer
+from agent_runtime.queue.envelope import TaskEnvelope, TaskResult, execution_number
+from agent_runtime.queue.maintenance import QueueMaintenance
+from agent_runtime.sdk.client import TaskClient
 from tests.plugins.runtime import RuntimePool
 
 pytestmark = [pytest.mark.services]
@@ -27,8 +27,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-def _queue(redis: Redis, pool: RuntimePool, consumer: str) -> WorkQueue:
-    return WorkQueue(redis, redis, pool.config, consumer)
+def _queue(redis: Redis, pool: RuntimePool, consumer: str) -> TaskConsumer:
+    return TaskConsumer(redis, redis, pool.config, consumer)
 
 
 async def _add(redis: Redis, pool: RuntimePool, count: int) -> list[str]:

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
+from agent_runtime.sdk.client import TaskClient
 from tests.integration.runtime.handlers import executions_key, overlaps_key
 from tests.plugins.runtime import RunningSupervisor, RuntimePool, StartSupervisor
 from tests.waiting import eventually, eventually_async

@@ -15,7 +15,7 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
+from agent_runtime.sdk.client import TaskClient
 from tests.integration.runtime.handlers import MB, attempts_key, executions_key, pids_key
 from tests.plugins.runtime import RuntimePool, StartSupervisor
 from tests.waiting import eventually_async

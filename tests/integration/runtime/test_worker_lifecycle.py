@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from agent_runtime.client import TaskClient
+from agent_runtime.sdk.client import TaskClient
 from tests.integration.runtime.handlers import cleanups_key, executions_key
 from tests.plugins.runtime import REPO_ROOT, RuntimePool, StartSupervisor
 

@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from lightkube.models.authorization_v1 import ResourceAttributes
 
-from agent_runtime.keys import Keys
+from agent_runtime.queue.backlog import Backlog, BacklogError, BacklogReader
+from agent_runtime.queue.keys import Keys
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.metrics_api.apiserver import ApiServer
-from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
 from agentpool_operator.queuedir import QueueEntry, encode
-from agentpool_operator.queues import queue_keys
+from agentpool_operator.queues import QueueRegistry
 
 
 def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
@@ -70,9 +70,10 @@ SPEC: dict[str, Any] = {"image": "registry.example/agents:1", "handler": "agents
 
 
 def queue_entry(namespace: str, name: str, url: str, **spec: Any) -> QueueEntry:
-    """A pool's queue, with the keys the operator derives for it."""
-    keys = queue_keys(name, namespace, AgentPoolSpec.model_validate({**SPEC, **spec}))
-    return QueueEntry(namespace, name, keys, url)
+    """A pool's queue as the operator records it (keys, autoscaling target, lease)."""
+    registry = QueueRegistry()
+    registry.record((namespace, name), AgentPoolSpec.model_validate({**SPEC, **spec}), url)
+    return registry.entries()[(namespace, name)]
 
 
 @dataclass
@@ -124,7 +125,7 @@ class FakeReader:
     def as_reader(self) -> BacklogReader:
         return cast(BacklogReader, self)
 
-    async def read(self, url: str, keys: Keys) -> Backlog:
+    async def read(self, url: str, keys: Keys, pod_window_ms: int = 30_000) -> Backlog:
         self.reads.append((url, keys.stream))
         if self.error is not None:
             raise BacklogError(self.error)

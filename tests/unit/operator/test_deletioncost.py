@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
+from agent_runtime.queue.backlog import Backlog
 from agentpool_operator.deletioncost import (
     POD_DELETION_COST,
     DeletionCostKeeper,
     deletion_costs,
     pod_for_consumer,
 )
-from agentpool_operator.metrics_api.backlog import Backlog
 from agentpool_operator.queues import QueueRegistry
 from tests.unit.operator.kube_fakes import FakeOperatorKube, pod
 from tests.unit.operator.metrics_api_fakes import FakeReader, queue_entry

@@ -27,6 +27,8 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
                        "datetime", "random", "socket", "subprocess"),
      "builders are pure functions of a PoolContext"),
     ("plan.py", (*RECONCILE, *KUBE_CLIENTS), "the plan step is pure"),
+    ("budgets.py", (*RECONCILE, *KUBE_CLIENTS, "redis"),
+     "resolving a pool's budgets is pure: the reconcile reads them"),
     ("status.py", (*RECONCILE, *KUBE_CLIENTS), "status computation is pure"),
     ("store.py", ("agentpool_operator.k8s", "agentpool_operator.apply",
                   "agentpool_operator.reconcile", *KUBE_CLIENTS),
@@ -34,10 +36,14 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
     ("metrics_api/*.py", ("agentpool_operator.builders", *RECONCILE, "kopf",
                           "agentpool_operator.plan"),
      "the network-facing metrics API depends only on the API models and the contract"),
-    ("*.py", ("agent_runtime.supervisor", "agent_runtime.worker", "agent_runtime.queue",
-              "asyncpg"),
-     "the operator uses the runtime's contract and key names, not the runtime itself"),
+    ("**/*.py", ("asyncpg", "psutil"), "the operator reads no database and polices no process"),
 ]
+# What the operator may take from the runtime: the contract, the config it renders, and the
+# queue's key names and backlog reader (they read the queue's own layout, so they live with
+# the queue; the metrics API and the deletion-cost pass read the backlog). Never the
+# supervisor, the workers, the SDK or the queue's consumer and producer.
+FROM_THE_RUNTIME = ("agent_runtime.contract", "agent_runtime.config",
+                    "agent_runtime.queue.keys", "agent_runtime.queue.backlog")
 # Only these modules may use a Kubernetes client (everything else works on dicts): the
 # operator's adapter and its kopf wiring, and the metrics API's adapter and the request
 # types of its authoriser.
@@ -69,6 +75,14 @@ def test_no_module_imports_across_its_layer(pattern: str, forbidden: tuple[str, 
     crossings = {str(m.relative_to(PACKAGE)): _crossing(imports(m), forbidden)
                  for m in modules}
     assert not {m: c for m, c in crossings.items() if c}, why
+
+
+def test_the_operator_takes_from_the_runtime_only_its_contract_config_and_queue_layout() -> None:
+    taken = {str(m.relative_to(PACKAGE)): sorted(
+        name for name in imports(m)
+        if name.startswith("agent_runtime.") and not _crossing({name}, FROM_THE_RUNTIME))
+        for m in PACKAGE.rglob("*.py")}
+    assert not {m: names for m, names in taken.items() if names}
 
 
 def test_only_the_adapters_import_a_kubernetes_client() -> None:

@@ -1,7 +1,7 @@
 """The metrics API server reads the keys the pool's pods really use.
 
 The pods read `runtime.yaml` from the ConfigMap the operator renders and derive their Redis
-keys with `agent_runtime.keys.Keys`; `agentpool_operator.queues.queue_keys` (what the operator
+keys with `agent_runtime.queue.keys.Keys`; `agentpool_operator.queues.queue_keys` (what the operator
 publishes for the metrics API and reads for deletion costs) must land on the same stream,
 group and retry set for any spec. (The consumer-name half of the contract is tested
 against a real supervisor in tests/integration/test_metrics_backlog.py.)
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from agent_runtime.config import parse_config
-from agent_runtime.keys import Keys
+from agent_runtime.queue.keys import Keys
 from agentpool_operator.builders import PoolContext, build_config_map
 from agentpool_operator.builders.config import RUNTIME_CONFIG_KEY
 from agentpool_operator.queues import queue_keys

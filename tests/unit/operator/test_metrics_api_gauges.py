@@ -8,7 +8,7 @@ import logging
 import pytest
 from prometheus_client import generate_latest
 
-from agentpool_operator.metrics_api.backlog import Backlog, BacklogError, BacklogReader
+from agent_runtime.queue.backlog import Backlog, BacklogError, BacklogReader
 from agentpool_operator.metrics_api.gauges import GaugeRefresher
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.telemetry import Telemetry

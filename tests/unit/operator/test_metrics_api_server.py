@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from agent_runtime.queue.backlog import Backlog
 from agentpool_operator.metrics_api.auth import AuthConfig, Authenticator, Authorizer
-from agentpool_operator.metrics_api.backlog import Backlog
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.server import MetricsApi, build_app
 from agentpool_operator.metrics_api.telemetry import Telemetry
@@ -152,3 +152,24 @@ async def test_a_pool_published_after_the_last_read_is_served_at_once(
                      headers=HPA)
     assert len(kube.directory_reads) == reads
     assert set(kube.directory_reads) == {("agentpool-system", "queues")}
+
+
+async def test_work_waiting_on_its_budget_holds_the_autoscaler(
+    kube: FakeApiServer, reader: FakeReader, client: TestClient[Any, Any],
+) -> None:
+    # 2 workers per pod x 3 tasks per worker: the HPA wants one pod per 6 tasks of backlog.
+    autoscaled = {"workers": {"perPod": 2},
+                  "autoscaling": {"enabled": True, "targetBacklogPerWorker": 3}}
+    kube.add_pool("agents", "bound", URL, **autoscaled)
+    kube.add_pool("agents", "free", URL, **autoscaled)
+    reader.backlogs["agentpool:{agents/bound}:tasks"] = Backlog(
+        waiting=40, in_flight=8, budget_waiting=5, live_pods=2)
+    reader.backlogs["agentpool:{agents/free}:tasks"] = Backlog(
+        waiting=40, in_flight=8, budget_waiting=0, live_pods=2)
+    response = await client.get(METRIC, headers=HPA)
+    values = {i["metricLabels"]["agentpool.dev/pool"]: i["value"]
+              for i in (await response.json())["items"]}
+    # Bound by its budget: what its 2 live pods already cover (2 x 6), so the HPA holds at 2.
+    # Bound by its workers: the whole backlog, so the HPA scales out to 8.
+    assert values["bound"] == "12"
+    assert values["free"] == "48"

@@ -25,7 +25,14 @@ REF = ("agentpool-system", "queues")
 
 
 def test_entries_round_trip_and_a_bad_entry_is_skipped_not_the_directory() -> None:
-    entries = [queue_entry("agents", "research", URL), queue_entry("team", "echo", URL + "1")]
+    entries = [queue_entry("agents", "research", URL), queue_entry("team", "echo", URL + "1"),
+               queue_entry("team", "scaled", URL, workers={"perPod": 3},
+                           queue={"redis": {"urlSecretRef": {"name": "q", "key": "url"}},
+                                  "leaseSeconds": 90},
+                           autoscaling={"enabled": True, "targetBacklogPerWorker": 4})]
+    # What the metrics API needs to hold a budget-bound pool: its HPA target and lease.
+    assert (entries[2].target_per_pod, entries[2].lease_seconds) == (12, 90)
+    assert entries[0].target_per_pod is None
     data = queuedir.encode(entries)
     assert queuedir.decode(data) == queuedir.Directory({e.key: e for e in entries})
     assert queuedir.encode(reversed(entries)) == data  # deterministic bytes

@@ -11,8 +11,8 @@ from unittest.mock import Mock
 
 import pytest
 
-from agent_runtime.board import Board, SlotState
-from agent_runtime.handles import WorkerHandle
+from agent_runtime.ipc.board import Board, TaskSlotState
+from agent_runtime.supervisor.worker_handle import WorkerHandle
 
 
 def _worker(board: Board, entry_ids: list[str]) -> None:
@@ -32,8 +32,8 @@ def test_a_dead_workers_board_still_says_which_entries_had_started() -> None:
     assert process.exitcode == -signal.SIGKILL
 
     held = {slot.entry_id: slot.state for slot in board.held()}
-    assert held == {"1-1": SlotState.STARTED, "1-2": SlotState.DELIVERED,
-                    "1-3": SlotState.DELIVERED}
+    assert held == {"1-1": TaskSlotState.STARTED, "1-2": TaskSlotState.DELIVERED,
+                    "1-3": TaskSlotState.DELIVERED}
     assert [slot.entry_id for slot in board.started()] == ["1-1"]
     board.close()
 
@@ -45,7 +45,7 @@ def test_slots_go_through_their_states_and_free_again() -> None:
     board.start(1, "5-0")
     assert board.started()[0].started_at == pytest.approx(time.monotonic(), abs=1.0)
     board.recording(1, "5-0")
-    assert board.started()[0].state is SlotState.RECORDING  # still an execution
+    assert board.started()[0].state is TaskSlotState.RECORDING  # still an execution
     board.free(1)
     assert board.held() == []
     board.close()

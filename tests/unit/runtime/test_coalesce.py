@@ -1,15 +1,11 @@
-"""Per-iteration batching: the worker's Redis round trips and supervisor messages."""
+"""Per-iteration batching: calls made in one event-loop iteration share one flush."""
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from collections.abc import Sequence
 
-import pytest
-
-from agent_runtime import ipc
-from agent_runtime.coalesce import PerIteration
+from agent_runtime.aio.coalesce import PerIteration
 
 
 class Recorder:
@@ -66,48 +62,3 @@ async def test_a_cancelled_caller_is_left_out_of_the_flush() -> None:
     doomed.cancel()
     assert await kept == 20
     assert recorder.flushes == [[2]]
-
-
-async def test_outbox_holds_task_events_briefly_and_sends_them_with_the_next_message() -> None:
-    ours, theirs = multiprocessing.Pipe()
-    gone: list[bool] = []
-    outbox = ipc.Outbox(ours, lambda: gone.append(True), delay=0.05)
-    outbox.put({"type": "done", "entry": "1-0"})
-    outbox.put({"type": "dead", "reason": "malformed"})
-    outbox.put({"type": "start", "entry": "2-0"})  # deadlines go by the board, not by this
-    await asyncio.sleep(0)
-    assert not theirs.poll()  # task events wait for company
-    outbox.put({"type": "retiring"})  # anything else goes out at once, with them
-    await asyncio.sleep(0)
-    first = ipc.receive(theirs)
-    assert first is not None
-    assert [m["type"] for m in ipc.unpack(first)] == ["done", "dead", "start", "retiring"]
-    assert not theirs.poll()
-
-    outbox.put({"type": "done", "entry": "2-0"})
-    started = asyncio.get_running_loop().time()
-    second = await asyncio.to_thread(ipc.receive, theirs)  # alone, it goes after the delay
-    assert asyncio.get_running_loop().time() - started >= 0.04
-    assert second == {"type": "done", "entry": "2-0"}  # a lone message is sent as is
-
-    theirs.close()
-    outbox.put({"type": "ready"})
-    outbox.flush()
-    assert gone == [True]  # supervisor gone: the worker is told, nothing raises
-
-
-async def test_outbox_without_delay_sends_each_iterations_messages_in_one_frame() -> None:
-    ours, theirs = multiprocessing.Pipe()
-    outbox = ipc.Outbox(ours, lambda: None, delay=0)
-    outbox.put({"type": "start", "entry": "1-0"})
-    outbox.put({"type": "done", "entry": "1-0"})
-    await asyncio.sleep(0)
-    frame = ipc.receive(theirs)
-    assert frame is not None
-    assert [m["type"] for m in ipc.unpack(frame)] == ["start", "done"]
-
-
-@pytest.mark.parametrize("frame", [{"type": "batch", "messages": "nope"},
-                                   {"type": "batch", "messages": [1, "x"]}])
-def test_a_malformed_batch_carries_no_messages(frame: ipc.Message) -> None:
-    assert list(ipc.unpack(frame)) == []

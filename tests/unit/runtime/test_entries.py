@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from agent_runtime.entries import (
+from agent_runtime.errors import MalformedTaskError
+from agent_runtime.queue.validation import (
     EntryLimits,
     bytes_safe,
     clean_task_id,
@@ -15,7 +16,6 @@ from agent_runtime.entries import (
     decode_entry,
     raw_bytes,
 )
-from agent_runtime.errors import MalformedTaskError
 
 LIMITS = EntryLimits(max_payload_bytes=100, reply_prefix="agentpool:{p}:reply:")
 

@@ -11,10 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.errors import HandlerError
-from agent_runtime.handlers import Handler, HandlerRegistry, load_ref
-from agent_runtime.memory import read_container_memory
-from agent_runtime.metrics import RuntimeMetrics
-from agent_runtime.stats import WorkerStats
+from agent_runtime.ipc.messages import MetricDelta
+from agent_runtime.supervisor.memory import read_container_memory
+from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
+from agent_runtime.worker.stats import WorkerStats
+from agent_runtime.worker.task_handlers import Handler, HandlerRegistry, load_ref
 
 
 def payload_only(payload: dict[str, int]) -> int:
@@ -109,7 +110,10 @@ def test_task_events_and_worker_deltas_land_in_the_registry() -> None:
     stats.observe("agentpool_external_request_duration_seconds",
                   {"api": "search", "operation": "GET", "outcome": "success"}, 0.2)
     stats.inc("agentpool_tasks_processed_total", {"task_type": "x", "outcome": "success"})
-    metrics.apply_worker_stats([*stats.drain(), ["c", "bogus"], ["h", "nope", {}, 1]])
+    metrics.apply_worker_stats([*stats.drain(), MetricDelta("c", "bogus", {}, 1),
+                                MetricDelta("h", "agentpool_cache_requests_total", {}, 1),
+                                MetricDelta("c", "agentpool_cache_requests_total",
+                                            {"wrong": "label"}, 1)])
     assert stats.drain() == []  # drained means reset
 
     samples = _samples(metrics)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent_runtime.jsonstream import JsonStreamParser
+from agent_runtime.sdk.jsonstream import JsonStreamParser
 
 ITEMS = [{"id": i, "text": "héllo wörld ✓", "nested": [1, 2.5, None, True]} for i in range(20)]
 

@@ -9,9 +9,11 @@ import multiprocessing
 import threading
 import time
 
-from agent_runtime import ipc
-from agent_runtime.board import Board
-from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE, Lifeline
+from agent_runtime.ipc import pipe
+from agent_runtime.ipc.board import Board
+from agent_runtime.ipc.exits import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
+from agent_runtime.ipc.messages import Drain, SupervisorMessage
+from agent_runtime.worker.lifeline import Lifeline
 
 
 class Exits:
@@ -33,19 +35,19 @@ def _board(confirmed_for: float) -> Board:
 async def test_messages_reach_the_loop_and_a_closed_pipe_ends_the_process() -> None:
     ours, theirs = multiprocessing.Pipe()
     exits = Exits()
-    received: list[ipc.Message] = []
+    received: list[SupervisorMessage] = []
     arrived = asyncio.Event()
 
-    def on_message(message: ipc.Message) -> None:
+    def on_message(message: SupervisorMessage) -> None:
         received.append(message)
         arrived.set()
 
     lifeline = Lifeline(ours, _board(60), "w", on_message, exit_process=exits)
     lifeline.start(asyncio.get_running_loop())
 
-    ipc.send(theirs, {"type": "drain", "seconds": 3})
+    pipe.send(theirs, Drain(3))
     await asyncio.wait_for(arrived.wait(), 5)
-    assert received == [{"type": "drain", "seconds": 3}]
+    assert received == [Drain(3.0)]
 
     # Block the event loop, as a handler might: the lifeline still acts.
     theirs.close()

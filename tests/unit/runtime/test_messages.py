@@ -7,7 +7,7 @@ import random
 import pytest
 
 from agent_runtime.errors import InvalidPayloadError, MalformedTaskError, PayloadTooLargeError
-from agent_runtime.messages import (
+from agent_runtime.queue.envelope import (
     TaskEnvelope,
     TaskResult,
     encode_payload,

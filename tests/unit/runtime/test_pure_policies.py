@@ -7,11 +7,7 @@ import multiprocessing
 import signal
 from unittest.mock import Mock
 
-from agent_runtime.breaker import BreakerAction, MemoryBreaker
-from agent_runtime.cache import LruCache
-from agent_runtime.handles import WorkerHandle, describe_exit
-from agent_runtime.lifeline import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE
-from agent_runtime.migrations import (
+from agent_runtime.db.migrations import (
     add_months,
     create_partition_sql,
     expired_partitions,
@@ -19,6 +15,12 @@ from agent_runtime.migrations import (
     partition_name,
     wanted_partitions,
 )
+from agent_runtime.ipc.exits import EXIT_LEASES_LAPSING, EXIT_SUPERVISOR_GONE, describe_exit
+from agent_runtime.ipc.messages import DbPoolSizes, Heartbeat, RunningEntry
+from agent_runtime.sdk.cache import LruCache
+from agent_runtime.supervisor.breaker import BreakerAction, MemoryBreaker
+from agent_runtime.supervisor.slots import Slot
+from agent_runtime.supervisor.worker_handle import WorkerHandle
 
 
 def test_breaker_opens_closes_with_hysteresis_and_kills_near_the_limit() -> None:
@@ -85,10 +87,11 @@ def test_worker_state_follows_what_it_reports() -> None:
     assert handle.state == "starting"
     handle.ready = True
     assert handle.state == "idle"
-    handle.apply_heartbeat({"running": [["1-0", "t", "h", 100.0], ["bad"]], "db": [2, 1, 4]})
+    handle.apply_heartbeat(Heartbeat(running=(RunningEntry("1-0", "t", "h", 100.0),), stats=(),
+                                     db=DbPoolSizes(2, 1, 4), redis_ok=True, draining=False))
     assert handle.state == "busy"
     assert handle.task_ids(["1-0", "2-0"]) == ["t"]
-    assert handle.db_pool == [2, 1, 4]
+    assert handle.db_pool == (2, 1, 4)
     handle.retiring = "memory"
     assert handle.state == "draining"
     handle.kill_reason = "timeout"
@@ -103,3 +106,20 @@ def test_exit_descriptions() -> None:
     assert describe_exit(EXIT_SUPERVISOR_GONE) == "exit code 4 (its supervisor was gone)"
     assert describe_exit(EXIT_LEASES_LAPSING) == ("exit code 5 (the pod's leases could not be "
                                                   "confirmed)")
+
+
+def test_a_slot_whose_workers_die_cold_backs_off_and_a_warm_worker_resets_it() -> None:
+    slot = Slot(0)
+    assert slot.due(now=0.0)
+    backoffs = []
+    for _ in range(8):
+        slot.worker = _handle()
+        slot.died_cold()
+        backoffs.append(slot.vacate(now=100.0))
+    assert backoffs == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert not slot.due(now=129.9)
+    assert slot.due(now=130.0)
+    slot.warmed_up()
+    slot.worker = _handle()
+    assert slot.vacate(now=200.0) == 0.0  # a worker that was warm is replaced at once
+    assert [slot.next_generation(), slot.next_generation()] == [1, 2]

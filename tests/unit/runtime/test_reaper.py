@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from agent_runtime.reaper import multiprocessing_children, reap_orphans
+from agent_runtime.supervisor.reaper import multiprocessing_children, reap_orphans
 
 
 def _zombie() -> int:

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from agent_runtime.supervised import Beat, Supervised, all_ok
+from agent_runtime.aio.supervised import Beat, Supervised, all_ok
 
 
 async def test_a_crashing_loop_is_logged_restarted_with_backoff_and_recovers(

@@ -1,0 +1,308 @@
+"""What a worker and its supervisor tell each other, and the one place it is encoded (pure).
+
+Every message is a frozen dataclass. A frame (one write on the worker's pipe) carries a list of
+them: `encode` turns the list into JSON bytes, `decode` turns bytes back into the messages,
+dropping any it cannot read, so a bug on one side never breaks the other's loop. On the wire
+a frame is a JSON array of messages, each an array `[kind, field, field, ...]` in the
+dataclass's field order: no field names (the two sides are always the same version: workers
+are forked from the supervisor's code) and one frame per event-loop iteration (`pipe.Outbox`).
+
+Worker -> supervisor:
+    Ready          warm-up finished; the worker reads tasks from now on
+    BootError      warm-up failed (handler import, init hook, connections); `error` says why
+    Heartbeat      every `heartbeat_interval_seconds`: running tasks, metric deltas, DB pool
+    TaskStarted    a handler started: for metrics and task ids (deadlines go by the board)
+    TaskDone       a task execution ended: its outcome, duration, whether it will run again
+    DeadLettered   an entry was dead-lettered without running (`reason`: a metric label)
+    Retiring       the worker reached its task budget and drains itself
+    Unhealthy      the worker cannot continue safely (a sync handler ignored its timeout)
+
+Supervisor -> worker:
+    Drain          stop reading; finish running tasks within `seconds`, hand back the rest
+    Pause          stop reading new tasks (memory circuit breaker open)
+    Resume         read again
+    Adopt          entries of a dead predecessor were moved to you; claim and run them
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+# -- records carried inside messages ---------------------------------------------------------
+
+
+class RunningEntry(NamedTuple):
+    """A task a worker runs: its stream entry, task id, handler name and start (Unix time)."""
+
+    entry_id: str
+    task_id: str
+    handler: str
+    started_at: float
+
+
+class MetricDelta(NamedTuple):
+    """A counter increment (`kind` "c") or a histogram observation ("h") made in a worker."""
+
+    kind: str
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class DbPoolSizes(NamedTuple):
+    """A worker's asyncpg pool: open, idle and maximum connections."""
+
+    open: int
+    idle: int
+    max: int
+
+
+# -- the messages ----------------------------------------------------------------------------
+
+M = TypeVar("M")
+_KINDS: dict[str, type[Any]] = {}
+
+
+def _message(kind: str) -> Callable[[type[M]], type[M]]:
+    """Register a message class under its wire name."""
+
+    def register(cls: type[M]) -> type[M]:
+        if kind in _KINDS:
+            raise TypeError(f"message kind {kind!r} registered twice")
+        cls.KIND = kind  # type: ignore[attr-defined]
+        _KINDS[kind] = cls
+        return cls
+
+    return register
+
+
+@_message("ready")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ready:
+    KIND: ClassVar[str]
+    consumer: str
+
+
+@_message("boot_error")
+@dataclasses.dataclass(frozen=True, slots=True)
+class BootError:
+    KIND: ClassVar[str]
+    error: str
+
+
+@_message("heartbeat")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The full list of running tasks (the supervisor resynchronises with it, so a lost
+    TaskStarted or TaskDone cannot leave a phantom task), and what accumulated since the last
+    one."""
+
+    KIND: ClassVar[str]
+    running: tuple[RunningEntry, ...]
+    stats: tuple[MetricDelta, ...]
+    db: DbPoolSizes | None
+    redis_ok: bool
+    draining: bool
+
+
+@_message("start")
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskStarted:
+    KIND: ClassVar[str]
+    entry: str
+    task: str
+    handler: str
+    wait: float  # seconds from submission to this start
+    at: float  # Unix time
+
+    @property
+    def running(self) -> RunningEntry:
+        return RunningEntry(self.entry, self.task, self.handler, self.at)
+
+
+@_message("done")
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskDone:
+    KIND: ClassVar[str]
+    entry: str
+    task: str
+    handler: str
+    outcome: str  # success | failure | timeout | cancelled
+    duration: float
+    retried: bool  # the task runs again later
+    dead: str | None  # why it was dead-lettered, if it was
+    at: float  # Unix time
+
+
+@_message("dead")
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLettered:
+    KIND: ClassVar[str]
+    handler: str
+    reason: str
+
+
+@_message("retiring")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retiring:
+    KIND: ClassVar[str]
+    reason: str
+
+
+@_message("unhealthy")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unhealthy:
+    KIND: ClassVar[str]
+    reason: str
+
+
+@_message("drain")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Drain:
+    KIND: ClassVar[str]
+    seconds: float
+
+
+@_message("pause")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pause:
+    KIND: ClassVar[str]
+
+
+@_message("resume")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resume:
+    KIND: ClassVar[str]
+
+
+@_message("adopt")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Adopt:
+    KIND: ClassVar[str]
+
+
+WorkerMessage = (Ready | BootError | Heartbeat | TaskStarted | TaskDone | DeadLettered
+                 | Retiring | Unhealthy)
+SupervisorMessage = Drain | Pause | Resume | Adopt
+Message = WorkerMessage | SupervisorMessage
+
+TASK_EVENTS: tuple[type[Any], ...] = (TaskStarted, TaskDone, DeadLettered)
+"""Messages that only feed metrics: a worker may hold them back a few milliseconds to send
+them together (`pipe.Outbox`)."""
+
+# -- encoding --------------------------------------------------------------------------------
+
+Decoder = Callable[[Any], Any]
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _optional(decode: Decoder) -> Decoder:
+    return lambda value: None if value is None else decode(value)
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected labels, got {type(value).__name__}")
+    return {_text(name): _text(label) for name, label in value.items()}
+
+
+def _record(cls: type[Any], fields: Sequence[Decoder]) -> Decoder:
+    def decode(value: Any) -> Any:
+        if not isinstance(value, list) or len(value) != len(fields):
+            raise ValueError(f"expected {len(fields)} values for {cls.__name__}")
+        return cls(*(field(item) for field, item in zip(fields, value, strict=True)))
+
+    return decode
+
+
+def _rows(decode: Decoder) -> Decoder:
+    def decode_all(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return tuple(decode(item) for item in value)
+
+    return decode_all
+
+
+# One decoder per field type a message may declare (the annotations, as written above).
+_DECODERS: dict[str, Decoder] = {
+    "str": _text,
+    "float": _number,
+    "bool": _flag,
+    "str | None": _optional(_text),
+    "tuple[RunningEntry, ...]": _rows(_record(RunningEntry, (_text, _text, _text, _number))),
+    "tuple[MetricDelta, ...]": _rows(_record(MetricDelta, (_text, _text, _labels, _number))),
+    "DbPoolSizes | None": _optional(_record(DbPoolSizes, (_integer, _integer, _integer))),
+}
+
+
+def _field_decoders(cls: type[Any]) -> tuple[tuple[str, ...], tuple[Decoder, ...]]:
+    fields = dataclasses.fields(cls)
+    unknown = [f"{cls.__name__}.{f.name}: {f.type}" for f in fields if f.type not in _DECODERS]
+    if unknown:  # at import: a message field nobody can decode is a bug in this module
+        raise TypeError(f"no decoder for {', '.join(unknown)}")
+    return tuple(f.name for f in fields), tuple(_DECODERS[str(f.type)] for f in fields)
+
+
+_LAYOUT = {kind: _field_decoders(cls) for kind, cls in _KINDS.items()}
+
+
+def encode(messages: Sequence[Message]) -> bytes:
+    """One frame carrying `messages`, in order."""
+    rows = [[message.KIND, *(getattr(message, name) for name in _LAYOUT[message.KIND][0])]
+            for message in messages]
+    return json.dumps(rows, separators=(",", ":")).encode("utf-8")
+
+
+def decode(frame: bytes) -> list[Message]:
+    """The messages a frame carries, in order; anything unreadable is left out."""
+    try:
+        rows = json.loads(frame)
+    except ValueError:
+        return []
+    messages: list[Message] = []
+    for row in rows if isinstance(rows, list) else []:
+        try:
+            messages.append(_decode_one(row))
+        except (TypeError, ValueError, KeyError):
+            continue
+    return messages
+
+
+def _decode_one(row: Any) -> Message:
+    if not isinstance(row, list) or not row:
+        raise ValueError("a message is a non-empty array")
+    kind, values = row[0], row[1:]
+    cls = _KINDS[kind]
+    names, decoders = _LAYOUT[kind]
+    if len(values) != len(names):
+        raise ValueError(f"{kind}: expected {len(names)} values, got {len(values)}")
+    message: Message = cls(*(field(value) for field, value in zip(decoders, values,
+                                                                    strict=True)))
+    return message

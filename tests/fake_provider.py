@@ -1,0 +1,109 @@
+"""A fake LLM provider on loopback that enforces its limits exactly, as a real one would.
+
+Requests per second and minute (sliding windows of arrival times), tokens per minute (each
+request is charged the `tokens` its JSON body reserves, then what it `used`), and concurrent
+requests; anything beyond them is answered 429 with a Retry-After, and counted. Every accepted
+request's arrival is kept, so a test can check every window afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass
+class ProviderLimits:
+    requests_per_second: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_requests: int | None = None
+
+
+@dataclass
+class FakeProvider:
+    limits: ProviderLimits
+    latency_seconds: float = 0.0
+    accepted: list[float] = field(default_factory=list)
+    """Arrival time (monotonic) of every accepted request."""
+    throttled: int = 0
+    refused: list[float] = field(default_factory=list)
+    """Arrival time (monotonic) of every request answered 429."""
+    in_flight: int = 0
+    most_in_flight: int = 0
+    _charges: deque[tuple[float, list[int]]] = field(default_factory=deque)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def _window_count(self, now: float, span: float) -> int:
+        return sum(1 for at in reversed(self.accepted[-5000:]) if at > now - span)
+
+    def _tokens_in_minute(self, now: float) -> int:
+        while self._charges and self._charges[0][0] <= now - 60:
+            self._charges.popleft()
+        return sum(charge[0] for _, charge in self._charges)
+
+    def _refusal(self, now: float, tokens: int) -> float | None:
+        """Seconds until the request would fit, or None if it fits now."""
+        lim = self.limits
+        if lim.concurrent_requests and self.in_flight >= lim.concurrent_requests:
+            return 1.0
+        if lim.requests_per_second and self._window_count(now, 1.0) >= lim.requests_per_second:
+            return 1.0
+        if lim.requests_per_minute and self._window_count(now, 60.0) >= lim.requests_per_minute:
+            return 60.0
+        if lim.tokens_per_minute and self._tokens_in_minute(now) + tokens > lim.tokens_per_minute:
+            return 60.0
+        return None
+
+    async def _complete(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        tokens, used = int(body.get("tokens", 0)), int(body.get("used", body.get("tokens", 0)))
+        now = time.monotonic()
+        wait = self._refusal(now, tokens)
+        if wait is not None:
+            self.throttled += 1
+            self.refused.append(now)
+            return web.json_response({"error": "rate limited"}, status=429,
+                                     headers={"Retry-After": str(math.ceil(wait))})
+        self.accepted.append(now)
+        charge = [tokens]
+        self._charges.append((now, charge))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.latency_seconds:
+                await asyncio.sleep(self.latency_seconds)
+        finally:
+            self.in_flight -= 1
+        charge[0] = used
+        return web.json_response({"usage": {"total_tokens": used}})
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/complete", self._complete)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/v1/complete"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def most_in_any_window(self, span: float) -> int:
+        times = sorted(self.accepted)
+        most, start = 0, 0
+        for end, at in enumerate(times):
+            while times[start] <= at - span:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
