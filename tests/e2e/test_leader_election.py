@@ -125,7 +125,9 @@ def test_one_replica_reconciles_and_a_killed_leader_is_replaced_within_the_lease
     b.stop()
     released = takeover(cluster, namespace, "a", stopped_at)
     print(f"SIGTERM'd leader replaced after {released:.1f} s")
-    assert released < LEASE_SECONDS - RENEW_SECONDS
+    # Sooner than any takeover by expiry could be (see above): the lease was released. (Not
+    # tighter: the stopping leader first waits for kopf's shutdown, slower on a loaded machine.)
+    assert released < LEASE_SECONDS - RETRY_SECONDS * (1 + JITTER), released
     pools.create("third")
     pools.wait_ready("third")
 
