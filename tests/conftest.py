@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.plugins.metrics_api",
     "tests.plugins.chart",
     "tests.plugins.realpods",
+    "tests.plugins.releases",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -173,7 +174,9 @@ class Cluster:
         or held to RBAC (no `system:masters` group unless asked for)."""
         pki = pki_mod.Pki(self.state_dir / "pki")
         cert, key = pki_mod.issue_client(pki, user, groups)
-        path = self.state_dir / f"kubeconfig-{user}"
+        # No ':' in the name: KUBECONFIG is a ':'-separated list (kopf splits it), and a
+        # ServiceAccount's user name is full of them.
+        path = self.state_dir / f"kubeconfig-{re.sub(r'[^A-Za-z0-9_.-]', '_', user)}"
         _write_kubeconfig(path, self.server, pki, cert, key)
         return path
 

@@ -2,12 +2,15 @@
 
 Starts (or reuses) the control plane with a real node, builds the images (once per content
 hash) and loads them into the node, starts Redis and PostgreSQL where pods reach them (the
-cluster bridge), installs the CRD, starts the operator as a background process, applies the
-minimal example AgentPool, waits until its pod really runs, then submits a batch of tasks with
-the runtime's CLI (progress bar) and prints their results. `make down` stops all of it.
+cluster bridge), installs the Helm chart as the README's install section does (`chart.py`:
+the CRD, RBAC, the operator's and the metrics API's pods and APIService), applies the minimal
+example AgentPool, waits until its pod really runs, then submits a batch of tasks with the
+runtime's CLI (progress bar) and prints their results. `make down` stops all of it.
 
 `make up-kwok` (`up(real=False)`) is the API-only mode: KWOK's simulated pods, no images, no
-containers, services on loopback, no tasks (nothing would process them).
+containers, services on loopback, no tasks (nothing would process them). The chart is
+installed the same way, and the operator runs as a local process in place of its simulated
+pod, with the chart's flags and ServiceAccount.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ from typing import Any
 
 import yaml
 
+from agentpool_dev import chart, images, procs, realnode, services
 from agentpool_dev import cluster as cluster_mod
-from agentpool_dev import images, procs, realnode, services
 from agentpool_dev.paths import REPO_ROOT, state_root
 
 EXAMPLE = REPO_ROOT / "examples" / "agentpool-minimal.yaml"
 OPERATOR_HEALTH_PORT = int(os.environ.get("AGENTPOOL_OPERATOR_HEALTH_PORT", "18080"))
 DEMO_TASKS = 20
-# What the example pool's pod runs: the sandbox and the example handler image (which contains
-# the runtime base image's layers).
-EXAMPLE_IMAGES = ("pause", "echo-agent")
+# What the pods run: the sandbox, the example handler image (which contains the runtime base
+# image's layers) and the chart's operator image (the operator and the metrics API).
+EXAMPLE_IMAGES = ("pause", "echo-agent", "operator")
 
 
 def _operator_state() -> Path:
@@ -68,22 +71,21 @@ def _pod_services(cluster: cluster_mod.Cluster) -> services.ServiceSettings:
     return running
 
 
-def _start_operator(cluster: cluster_mod.Cluster) -> procs.Proc:
+def _install_chart(cluster: cluster_mod.Cluster, real: bool) -> str:
+    """The chart installed; where the operator's log is. On a real node its pods run; on KWOK
+    the operator runs here in place of its simulated pod."""
     procs.stop(procs.load(_operator_state()))
-    env = {
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)]),
-    }
-    proc = procs.start(
-        "agentpool-operator",
-        [sys.executable, "-m", "agentpool_operator", "--health-host", "127.0.0.1",
-         "--health-port", str(OPERATOR_HEALTH_PORT)],
-        state_root() / "logs" / "operator.log", env=env,
-    )
+    _operator_state().unlink(missing_ok=True)
+    deployment = chart.install(cluster, apiservice=real)
+    _log(f"chart: release {chart.RELEASE} in {chart.NAMESPACE}, serving {chart.SERVED}")
+    if real:
+        return (f"kubectl -n {chart.NAMESPACE} logs -l app.kubernetes.io/component=operator "
+                "--prefix")
+    proc = chart.start_operator(cluster, deployment, OPERATOR_HEALTH_PORT)
     procs.save(_operator_state(), [proc])
     procs.wait_until("the operator's /readyz", lambda: procs.http_ok(
         f"http://127.0.0.1:{OPERATOR_HEALTH_PORT}/readyz"), 60, proc)
-    return proc
+    return f"pid {proc.pid}, {proc.log}"
 
 
 def _pool_ready(cluster: cluster_mod.Cluster, name: str) -> bool:
@@ -131,16 +133,12 @@ def up(real: bool = True) -> int:
     else:
         settings = services.up(services.ServiceSettings.from_env())
     _log(f"services: redis {settings.redis_url}, postgres {settings.host}:{settings.pg_port}")
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                    str(REPO_ROOT / "crds"))
-    cluster.wait_condition("crd/agentpools.agentpool.dev", "Established")
-    operator = _start_operator(cluster)
-    _log(f"operator: pid {operator.pid}, log {operator.log}")
+    operator_log = _install_chart(cluster, real)
+    _log(f"operator log: {operator_log}")
     name, docs = _example(redis_url)
     cluster.kubectl("apply", "-f", "-",
                     input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
-    procs.wait_until(f"AgentPool {name} Ready", lambda: _pool_ready(cluster, name), 180,
-                     operator)
+    procs.wait_until(f"AgentPool {name} Ready", lambda: _pool_ready(cluster, name), 180)
     print(cluster.kubectl("get", "agentpools", "-o", "wide").stdout)
     print(cluster.kubectl("get", "pods", "-o", "wide").stdout)
     _log(f"pool ready in {time.monotonic() - started:.1f}s"

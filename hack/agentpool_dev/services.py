@@ -543,6 +543,9 @@ def _start_prometheus(settings: ServiceSettings) -> int:
         "scrape_configs": [
             {
                 "job_name": "file_sd",
+                # As the chart's ServiceMonitor: series that name their pool's namespace
+                # (the queue gauges, the operator's per-pool series) keep it.
+                "honor_labels": True,
                 "file_sd_configs": [
                     {
                         "files": [str(settings.prometheus_targets_dir / "*.json")],

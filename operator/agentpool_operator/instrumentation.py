@@ -14,6 +14,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PoolConditions = Mapping[tuple[str, str], Mapping[str, str]]
+ConditionDetails = Mapping[tuple[str, str], Mapping[str, tuple[str, str]]]
+"""Per pool: condition type -> (status, reason)."""
 
 
 class _PoolsCollector(Collector):
@@ -35,10 +37,32 @@ class _PoolsCollector(Collector):
         yield family
 
 
+class _PerPoolCollector(Collector):
+    """One series per pool and condition: 1 while it is True, 0 while False, labelled with its
+    reason. `namespace` and `agentpool` name the pool (scrape with honorLabels)."""
+
+    def __init__(self, name: str, documentation: str,
+                 source: Callable[[], ConditionDetails]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._documentation,
+                                   labels=["namespace", "agentpool", "condition", "reason"])
+        for (namespace, pool), conditions in sorted(self._source().items()):
+            for type_, (status, reason) in sorted(conditions.items()):
+                family.add_metric([namespace, pool, type_, reason],
+                                  1.0 if status == "True" else 0.0)
+        yield family
+
+
 class OperatorMetrics:
     """Counters and histograms the reconciler and the API adapter update."""
 
-    def __init__(self, pool_conditions: Callable[[], PoolConditions]) -> None:
+    def __init__(self, pool_conditions: Callable[[], PoolConditions],
+                 pool_details: Callable[[], ConditionDetails] = dict,
+                 autoscalers: Callable[[], ConditionDetails] = dict) -> None:
         self.registry = CollectorRegistry()
         self.reconciles = Counter(
             "agentpool_operator_reconciles_total",
@@ -70,7 +94,30 @@ class OperatorMetrics:
             "1 while the AgentPool watch lags behind the API server (liveness fails).",
             registry=self.registry,
         )
+        self.certificate_checks = Counter(
+            "agentpool_operator_certificate_checks_total",
+            "Checks of the metrics API's certificates (operator-kept) by result: ok (nothing "
+            "to do), written (issued, renewed or repaired), failed.", ["result"],
+            registry=self.registry,
+        )
+        for result in ("ok", "written", "failed"):
+            self.certificate_checks.labels(result)
+        self.leader = Gauge(
+            "agentpool_operator_leader",
+            "1 while this replica holds the leader lease and reconciles (always 1 without "
+            "leader election); 0 while it stands by.", registry=self.registry,
+        )
         self.registry.register(_PoolsCollector(pool_conditions))
+        self.registry.register(_PerPoolCollector(
+            "agentpool_operator_pool_condition",
+            "Each AgentPool's Ready, Progressing and Degraded conditions as last reported by "
+            "this operator: 1 True, 0 False, with the condition's reason.", pool_details))
+        self.registry.register(_PerPoolCollector(
+            "agentpool_operator_autoscaler_condition",
+            "The conditions of each AgentPool's HorizontalPodAutoscaler (AbleToScale, "
+            "ScalingActive, ScalingLimited) as the HPA controller reports them: 1 True, "
+            "0 False. ScalingActive 0 with FailedGetExternalMetric: it cannot compute "
+            "replicas and keeps the pool's size.", autoscalers))
 
     def count_write(self, verb: str, kind: str) -> None:
         self.api_writes.labels(verb=verb, kind=kind).inc()

@@ -20,12 +20,15 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources import apiextensions_v1, core_v1
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources import apiextensions_v1, apiregistration_v1, coordination_v1, core_v1
 from lightkube.types import PatchType
 
 from agentpool_operator.api import BUDGET_KIND, BUDGET_PLURAL, GROUP, KIND, PLURAL, VERSION
 from agentpool_operator.builders.kinds import CHILD_KINDS, ChildKind
 from agentpool_operator.errors import ApiFailure, TransientError
+from agentpool_operator.leader import LeaseConflict, LeaseRecord
 
 FIELD_MANAGER = "agentpool-operator"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "agentpool-operator"}
@@ -100,6 +103,10 @@ class Kube:
     async def close(self) -> None:
         await self._client.close()
 
+    def leases(self, namespace: str, name: str) -> KubeLeases:
+        """The leader election's Lease, on the same connection."""
+        return KubeLeases(self._client, namespace, name)
+
     async def get(self, api_version: str, kind: str, namespace: str, name: str
                   ) -> dict[str, Any] | None:
         try:
@@ -139,8 +146,10 @@ class Kube:
         decoded.update(secret.get("stringData") or {})
         return decoded
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply under our field manager, taking ownership of conflicting fields."""
+    async def apply(self, manifest: dict[str, Any], field_manager: str | None = None
+                    ) -> dict[str, Any]:
+        """Server-side apply under our field manager (or `field_manager`), taking ownership of
+        conflicting fields."""
         meta = manifest["metadata"]
         kind = manifest["kind"]
         self._count_write("apply", kind)
@@ -148,7 +157,7 @@ class Kube:
             obj = await self._client.patch(
                 resource_for(manifest["apiVersion"], kind), meta["name"], manifest,
                 namespace=meta["namespace"], patch_type=PatchType.APPLY,
-                field_manager=FIELD_MANAGER, force=True,
+                field_manager=field_manager or FIELD_MANAGER, force=True,
             )
         return _as_dict(obj)
 
@@ -179,6 +188,25 @@ class Kube:
         except _NotFound:
             return None
         return _as_dict(obj)
+
+    async def apiservice_ca_bundle(self, name: str) -> str | None:
+        """The APIService's spec.caBundle (base64, "" when unset); None when it is absent."""
+        try:
+            with _calling(f"get APIService {name}"):
+                found = await self._client.get(apiregistration_v1.APIService, name)
+        except _NotFound:
+            return None
+        return (found.spec.caBundle if found.spec else None) or ""
+
+    async def set_apiservice_ca_bundle(self, name: str, bundle: str) -> None:
+        """Apply spec.caBundle (base64) alone: the rest of the APIService is the chart's."""
+        self._count_write("apply", "APIService")
+        manifest = {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                    "metadata": {"name": name}, "spec": {"caBundle": bundle}}
+        with _calling(f"apply caBundle of APIService {name}"):
+            await self._client.patch(apiregistration_v1.APIService, name, manifest,
+                                     patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER,
+                                     force=True)
 
     async def patch_budget_status(self, namespace: str, name: str, status: dict[str, Any]
                                   ) -> dict[str, Any] | None:
@@ -226,3 +254,61 @@ class Kube:
         except (ApiError, httpx.HTTPError):
             # An event is best effort: failing to post one must not fail the reconcile.
             return
+
+
+class KubeLeases:
+    """The leader election's Lease (`leader.LeaseStore`), read and replaced with optimistic
+    concurrency (the resourceVersion read). Not counted as writes: renewing the lease is
+    the election's heartbeat, not a change the operator makes."""
+
+    def __init__(self, client: AsyncClient, namespace: str, name: str) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._name = name
+
+    def _lease(self, record: LeaseRecord, resource_version: str | None) -> coordination_v1.Lease:
+        return coordination_v1.Lease(
+            metadata=ObjectMeta(name=self._name, namespace=self._namespace,
+                                resourceVersion=resource_version),
+            spec=LeaseSpec(holderIdentity=record.holder,
+                           leaseDurationSeconds=record.duration_seconds,
+                           acquireTime=record.acquired, renewTime=record.renewed,
+                           leaseTransitions=record.transitions))
+
+    @staticmethod
+    def _version(lease: coordination_v1.Lease) -> str:
+        return (lease.metadata.resourceVersion if lease.metadata else None) or ""
+
+    async def read(self) -> tuple[LeaseRecord, str] | None:
+        try:
+            with _calling(f"get Lease {self._namespace}/{self._name}"):
+                lease = await self._client.get(coordination_v1.Lease, self._name,
+                                               namespace=self._namespace)
+        except _NotFound:
+            return None
+        spec = lease.spec or LeaseSpec()
+        record = LeaseRecord(holder=spec.holderIdentity or "",
+                             duration_seconds=spec.leaseDurationSeconds or 0,
+                             acquired=spec.acquireTime, renewed=spec.renewTime,
+                             transitions=spec.leaseTransitions or 0)
+        return record, self._version(lease)
+
+    async def create(self, record: LeaseRecord) -> str:
+        with _lease_conflicts(), _calling(f"create Lease {self._namespace}/{self._name}"):
+            return self._version(await self._client.create(self._lease(record, None)))
+
+    async def update(self, record: LeaseRecord, resource_version: str) -> str:
+        with _lease_conflicts(), _calling(f"update Lease {self._namespace}/{self._name}"):
+            return self._version(await self._client.replace(
+                self._lease(record, resource_version)))
+
+
+@contextlib.contextmanager
+def _lease_conflicts() -> Iterator[None]:
+    """A 409 (changed since read, or created meanwhile) means another candidate came first."""
+    try:
+        yield
+    except TransientError as error:
+        if isinstance(error.__cause__, ApiError) and error.__cause__.status.code == 409:
+            raise LeaseConflict(str(error)) from error
+        raise

@@ -35,8 +35,13 @@ Listing = tuple[float, frozenset[PoolKey]]
 class DirectoryPublisher:
     def __init__(self, kube: Kube, registry: QueueRegistry, namespace: str, name: str,
                  listing: Callable[[], Listing | None], verify_seconds: float = 60.0,
-                 min_interval: float = 1.0) -> None:
+                 min_interval: float = 1.0, key: str = queuedir.DATA_KEY) -> None:
         self._kube = kube
+        self._key = key
+        # Publishing into another release's directory: only our key, under a field manager
+        # of our own, so server-side apply leaves the other publishers' keys alone.
+        self._field_manager = None if key == queuedir.DATA_KEY else \
+            f"agentpool-operator-{key}"[:128]
         self._registry = registry
         self._namespace = namespace
         self._name = name
@@ -66,7 +71,7 @@ class DirectoryPublisher:
         """Read the Secret; write the registry's entries if they differ."""
         live = await self._kube.get("v1", "Secret", self._namespace, self._name)
         try:
-            published = queuedir.decode((live or {}).get("data")).entries
+            published = queuedir.decode((live or {}).get("data"), self._key).entries
         except queuedir.DirectoryError as error:
             log.warning("queue directory %s is unreadable, rewriting it: %s",
                         self.reference, error)
@@ -84,8 +89,8 @@ class DirectoryPublisher:
         await self._kube.apply({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": self._name, "namespace": self._namespace},
-            "data": queuedir.encode(wanted.values()),
-        })
+            "data": queuedir.encode(wanted.values(), self._key),
+        }, field_manager=self._field_manager)
         self.writes += 1
         self._recovered()
         log.info("queue directory %s: %d pools published", self.reference, len(wanted))

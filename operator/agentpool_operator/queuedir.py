@@ -8,10 +8,14 @@ configuration from them), so it publishes what the metrics API needs in one Secr
 own namespace (`queues.py` keeps the entries, `publisher.py` writes them), and the metrics
 API may read that one Secret by name and no other (`metrics_api/pools.py`).
 
-The Secret holds one key, `queues.json.gz`: gzip of
+The Secret holds one key per publishing operator: `queues.json.gz` for the operator of the
+release that runs the metrics API, and `queues.<namespace>.<name>.json.gz` for each other
+release sharing that metrics API (`metricsApi.shared`: one external metrics API per cluster
+serves every release's pools; each operator writes only its own key, under a field manager of
+its own). Each key is gzip of
 `{"version": 1, "pools": [{"namespace", "name", "url", "keys": {prefix, stream, group, dead}}]}`
 (gzip keeps thousands of pools far below a Secret's 1 MiB). An entry that does not parse is
-skipped, never the whole directory.
+skipped, never the whole directory; the metrics API reads every key (`decode_all`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import base64
 import binascii
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from typing import Any
 from agent_runtime.queue.keys import Keys
 
 DATA_KEY = "queues.json.gz"
+_SHARED_KEY = re.compile(r"^queues\.[a-z0-9][-a-z0-9.]*\.json\.gz$")
 FORMAT_VERSION = 1
 PoolKey = tuple[str, str]
 
@@ -69,8 +75,17 @@ def parse_reference(text: str) -> tuple[str, str]:
     return namespace, name
 
 
-def encode(entries: Iterable[QueueEntry]) -> dict[str, str]:
-    """The Secret `data` (base64 values, as the API server takes them)."""
+def shared_key(namespace: str, name: str) -> str:
+    """The data key of a release that publishes into another release's directory."""
+    return f"queues.{namespace}.{name}.json.gz"
+
+
+def is_directory_key(key: str) -> bool:
+    return key == DATA_KEY or bool(_SHARED_KEY.match(key))
+
+
+def encode(entries: Iterable[QueueEntry], key: str = DATA_KEY) -> dict[str, str]:
+    """The Secret `data` under `key` (base64 values, as the API server takes them)."""
     pools = [{"namespace": e.namespace, "name": e.name, "url": e.redis_url,
               "keys": {"prefix": e.keys.prefix, "stream": e.keys.stream,
                        "group": e.keys.group, "dead": e.keys.dead},
@@ -80,20 +95,21 @@ def encode(entries: Iterable[QueueEntry]) -> dict[str, str]:
     text = json.dumps({"version": FORMAT_VERSION, "pools": pools}, separators=(",", ":"))
     # mtime=0: the same entries always give the same bytes.
     blob = gzip.compress(text.encode(), mtime=0)
-    return {DATA_KEY: base64.b64encode(blob).decode()}
+    return {key: base64.b64encode(blob).decode()}
 
 
-def decode(data: Mapping[str, str] | None) -> Directory:
-    """The entries of a Secret's `data`; an empty or absent Secret is an empty directory."""
-    encoded = (data or {}).get(DATA_KEY)
+def decode(data: Mapping[str, str] | None, key: str = DATA_KEY) -> Directory:
+    """The entries under `key` of a Secret's `data`; an empty or absent Secret (or key) is an
+    empty directory."""
+    encoded = (data or {}).get(key)
     if not encoded:
         return Directory({})
     try:
         document = json.loads(gzip.decompress(base64.b64decode(encoded)))
     except (binascii.Error, OSError, EOFError, zlib.error, ValueError) as error:
-        raise DirectoryError(f"{DATA_KEY} is not gzip-compressed JSON: {error}") from None
+        raise DirectoryError(f"{key} is not gzip-compressed JSON: {error}") from None
     if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
-        raise DirectoryError(f"{DATA_KEY} has an unknown format (want version "
+        raise DirectoryError(f"{key} has an unknown format (want version "
                              f"{FORMAT_VERSION})")
     entries: dict[PoolKey, QueueEntry] = {}
     skipped = 0
@@ -104,6 +120,26 @@ def decode(data: Mapping[str, str] | None) -> Directory:
         else:
             entries[entry.key] = entry
     return Directory(entries, skipped)
+
+
+def decode_all(data: Mapping[str, str] | None) -> Directory:
+    """Every publisher's entries (what the metrics API serves). A key that cannot be read at
+    all fails only when no key can be read; otherwise its pools are counted as skipped."""
+    entries: dict[PoolKey, QueueEntry] = {}
+    skipped = 0
+    errors: list[str] = []
+    keys = sorted(k for k in (data or {}) if is_directory_key(k))
+    for key in keys:
+        try:
+            found = decode(data, key)
+        except DirectoryError as error:
+            errors.append(str(error))
+            continue
+        entries.update(found.entries)
+        skipped += found.skipped
+    if errors and len(errors) == len(keys):
+        raise DirectoryError("; ".join(errors))
+    return Directory(entries, skipped + len(errors))
 
 
 def _entry(item: Any) -> QueueEntry | None:

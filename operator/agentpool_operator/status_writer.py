@@ -2,7 +2,8 @@
 written only when it changed, with an Event for each condition that flipped.
 
 Called by `reconcile.py`. Keeps the latest conditions of every pool for the operator's
-`agentpool_operator_pools` gauge, and tells the store which pool versions are the echo of our
+`agentpool_operator_pools` gauge (and, with their reasons, for the per-pool
+`agentpool_operator_pool_condition`), and tells the store which pool versions are the echo of our
 own writes.
 """
 
@@ -27,9 +28,12 @@ class StatusWriter:
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     conditions: dict[PoolKey, dict[str, str]] = field(default_factory=dict)
     """Each pool's conditions as last computed: type -> status."""
+    details: dict[PoolKey, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    """The same with each condition's reason: type -> (status, reason)."""
 
     def forget(self, key: PoolKey) -> None:
         self.conditions.pop(key, None)
+        self.details.pop(key, None)
 
     async def write(self, pool: dict[str, Any], observation: Observation) -> None:
         meta = pool["metadata"]
@@ -37,6 +41,8 @@ class StatusWriter:
         current = pool.get("status") or {}
         desired = compute_status(observation, current, self.clock())
         self.conditions[key] = {c["type"]: c["status"] for c in desired["conditions"]}
+        self.details[key] = {c["type"]: (c["status"], c.get("reason") or "")
+                             for c in desired["conditions"]}
         if not status_changed(current, desired):
             return
         written = await self.kube.patch_pool_status(meta["namespace"], meta["name"], desired)

@@ -36,6 +36,9 @@ class PoolStore:
     """Latest watched bodies of the other children (Secrets with digests for values)."""
     queue_claims: QueueClaims = field(default_factory=QueueClaims)
     """Which pool reads which queue (namespace, Redis Secret, stream, group)."""
+    autoscalers: dict[PoolKey, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    """The conditions of each pool's HPA as its watch delivered them: type -> (status,
+    reason), for the operator's `agentpool_operator_autoscaler_condition`."""
     served_crds: frozenset[str] = frozenset()
     """The CRDs of optional child kinds the cluster serves (checked by the resync)."""
     relisted: set[tuple[str, str]] = field(default_factory=set)
@@ -83,6 +86,7 @@ class PoolStore:
         if deleted:
             self._rechecks |= self.queue_claims.drop(key)
             self.pools.drop(key, pool)
+            self.autoscalers.pop(key, None)
             self._own_status_versions.pop(key, None)
             self._needs_full.discard(key)
             return False
@@ -154,6 +158,8 @@ class PoolStore:
         if event_type is None:
             self.relisted.add((api_version, kind))
         pool_key = self.owning_pool(meta)
+        if kind == "HorizontalPodAutoscaler" and pool_key is not None:
+            self._note_autoscaler(pool_key, child, event_type == "DELETED")
         if event_type == "DELETED":
             self.children.drop(key, child)
             if pool_key is None:
@@ -177,6 +183,14 @@ class PoolStore:
             return None  # (re)listed and new to us: the resync's full reconcile checks it
         self.request_full(pool_key)
         return pool_key
+
+    def _note_autoscaler(self, key: PoolKey, hpa: dict[str, Any], deleted: bool) -> None:
+        conditions = (hpa.get("status") or {}).get("conditions") or []
+        if deleted or hpa["metadata"].get("name") != key[1]:
+            self.autoscalers.pop(key, None)
+            return
+        self.autoscalers[key] = {c["type"]: (c.get("status", ""), c.get("reason") or "")
+                                 for c in conditions if c.get("type")}
 
     def audit(self, api_version: str, kind: str, listed: Sequence[dict[str, Any]]
               ) -> set[PoolKey]:

@@ -18,7 +18,9 @@ MODES = ("namespaced", "all")
 `operator.watchAllNamespaces`."""
 CLUSTER = "*cluster*"
 """A grant's location when a ClusterRoleBinding gives it: every namespace, all at once too."""
-WHERES = ("served", "release namespace", "kube-system", "cluster")
+WHERES = ("served", "release namespace", "shared", "kube-system", "cluster")
+"""`shared`: the namespace of the release whose metrics API serves this one's pools
+(`metricsApi.shared`); such rows name its objects with `<shared>` (its full name)."""
 _HEADER = ["ServiceAccount", "mode", "where", "API group", "resources", "resource names",
            "verbs", "why"]
 
@@ -73,26 +75,48 @@ def rows(readme: str | None = None) -> list[Row]:
     return found
 
 
+def _certificate_row(row: Row) -> bool:
+    """A right only the operator's certificate keeping needs (`metricsApi.tls.mode:
+    operator`): its two Secrets and the APIService's caBundle."""
+    return row.resources == ("apiservices",) or any(
+        name.endswith(("-metrics-api-ca", "-metrics-api-serving-cert")) for name in row.names)
+
+
 def grants(table: Sequence[Row], *, fullname: str, release_namespace: str, mode: str,
-           served: Iterable[str], metrics_api: bool = True) -> set[Grant]:
+           served: Iterable[str], metrics_api: bool = True, operator_certs: bool = True,
+           apiservice: bool = True, shared: tuple[str, str] | None = None) -> set[Grant]:
     """Every right the table gives in one install: `served` are the served namespaces of
-    mode "namespaced" (ignored for "all", where they are every namespace)."""
+    mode "namespaced" (ignored for "all", where they are every namespace). Without the
+    metrics API its rows go; without operator-kept certificates (another
+    `metricsApi.tls.mode`) theirs; without the APIService (`metricsApi.apiService.create`)
+    the caBundle's. `shared` is (namespace, full name) of the release whose metrics API this
+    one publishes to (with `metrics_api` False), else its rows go."""
     assert mode in MODES
     served = tuple(served)
     result: set[Grant] = set()
     for row in table:
         if row.mode not in ("both", mode):
             continue
+        if row.where == "shared" and shared is None:
+            continue
         account = row.account.replace("<fullname>", fullname)
-        names = tuple(name.replace("<fullname>", fullname) for name in row.names)
-        if not metrics_api and ("metrics-api" in account or any("metrics-api" in n
-                                                                  for n in names)):
+        names = tuple(name.replace("<fullname>", fullname).replace("<shared>", shared[1])
+                      if shared else name.replace("<fullname>", fullname)
+                      for name in row.names)
+        if not metrics_api and row.where != "shared" and (
+                "metrics-api" in account or any("metrics-api" in n for n in names)
+                or _certificate_row(row)):
+            continue
+        if _certificate_row(row) and not operator_certs:
+            continue
+        if row.resources == ("apiservices",) and not apiservice:
             continue
         if row.where == "served":
             locations: tuple[str, ...] = (CLUSTER,) if mode == "all" else served
         else:
             locations = {"release namespace": (release_namespace,), "kube-system":
-                         ("kube-system",), "cluster": (CLUSTER,)}[row.where]
+                         ("kube-system",), "cluster": (CLUSTER,),
+                         "shared": (shared[0],) if shared else ()}[row.where]
         for location in locations:
             for resource in row.resources:
                 for verb in row.verbs:

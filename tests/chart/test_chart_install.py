@@ -15,16 +15,10 @@ one reconciling.
 
 from __future__ import annotations
 
-import base64
 import json
-import ssl
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,229 +26,25 @@ import redis
 from agentpool_tools.crd import CRD_NAME
 
 from agentpool_dev.cluster import Cluster
-from agentpool_dev.procs import free_port
 from agentpool_dev.services import ServiceSettings
 from agentpool_operator.api import AgentPoolSpec
 from agentpool_operator.deletioncost import POD_DELETION_COST
 from agentpool_operator.queues import queue_keys
-from tests.plugins.chart import (
-    CHART,
-    ChartProcess,
-    Helm,
-    container_of,
-    forbidden_in_log,
-    forbidden_requests,
-    service_account_kubeconfig,
+from tests.plugins.chart import container_of
+from tests.plugins.operator import Pools
+from tests.plugins.releases import (
+    RESYNC_SECONDS,
+    Release,
+    disown_crd,
+    drop_hpa_reader,
+    hpa_reader_token,
+    new_namespace,
+    pool,
+    release_values,
 )
-from tests.plugins.operator import OperatorProcess, Pools
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
-
-RESYNC_SECONDS = 2
-
-
-@pytest.fixture(scope="module")
-def only_the_charts_operator(operator: OperatorProcess) -> Iterator[None]:
-    """Pause the harness's cluster-wide operator, so pools become Ready only through the
-    chart's; it restarts afterwards for the tests that use it."""
-    operator.stop()
-    try:
-        yield
-    finally:
-        operator.start()
-
-
-@pytest.fixture
-def scratch_namespaces(cluster: Cluster) -> Iterator[list[str]]:
-    """Fresh namespaces a test creates on demand; deleted afterwards."""
-    created: list[str] = []
-    yield created
-    for name in created:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def new_namespace(cluster: Cluster, created: list[str], prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    created.append(name)
-    return name
-
-
-def adopt_crd(cluster: Cluster, release: str, namespace: str) -> None:
-    """Let the release take over a CRD other tests installed with kubectl (Helm adopts an
-    object that carries its release's ownership metadata)."""
-    found = cluster.kubectl("get", "crd", CRD_NAME, "--ignore-not-found", "-o", "name")
-    if not found.stdout.strip():
-        return
-    cluster.kubectl("annotate", "crd", CRD_NAME, "--overwrite",
-                    f"meta.helm.sh/release-name={release}",
-                    f"meta.helm.sh/release-namespace={namespace}")
-    cluster.kubectl("label", "crd", CRD_NAME, "--overwrite", "app.kubernetes.io/managed-by=Helm")
-
-
-def release_values(**overrides: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "operator": {"resyncSeconds": RESYNC_SECONDS, "deletionCostSeconds": 1},
-        # The APIService would make the aggregator dial the Service's (simulated) pod IPs;
-        # the server is reached on loopback instead.
-        "metricsApi": {"apiService": {"create": False}, "refreshSeconds": 1},
-        "serviceMonitor": {"additionalLabels": {"release": "kube-prometheus-stack"}},
-    }
-    for key, value in overrides.items():
-        values[key] = {**values.get(key, {}), **value}
-    return values
-
-
-@dataclass
-class Release:
-    """One installed release and the local processes standing in for its pods."""
-
-    cluster: Cluster
-    helm: Helm
-    name: str
-    namespace: str
-    work: Path
-    operator: ChartProcess | None = None
-    metrics_api: ChartProcess | None = None
-    metrics_port: int = 0
-    secure_port: int = 0
-
-    @property
-    def fullname(self) -> str:
-        return f"{self.name}-agentpool-operator"
-
-    @property
-    def metrics_api_name(self) -> str:
-        return f"{self.fullname}-metrics-api"
-
-    def install(self, values: dict[str, Any], verb: str = "install") -> dict[str, Any]:
-        self.helm.run(verb, self.name, str(CHART), "--namespace", self.namespace,
-                      "-f", self.helm.values_file(values), "--wait", "--timeout", "120s")
-        status: dict[str, Any] = json.loads(self.helm.run(
-            "status", self.name, "--namespace", self.namespace, "-o", "json").stdout)
-        return status
-
-    def deployment(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.cluster.kubectl_json(
-            "get", "deployment", name, "-n", self.namespace)
-        return found
-
-    def start_operator(self) -> ChartProcess:
-        port = free_port()
-        self.operator = ChartProcess(
-            "agentpool_operator", container_of(self.deployment(self.fullname), "operator"),
-            service_account_kubeconfig(self.cluster, self.namespace, self.fullname,
-                                       self.work / "operator.kubeconfig"),
-            self.work / "operator.log",
-            extra_args=("--health-host=127.0.0.1", f"--health-port={port}"),
-            health_url=f"http://127.0.0.1:{port}/readyz")
-        self.operator.start()
-        return self.operator
-
-    def start_metrics_api(self) -> ChartProcess:
-        secret = self.cluster.kubectl_json("get", "secret", f"{self.metrics_api_name}-tls",
-                                           "-n", self.namespace)
-        for key in ("tls.crt", "tls.key", "ca.crt"):
-            path = self.work / key
-            path.write_bytes(base64.b64decode(secret["data"][key]))
-            path.chmod(0o600)
-        self.secure_port, self.metrics_port = free_port(), free_port()
-        self.metrics_api = ChartProcess(
-            "agentpool_operator.metrics_api",
-            container_of(self.deployment(self.metrics_api_name), "metrics-api"),
-            service_account_kubeconfig(self.cluster, self.namespace, self.metrics_api_name,
-                                       self.work / "metrics-api.kubeconfig"),
-            self.work / "metrics-api.log",
-            extra_args=("--bind-address=127.0.0.1", f"--secure-port={self.secure_port}",
-                        "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-                        f"--tls-cert-file={self.work / 'tls.crt'}",
-                        f"--tls-private-key-file={self.work / 'tls.key'}"),
-            health_url=f"http://127.0.0.1:{self.metrics_port}/readyz")
-        self.metrics_api.start()
-        return self.metrics_api
-
-    def query_backlog(self, namespace: str, pool: str | None, token: str) -> tuple[int, Any]:
-        """Ask the metrics API for a pool's backlog (None: every pool of the namespace) the way
-        the HPA controller does, over TLS verified against the CA the chart generated."""
-        context = ssl.create_default_context(cafile=str(self.work / "ca.crt"))
-        context.check_hostname = False  # the certificate names the Service, not 127.0.0.1
-        url = (f"https://127.0.0.1:{self.secure_port}/apis/external.metrics.k8s.io/v1beta1/"
-               f"namespaces/{namespace}/agentpool_queue_backlog"
-               + (f"?labelSelector=agentpool.dev%2Fpool%3D{pool}" if pool else ""))
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=10, context=context) as response:
-                return int(response.status), json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
-    def stop(self) -> None:
-        for process in (self.operator, self.metrics_api):
-            if process is not None:
-                process.stop()
-
-    def wait_ready(self, pools: Pools, name: str) -> None:
-        """Wait for a pool to become Ready; on timeout, say what the API server refused."""
-        try:
-            pools.wait_ready(name)
-        except pytest.fail.Exception:
-            refused = forbidden_requests(
-                self.cluster, f"system:serviceaccount:{self.namespace}:{self.fullname}")
-            log = self.operator.log() if self.operator else ""
-            reads = [line[:600] for line in forbidden_in_log(log)][:3]
-            pytest.fail(f"AgentPool {name} not Ready; refused writes: {refused}; refused "
-                        f"requests in the operator's log: {reads}")
-
-    def assert_nothing_refused(self) -> None:
-        for account in (self.fullname, self.metrics_api_name):
-            user = f"system:serviceaccount:{self.namespace}:{account}"
-            assert not forbidden_requests(self.cluster, user), user
-        for process in (self.operator, self.metrics_api):
-            if process is not None:
-                assert not forbidden_in_log(process.log()), process.log()[-4000:]
-
-
-@pytest.fixture
-def release(cluster: Cluster, helm: Helm, namespace: str, tmp_path: Path) -> Iterator[Release]:
-    installed = Release(cluster, helm, f"ap-{uuid.uuid4().hex[:5]}", namespace, tmp_path)
-    try:
-        yield installed
-    finally:
-        installed.stop()
-        helm.run("uninstall", installed.name, "--namespace", namespace, "--wait",
-                 check=False)
-
-
-def pool(cluster: Cluster, namespace: str, name: str, redis_url: str) -> Pools:
-    pools = Pools(cluster, namespace)
-    pools.secret(f"{name}-redis", {"url": redis_url})
-    pools.create(name, with_secret=False)
-    return pools
-
-
-def hpa_reader_token(cluster: Cluster, namespace: str) -> str:
-    """A token of an identity allowed to read external metrics, like the HPA controller."""
-    cluster.kubectl("create", "serviceaccount", "hpa-reader", "-n", namespace)
-    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": f"external-metrics-reader-{namespace}"},
-            "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"],
-                       "verbs": ["get", "list"]}]}
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": f"external-metrics-reader-{namespace}"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                           "name": f"external-metrics-reader-{namespace}"},
-               "subjects": [{"kind": "ServiceAccount", "name": "hpa-reader",
-                             "namespace": namespace}]}
-    for manifest in (role, binding):
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    return cluster.kubectl("create", "token", "hpa-reader", "-n", namespace).stdout.strip()
-
-
-def drop_hpa_reader(cluster: Cluster, namespace: str) -> None:
-    name = f"external-metrics-reader-{namespace}"
-    cluster.kubectl("delete", "clusterrolebinding,clusterrole", name, "--ignore-not-found",
-                    check=False)
 
 
 def exercise_autoscaling_children(cluster: Cluster, release: Release, pools: Pools) -> None:
@@ -280,8 +70,10 @@ def test_cluster_wide_install_upgrade_and_uninstall(
         cluster: Cluster, release: Release, services: ServiceSettings,
         monitoring_crds: list[str], keda_crds: list[str], only_the_charts_operator: None,
         scratch_namespaces: list[str]) -> None:
-    adopt_crd(cluster, release.name, release.namespace)
-    status = release.install(release_values(operator={"watchAllNamespaces": True}))
+    # The CRD other tests applied with kubectl: this release adopts it (Helm >= 3.17).
+    disown_crd(cluster)
+    status = release.install(release_values(operator={"watchAllNamespaces": True}),
+                             "install", "--take-ownership")
     assert status["info"]["status"] == "deployed"
     assert status["version"] == 1
     notes = status["info"]["notes"]
@@ -322,8 +114,7 @@ def test_cluster_wide_install_upgrade_and_uninstall(
     if cluster.audit_log.exists():
         assert {"tokenreviews", "subjectaccessreviews"} <= reviews
 
-    tls_before = cluster.kubectl_json("get", "secret", f"{release.metrics_api_name}-tls",
-                                      "-n", release.namespace)["data"]
+    tls_before = release.serving_secret()["data"]
     directory = f"{release.metrics_api_name}-queues"
     published = cluster.kubectl_json("get", "secret", directory, "-n", release.namespace)
     assert published.get("data"), "the operator published no queue directory"
@@ -338,10 +129,9 @@ def test_cluster_wide_install_upgrade_and_uninstall(
                                 "-n", release.namespace)
     assert all(r["labels"]["team"] == "ops" for g in rule["spec"]["groups"]
                for r in g["rules"])
-    # The generated serving certificate survives upgrades (the APIService trusts its CA),
-    # and so does what the operator published in the chart's queue directory Secret.
-    assert cluster.kubectl_json("get", "secret", f"{release.metrics_api_name}-tls",
-                                "-n", release.namespace)["data"] == tls_before
+    # The serving certificate the operator keeps survives upgrades (the APIService trusts
+    # its CA), and so does what it published in the chart's queue directory Secret.
+    assert release.serving_secret()["data"] == tls_before
     assert cluster.kubectl_json("get", "secret", directory, "-n", release.namespace)[
         "data"] == published["data"]
 
@@ -372,9 +162,11 @@ def test_namespaced_install_serves_its_namespaces_and_only_them(
                                            crds={"enabled": False}))["info"]["notes"]
     assert f"the namespaces {', '.join(watched)}" in notes
     assert "did not install the AgentPool CRD" in notes
+    assert f"helm test {release.name} -n {release.namespace}" in notes
     operator_args = container_of(release.deployment(release.fullname), "operator")["args"]
     assert [a for a in operator_args if a.startswith("--namespace")] == [
         f"--namespace={n}" for n in watched]
+    assert_namespace_users_manage_pools(cluster, watched[0])
 
     release.start_operator()
     release.start_metrics_api()
@@ -405,6 +197,32 @@ def test_namespaced_install_serves_its_namespaces_and_only_them(
     for process in (release.operator, release.metrics_api):
         assert process is not None
         assert "hidden-pw" not in process.log()
+
+
+def assert_namespace_users_manage_pools(cluster: Cluster, namespace: str) -> None:
+    """Users bound to Kubernetes' default roles in a namespace get the chart's aggregated
+    AgentPool rights (the controller-manager aggregates them): editors manage pools and their
+    scale, viewers read them, and neither writes the operator's status."""
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        cluster.kubectl("create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}",
+                        f"--user={user}", "-n", namespace)
+
+    def can(user: str, verb: str, subresource: str = "") -> bool:
+        answer = cluster.kubectl("auth", "can-i", verb, "agentpools.agentpool.dev",
+                                 f"--subresource={subresource}", "--as", user, "-n",
+                                 namespace, check=False).stdout.strip()
+        return answer == "yes"
+
+    assert eventually(lambda: can("alice", "create"), timeout=30)
+    assert can("alice", "delete")
+    assert can("alice", "patch", "scale")
+    assert eventually(lambda: can("bob", "list"), timeout=30)
+    assert can("bob", "get", "status")
+    assert not can("bob", "create")
+    assert not can("bob", "patch", "scale")
+    for user in ("alice", "bob"):
+        assert not can(user, "patch", "status")
+        assert not can(user, "update", "status")
 
 
 def assert_backlog_served(release: Release, token: str, watched: list[str],

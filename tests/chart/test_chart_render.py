@@ -9,6 +9,7 @@ the RBAC rules are exactly the README's RBAC table (`rbac_table.py`), in every i
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -33,11 +34,14 @@ EVERYTHING_ON: dict[str, Any] = {
                        "ruleLabels": {"team": "platform"}},
     "grafanaDashboards": {"annotations": {"grafana_folder": "AgentPool"}},
     "commonLabels": {"cost-center": "agents"},
+    "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]},
 }
 NAMESPACED: dict[str, Any] = {"operator": {"watchNamespaces": ["team-a", "team-b"]},
                               "crds": {"enabled": False}}
 ALL_NAMESPACES: dict[str, Any] = {"operator": {"watchAllNamespaces": True}}
 FULLNAME = "agentpool-operator"
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUa2V5\n-----END CERTIFICATE-----\n"
 RELEASE_NAMESPACE = "agentpool-system"
 
 
@@ -89,10 +93,11 @@ def rendered_grants(docs: list[Doc]) -> set[Grant]:
 
 
 def table_grants(mode: str, served: tuple[str, ...] = (), metrics_api: bool = True,
-                 ) -> set[Grant]:
+                 operator_certs: bool = True, apiservice: bool = True) -> set[Grant]:
     return rbac_table.grants(rbac_table.rows(), fullname=FULLNAME,
                              release_namespace=RELEASE_NAMESPACE, mode=mode, served=served,
-                             metrics_api=metrics_api)
+                             metrics_api=metrics_api, operator_certs=operator_certs,
+                             apiservice=apiservice)
 
 
 def diff(rendered: set[Grant], table: set[Grant]) -> str:
@@ -122,9 +127,31 @@ def test_helm_lint_strict(helm_offline: Helm) -> None:
     ({"grafanaDashboards": {"labelValue": 1}}, "/grafanaDashboards/labelValue"),
     ({"serviceMonitor": {"interval": "30 seconds"}}, "/serviceMonitor/interval"),
     ({"metricsApi": {"apiService": {"create": True, "caBundel": "x"}}}, "caBundel"),
+    # What the README says the schema refuses: a CA bundle that is not PEM ...
+    ({"metricsApi": {"tls": {"mode": "existingSecret", "existingSecret": "s",
+                             "caBundle": "LS0tLS1CRUdJTi=="}}}, "/metricsApi/tls/caBundle"),
+    # ... an existing Secret the chart would silently ignore ...
+    ({"metricsApi": {"tls": {"existingSecret": "s", "caBundle": PEM}}},
+     "/metricsApi/tls/mode"),
+    ({"metricsApi": {"tls": {"mode": "existingSecret"}}}, "/metricsApi/tls"),
+    ({"metricsApi": {"tls": {"mode": "selfSigned"}}}, "/metricsApi/tls/mode"),
     # Serving every namespace and a list of them at once is a contradiction.
     ({"operator": {"watchAllNamespaces": True, "watchNamespaces": ["a"]}},
      "/operator/watchNamespaces"),
+    # Two operators without leader election would both reconcile.
+    ({"operator": {"replicas": 2, "leaderElection": {"enabled": False}}},
+     "/operator/leaderElection/enabled"),
+    ({"metricsApi": {"podDisruptionBudget": {"enabled": True, "minAvailable": 1,
+                                             "maxUnavailable": 1}}},
+     "/metricsApi/podDisruptionBudget"),
+    # ... a writable root file system, and the plain-HTTP metrics port on a load balancer.
+    ({"securityContext": {"readOnlyRootFilesystem": False}},
+     "/securityContext/readOnlyRootFilesystem"),
+    ({"service": {"type": "LoadBalancer"}}, "/service/type"),
+    ({"networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelecter": {}}]}},
+     "/networkPolicy/metricsFrom/0"),
+    ({"networkPolicy": {"enabled": True, "apiServerFrom": [{}]}},
+     "/networkPolicy/apiServerFrom/0"),
 ])
 def test_the_values_schema_rejects_typos_and_unsafe_settings(
         helm_offline: Helm, values: dict[str, Any], error: str) -> None:
@@ -149,11 +176,26 @@ def test_default_render(helm_offline: Helm) -> None:
         assert labels["app.kubernetes.io/part-of"] == "agentpool"
 
 
-def test_operator_deployment_is_hardened_and_single(helm_offline: Helm) -> None:
+def test_operator_deployment_is_hardened_and_highly_available(helm_offline: Helm) -> None:
     deployment = one(helm_offline.render(), "Deployment", "agentpool-operator")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one leader: a new pod stands by until the old leader releases the Lease.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert {"--leader-elect", f"--leader-election-namespace={RELEASE_NAMESPACE}",
+            f"--leader-election-name={FULLNAME}", "--leader-election-lease-duration=15",
+            "--leader-election-renew-deadline=10",
+            "--leader-election-retry-period=2"} <= set(args)
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    single = one(helm_offline.render({"operator": {"replicas": 1,
+                                                   "leaderElection": {"enabled": False}}}),
+                 "Deployment", "agentpool-operator")
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [a for a in single["spec"]["template"]["spec"]["containers"][0]["args"]
+                if a.startswith("--leader")]
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -172,6 +214,35 @@ def test_operator_deployment_is_hardened_and_single(helm_offline: Helm) -> None:
     image = one(pinned, "Deployment", "agentpool-operator")["spec"]["template"]["spec"][
         "containers"][0]["image"]
     assert image == "ghcr.io/agentpool/agentpool-operator@sha256:" + "a" * 64
+
+
+def test_both_components_spread_and_keep_one_replica_through_disruptions(
+        helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    for name, component in ((FULLNAME, "operator"), (f"{FULLNAME}-metrics-api", "metrics-api")):
+        deployment = one(docs, "Deployment", name)
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == component
+        pdb = next(d for d in by_kind(docs, "PodDisruptionBudget")
+                   if d["metadata"]["name"] == name)
+        assert pdb["spec"]["minAvailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"] == selector
+        spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert [(c["topologyKey"], c["whenUnsatisfiable"]) for c in spread] == [
+            ("kubernetes.io/hostname", "ScheduleAnyway"),
+            ("topology.kubernetes.io/zone", "ScheduleAnyway")]
+        assert all(c["labelSelector"]["matchLabels"] == selector for c in spread)
+    # One replica: no budget (it would block every drain); an empty list: no spread.
+    single = helm_offline.render({"operator": {"replicas": 1, "topologySpreadConstraints": []},
+                                  "metricsApi": {"replicas": 1}})
+    assert not by_kind(single, "PodDisruptionBudget")
+    assert "topologySpreadConstraints" not in one(single, "Deployment", FULLNAME)["spec"][
+        "template"]["spec"]
+    custom = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+               "whenUnsatisfiable": "DoNotSchedule"}]
+    rendered = one(helm_offline.render({"metricsApi": {"topologySpreadConstraints": custom}}),
+                   "Deployment", f"{FULLNAME}-metrics-api")
+    assert rendered["spec"]["template"]["spec"]["topologySpreadConstraints"] == custom
 
 
 @pytest.mark.parametrize("source", CRDS, ids=lambda source: source.kind)
@@ -208,6 +279,24 @@ def test_without_the_metrics_api_its_rows_go(helm_offline: Helm) -> None:
     table = table_grants("namespaced", (RELEASE_NAMESPACE,), metrics_api=False)
     assert rendered == table, diff(rendered, table)
     assert not [d for d in docs if "queues" in d["metadata"]["name"]]
+
+
+def test_a_second_release_publishes_into_the_first_ones_metrics_api(helm_offline: Helm) -> None:
+    values = {"metricsApi": {"enabled": False, "shared": {"namespace": "platform",
+                                                          "fullname": "hub-agentpool-operator"}}}
+    docs = helm_offline.render(values, namespace="team-b")
+    args = one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--queue-directory=platform/hub-agentpool-operator-metrics-api-queues" in args
+    assert f"--queue-directory-key=queues.team-b.{FULLNAME}.json.gz" in args
+    assert not [d for d in docs if d["kind"] == "APIService" or "metrics-api" in
+                d["metadata"]["name"]]
+    rendered = rendered_grants(docs)
+    table = rbac_table.grants(rbac_table.rows(), fullname=FULLNAME,
+                              release_namespace="team-b", mode="namespaced", served=("team-b",),
+                              metrics_api=False, shared=("platform", "hub-agentpool-operator"))
+    assert rendered == table, diff(rendered, table)
+    assert Grant(FULLNAME, "platform", "", "secrets", "hub-agentpool-operator-metrics-api-queues",
+                 "patch") in rendered
 
 
 def test_the_operator_serves_only_the_namespaces_the_values_name(helm_offline: Helm) -> None:
@@ -252,7 +341,15 @@ def test_monitoring_objects_follow_the_cluster_apis_and_values(helm_offline: Hel
                                            for r in g["rules"]]
     for r in rules:
         assert r["labels"]["team"] == "platform"
-        assert r["labels"]["severity"] == "warning"
+        assert r["labels"]["severity"] in {"warning", "critical"}
+        assert r["annotations"]["runbook_url"] == (
+            f"https://github.com/agentpool/agentpool/blob/main/docs/runbooks/{r['alert']}.md")
+    mirrored = one(helm_offline.render(
+        {"prometheusRule": {"runbookBaseUrl": "https://wiki.example.com/agentpool/"}},
+        api_versions=MONITORING_APIS), "PrometheusRule")
+    assert {r["annotations"]["runbook_url"] for g in mirrored["spec"]["groups"]
+            for r in g["rules"]} == {f"https://wiki.example.com/agentpool/{r['alert']}.md"
+                                     for r in rules}
     dashboards = by_kind(docs, "ConfigMap")
     assert len(dashboards) == len(DASHBOARDS)
     for cm in dashboards:
@@ -272,21 +369,99 @@ def test_monitoring_objects_follow_the_cluster_apis_and_values(helm_offline: Hel
     assert not {"ServiceMonitor", "PrometheusRule", "ConfigMap"} & {d["kind"] for d in off}
 
 
-def test_the_metrics_api_keeps_its_generated_certificate_consistent(helm_offline: Helm) -> None:
-    docs = helm_offline.render()
-    secret = one(docs, "Secret", "metrics-api-tls")
+def test_the_operator_keeps_the_certificates_and_nothing_random_is_rendered(
+        helm_offline: Helm) -> None:
+    first, second = helm_offline.template().stdout, helm_offline.template().stdout
+    assert first == second  # GitOps: the same manifests on every render
+    docs = documents(first)
+    for suffix in ("metrics-api-ca", "metrics-api-serving-cert"):
+        secret = one(docs, "Secret", suffix)
+        assert secret["type"] == "Opaque"
+        assert "data" not in secret  # the operator fills it; re-applying leaves that alone
     api_service = one(docs, "APIService")
-    assert api_service["metadata"]["name"] == "v1beta1.external.metrics.k8s.io"
-    assert api_service["spec"]["caBundle"] == secret["data"]["ca.crt"]
-    assert api_service["spec"]["service"]["name"] == "agentpool-operator-metrics-api"
+    assert "caBundle" not in api_service["spec"]  # the operator sets it
+    assert api_service["spec"]["service"]["name"] == f"{FULLNAME}-metrics-api"
+    args = one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0][
+        "args"]
+    assert {f"--serving-cert={RELEASE_NAMESPACE}/{FULLNAME}-metrics-api-serving-cert",
+            f"--serving-cert-ca-secret={FULLNAME}-metrics-api-ca",
+            f"--serving-cert-service={FULLNAME}-metrics-api",
+            "--serving-cert-apiservice=v1beta1.external.metrics.k8s.io"} <= set(args)
+    mounted = one(docs, "Deployment", "metrics-api")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": f"{FULLNAME}-metrics-api-serving-cert"}} \
+        in mounted
     off = helm_offline.render({"metricsApi": {"enabled": False}})
     assert not [d for d in off if "metrics-api" in d["metadata"]["name"]
                 or d["kind"] == "APIService"]
+    assert not [a for a in one(off, "Deployment", FULLNAME)["spec"]["template"]["spec"][
+        "containers"][0]["args"] if a.startswith("--serving-cert")]
+
+
+CERT_MANAGER = ("cert-manager.io/v1",)
+
+
+def test_cert_manager_issues_the_certificate_and_injects_the_ca(helm_offline: Helm) -> None:
+    values = {"metricsApi": {"tls": {"mode": "certManager"}}}
+    refused = helm_offline.template(values, check=False)
+    assert refused.returncode != 0
+    assert "needs cert-manager (API cert-manager.io/v1)" in refused.stderr
+    docs = helm_offline.render(values, api_versions=CERT_MANAGER)
+    name = f"{FULLNAME}-metrics-api"
+    serving = next(d for d in by_kind(docs, "Certificate") if d["metadata"]["name"] ==
+                   f"{name}-tls")
+    assert serving["spec"]["dnsNames"] == [name, f"{name}.{RELEASE_NAMESPACE}",
+                                           f"{name}.{RELEASE_NAMESPACE}.svc"]
+    assert serving["spec"]["issuerRef"] == {"name": f"{name}-ca", "kind": "Issuer",
+                                            "group": "cert-manager.io"}
+    ca = next(d for d in by_kind(docs, "Certificate") if d["metadata"]["name"] == f"{name}-ca")
+    assert ca["spec"]["isCA"] is True
+    issuers = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "Issuer")}
+    assert issuers == {f"{name}-selfsigned": {"selfSigned": {}},
+                       f"{name}-ca": {"ca": {"secretName": f"{name}-ca-tls"}}}
+    api_service = one(docs, "APIService")
+    assert api_service["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{RELEASE_NAMESPACE}/{name}-tls"}
+    assert "caBundle" not in api_service["spec"]
+    assert not [d for d in by_kind(docs, "Secret") if "serving-cert" in d["metadata"]["name"]]
+    assert not [a for a in one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"][
+        "containers"][0]["args"] if a.startswith("--serving-cert")]
+    rendered, table = rendered_grants(docs), table_grants("namespaced", (RELEASE_NAMESPACE,),
+                                                          operator_certs=False)
+    assert rendered == table, diff(rendered, table)
+    # Your own issuer: only the serving certificate, from it.
+    ours = {"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    docs = helm_offline.render({"metricsApi": {"tls": {"mode": "certManager",
+                                                       "certManager": {"issuerRef": ours}}}},
+                               api_versions=CERT_MANAGER)
+    assert [d["metadata"]["name"] for d in by_kind(docs, "Certificate")] == [f"{name}-tls"]
+    assert one(docs, "Certificate")["spec"]["issuerRef"] == ours
+    assert not by_kind(docs, "Issuer")
+
+
+def test_an_existing_secret_and_its_ca_bundle(helm_offline: Helm) -> None:
+    docs = helm_offline.render({"metricsApi": {"tls": {
+        "mode": "existingSecret", "existingSecret": "my-tls", "caBundle": PEM}}})
+    assert one(docs, "APIService")["spec"]["caBundle"] == base64.b64encode(PEM.encode()).decode()
+    mounted = one(docs, "Deployment", "metrics-api")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": "my-tls"}} in mounted
+    rendered, table = rendered_grants(docs), table_grants("namespaced", (RELEASE_NAMESPACE,),
+                                                          operator_certs=False)
+    assert rendered == table, diff(rendered, table)
+    without = rendered_grants(helm_offline.render({"metricsApi": {"apiService": {
+        "create": False}}}))
+    assert without == table_grants("namespaced", (RELEASE_NAMESPACE,), apiservice=False)
 
 
 def _variants(namespace: str) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
     yield "defaults", {}, False
     yield "everything on", EVERYTHING_ON, True
+    yield "cert-manager", {"metricsApi": {"tls": {"mode": "certManager"}}}, False
+    yield "cert-manager, your issuer", {"metricsApi": {"tls": {"mode": "certManager",
+        "certManager": {"issuerRef": {"name": "platform", "kind": "ClusterIssuer",
+                                      "group": "cert-manager.io"}}}}}, False
+    yield "existing secret", {"metricsApi": {"tls": {"mode": "existingSecret",
+                                                     "existingSecret": "mine",
+                                                     "caBundle": PEM}}}, False
     yield "namespaced", {"operator": {"watchNamespaces": [namespace]}, "crds": {"enabled": False},
                          "podMonitor": {"enabled": True}}, True
     yield "all namespaces", {**ALL_NAMESPACES, "crds": {"enabled": False}}, False
@@ -297,10 +472,12 @@ def _variants(namespace: str) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
 
 @pytest.mark.cluster
 def test_rendered_objects_pass_the_api_servers_strict_validation(
-        cluster: Cluster, helm: Helm, monitoring_crds: list[str], namespace: str) -> None:
+        cluster: Cluster, helm: Helm, monitoring_crds: list[str], cert_manager_crds: list[str],
+        namespace: str) -> None:
     for name, values, monitoring in _variants(namespace):
         rendered = helm.template(values, namespace=namespace,
-                                 api_versions=MONITORING_APIS if monitoring else ()).stdout
+                                 api_versions=(MONITORING_APIS if monitoring else ())
+                                 + CERT_MANAGER).stdout
         docs = documents(rendered)  # duplicate keys fail here
         result = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
                                  input=rendered, check=False)
@@ -343,9 +520,100 @@ def test_the_operators_rights_on_children_follow_the_registry_of_child_kinds(
     for (group, plural), verbs in needed.items():
         granted = {verb for g, r, verb in served if (g, r) == (group, plural)}
         assert granted == verbs, (group, plural, sorted(granted), sorted(verbs))
-    # Writes on anything else: the pool's and budget's status, Events, pods' deletion cost;
+    # Writes on anything else: the pool's and budget's status, Events, pods' deletion cost,
+    # and (the default served namespace being the release's) the leader election's Lease;
     # nothing more (an AgentBudget itself is only read).
     others = {(g, r) for g, r, verb in served if verb in ("create", "patch", "delete", "update")
               } - set(needed)
     assert others == {("agentpool.dev", "agentpools/status"),
-                      ("agentpool.dev", "agentbudgets/status"), ("", "events"), ("", "pods")}
+                      ("agentpool.dev", "agentbudgets/status"), ("", "events"), ("", "pods"),
+                      ("coordination.k8s.io", "leases")}
+
+
+def test_network_policies_admit_only_the_ports_the_pods_serve(helm_offline: Helm) -> None:
+    assert not by_kind(helm_offline.render(), "NetworkPolicy")  # opt-in
+    monitoring = [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+    control_plane = [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    docs = helm_offline.render({"networkPolicy": {
+        "enabled": True, "metricsFrom": monitoring, "apiServerFrom": control_plane}})
+    policies = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "NetworkPolicy")}
+    assert set(policies) == {FULLNAME, f"{FULLNAME}-metrics-api"}
+    for name, spec in policies.items():
+        pod = one(docs, "Deployment", name)["spec"]["template"]
+        # It selects exactly this Deployment's pods, and only ingress is restricted.
+        assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert spec["podSelector"]["matchLabels"] == one(docs, "Deployment", name)["spec"][
+            "selector"]["matchLabels"]
+        assert spec["policyTypes"] == ["Ingress"]
+        served = {port["name"] for c in pod["spec"]["containers"] for port in c["ports"]}
+        admitted = {(port["port"], json.dumps(rule.get("from"), sort_keys=True))
+                    for rule in spec["ingress"] for port in rule["ports"]}
+        assert {port for port, _ in admitted} == served, name
+    assert policies[FULLNAME]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}], "from": monitoring}]
+    assert policies[f"{FULLNAME}-metrics-api"]["ingress"] == [
+        {"ports": [{"port": "https", "protocol": "TCP"}], "from": control_plane},
+        {"ports": [{"port": "http-metrics", "protocol": "TCP"}], "from": monitoring}]
+    # No peers listed: the ports are open to any source (still only those ports).
+    open_ports = helm_offline.render({"networkPolicy": {"enabled": True},
+                                      "metricsApi": {"enabled": False}})
+    (policy,) = by_kind(open_ports, "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
+def test_namespace_users_manage_pools_through_the_default_roles(helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    aggregated = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRole")
+                  if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-")
+                         for k in d["metadata"]["labels"])}
+    view, edit = aggregated[f"{FULLNAME}:agentpools-view"], aggregated[
+        f"{FULLNAME}:agentpools-edit"]
+    assert set(aggregated) == {f"{FULLNAME}:agentpools-view", f"{FULLNAME}:agentpools-edit"}
+
+    def into(role: Doc) -> set[str]:
+        return {k.rsplit("-", 1)[1] for k, v in role["metadata"]["labels"].items()
+                if k.startswith("rbac.authorization.k8s.io/aggregate-to-") and v == "true"}
+
+    def rights(role: Doc) -> set[tuple[str, str]]:
+        return {(resource, verb) for rule in role["rules"] for resource in rule["resources"]
+                for verb in rule["verbs"] if rule["apiGroups"] == ["agentpool.dev"]}
+
+    assert into(view) == {"view", "edit", "admin"}
+    assert into(edit) == {"edit", "admin"}
+    assert {verb for _, verb in rights(view)} == {"get", "list", "watch"}
+    # Editors change pools and their scale, never the operator's status.
+    assert rights(edit) == {(r, v) for r in ("agentpools",) for v in (
+        "create", "update", "patch", "delete", "deletecollection")} | {
+        ("agentpools/scale", "update"), ("agentpools/scale", "patch")}
+    assert not {r for r in rights(edit) | rights(view) if r[0] == "agentpools/status"
+                and r[1] not in ("get", "list", "watch")}
+    # They are bound to no one by the chart: the default roles' bindings carry them.
+    bound = {d["roleRef"]["name"] for d in docs if d["kind"].endswith("Binding")}
+    assert not bound & set(aggregated)
+    assert not [d for d in helm_offline.render({"rbac": {"aggregateToDefaultRoles": False}})
+                if d["metadata"]["name"] in aggregated]
+
+
+def test_helm_test_checks_both_services_answer(helm_offline: Helm) -> None:
+    docs = helm_offline.render()
+    pod = one(docs, "Pod", "-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["image"] == one(docs, "Deployment", FULLNAME)["spec"]["template"][
+        "spec"]["containers"][0]["image"]
+    # The kubelet's Service variables (no DNS needed) and the Services' ports.
+    services = {d["metadata"]["name"]: d for d in by_kind(docs, "Service")}
+    targets = container["args"][1:]
+    wanted = {f"{name.upper().replace('-', '_')}_SERVICE_HOST:{port['port']}"
+              for name, service in services.items() for port in service["spec"]["ports"]
+              if port["name"] == "http-metrics"}
+    assert set(targets) == wanted
+    assert len(wanted) == 2
+    without_api = one(helm_offline.render({"metricsApi": {"enabled": False}}), "Pod", "-test")
+    assert without_api["spec"]["containers"][0]["args"][1:] == [
+        f"{FULLNAME.upper().replace('-', '_')}_SERVICE_HOST:8080"]
+    assert not by_kind(helm_offline.render({"tests": {"enabled": False}}), "Pod")

@@ -19,10 +19,15 @@ import pytest
 import yaml
 from agentpool_tools.crd import build_crd
 from agentpool_tools.monitoring import gen
-from agentpool_tools.monitoring.alerts import ALERTS
+from agentpool_tools.monitoring.alerts import (
+    ALERTS,
+    RUNBOOK_BASE_URL,
+    RUNBOOKS_DIR,
+    runbook_markdown,
+)
 from agentpool_tools.monitoring.catalogue import PGBOUNCER_EXPORTER_COLUMNS
 from agentpool_tools.monitoring.dashboards import DASHBOARDS
-from agentpool_tools.monitoring.promql import POOL, RATE
+from agentpool_tools.monitoring.promql import OPERATOR, POOL, RATE
 
 from agent_runtime.supervisor.pod_metrics import RuntimeMetrics
 from agentpool_dev.services import ServiceSettings
@@ -33,10 +38,12 @@ from tests.plugins.chart import CHART
 
 PROMTOOL_TESTS = Path(__file__).resolve().parents[1] / "data" / "promtool"
 RULES = CHART / gen.RULES_FILE
+REPO = Path(__file__).resolve().parents[2]
+RUNBOOKS = REPO / RUNBOOKS_DIR
 
 
 def test_committed_chart_files_are_what_the_code_generates() -> None:
-    stale = gen.stale(CHART)
+    stale = {**gen.stale(CHART), **gen.stale_runbooks(RUNBOOKS)}
     assert not stale, ("run `python -m agentpool_tools.monitoring`:\n"
                        + "\n".join(stale.values()))
 
@@ -105,10 +112,28 @@ def test_dashboards_follow_grafana_conventions() -> None:
                 assert target["datasource"]["uid"] == "${datasource}", name
                 # Rates over the dashboard's own interval, never a hard-coded window.
                 assert not re.search(r"\[\d+[smh]\]", expr), (name, expr)
-                if "agentpool_operator_" not in expr:
+                if where == "agentpool-operator":
+                    # The operator's series by its namespace and job; its per-pool series
+                    # (which name the pool's namespace) and the metrics API's (another job)
+                    # by the one of the two that applies.
+                    assert OPERATOR in expr or '$job"' in expr or '$namespace"' in expr, \
+                        f"{name} does not follow the operator variables: {expr}"
+                else:
                     assert POOL in expr, f"{name} does not follow the pool variables: {expr}"
                 if "rate(" in expr or "increase(" in expr:
                     assert RATE in expr, (name, expr)
+
+
+def test_the_operator_dashboard_filters_by_namespace_and_job() -> None:
+    (operator,) = [d for d in _dashboards() if d["uid"] == "agentpool-operator"]
+    variables = {v["name"]: v for v in operator["templating"]["list"]}
+    assert variables["namespace"]["query"] == "label_values(agentpool_operator_leader, namespace)"
+    assert variables["job"]["query"] == \
+        'label_values(agentpool_operator_leader{namespace=~"$namespace"}, job)'
+    assert all(variables[v]["multi"] and variables[v]["includeAll"] for v in ("namespace", "job"))
+    titles = {p["title"] for p in _panels(operator)}
+    assert {"Operator replicas and leader", "Metrics API requests by code",
+            "Degraded pools by reason", "Autoscalers able to scale"} <= titles
 
 
 def _registered_names() -> set[str]:
@@ -143,18 +168,33 @@ def test_metric_name_extraction_sees_through_functions_and_operators() -> None:
 def test_every_alert_has_severity_and_runbook_annotations() -> None:
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     assert [r["alert"] for r in rules] == [a.name for a in ALERTS]
-    for rule in rules:
+    for rule, alert in zip(rules, ALERTS, strict=True):
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         annotations = rule["annotations"]
-        assert set(annotations) == {"summary", "description", "runbook"}, rule["alert"]
-        assert len(annotations["runbook"]) > 150, f"{rule['alert']}: runbook too thin"
+        assert set(annotations) == {"summary", "description", "runbook_url"}, rule["alert"]
+        # The Prometheus-community convention: a link to a runbook page, shipped in the repo.
+        assert annotations["runbook_url"] == f"{RUNBOOK_BASE_URL}/{rule['alert']}.md"
+        page = RUNBOOKS / f"{rule['alert']}.md"
+        assert page.exists(), page
+        assert page.read_text() == runbook_markdown(alert)
+        assert len(alert.runbook) > 150, f"{rule['alert']}: runbook too thin"
         assert "{{ $labels." in annotations["description"] or "{{ $value" in \
-            annotations["description"], rule["alert"]
+            annotations["description"] or rule["alert"].endswith("Absent"), rule["alert"]
     assert {a.name for a in ALERTS} >= {
         "AgentPoolQueueBacklogHigh", "AgentPoolOldestTaskTooOld", "AgentPoolTaskErrorRateHigh",
         "AgentPoolWorkersRestartingOften", "AgentPoolWorkerMemoryLeakSuspected",
         "AgentPoolNotReady", "AgentPoolOperatorReconcileErrors",
         "AgentPoolDatabasePoolSaturated"}
+    # The product itself: critical where it stops serving or work is lost.
+    severities = {r["alert"]: r["labels"]["severity"] for r in rules}
+    assert {name: severities[name] for name in (
+        "AgentPoolOperatorDown", "AgentPoolOperatorAbsent", "AgentPoolMetricsApiDown",
+        "AgentPoolMetricsApiAbsent", "AgentPoolTasksDeadLettered", "AgentPoolMetricsApiErrors",
+        "AgentPoolAutoscalerFailing", "AgentPoolDegraded")} == {
+        "AgentPoolOperatorDown": "critical", "AgentPoolOperatorAbsent": "critical",
+        "AgentPoolMetricsApiDown": "critical", "AgentPoolMetricsApiAbsent": "critical",
+        "AgentPoolTasksDeadLettered": "critical", "AgentPoolMetricsApiErrors": "warning",
+        "AgentPoolAutoscalerFailing": "warning", "AgentPoolDegraded": "warning"}
     backlog = next(r for r in rules if r["alert"] == "AgentPoolQueueBacklogHigh")
     assert backlog["for"] == "5m"
     assert backlog["expr"].rstrip().endswith("> 100")

@@ -3,7 +3,8 @@
 A real runtime supervisor (warm worker processes, the real Redis, PostgreSQL through PgBouncer)
 runs handlers that call a loopback HTTP API, use the cache and the database, and sometimes fail;
 the real operator reconciles AgentPools (one of them blocked by a ResourceQuota, so reconciles
-also fail); the real metrics API server exports the queue gauges. Prometheus scrapes all three
+also fail; one autoscaled, its HPA unable to get its metric); the real metrics API server
+exports the queue gauges. Prometheus scrapes all three
 (file_sd on loopback, 1 s interval). Then every dashboard query, every dashboard variable's
 series selector, every alert expression and signal, and the HPA metric's prometheus-adapter
 rule go through Prometheus' HTTP API: each must be valid, each query and signal must return at
@@ -169,6 +170,9 @@ async def test_every_shipped_query_returns_data_from_the_real_components(
     pools = Pools(cluster, namespace)
     pools.secret(f"{name}-redis", {"url": services.redis_url})
     manifest = pools.create(name, with_secret=False, handler=f"{HANDLERS}:work")
+    # An autoscaled pool whose Redis nobody serves: the metrics API answers 503 for it and
+    # its HPA reports FailedGetExternalMetric (the autoscaler and metrics API signals).
+    pools.create(f"{name}-hpa", minReplicas=1, maxReplicas=2, autoscaling={"enabled": True})
     blocked_pool(cluster, f"{namespace}-quota")
     try:
         spec = AgentPoolSpec.model_validate(manifest["spec"])

@@ -92,7 +92,7 @@ def installed(cluster: Cluster, helm: Helm, mode: str) -> Iterator[Install]:
         table_mode = "all" if mode == "all" else "namespaced"
         grants = rbac_table.grants(rbac_table.rows(), fullname=f"{name}-agentpool-operator",
                                    release_namespace=namespace, mode=table_mode,
-                                   served=served)
+                                   served=served, apiservice=False)
         install = Install(name, namespace, table_mode, served, unserved, grants)
         _wait_for_rbac(cluster, install)
         yield install

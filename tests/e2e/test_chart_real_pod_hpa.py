@@ -58,7 +58,9 @@ def release(cluster: Cluster, helm: Helm, namespace: str, pod_images: dict[str, 
                  "tolerations": REAL_NODE_POD["tolerations"]}
     values = {"crds": {"enabled": False},  # the session's CRD (kubectl) stays as it is
               # Pools go Ready through the operator's watches, not a periodic resync.
-              "operator": {"resyncSeconds": 600, **placement}, "metricsApi": placement}
+              "operator": {"resyncSeconds": 600, **placement},
+              # One replica, so the APIService's Service has one endpoint to check.
+              "metricsApi": {"replicas": 1, **placement}}
     try:
         helm.run("install", name, str(CHART), "--namespace", namespace,
                  "-f", helm.values_file(values), "--wait", "--timeout", "180s", timeout=240)

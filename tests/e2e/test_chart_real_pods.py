@@ -1,7 +1,7 @@
 """The Helm chart with its default image on a real node: the operator and the metrics API run
 as real pods, under the chart's ServiceAccounts and RBAC, with in-cluster configuration (the
-`kubernetes` Service, through kube-proxy), and survive `helm upgrade`; `helm uninstall`
-removes them.
+`kubernetes` Service, through kube-proxy), `helm test` finds both answering through their
+Services, and they survive `helm upgrade`; `helm uninstall` removes them.
 
 The pools the chart's operator reconciles here run on KWOK (what matters is that the
 operator, in its pod, reconciles them); the metrics API pod reads their queue from the Redis
@@ -144,6 +144,12 @@ def test_the_chart_runs_the_operator_and_metrics_api_as_real_pods(
             [container] = pod["spec"]["containers"]
             assert container["image"] == operator_image
         assert pods["operator"]["spec"]["serviceAccountName"] == fullname
+        # `helm test`: its pod (on the real node, like the operator) finds both Services
+        # answering /readyz (it exits non-zero otherwise), and is deleted once it succeeded.
+        tested = helm.run("test", release, "--namespace", namespace, "--timeout", "120s",
+                          timeout=180)
+        assert f"TEST SUITE:     {fullname}-test" in tested.stdout, tested.stdout
+        assert "Phase:          Succeeded" in tested.stdout, tested.stdout
 
         # The operator pod reconciles a pool to Ready, talking to the API server through
         # the `kubernetes` Service with its ServiceAccount's token.
@@ -151,13 +157,23 @@ def test_the_chart_runs_the_operator_and_metrics_api_as_real_pods(
         pools.secret("alpha-redis", {"url": pod_services.redis_url})
         pools.create("alpha", with_secret=False, replicas=1)
         pools.wait_ready("alpha", timeout=90)
-        log = cluster.kubectl("logs", "-n", namespace, pods["operator"]["metadata"]["name"]).stdout
+        # Of the operator's replicas, the one holding the Lease reconciled it.
+        # (Its identity: the pod's name and a random suffix, as client-go makes it.)
+        leader = cluster.kubectl_json("get", "lease", fullname, "-n", namespace)["spec"][
+            "holderIdentity"].rsplit("_", 1)[0]
+        assert leader in {p["metadata"]["name"] for p in _pods(cluster, namespace, release)}
+        log = cluster.kubectl("logs", "-n", namespace, leader).stdout
         assert "alpha" in log, log[-2000:]
 
         # The metrics API pod authenticates (TokenReview) and authorises (SubjectAccessReview)
         # the caller through the API server, then reads the queue from Redis.
-        secret = cluster.kubectl_json("get", "secret", f"{fullname}-metrics-api-tls",
-                                      "-n", namespace)
+        # The serving certificate the operator pod issued (the chart renders the Secret empty).
+        def issued() -> dict[str, Any] | None:
+            found: dict[str, Any] = cluster.kubectl_json(
+                "get", "secret", f"{fullname}-metrics-api-serving-cert", "-n", namespace)
+            return found if found.get("data") else None
+
+        secret = eventually(issued, timeout=60)
         ca = tmp_path / "ca.crt"
         ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
         token = _reader_token(cluster, namespace)

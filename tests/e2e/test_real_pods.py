@@ -84,6 +84,9 @@ async def test_a_pool_with_a_database_processes_tasks_in_real_pods(
     [runtime] = pod["status"]["containerStatuses"]
     # The native sidecar really runs, and started before the runtime container.
     assert sidecar["name"] == "pgbouncer"
+    # Started: its startup probe (a connection to PgBouncer on loopback, from inside the
+    # container) passed, which the kubelet waited for before starting the runtime.
+    assert {"startupProbe", "livenessProbe"} <= set(pod["spec"]["initContainers"][0])
     assert sidecar["started"] is True
     assert runtime["name"] == "runtime"
     assert runtime["ready"] is True  # its startup and readiness probes passed

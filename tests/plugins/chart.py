@@ -3,11 +3,12 @@ CRDs, and running the product's processes with exactly the identity and flags th
 them.
 
 `helm` (session) wraps the helm binary built from its Go module (`hack/testcluster`), bound to
-the test cluster. `monitoring_crds` and `keda_crds` (module) install the real ServiceMonitor,
-PodMonitor, PrometheusRule, ScaledObject and TriggerAuthentication CRDs, taken from the
-Prometheus Operator's and KEDA's Go modules (the same pinned-module route as the control
-plane), and remove them afterwards, so the chart's Capabilities gating, the API server's strict
-validation and the operator's optional children meet the real schemas. `ChartProcess` runs a
+the test cluster. `monitoring_crds`, `keda_crds` and `cert_manager_crds` (module) install the
+real ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject, TriggerAuthentication, Issuer
+and Certificate CRDs, taken from the Prometheus Operator's, KEDA's and cert-manager's Go
+modules (the same pinned-module route as the control plane), and remove them afterwards, so
+the chart's Capabilities gating, the API server's strict validation and the operator's
+optional children meet the real schemas. `ChartProcess` runs a
 container of a rendered Deployment as a local process (the pods themselves are simulated by
 KWOK), authenticated as the chart's ServiceAccount with a token from the TokenRequest API, so
 the chart's RBAC is exactly what it runs with.
@@ -41,6 +42,9 @@ MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 MONITORING_APIS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in MONITORING_KINDS)
 PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
 KEDA_MODULE = "github.com/kedacore/keda/v2@v2.21.0"
+CERT_MANAGER_MODULE = "github.com/cert-manager/cert-manager@v1.19.1"
+APISERVICE = "v1beta1.external.metrics.k8s.io"
+"""The external metrics APIService: one per cluster."""
 _CRD_FILES = ("servicemonitors", "podmonitors", "prometheusrules")
 
 
@@ -102,10 +106,14 @@ class Helm:
 
     def template(self, values: Mapping[str, Any] | None = None, *,
                  release: str = "agentpool-operator", namespace: str = "agentpool-system",
-                 api_versions: Sequence[str] = (), check: bool = True
-                 ) -> subprocess.CompletedProcess[str]:
+                 api_versions: Sequence[str] = (), check: bool = True,
+                 pin_kube_version: bool = True) -> subprocess.CompletedProcess[str]:
+        """`helm template`; with `pin_kube_version` False, against Helm's own default
+        Kubernetes version, as a GitOps tool or a person without a cluster renders it."""
         args = ["template", release, str(CHART), "--namespace", namespace,
-                "--kube-version", kube_version(), "-f", self.values_file(values or {})]
+                "-f", self.values_file(values or {})]
+        if pin_kube_version:
+            args += ["--kube-version", kube_version()]
         for api in api_versions:
             args += ["--api-versions", api]
         return self.run(*args, check=check)
@@ -186,6 +194,59 @@ def keda_crds(cluster: Cluster) -> Iterator[list[str]]:
     with served_crds(cluster, files, [f"{p}.keda.sh" for p in plurals],
                      ("ScaledObject", "TriggerAuthentication")) as names:
         yield names
+
+
+@pytest.fixture(scope="module")
+def cert_manager_crds(cluster: Cluster) -> Iterator[list[str]]:
+    """cert-manager's Issuer, ClusterIssuer and Certificate CRDs (the real schemas, from its
+    Go module; cert-manager itself does not run: its controllers' modules are not on the
+    module proxy), served while the module runs."""
+    plurals = ("issuers", "clusterissuers", "certificates")
+    files = module_files(CERT_MANAGER_MODULE,
+                         *(f"deploy/crds/cert-manager.io_{p}.yaml" for p in plurals))
+    with served_crds(cluster, files, [f"{p}.cert-manager.io" for p in plurals],
+                     ("Issuer", "ClusterIssuer", "Certificate")) as names:
+        yield names
+
+
+@pytest.fixture(scope="module")
+def external_metrics_apiservice(cluster: Cluster) -> Iterator[None]:
+    """The cluster's external metrics APIService is the module's to register while it runs:
+    one the session registered (the harness's metrics API, `tests/plugins/metrics_api.py`)
+    is set aside and put back, Available, afterwards; whatever the module left is deleted
+    first (an APIService whose server is gone blocks namespace deletion)."""
+    found = cluster.kubectl("get", "apiservice", APISERVICE, "-o", "json", check=False)
+    saved = json.loads(found.stdout) if found.returncode == 0 else None
+    if saved is not None:
+        cluster.kubectl("delete", "apiservice", APISERVICE)
+    try:
+        yield
+    finally:
+        cluster.kubectl("delete", "apiservice", APISERVICE, "--ignore-not-found")
+        if saved is not None:
+            manifest = {"apiVersion": saved["apiVersion"], "kind": "APIService",
+                        "metadata": {"name": APISERVICE,
+                                     "labels": saved["metadata"].get("labels") or {}},
+                        "spec": saved["spec"]}
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+            cluster.kubectl("wait", "--for=condition=Available", f"apiservice/{APISERVICE}",
+                            "--timeout=60s")
+
+
+def route_apiservice(cluster: Cluster, namespace: str, service: str, port: int) -> None:
+    """Lead the chart's APIService to a metrics API running locally on `port`: its Service
+    becomes an ExternalName for 127.0.0.1 (pod IPs are simulated) and the APIService names the
+    local port. The caBundle and the Service's name, for which the aggregator verifies the
+    served certificate, stay as they are; then wait until the aggregator reports the
+    APIService Available."""
+    cluster.kubectl("patch", "service", service, "-n", namespace, "--type=merge", "-p",
+                    json.dumps({"spec": {"type": "ExternalName", "externalName": "127.0.0.1",
+                                         "clusterIP": None, "clusterIPs": None,
+                                         "selector": None}}))
+    cluster.kubectl("patch", "apiservice", APISERVICE, "--type=merge", "-p",
+                    json.dumps({"spec": {"service": {"port": port}}}))
+    cluster.kubectl("wait", "--for=condition=Available", f"apiservice/{APISERVICE}",
+                    "--timeout=60s")
 
 
 def service_account_kubeconfig(cluster: Cluster, namespace: str, name: str, path: Path) -> Path:

@@ -39,6 +39,8 @@ class OperatorProcess:
     log_path: Path
     health_port: int = field(default_factory=free_port)
     resync_seconds: float = RESYNC_SECONDS
+    extra_args: tuple[str, ...] = ()
+    """Appended to the harness's flags (argparse: the last value of a flag wins)."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,7 +53,7 @@ class OperatorProcess:
             ["--health-host", "127.0.0.1", "--health-port", str(self.health_port),
              "--resync-seconds", str(self.resync_seconds), "--stall-seconds", "60",
              "--queue-directory", QUEUE_DIRECTORY,
-             "--deletion-cost-seconds", str(DELETION_COST_SECONDS)],
+             "--deletion-cost-seconds", str(DELETION_COST_SECONDS), *self.extra_args],
             module_env(self.kubeconfig), self.log_path)
         eventually(self._ready, timeout=60)
 

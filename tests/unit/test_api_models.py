@@ -102,10 +102,13 @@ def test_the_full_example_sets_every_section_and_honours_the_rules() -> None:
         spec.resources.limits["memory"])
 
 
-def test_the_full_example_ships_the_secrets_it_references() -> None:
+def test_the_full_example_ships_everything_it_references() -> None:
+    """Applied as is into a fresh namespace, nothing it names is missing: its Secrets (the
+    pods' env too), pull secret, ServiceAccount and PriorityClass."""
     docs = [d for d in yaml.safe_load_all((REPO / "examples/agentpool-full.yaml").read_text())]
     secrets = {(d["metadata"]["name"], key) for d in docs if d["kind"] == "Secret"
                for key in d["stringData"]}
+    shipped = {(d["kind"], d["metadata"]["name"]) for d in docs}
     (pool,) = agentpools(REPO / "examples/agentpool-full.yaml")
     spec = AgentPoolSpec.model_validate(pool["spec"])
     assert spec.database is not None
@@ -113,6 +116,15 @@ def test_the_full_example_ships_the_secrets_it_references() -> None:
     for ref in (spec.queue.redis.url_secret_ref, spec.cache.redis.url_secret_ref,
                 spec.database.dsn_secret_ref):
         assert (ref.name, ref.key) in secrets
+    pod = pool["spec"]["pod"]
+    for env in pod["env"]:
+        if "valueFrom" in env:
+            ref = env["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) in secrets
+    for pull in pod["imagePullSecrets"]:
+        assert ("Secret", pull["name"]) in shipped
+    assert ("ServiceAccount", pod["serviceAccountName"]) in shipped
+    assert ("PriorityClass", pod["priorityClassName"]) in shipped
 
 
 def test_status_serializes_in_the_crd_shape() -> None:

@@ -149,3 +149,108 @@ crash-loop check and the deletion-cost pass, patch for the deletion-cost annotat
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* The leader election's Lease, in the release namespace. */}}
+{{- define "agentpool-operator.leaseName" -}}
+{{- include "agentpool-operator.fullname" . }}
+{{- end }}
+
+{{/* A component's topologySpreadConstraints: its values' list when set (an empty list
+renders none), else spread over nodes and zones, softly (ScheduleAnyway: a single-node or
+single-zone cluster still runs every replica), counting only the pods of the same rollout
+(pod-template-hash) so a rolling update is not pushed aside by the pods it replaces.
+Arguments: root, values (the component's values), selector (its selector labels, YAML). */}}
+{{- define "agentpool-operator.topologySpread" -}}
+{{- $constraints := .values.topologySpreadConstraints }}
+{{- if kindIs "invalid" $constraints }}
+{{- $constraints = list }}
+{{- range $key := list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+{{- $constraints = append $constraints (dict "maxSkew" 1 "topologyKey" $key "whenUnsatisfiable" "ScheduleAnyway" "labelSelector" (dict "matchLabels" ($.selector | fromYaml)) "matchLabelKeys" (list "pod-template-hash")) }}
+{{- end }}
+{{- end }}
+{{- with $constraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A component's PodDisruptionBudget, only with more than one replica (with one, any
+minAvailable would block every node drain). Arguments: root, values, name, component,
+selector (YAML). */}}
+{{- define "agentpool-operator.pdb" -}}
+{{- if and .values.podDisruptionBudget.enabled (gt (int .values.replicas) 1) }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "agentpool-operator.labels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  {{- with .values.podDisruptionBudget }}
+  {{- if hasKey . "maxUnavailable" }}
+  maxUnavailable: {{ .maxUnavailable }}
+  {{- else }}
+  minAvailable: {{ .minAvailable | default 1 }}
+  {{- end }}
+  {{- end }}
+  unhealthyPodEvictionPolicy: AlwaysAllow
+  selector:
+    matchLabels:
+      {{- .selector | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/* The external metrics APIService (one per cluster). */}}
+{{- define "agentpool-operator.apiServiceName" -}}
+v1beta1.external.metrics.k8s.io
+{{- end }}
+
+{{/* The Secret the metrics API's pods mount: tls.crt and tls.key (metricsApi.tls.mode). */}}
+{{- define "agentpool-operator.servingSecretName" -}}
+{{- $name := include "agentpool-operator.metricsApiName" . }}
+{{- $tls := .Values.metricsApi.tls }}
+{{- if eq $tls.mode "existingSecret" }}
+{{- required "metricsApi.tls.existingSecret is required with metricsApi.tls.mode=existingSecret" $tls.existingSecret }}
+{{- else if eq $tls.mode "certManager" }}
+{{- printf "%s-tls" $name }}
+{{- else }}
+{{- printf "%s-serving-cert" $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the CA the operator signs the serving certificate with (mode
+operator); only the operator reads it. */}}
+{{- define "agentpool-operator.caSecretName" -}}
+{{- printf "%s-ca" (include "agentpool-operator.metricsApiName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Another release's queue directory this release's operator publishes into
+(metricsApi.shared), as namespace/name; "" when none. */}}
+{{- define "agentpool-operator.sharedDirectory" -}}
+{{- with .Values.metricsApi.shared }}
+{{- if and (not $.Values.metricsApi.enabled) .namespace .fullname }}
+{{- printf "%s/%s" .namespace (printf "%s-metrics-api-queues" .fullname | trunc 63 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The release (namespace/name) that owns an object, from Helm's ownership annotations;
+"" when Helm did not install it. */}}
+{{- define "agentpool-operator.helmOwner" -}}
+{{- $annotations := (.metadata | default dict).annotations | default dict }}
+{{- with index $annotations "meta.helm.sh/release-name" }}
+{{- printf "%s/%s" (index $annotations "meta.helm.sh/release-namespace") . }}
+{{- end }}
+{{- end }}
+
+{{/* The installed AgentPool CRD's owning release, when it is another release than this one
+(the chart then leaves the CRD to it); "" otherwise (absent, ours, or not Helm's). */}}
+{{- define "agentpool-operator.crdOwnedElsewhere" -}}
+{{- $crd := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" "agentpools.agentpool.dev" }}
+{{- $owner := include "agentpool-operator.helmOwner" $crd }}
+{{- if and $owner (ne $owner (printf "%s/%s" .Release.Namespace .Release.Name)) }}
+{{- $owner }}
+{{- end }}
+{{- end }}

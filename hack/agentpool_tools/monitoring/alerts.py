@@ -5,11 +5,17 @@ thresholds. Keeping the signals apart lets the tests evaluate each against a rea
 scraping the real runtime and operator (each must return data), while `promtool test rules`
 (tests/data/promtool/) proves both sides of every threshold and `for` duration. `rules_file()`
 renders the plain Prometheus rules file that `gen.py` writes into the chart, where the
-PrometheusRule template embeds it.
+PrometheusRule template embeds it; `runbook_markdown()` renders each alert's runbook page
+(`docs/runbooks/<alert>.md`), which its `runbook_url` annotation names (the
+Prometheus-community convention).
+
+Severity: `critical` where work is lost or the product itself stops serving (the operator or
+the metrics API down or absent, tasks dead-lettered); `warning` for the rest.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +23,10 @@ from agentpool_tools.monitoring import catalogue as m
 from agentpool_tools.monitoring.promql import POD_LABELS, POOL_LABELS, by
 
 GROUP_NAME = "agentpool"
+RUNBOOK_BASE_URL = "https://github.com/agentpool/agentpool/blob/main/docs/runbooks"
+"""Where the runbooks (`docs/runbooks/` in the repository) are served; the chart's
+`prometheusRule.runbookBaseUrl` replaces it (an internal mirror)."""
+RUNBOOKS_DIR = "docs/runbooks"
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,10 @@ class Alert:
     """Prometheus template text: may use {{ $labels.x }} and {{ $value }}."""
     runbook: str
 
+    @property
+    def runbook_url(self) -> str:
+        return f"{RUNBOOK_BASE_URL}/{self.name}.md"
+
     def rule(self) -> dict[str, Any]:
         return {
             "alert": self.name,
@@ -43,7 +57,7 @@ class Alert:
             "annotations": {
                 "summary": self.summary,
                 "description": self.description,
-                "runbook": self.runbook,
+                "runbook_url": self.runbook_url,
             },
         }
 
@@ -364,25 +378,31 @@ POOL_NOT_READY = Alert(
     ),
 )
 
-_RECONCILE_ERRORS = (f"sum by (namespace, job) "
-                     f"(increase({m.OPERATOR_RECONCILES}{{result=\"error\"}}[10m]))")
+_RECONCILE_ERROR_RATIO = (
+    f'sum by (namespace, job) (rate({m.OPERATOR_RECONCILES}{{result="error"}}[10m]))\n'
+    f"  / sum by (namespace, job) (rate({m.OPERATOR_RECONCILES}[10m]))")
+RECONCILE_ERROR_RATIO = 0.1
 
 OPERATOR_RECONCILE_ERRORS = Alert(
     name="AgentPoolOperatorReconcileErrors",
-    expr=above(_RECONCILE_ERRORS, 0),
-    signals=(_RECONCILE_ERRORS,),
+    expr=above(_RECONCILE_ERROR_RATIO, RECONCILE_ERROR_RATIO),
+    signals=(_RECONCILE_ERROR_RATIO,),
     for_="15m", severity="warning",
-    summary="The AgentPool operator keeps failing to reconcile.",
-    description=("The AgentPool operator in {{ $labels.namespace }} has failed reconciles "
-                 "for 15 minutes ({{ $value | humanize }} in the last 10 minutes)."),
+    summary="The AgentPool operator fails many of its reconciles.",
+    description=("{{ $value | humanizePercentage }} of the reconciles of the AgentPool "
+                 "operator {{ $labels.namespace }}/{{ $labels.job }} failed over the last 10 "
+                 f"minutes, for 15 minutes (threshold {RECONCILE_ERROR_RATIO:.0%})."),
     runbook=(
-        "Reconcile errors are retried with backoff, so a persistent rate means a pool cannot "
-        "converge. 1) The operator's JSON log names each failing request (`kubectl logs "
-        "deploy/<release>-agentpool-operator`). 2) 403 Forbidden: the operator's RBAC lacks a "
-        "verb or resource (a namespaced install watches only operator.watchNamespaces). 3) 422 "
-        "Invalid or an admission webhook denial: a policy rejects the pool's children; the "
-        "AgentPool's Degraded condition (ApplyFailed) quotes the message. 4) Quota exceeded: "
-        "raise the namespace's ResourceQuota or lower the pool's size."
+        "Reconcile errors are retried with backoff; a pool that cannot converge on its own "
+        "shows up as AgentPoolDegraded, so a high share of failures points at the operator or "
+        "its environment. 1) The operator's JSON log names each failing request (`kubectl "
+        "logs deploy/<release>-agentpool-operator`; only the leader reconciles: `kubectl get "
+        "lease <release>-agentpool-operator -o jsonpath='{.spec.holderIdentity}'`). 2) 403 "
+        "Forbidden: the operator's RBAC lacks a verb or resource (a namespaced install serves "
+        "only operator.watchNamespaces). 3) 5xx, timeouts, throttling: the API server is "
+        "overloaded or unreachable from the operator's pod. 4) 422 Invalid or an admission "
+        "webhook denial on many pools: a policy rejects the children the operator renders; "
+        "the pools' Degraded condition (ApplyFailed) quotes the message."
     ),
 )
 
@@ -404,10 +424,216 @@ OPERATOR_WATCH_STALLED = Alert(
     ),
 )
 
+
+_DEAD_LETTERED = (f"sum by (namespace, agentpool, reason) "
+                  f"(increase({m.TASKS_DEAD_LETTERED}[15m]))")
+
+TASKS_DEAD_LETTERED = Alert(
+    name="AgentPoolTasksDeadLettered",
+    expr=above(_DEAD_LETTERED, 0),
+    signals=(_DEAD_LETTERED,),
+    for_="5m", severity="critical",
+    summary="AgentPool tasks are being dead-lettered: their work is not done.",
+    description=(f"{{{{ $value | humanize }}}} task(s) of {_pool()} went to the dead-letter "
+                 "stream in the last 15 minutes ({{ $labels.reason }}): they will not run "
+                 "again unless replayed."),
+    runbook=(
+        "A dead-lettered task is work the pool gave up on: its handler failed on every retry "
+        "(retries_exhausted), raised a permanent error (permanent_error), had a payload or "
+        "handler the workers cannot use (malformed, unknown_handler), or was delivered "
+        "maxDeliveries times without finishing, e.g. because it kept killing its worker "
+        "(max_deliveries). 1) Read the dead letters with their last "
+        "error: the SDK's `TaskClient.dead_letters()`, or XREVRANGE on the pool's dead-letter "
+        "stream (the `dead` key of its queue). 2) By reason: retries_exhausted - the handler or a "
+        "dependency fails (AgentPoolTaskErrorRateHigh, the external APIs and database "
+        "dashboards); permanent_error - the handler rejected the input; unknown_handler or "
+        "malformed - producers submit tasks this pool's image cannot run (a rollout out of "
+        "step with its producers); max_deliveries - the task crashes or hangs its worker, or "
+        "its pod is OOM-killed (AgentPoolWorkersRestartingOften; the dead letter's last error "
+        "names the signal). 3) Once the cause is fixed, replay the dead "
+        "letters (submit their payloads again) and trim the stream."
+    ),
+)
+
+_DEGRADED = (f"max by (namespace, agentpool, reason) "
+             f'({m.OPERATOR_POOL_CONDITION}{{condition="Degraded"}})')
+
+POOL_DEGRADED = Alert(
+    name="AgentPoolDegraded",
+    expr=above(_DEGRADED, 0),
+    signals=(_DEGRADED,),
+    for_="15m", severity="warning",
+    summary="An AgentPool has been Degraded for 15 minutes.",
+    description=(f"{_pool()} has been Degraded for 15 minutes: {{{{ $labels.reason }}}}."),
+    runbook=(
+        "The operator reports a pool it cannot bring to its desired state; the reason says "
+        "why and `kubectl describe agentpool -n <namespace> <pool>` quotes the message. "
+        "SecretMissing: create the Secret the spec references. InvalidDatabaseDSN: fix the DSN "
+        "in the referenced Secret (the message names the offending part, never the password). "
+        "InvalidSpec: the stored spec cannot be built (an object from an older, laxer CRD): "
+        "edit the field the message names. ChildConflict: an object with a child's name "
+        "exists and is not this pool's: rename or delete it. QueueConflict: an earlier pool "
+        "in the namespace reads the same stream and consumer group: give this one its own. "
+        "CrashLooping / PodCreationFailed: `kubectl describe pod` for the image, quota, "
+        "PriorityClass or admission error. RolloutStuck: new pods do not become ready. "
+        "ApplyFailed: the API server refused a child; the message quotes it."
+    ),
+)
+
+_AUTOSCALER = (f"min by (namespace, agentpool, condition, reason) "
+               f'({m.OPERATOR_AUTOSCALER_CONDITION}{{condition=~"AbleToScale|ScalingActive", '
+               f'reason!="ScalingDisabled"}})')
+
+AUTOSCALER_FAILING = Alert(
+    name="AgentPoolAutoscalerFailing",
+    expr=above(_AUTOSCALER, 1, "<"),
+    signals=(_AUTOSCALER,),
+    for_="10m", severity="warning",
+    summary="An AgentPool's autoscaler cannot compute or apply a replica count.",
+    description=(f"The HorizontalPodAutoscaler of {_pool()} has had {{{{ $labels.condition }}}}"
+                 "=False ({{ $labels.reason }}) for 10 minutes: the pool keeps its current "
+                 "size whatever its backlog."),
+    runbook=(
+        "The HPA controller cannot scale the pool; it keeps the current replica count, so a "
+        "growing backlog is not met with more workers (and an idle pool is not shrunk). "
+        "`kubectl describe hpa -n <namespace> <pool>` shows the event behind the reason. "
+        "FailedGetExternalMetric: the external metric agentpool_queue_backlog is not served: "
+        "is the APIService Available (`kubectl get apiservice "
+        "v1beta1.external.metrics.k8s.io`), is the metrics API running "
+        "(AgentPoolMetricsApiDown), can it read the pool's Redis (its log and "
+        "AgentPoolMetricsApiErrors), and has the operator published the pool in the queue "
+        "directory (it must serve the pool's namespace)? FailedGetScale / FailedUpdateScale: "
+        "the controller cannot read or write the AgentPool's scale subresource (a deleted "
+        "pool, or an admission policy)."
+    ),
+)
+
+_OPERATOR_SEEN = f"max by (namespace, job) (max_over_time({m.OPERATOR_LEADER}[1h]))"
+_OPERATOR_LEADING = f"max by (namespace, job) ({m.OPERATOR_LEADER} == 1)"
+
+OPERATOR_DOWN = Alert(
+    name="AgentPoolOperatorDown",
+    # An operator scraped within the hour has no replica leading now: every replica is gone
+    # (its series went stale) or stands by.
+    expr=f"{_OPERATOR_SEEN}\nunless on (namespace, job)\n{_OPERATOR_LEADING}",
+    signals=(f"max by (namespace, job) ({m.OPERATOR_LEADER})",),
+    for_="5m", severity="critical",
+    summary="No replica of the AgentPool operator is reconciling.",
+    description=("The AgentPool operator {{ $labels.namespace }}/{{ $labels.job }} has had no "
+                 "leading replica for 5 minutes: pools are not reconciled, drift is not "
+                 "repaired and the metrics API's queue directory is not updated."),
+    runbook=(
+        "No replica of this operator holds the leader Lease and reconciles: the pods are down, "
+        "not scraped any more, or all stand by. 1) `kubectl get pods -n <namespace> -l "
+        "app.kubernetes.io/component=operator`: CrashLoopBackOff or Pending? `kubectl "
+        "describe pod` and `kubectl logs --previous` say why (image pull, OOM, RBAC at "
+        "start). 2) Pods running but none leading: `kubectl get lease -n <namespace> "
+        "<release>-agentpool-operator -o yaml` shows the holder and renew time; a replica that "
+        "cannot create, read or update the Lease logs it (403: the chart's leader-election "
+        "Role is missing). 3) Pods fine and leading but not scraped: the ServiceMonitor's "
+        "labels do not match your Prometheus's selector (serviceMonitor.additionalLabels). "
+        "Existing pools keep running meanwhile; new pools and spec changes wait."
+    ),
+)
+
+OPERATOR_ABSENT = Alert(
+    name="AgentPoolOperatorAbsent",
+    expr=f"absent({m.OPERATOR_LEADER})",
+    signals=(f"count ({m.OPERATOR_LEADER})",),
+    for_="15m", severity="critical",
+    summary="Prometheus scrapes no AgentPool operator.",
+    description=("No AgentPool operator has been scraped for 15 minutes (no "
+                 f"{m.OPERATOR_LEADER} series): it is not installed, not running, or not "
+                 "monitored."),
+    runbook=(
+        "Prometheus has no series of any AgentPool operator. 1) Is it installed and running? "
+        "`kubectl get deploy -A -l app.kubernetes.io/name=agentpool-operator`. 2) Is it "
+        "scraped? The chart's ServiceMonitor exists only where the cluster serves the "
+        "Prometheus Operator's CRDs at install time (NOTES says so; `helm upgrade` after "
+        "installing them), and kube-prometheus-stack selects monitors by its release label "
+        "(serviceMonitor.additionalLabels: {release: <its name>}). 3) On a Prometheus that "
+        "monitors clusters without AgentPool, drop this rule (prometheusRule.enabled=false "
+        "there)."
+    ),
+)
+
+_API_SEEN = f"count by (namespace, job) (count_over_time({m.METRICS_API_REQUESTS}[1h]))"
+_API_UP = f"count by (namespace, job) ({m.METRICS_API_REQUESTS})"
+
+METRICS_API_DOWN = Alert(
+    name="AgentPoolMetricsApiDown",
+    # A metrics API scraped within the hour has no replica scraped now.
+    expr=f"{_API_SEEN}\nunless on (namespace, job)\n{_API_UP}",
+    signals=(_API_UP,),
+    for_="5m", severity="critical",
+    summary="The AgentPool metrics API has no running replica.",
+    description=("The AgentPool metrics API {{ $labels.namespace }}/{{ $labels.job }} has had "
+                 "no replica scraped for 5 minutes: autoscaled pools cannot get "
+                 "agentpool_queue_backlog and stay at their size."),
+    runbook=(
+        "Every replica of the external metrics API server is gone, so every builtin-autoscaled "
+        "pool's HPA reports FailedGetExternalMetric and keeps its size "
+        "(AgentPoolAutoscalerFailing). 1) `kubectl get pods -n <namespace> -l "
+        "app.kubernetes.io/component=metrics-api`; `kubectl describe pod` and `kubectl logs` "
+        "for the cause (a missing serving certificate Secret keeps it from starting: see the "
+        "chart README's certificates section). 2) `kubectl get apiservice "
+        "v1beta1.external.metrics.k8s.io`: Available=False with FailedDiscoveryCheck names "
+        "the TLS or network problem. 3) Running but not scraped: the ServiceMonitor's labels."
+    ),
+)
+
+METRICS_API_ABSENT = Alert(
+    name="AgentPoolMetricsApiAbsent",
+    # Only where some pool autoscales with the builtin HPA, which needs it.
+    expr=(f"absent({m.METRICS_API_REQUESTS})\nand on ()\n"
+          f"count ({m.OPERATOR_AUTOSCALER_CONDITION}) > 0"),
+    signals=(f"count ({m.METRICS_API_REQUESTS})", f"count ({m.OPERATOR_AUTOSCALER_CONDITION})"),
+    for_="15m", severity="critical",
+    summary="AgentPools autoscale, but no AgentPool metrics API is scraped.",
+    description=("AgentPool HPAs exist, but no AgentPool metrics API has been scraped for 15 "
+                 "minutes: their metric agentpool_queue_backlog has no server."),
+    runbook=(
+        "Pools with spec.autoscaling (provider builtin) have HPAs that read "
+        "agentpool_queue_backlog from the external metrics API, but no metrics API is "
+        "scraped. 1) Is it deployed? metricsApi.enabled=false in every release means no "
+        "server (a second release points at the first one's: metricsApi.shared). 2) Is it "
+        "running and scraped (AgentPoolMetricsApiDown covers one that was)? 3) If KEDA or "
+        "prometheus-adapter serves external metrics instead, the prometheus-adapter rules "
+        "still read the metrics API's gauges: keep it enabled with "
+        "metricsApi.apiService.create=false."
+    ),
+)
+
+_API_ERROR_RATIO = (
+    f'sum by (namespace, job) (rate({m.METRICS_API_REQUESTS}{{code=~"5.."}}[5m]))\n'
+    f"  / sum by (namespace, job) (rate({m.METRICS_API_REQUESTS}[5m]))")
+METRICS_API_ERROR_RATIO = 0.05
+
+METRICS_API_ERRORS = Alert(
+    name="AgentPoolMetricsApiErrors",
+    expr=above(_API_ERROR_RATIO, METRICS_API_ERROR_RATIO),
+    signals=(_API_ERROR_RATIO,),
+    for_="10m", severity="warning",
+    summary="The AgentPool metrics API fails many requests.",
+    description=("{{ $value | humanizePercentage }} of the external metrics requests to "
+                 "{{ $labels.namespace }}/{{ $labels.job }} failed with a server error for 10 "
+                 f"minutes (threshold {METRICS_API_ERROR_RATIO:.0%})."),
+    runbook=(
+        "The metrics API answers 503 for a pool whose queue it cannot read (Redis unreachable "
+        "or refusing, a Redis URL it cannot use, the queue directory unreadable); that pool's "
+        "HPA keeps its size. 1) The server's log names the pool and the reason, never the "
+        "credentials. 2) Redis: reachable from the metrics API's pods (NetworkPolicy: "
+        "networkPolicy.metricsApi.redisEgress), same URL as the pool's Secret. 3) The queue "
+        "directory: `kubectl get secret -n <namespace> <release>-agentpool-operator-metrics-"
+        "api-queues` exists and the operator publishes it (its log)."
+    ),
+)
+
 ALERTS: tuple[Alert, ...] = (
     QUEUE_BACKLOG_HIGH,
     OLDEST_TASK_TOO_OLD,
     TASK_ERROR_RATE_HIGH,
+    TASKS_DEAD_LETTERED,
     WORKERS_RESTARTING,
     MEMORY_LEAK_SUSPECTED,
     MEMORY_GROWING_OVER_A_DAY,
@@ -416,11 +642,67 @@ ALERTS: tuple[Alert, ...] = (
     DB_POOL_SATURATED,
     PGBOUNCER_CLIENTS_WAITING,
     POOL_NOT_READY,
+    POOL_DEGRADED,
+    AUTOSCALER_FAILING,
+    OPERATOR_DOWN,
+    OPERATOR_ABSENT,
     OPERATOR_RECONCILE_ERRORS,
     OPERATOR_WATCH_STALLED,
+    METRICS_API_DOWN,
+    METRICS_API_ABSENT,
+    METRICS_API_ERRORS,
 )
 
 
 def rules_file() -> dict[str, Any]:
     """The plain Prometheus rules file (what promtool reads and the PrometheusRule embeds)."""
     return {"groups": [{"name": GROUP_NAME, "rules": [alert.rule() for alert in ALERTS]}]}
+
+
+def _placeholders(template: str) -> str:
+    """Prometheus template text for a page: `{{ $labels.pod }}` -> `<pod>`."""
+    text = re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", r"<\1>", template)
+    return re.sub(r"\{\{\s*\$value[^}]*\}\}", "<value>", text)
+
+
+def _steps(text: str) -> str:
+    """A runbook's "1) ... 2) ..." as a Markdown list after its opening sentences."""
+    parts = re.split(r"(?:^|\s)(\d+)\) ", text)
+    intro, items = parts[0].strip(), parts[1:]
+    lines = [intro] if intro else []
+    if items:
+        if intro:
+            lines.append("")
+        lines += [f"{number}. {body.strip()}" for number, body in zip(items[::2], items[1::2],
+                                                                       strict=True)]
+    return "\n".join(lines)
+
+
+def runbook_markdown(alert: Alert) -> str:
+    """The alert's runbook page (`docs/runbooks/<alert>.md`)."""
+    return (
+        f"# {alert.name}\n\n"
+        "<!-- Generated by `python -m agentpool_tools.monitoring` from "
+        "hack/agentpool_tools/monitoring/alerts.py. Do not edit. -->\n\n"
+        f"**Severity:** {alert.severity}. **Fires after:** {alert.for_}.\n\n"
+        f"{alert.summary}\n\n"
+        "## Meaning\n\n"
+        f"{_placeholders(alert.description)}\n\n"
+        "## The rule\n\n"
+        f"```promql\n{alert.expr}\n```\n\n"
+        "## What to do\n\n"
+        f"{_steps(alert.runbook)}\n"
+    )
+
+
+def runbook_index() -> str:
+    """`docs/runbooks/README.md`: every alert, its severity and its page."""
+    rows = "".join(f"| [{a.name}]({a.name}.md) | {a.severity} | {a.summary} |\n"
+                   for a in ALERTS)
+    return (
+        "# AgentPool alert runbooks\n\n"
+        "<!-- Generated by `python -m agentpool_tools.monitoring`. Do not edit. -->\n\n"
+        "Each alert of the chart's PrometheusRule (`charts/agentpool-operator/rules/`) links "
+        "its page here in its `runbook_url` annotation.\n\n"
+        "| alert | severity | summary |\n| --- | --- | --- |\n" + rows
+    )

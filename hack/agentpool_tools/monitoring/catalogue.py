@@ -57,6 +57,12 @@ OPERATOR_API_WRITES = "agentpool_operator_api_writes_total"
 OPERATOR_WORKQUEUE_DEPTH = "agentpool_operator_workqueue_depth"
 OPERATOR_WATCH_STALLED = "agentpool_operator_watch_stalled"
 OPERATOR_POOLS = "agentpool_operator_pools"
+OPERATOR_LEADER = "agentpool_operator_leader"
+OPERATOR_POOL_CONDITION = "agentpool_operator_pool_condition"
+OPERATOR_AUTOSCALER_CONDITION = "agentpool_operator_autoscaler_condition"
+
+# Metrics API server (its own series; the queue gauges are above).
+METRICS_API_REQUESTS = "agentpool_metrics_api_requests_total"
 
 # PgBouncer (per pod, served by the runtime under pgbouncer_exporter v0.11.0's names). Pool
 # series carry `database` and `user`; database series `name` (the alias), `database`, `host`,

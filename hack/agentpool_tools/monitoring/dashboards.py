@@ -2,7 +2,8 @@
 
 Five dashboards: pool overview, database and PgBouncer, external APIs, cache, operator health.
 Every panel queries through the `$datasource` variable and narrows runtime series with the
-`$namespace` / `$agentpool` variables (see `promql.py` for the label conventions). `gen.py`
+`$namespace` / `$agentpool` variables, the operator's with `$namespace` / `$job` (see
+`promql.py` for the label conventions). `gen.py`
 writes them into the chart (`charts/agentpool-operator/dashboards/`), whose template ships them
 as ConfigMaps for the Grafana sidecar; a test regenerates and compares, and another evaluates
 every query against a real Prometheus.
@@ -28,6 +29,7 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 
 from agentpool_tools.monitoring import catalogue as m
+from agentpool_tools.monitoring.promql import OPERATOR as OP
 from agentpool_tools.monitoring.promql import POOL, RATE, quantile, ratio
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -79,20 +81,30 @@ def _build_panel(panel: Panel, panel_id: int) -> Any:
     return builder
 
 
-def _variables(pool_variables: bool) -> list[Any]:
+def _query_variable(name: str, label: str, query: str) -> Any:
+    return (db.QueryVariable(name).label(label).datasource(DATASOURCE).query(query)
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(True).include_all(True).all_value(".*"))
+
+
+def _variables(filters: str) -> list[Any]:
+    """The data source, then the filters: "pool" (namespace, AgentPool) for the runtime's
+    dashboards, "operator" (namespace, job) for the operator's."""
     variables: list[Any] = [
         db.DatasourceVariable("datasource").label("Data source").type("prometheus")
     ]
-    if pool_variables:
+    if filters == "pool":
         variables += [
-            db.QueryVariable("namespace").label("Namespace").datasource(DATASOURCE)
-            .query(f"label_values({m.WORKERS_MAX}, namespace)")
-            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
-            .multi(True).include_all(True).all_value(".*"),
-            db.QueryVariable("agentpool").label("AgentPool").datasource(DATASOURCE)
-            .query(f'label_values({m.WORKERS_MAX}{{namespace=~"$namespace"}}, agentpool)')
-            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
-            .multi(True).include_all(True).all_value(".*"),
+            _query_variable("namespace", "Namespace", f"label_values({m.WORKERS_MAX}, namespace)"),
+            _query_variable("agentpool", "AgentPool",
+                            f'label_values({m.WORKERS_MAX}{{namespace=~"$namespace"}}, agentpool)'),
+        ]
+    elif filters == "operator":
+        variables += [
+            _query_variable("namespace", "Namespace",
+                            f"label_values({m.OPERATOR_LEADER}, namespace)"),
+            _query_variable("job", "Job",
+                            f'label_values({m.OPERATOR_LEADER}{{namespace=~"$namespace"}}, job)'),
         ]
     return variables
 
@@ -103,7 +115,8 @@ class Dashboard:
     title: str
     description: str
     rows: tuple[tuple[str, tuple[Panel, ...]], ...]
-    pool_variables: bool = True
+    filters: str = "pool"
+    """Which variables narrow the queries: "pool" or "operator" (see `_variables`)."""
 
     @property
     def filename(self) -> str:
@@ -117,7 +130,7 @@ class Dashboard:
         builder = (db.Dashboard(self.title).uid(self.uid).description(self.description)
                    .tags(TAGS).refresh("30s").time("now-6h", "now").timezone("browser")
                    .tooltip(DashboardCursorSync.CROSSHAIR).editable()
-                   .variables(_variables(self.pool_variables)))
+                   .variables(_variables(self.filters)))
         panel_id = 1
         for title, panels in self.rows:
             builder = builder.with_row(db.Row(title).id(panel_id))
@@ -366,42 +379,79 @@ CACHE = Dashboard(
     ),
 )
 
+_API = 'namespace=~"$namespace"'
+"""The metrics API's series: its pods run in the operator's namespace (another job)."""
+
 OPERATOR = Dashboard(
     uid="agentpool-operator",
     title="AgentPool / Operator",
-    description="Health of the AgentPool operator: reconciles, errors, durations, API writes.",
-    pool_variables=False,
+    description="Health of the AgentPool operator and its metrics API: leader, reconciles, "
+                "errors, durations, API writes, pools' conditions, autoscalers.",
+    filters="operator",
     rows=(
-        ("Reconciles", (
-            Panel("Reconciles by result", "Reconciles per second by result.", "ops", (
-                q(f"sum by (result) (rate({m.OPERATOR_RECONCILES}[{RATE}]))", "{{result}}"),
-            ), stacked=True, width=8),
-            Panel("Reconcile error ratio", "Share of reconciles that failed.", "percentunit", (
-                q(ratio(f'sum (rate({m.OPERATOR_RECONCILES}{{result="error"}}[{RATE}]))',
-                        f"sum (rate({m.OPERATOR_RECONCILES}[{RATE}]))"), "errors"),
-            ), width=8),
-            Panel("Reconcile duration", "p50 / p95 / p99 of one reconcile.", "s", (
-                q(quantile(0.5, m.OPERATOR_RECONCILE_DURATION, "", RATE), "p50"),
-                q(quantile(0.95, m.OPERATOR_RECONCILE_DURATION, "", RATE), "p95"),
-                q(quantile(0.99, m.OPERATOR_RECONCILE_DURATION, "", RATE), "p99"),
+        ("Availability", (
+            Panel("Operator replicas and leader", "Operator replicas scraped, and how many "
+                  "lead (exactly one should).", "short", (
+                      q(f"count by (namespace, job) ({m.OPERATOR_LEADER}{{{OP}}})",
+                        "replicas {{namespace}}/{{job}}"),
+                      q(f"sum by (namespace, job) ({m.OPERATOR_LEADER}{{{OP}}})",
+                        "leading {{namespace}}/{{job}}"),
+                  ), width=8),
+            Panel("Metrics API requests by code", "External metrics requests per second by "
+                  "HTTP status code (503: a pool's queue could not be read).", "reqps", (
+                      q(f"sum by (code) (rate({m.METRICS_API_REQUESTS}{{{_API}}}[{RATE}]))",
+                        "{{code}}"),
+                  ), stacked=True, width=8),
+            Panel("Metrics API replicas", "Metrics API replicas scraped.", "short", (
+                q(f"count by (namespace, job) ({m.METRICS_API_REQUESTS}{{{_API}, "
+                  f'code="200"}})', "{{namespace}}/{{job}}"),
             ), width=8),
         )),
-        ("State", (
+        ("Reconciles", (
+            Panel("Reconciles by result", "Reconciles per second by result.", "ops", (
+                q(f"sum by (result) (rate({m.OPERATOR_RECONCILES}{{{OP}}}[{RATE}]))",
+                  "{{result}}"),
+            ), stacked=True, width=8),
+            Panel("Reconcile error ratio", "Share of reconciles that failed.", "percentunit", (
+                q(ratio(f'sum (rate({m.OPERATOR_RECONCILES}{{{OP}, result="error"}}[{RATE}]))',
+                        f"sum (rate({m.OPERATOR_RECONCILES}{{{OP}}}[{RATE}]))"), "errors"),
+            ), width=8),
+            Panel("Reconcile duration", "p50 / p95 / p99 of one reconcile.", "s", (
+                q(quantile(0.5, m.OPERATOR_RECONCILE_DURATION, OP, RATE), "p50"),
+                q(quantile(0.95, m.OPERATOR_RECONCILE_DURATION, OP, RATE), "p95"),
+                q(quantile(0.99, m.OPERATOR_RECONCILE_DURATION, OP, RATE), "p99"),
+            ), width=8),
+        )),
+        ("Pools", (
             Panel("AgentPools by condition", "Pools by condition and status, as last "
                   "reported.", "short", (
-                      q(f"sum by (condition, status) ({m.OPERATOR_POOLS})",
+                      q(f"sum by (condition, status) ({m.OPERATOR_POOLS}{{{OP}}})",
                         "{{condition}}={{status}}"),
                   ), width=8),
+            Panel("Degraded pools by reason", "Pools whose Degraded condition is True, by "
+                  "reason (0: none).", "short", (
+                      q(f"sum by (reason) ({m.OPERATOR_POOL_CONDITION}{{job=~\"$job\", "
+                        f'condition="Degraded"}})', "{{reason}}"),
+                  ), stacked=True, width=8),
+            Panel("Autoscalers able to scale", "Per autoscaled pool, whether its HPA can read "
+                  "its metric and scale (1) or not (0, with the HPA's reason).", "short", (
+                      q(f"min by (namespace, agentpool, reason) "
+                        f"({m.OPERATOR_AUTOSCALER_CONDITION}{{job=~\"$job\", "
+                        f'condition="ScalingActive"}})', "{{namespace}}/{{agentpool}} "
+                        "{{reason}}"),
+                  ), width=8),
+        )),
+        ("Kubernetes API", (
             Panel("API writes", "Write requests to the Kubernetes API by verb and kind; flat "
                   "in a steady state.", "reqps", (
-                      q(f"sum by (verb, kind) (rate({m.OPERATOR_API_WRITES}[{RATE}]))",
+                      q(f"sum by (verb, kind) (rate({m.OPERATOR_API_WRITES}{{{OP}}}[{RATE}]))",
                         "{{verb}} {{kind}}"),
-                  ), stacked=True, width=8),
+                  ), stacked=True, width=12),
             Panel("Work queue depth and watch", "Pools waiting to be reconciled, and 1 while "
                   "the watch lags (liveness fails).", "short", (
-                      q(f"max ({m.OPERATOR_WORKQUEUE_DEPTH})", "queued"),
-                      q(f"max ({m.OPERATOR_WATCH_STALLED})", "watch stalled"),
-                  ), width=8),
+                      q(f"max ({m.OPERATOR_WORKQUEUE_DEPTH}{{{OP}}})", "queued"),
+                      q(f"max ({m.OPERATOR_WATCH_STALLED}{{{OP}}})", "watch stalled"),
+                  ), width=12),
         )),
     ),
 )
@@ -411,5 +461,5 @@ DASHBOARDS: tuple[Dashboard, ...] = (OVERVIEW, DATABASE, EXTERNAL_APIS, CACHE, O
 
 def variable_queries(dashboard: Dashboard) -> Sequence[str]:
     """The `label_values(...)` queries of the dashboard's query variables."""
-    return [str(v.build().query) for v in _variables(dashboard.pool_variables)
+    return [str(v.build().query) for v in _variables(dashboard.filters)
             if v.build().query and str(v.build().query).startswith("label_values")]

@@ -20,6 +20,9 @@ POD_LABELS = (*POOL_LABELS, "pod")
 
 POOL = 'namespace=~"$namespace", agentpool=~"$agentpool"'
 """The dashboards' selector for the pools chosen in the variables."""
+OPERATOR = 'namespace=~"$namespace", job=~"$job"'
+"""The operator dashboard's selector for the operator's own series: the operators chosen in
+its variables (its pods' namespace and scrape job, i.e. the release)."""
 RATE = "$__rate_interval"
 
 # What Grafana would substitute, for evaluating dashboard queries directly in Prometheus.
@@ -29,6 +32,7 @@ _GRAFANA_DEFAULTS = {
     "$__range": "5m",
     "$namespace": ".*",
     "$agentpool": ".*",
+    "$job": ".*",
 }
 _VARIABLE = re.compile(r"\$\{?(__)?[A-Za-z_]+\}?")
 

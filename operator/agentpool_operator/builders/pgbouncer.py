@@ -26,6 +26,8 @@ from agentpool_operator.builders.config import (
 from agentpool_operator.builders.context import PoolContext
 from agentpool_operator.builders.secret import (
     DATABASES_INI_KEY,
+    PGBOUNCER_HOST,
+    PGBOUNCER_PORT,
     USERLIST_KEY,
 )
 
@@ -35,6 +37,15 @@ PGBOUNCER_VOLUME = "pgbouncer"
 # non-root user is in, so PgBouncer can read its credentials and nobody else can.
 CREDENTIALS_MODE = 0o440
 _SECRET_SUBDIR = PGBOUNCER_SECRET_DIR.removeprefix(PGBOUNCER_DIR + "/")
+# Whether PgBouncer accepts a connection on loopback, from inside the container: the kubelet's
+# own tcpSocket and httpGet probes dial the pod IP, where PgBouncer does not listen. bash's
+# /dev/tcp (bash is essential in every Debian-based image: the default, cloudnative-pg's),
+# else netcat (busybox-based images).
+LISTENING = (
+    f"if command -v bash >/dev/null 2>&1; then "
+    f"exec bash -c ': </dev/tcp/{PGBOUNCER_HOST}/{PGBOUNCER_PORT}'; "
+    f"else exec nc -z {PGBOUNCER_HOST} {PGBOUNCER_PORT}; fi"
+)
 
 
 def pgbouncer_resources() -> dict[str, Any]:
@@ -78,16 +89,21 @@ def pgbouncer_volume(ctx: PoolContext) -> dict[str, Any]:
 def pgbouncer_container(database: DatabaseSpec) -> dict[str, Any]:
     """The native-sidecar init container running PgBouncer on 127.0.0.1:6432.
 
-    No probes: PgBouncer listens on loopback only, and the kubelet runs tcpSocket and httpGet
-    probes against the pod IP, so they could never succeed; an exec probe would need a
-    client binary in the image. The runtime retries its first database connection instead.
+    Its probes connect on loopback from inside the container (`LISTENING`): the startup
+    probe holds the runtime container back until PgBouncer listens (the kubelet starts the
+    next container once a native sidecar's startup probe passes), and the liveness probe
+    restarts a PgBouncer that stopped accepting connections. No readiness probe: nothing
+    connects to PgBouncer from outside the pod, and the runtime's own readiness covers it.
     """
+    probe = {"exec": {"command": ["sh", "-c", LISTENING]}, "timeoutSeconds": 5}
     return {
         "name": PGBOUNCER_CONTAINER,
         "image": database.pgbouncer.image,
         "restartPolicy": "Always",
         "command": ["pgbouncer", PGBOUNCER_INI_PATH],
         "resources": pgbouncer_resources(),
+        "startupProbe": {**probe, "periodSeconds": 1, "failureThreshold": 30},
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": PGBOUNCER_VOLUME, "mountPath": PGBOUNCER_DIR, "readOnly": True}],
     }

@@ -2,7 +2,9 @@
 
 Reads the delegated-authentication ConfigMap once, then serves HTTPS (the external metrics
 API) on `--secure-port` and plain HTTP (`/metrics`, `/healthz`, `/readyz`) on
-`--metrics-port`, and refreshes the queue gauges, until SIGTERM or SIGINT. Pools and their
+`--metrics-port`, and refreshes the queue gauges, until SIGTERM or SIGINT. A certificate
+from files (`--tls-cert-file`) is waited for when absent and reloaded when it changes;
+`/readyz` succeeds once the API is served. Pools and their
 queues come from the operator's queue directory Secret, `--queue-directory NAMESPACE/NAME`.
 """
 
@@ -35,10 +37,12 @@ from agentpool_operator.metrics_api.gauges import GaugeRefresher
 from agentpool_operator.metrics_api.pools import PoolDirectory
 from agentpool_operator.metrics_api.server import MetricsApi, build_app
 from agentpool_operator.metrics_api.telemetry import Telemetry
-from agentpool_operator.metrics_api.tls import serving_context
+from agentpool_operator.metrics_api.tls import CertificateFiles, serving_context
 from agentpool_operator.queuedir import parse_reference
 
 log = logging.getLogger("agentpool_operator.metrics_api")
+RELOAD_SECONDS = 2.0
+"""How often the certificate files are checked for a renewal (a read of two small files)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ async def run(settings: Settings) -> None:
     kube = ApiServer.from_environment()
     reader = BacklogReader(timeout=settings.redis_timeout)
     runners: list[web.AppRunner] = []
-    gauges_task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
+    serving = asyncio.Event()
     try:
         data = await kube.config_map(AUTH_CONFIGMAP_NAMESPACE, AUTH_CONFIGMAP_NAME)
         if data is None:
@@ -113,34 +118,58 @@ async def run(settings: Settings) -> None:
         directory = PoolDirectory(kube, *settings.queue_directory)
         api = MetricsApi(Authenticator(auth_config, kube), Authorizer(kube), directory,
                          reader, telemetry)
-        context = serving_context(auth_config.trust_bundle(), settings.tls_cert_file,
-                                  settings.tls_key_file, settings.tls_hosts)
+        if settings.metrics_port:
+            # Ready once the API is served: the gauges are a side job that must not take the
+            # APIService down when, say, one pool's Redis is unreachable.
+            runners.append(await health.serve(
+                health.build_app(telemetry.registry, live=lambda: True, ready=serving.is_set),
+                settings.metrics_address, settings.metrics_port))
+        context = serving_context(auth_config.trust_bundle(), None if settings.tls_cert_file
+                                  else settings.tls_hosts)
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            files = CertificateFiles(context, settings.tls_cert_file, settings.tls_key_file)
+            await _first_certificate(files)
+            tasks.append(asyncio.create_task(_reload(files), name="certificate-reload"))
         runner = web.AppRunner(build_app(api), access_log=None)
         await runner.setup()
         runners.append(runner)
         await web.TCPSite(runner, settings.bind_address, settings.secure_port,
                           ssl_context=context).start()
+        serving.set()
         gauges = GaugeRefresher(directory, reader, telemetry)
-        if settings.metrics_port:
-            # Ready as soon as the API is served: the gauges are a side job that must not
-            # take the APIService down when, say, one pool's Redis is unreachable.
-            runners.append(await health.serve(
-                health.build_app(telemetry.registry, live=lambda: True, ready=lambda: True),
-                settings.metrics_address, settings.metrics_port))
-        gauges_task = asyncio.create_task(gauges.run(settings.refresh_seconds),
-                                          name="queue-gauges")
+        tasks.append(asyncio.create_task(gauges.run(settings.refresh_seconds),
+                                         name="queue-gauges"))
         log.info("serving external.metrics.k8s.io on %s:%d",
                  settings.bind_address, settings.secure_port)
         await _until_signalled()
     finally:
-        if gauges_task is not None:
-            gauges_task.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await gauges_task
+                await task
         for runner in reversed(runners):
             await runner.cleanup()
         await reader.close()
         await kube.close()
+
+
+async def _first_certificate(files: CertificateFiles) -> None:
+    """Wait for the mounted certificate: its Secret may still be empty (the operator fills
+    it seconds after it starts), and the kubelet then brings the files."""
+    waited = False
+    while not files.reload():
+        if not waited:
+            log.info("waiting for the serving certificate files")
+            waited = True
+        await asyncio.sleep(RELOAD_SECONDS)
+    log.info("serving certificate loaded")
+
+
+async def _reload(files: CertificateFiles) -> None:
+    while True:
+        await asyncio.sleep(RELOAD_SECONDS)
+        if files.reload():
+            log.info("serving certificate reloaded")
 
 
 async def _until_signalled() -> None:

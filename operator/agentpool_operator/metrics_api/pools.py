@@ -7,6 +7,9 @@ which this server may read by name, and no other Secret, nor AgentPools. A pool 
 once the operator has read its Redis URL Secret; the directory holds exactly the pools of
 the namespaces the operator serves.
 
+Every publisher's key is read: the operator of this release's and those of other releases
+sharing this metrics API (`metricsApi.shared`).
+
 The directory is read at most once per `ttl` seconds; a request for a pool it does not hold
 yet (just created) reads it again after `miss_ttl` seconds, so a new pool's HPA gets its
 metric within about a second of the operator publishing it. A pool's metric labels are
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from agentpool_operator.api.labels import POOL_LABEL
 from agentpool_operator.metrics_api.apiserver import ApiServer
 from agentpool_operator.metrics_api.selector import Selector
-from agentpool_operator.queuedir import DirectoryError, PoolKey, QueueEntry, decode
+from agentpool_operator.queuedir import DirectoryError, PoolKey, QueueEntry, decode_all
 
 DEFAULT_TTL_SECONDS = 5.0
 MISS_TTL_SECONDS = 1.0
@@ -67,7 +70,7 @@ class PoolDirectory:
                 raise PoolError(f"the queue directory Secret {self.reference} does not exist "
                                 "(the chart creates it; the operator fills it)")
             try:
-                directory = decode(secret)
+                directory = decode_all(secret)
             except DirectoryError as error:
                 raise PoolError(f"the queue directory {self.reference}: {error}") from None
             self._entries, self.skipped = directory.entries, directory.skipped

@@ -1,10 +1,13 @@
 """The HTTPS serving context: our certificate, and which client certificates we accept.
 
-Called once by `__main__.py`. Without `--tls-cert-file` a self-signed certificate is made at
-start: the kube-apiserver reaches the server through an APIService with a `caBundle` or
-`insecureSkipTLSVerify`, so a throwaway certificate is as good as any when the chart does not
-mount one. Client certificates are optional (tokens are fine too) and must come from the
-CAs the authentication ConfigMap names; `auth.py` decides whom they identify.
+Called once by `__main__.py`; `CertificateFiles` then reloads a mounted certificate when its
+files change (the operator or cert-manager renews it, the kubelet updates the mounted Secret),
+so new connections get the new certificate without a restart. Without `--tls-cert-file` a
+self-signed certificate is made at start: the kube-apiserver reaches the server through an
+APIService with a `caBundle` or `insecureSkipTLSVerify`, so a throwaway certificate is as good
+as any where no certificate is mounted (development clusters). Client certificates are
+optional (tokens are fine too) and must come from the CAs the authentication ConfigMap names;
+`auth.py` decides whom they identify.
 """
 
 from __future__ import annotations
@@ -53,16 +56,15 @@ def self_signed(hosts: Sequence[str]) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def serving_context(client_ca_pem: str, cert_file: Path | None = None,
-                    key_file: Path | None = None,
-                    hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> ssl.SSLContext:
-    """A TLS server context; client certificates optional, verified against `client_ca_pem`."""
+def serving_context(client_ca_pem: str, self_signed_hosts: Sequence[str] | None = None
+                    ) -> ssl.SSLContext:
+    """A TLS server context; client certificates optional, verified against `client_ca_pem`.
+    With `self_signed_hosts` it serves a throwaway self-signed certificate for them; without,
+    the caller loads one (`CertificateFiles`)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file is not None and key_file is not None:
-        context.load_cert_chain(cert_file, key_file)
-    else:
-        cert_pem, key_pem = self_signed(hosts)
+    if self_signed_hosts is not None:
+        cert_pem, key_pem = self_signed(self_signed_hosts)
         # ssl only loads key material from files: a private directory, removed at once.
         with tempfile.TemporaryDirectory(prefix="agentpool-metrics-") as directory:
             cert_path, key_path = Path(directory, "tls.crt"), Path(directory, "tls.key")
@@ -74,3 +76,39 @@ def serving_context(client_ca_pem: str, cert_file: Path | None = None,
         context.verify_mode = ssl.CERT_OPTIONAL
         context.load_verify_locations(cadata=client_ca_pem)
     return context
+
+
+class CertificateFiles:
+    """A certificate and key on disk, loaded into `context` again whenever they change."""
+
+    def __init__(self, context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
+        self._context = context
+        self._cert_file = cert_file
+        self._key_file = key_file
+        self._loaded: tuple[bytes, bytes] | None = None
+
+    def _read(self) -> tuple[bytes, bytes] | None:
+        try:
+            return self._cert_file.read_bytes(), self._key_file.read_bytes()
+        except OSError:
+            return None
+
+    def reload(self) -> bool:
+        """Load the files if they changed since the last load; whether something new was
+        loaded. Files that are missing, half-written or do not match keep the current
+        certificate (the next call tries again)."""
+        found = self._read()
+        if found is None or not all(found) or found == self._loaded:
+            return False
+        try:
+            self._context.load_cert_chain(self._cert_file, self._key_file)
+        except (ssl.SSLError, OSError):
+            return False
+        if self._read() != found:  # changed while loading: load again next time
+            return False
+        self._loaded = found
+        return True
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None

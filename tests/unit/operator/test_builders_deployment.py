@@ -209,7 +209,15 @@ def test_pgbouncer_is_a_native_sidecar() -> None:
         "limits": {"memory": "64Mi"},
     }
     assert sidecar["securityContext"] == HARDENED
-    assert not {"startupProbe", "readinessProbe", "livenessProbe", "ports"} & set(sidecar)
+    assert not {"readinessProbe", "ports"} & set(sidecar)
+    # Probed from inside the container, on loopback where PgBouncer listens: bash's /dev/tcp
+    # or netcat, whichever the image has.
+    check = ["sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -c "
+             "': </dev/tcp/127.0.0.1/6432'; else exec nc -z 127.0.0.1 6432; fi"]
+    assert sidecar["startupProbe"] == {"exec": {"command": check}, "timeoutSeconds": 5,
+                                       "periodSeconds": 1, "failureThreshold": 30}
+    assert sidecar["livenessProbe"] == {"exec": {"command": check}, "timeoutSeconds": 5,
+                                        "periodSeconds": 20, "failureThreshold": 3}
     assert sidecar["volumeMounts"] == [
         {"name": "pgbouncer", "mountPath": "/etc/pgbouncer", "readOnly": True}
     ]

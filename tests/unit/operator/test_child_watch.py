@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from agentpool_operator.apply import recreatable
 from agentpool_operator.cache import LatestObjects, digest_secret, same_content
+from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.store import PoolStore
 
 POOL_UID = "pool-uid"
@@ -147,3 +150,20 @@ def test_objects_with_our_label_but_no_pool_owner_are_not_kept() -> None:
     assert len(r.children) == 0
     assert r.child_event("v1", "Service", child("Service", "4", owner_uid="old"), "ADDED") is None
     assert len(r.children) == 0
+
+
+def test_the_hpas_conditions_are_kept_for_metrics_and_forgotten_with_it() -> None:
+    r = reconciler()
+    failing = child("HorizontalPodAutoscaler", "7", status={"conditions": [
+        {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
+        {"type": "ScalingActive", "status": "False", "reason": "FailedGetExternalMetric"}]})
+    # A status update reconciles nothing, but its conditions are noted.
+    r.child_event("autoscaling/v2", "HorizontalPodAutoscaler", failing, "MODIFIED")
+    assert r.autoscalers[("ns", "p")]["ScalingActive"] == ("False", "FailedGetExternalMetric")
+    metrics = OperatorMetrics(lambda: {}, autoscalers=lambda: r.autoscalers)
+    exposed = generate_latest(metrics.registry).decode()
+    assert ('agentpool_operator_autoscaler_condition{agentpool="p",condition="ScalingActive",'
+            'namespace="ns",reason="FailedGetExternalMetric"} 0.0') in exposed
+    r.child_event("autoscaling/v2", "HorizontalPodAutoscaler",
+                  child("HorizontalPodAutoscaler", "8"), "DELETED")
+    assert ("ns", "p") not in r.autoscalers

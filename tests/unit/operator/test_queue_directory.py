@@ -144,3 +144,41 @@ async def test_a_refused_write_is_logged_once_without_values_and_retried(
     assert caplog.text.count("cannot publish the queue directory") == 1
     assert "queue-secret-pw" not in caplog.text
     assert set(published(kube)) == {("agents", "research")}
+
+
+async def test_two_releases_publish_into_one_directory_without_touching_each_other() -> None:
+    """One metrics API per cluster: a second release's operator publishes its pools into the
+    first release's directory under its own key and field manager (metricsApi.shared)."""
+    kube = FakeOperatorKube(secrets={REF: {"kind": "Secret", "metadata": {}}})
+    spec = AgentPoolSpec.model_validate(SPEC)
+    first, second = QueueRegistry(), QueueRegistry()
+    first.record(("platform", "alpha"), spec, URL)
+    second.record(("team-b", "beta"), spec, URL)
+    hub = publisher(kube, first)
+    key = queuedir.shared_key("team-b", "b-agentpool-operator")
+    guest = DirectoryPublisher(kube.as_kube(), second, *REF, listing=lambda: None, key=key)
+    await hub.sync()
+    await guest.sync()
+    await hub.sync()  # nothing of the guest's is the hub's to prune or rewrite
+    data = kube.secrets[REF]["data"]
+    assert set(data) == {queuedir.DATA_KEY, key}
+    assert set(queuedir.decode(data).entries) == {("platform", "alpha")}
+    assert set(queuedir.decode(data, key).entries) == {("team-b", "beta")}
+    # The metrics API serves both.
+    assert set(queuedir.decode_all(data).entries) == {("platform", "alpha"), ("team-b", "beta")}
+    assert len(kube.applied) == 2
+    # The guest's pool goes: its key empties, the hub's stays.
+    guest = DirectoryPublisher(kube.as_kube(), second, *REF, key=key,
+                               listing=lambda: (float("inf"), frozenset()))
+    await guest.sync()
+    assert set(queuedir.decode_all(kube.secrets[REF]["data"]).entries) == {("platform", "alpha")}
+
+
+def test_an_unreadable_key_does_not_hide_the_others() -> None:
+    good = queuedir.encode([queue_entry("agents", "research", URL)])
+    data = {**good, queuedir.shared_key("b", "x"): "bm90IGd6aXA=", "unrelated": "eA=="}
+    directory = queuedir.decode_all(data)
+    assert set(directory.entries) == {("agents", "research")}
+    assert directory.skipped == 1
+    with pytest.raises(queuedir.DirectoryError):
+        queuedir.decode_all({queuedir.DATA_KEY: "bm90IGd6aXA="})
