@@ -34,6 +34,7 @@ import pytest
 from agentpool_tools.monitoring.catalogue import PGBOUNCER_EXPORTER_COLUMNS
 from aiohttp import web
 
+from agent_runtime.contract import BudgetKeyConfig
 from agent_runtime.sdk.client import TaskClient
 from agentpool_dev.cluster import Cluster
 from agentpool_dev.procs import free_port
@@ -183,7 +184,11 @@ async def test_every_shipped_query_returns_data_from_the_real_components(
                 "workers": 2, "concurrency": 4, "max_deliveries": 2,
                 "retry_backoff_seconds": 0.2, "retry_backoff_max_seconds": 0.5,
                 "heartbeat_interval_seconds": 0.5, "metrics_host": "127.0.0.1",
-                "metrics_port": 0})
+                "metrics_port": 0,
+                # A budget key, so the Budgets row has its series (counted from 0).
+                "budgets": (BudgetKeyConfig(name="llm", budget=f"{namespace}/llm",
+                                            requests_per_second=100,
+                                            tokens_per_minute=100_000),)})
         runtime = RuntimePool(tmp_path / "runtime.json", config)
         runtime.update()
         supervisor: RunningSupervisor = start_supervisor(

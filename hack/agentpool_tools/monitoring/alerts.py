@@ -508,6 +508,32 @@ AUTOSCALER_FAILING = Alert(
     ),
 )
 
+_BUDGET_WAITING = f"max {_POOL} ({m.QUEUE_BUDGET_WAITING})"
+
+BUDGET_SATURATED = Alert(
+    name="AgentPoolBudgetSaturated",
+    expr=above(_BUDGET_WAITING, 0),
+    signals=(_BUDGET_WAITING,),
+    for_="15m", severity="warning",
+    summary="An AgentPool's work has waited on its API budget for 15 minutes.",
+    description=(f"{_pool()} has had tasks waiting for a budget permit for 15 minutes "
+                 "({{ $value }} now): its pace is set by the budget of an external API, not by "
+                 "its workers, and its autoscaler holds its size."),
+    runbook=(
+        "The pool's handlers wait for permits of an AgentBudget key (its requests per second "
+        "or minute, tokens per minute or concurrent requests are used up), so the pool does "
+        "not scale out: more pods would only wait too. 1) The Budgets row of the External "
+        "APIs dashboard shows which key: permits granted after waiting or timed out, tokens "
+        "used against the limit, and 429s from the provider. 2) If the provider's real limit "
+        "is higher, raise the key's limits in the AgentBudget (`kubectl get agentbudgets -A`); "
+        "if it is not, the backlog is the true cost of the limit: ask the provider for more, "
+        "spread the work over another key, or lower the work's priority. 3) Many 429s mean "
+        "the budget allows more than the provider does: lower the budget to the provider's "
+        "limit. 4) A budget shared by several pools is shared by all of them: `kubectl "
+        "describe agentbudget` lists them."
+    ),
+)
+
 _OPERATOR_SEEN = f"max by (namespace, job) (max_over_time({m.OPERATOR_LEADER}[1h]))"
 _OPERATOR_LEADING = f"max by (namespace, job) ({m.OPERATOR_LEADER} == 1)"
 
@@ -644,6 +670,7 @@ ALERTS: tuple[Alert, ...] = (
     POOL_NOT_READY,
     POOL_DEGRADED,
     AUTOSCALER_FAILING,
+    BUDGET_SATURATED,
     OPERATOR_DOWN,
     OPERATOR_ABSENT,
     OPERATOR_RECONCILE_ERRORS,

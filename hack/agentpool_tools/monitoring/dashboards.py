@@ -354,6 +354,29 @@ EXTERNAL_APIS = Dashboard(
                         "{{api}}"),
                   ), width=12),
         )),
+        ("Budgets", (
+            Panel("Budget permits by outcome", "Permits of each AgentBudget key per second: "
+                  "granted at once, granted after waiting, or timed out.", "ops", (
+                      q(f"sum by (budget, key, outcome) "
+                        f"(rate({m.BUDGET_PERMITS}{_WORKERS}[{RATE}]))",
+                        "{{budget}}/{{key}} {{outcome}}"),
+                  ), stacked=True, width=8),
+            Panel("Tokens per minute against the limit", "Tokens used under each key (the "
+                  "settled counts, summed over pods), and the key's tokensPerMinute.", "short", (
+                      q(f"60 * sum by (budget, key) (rate({m.BUDGET_TOKENS}{_WORKERS}[{RATE}]))",
+                        "used {{budget}}/{{key}}"),
+                      q(f'max by (budget, key) ({m.BUDGET_LIMIT}{{{POOL}, '
+                        f'limit="tokens_per_minute"}})', "limit {{budget}}/{{key}}"),
+                  ), width=8),
+            Panel("Provider 429s and waiting tasks", "429 answers per second by key (the "
+                  "budget allows more than the provider does), and tasks waiting for a permit "
+                  "per pool (while above 0 the autoscaler holds).", "short", (
+                      q(f"sum by (budget, key) (rate({m.BUDGET_THROTTLED}{_WORKERS}[{RATE}]))",
+                        "429/s {{budget}}/{{key}}"),
+                      q(f"max by (namespace, agentpool) ({m.QUEUE_BUDGET_WAITING}{_WORKERS})",
+                        "waiting {{namespace}}/{{agentpool}}"),
+                  ), width=8),
+        )),
     ),
 )
 
