@@ -47,6 +47,8 @@ class Receiver:
     url: str = ""
     exports: int = 0
     bytes: int = 0
+    arrived: threading.Event = field(default_factory=threading.Event)
+    """Set by every export (the receiver serves from a thread of its own)."""
 
 
 @contextlib.asynccontextmanager
@@ -61,6 +63,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     async def export(request: web.Request) -> web.Response:
         found.exports += 1
         found.bytes += len(await request.read())
+        found.arrived.set()
         return web.Response(body=b"", content_type="application/x-protobuf")
 
     async def serve() -> web.AppRunner:
@@ -178,10 +181,14 @@ class Mode:
     result: Throughput = field(default_factory=lambda: Throughput("agentpool", 0))
 
 
+EXPORT_WAIT_SECONDS = 15.0
+
+
 async def _run_mode(mode: Mode, tasks: int, reps: int, found: Receiver) -> None:
     overrides: dict[str, Any] = {"tracing_endpoint": found.url} if mode.endpoint else {}
     system = AgentPool(db_url("agentpool"), **overrides)
     mode.result = Throughput(mode.name, tasks)
+    found.arrived.clear()
     system.start()
     tracer = trace.get_tracer("bench")
     try:
@@ -190,6 +197,10 @@ async def _run_mode(mode: Mode, tasks: int, reps: int, found: Receiver) -> None:
             for _ in range(reps):
                 system.check_alive()
                 await _measure(system, watcher, tasks, mode, tracer)
+            if mode.endpoint:
+                # The workers export in batches (every few seconds): let one arrive before
+                # stopping them, so a stop that beats the final flush cannot hide the exports.
+                await asyncio.to_thread(found.arrived.wait, EXPORT_WAIT_SECONDS)
     finally:
         await system.close()
         system.stop()
