@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,12 +84,16 @@ async def prepare_table(dsn: str) -> None:
         await conn.close()
 
 
+_EXCEPTION = re.compile(r"\b\w+(?:Error|Exception): [^\n]*")
+
+
 def _worker_error(pool: AgentPool) -> str | None:
-    """The first exception a worker logged (e.g. it could not warm up)."""
+    """The first exception a worker logged (e.g. it could not warm up): its `XxxError: ...`
+    line, found in plain tracebacks and inside the runtime's JSON log lines alike."""
     for log in sorted(pool.logdir.glob("*.log")):
-        for line in log.read_text(errors="replace").splitlines():
-            if "Error:" in line and not line.startswith(" "):
-                return line.strip()[:160]
+        found = _EXCEPTION.search(log.read_text(errors="replace"))
+        if found:
+            return found.group(0)[:160]
     return None
 
 
