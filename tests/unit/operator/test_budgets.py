@@ -177,6 +177,21 @@ async def test_sharing_the_budget_reconciles_the_pool_and_fixes_it() -> None:
     assert r.store.budget_event(("platform", "llm"), status_only, deleted=False) == set()
 
 
+def _record_status_writes(cluster: FakeCluster) -> list[dict[str, Any]]:
+    """Budget status patches go to the in-memory cluster and into the returned list."""
+    writes: list[dict[str, Any]] = []
+
+    async def patch_budget_status(namespace: str, name: str, status: dict[str, Any]
+                                  ) -> dict[str, Any]:
+        writes.append(status)
+        body = cluster.objects[(API, "AgentBudget", namespace, name)]
+        body["status"] = copy.deepcopy(status)
+        return copy.deepcopy(body)
+
+    cluster.patch_budget_status = patch_budget_status  # type: ignore[attr-defined]
+    return writes
+
+
 def _writer(cluster: FakeCluster, listed: Callable[[], bool] = lambda: True
             ) -> tuple[BudgetStatusWriter, Any]:
     r = reconciler(cluster)
@@ -188,16 +203,7 @@ def _writer(cluster: FakeCluster, listed: Callable[[], bool] = lambda: True
 async def test_the_budget_status_lists_the_pools_using_it_and_is_written_once() -> None:
     cluster = FakeCluster()
     llm = cluster.put(budget("llm", [OPENAI], shared_with=["team-b"]))
-    writes: list[dict[str, Any]] = []
-
-    async def patch_budget_status(namespace: str, name: str, status: dict[str, Any]
-                                  ) -> dict[str, Any]:
-        writes.append(status)
-        body = cluster.objects[(API, "AgentBudget", namespace, name)]
-        body["status"] = copy.deepcopy(status)
-        return copy.deepcopy(body)
-
-    cluster.patch_budget_status = patch_budget_status  # type: ignore[attr-defined]
+    writes = _record_status_writes(cluster)
     writer, store = _writer(cluster)
     store.budget_event((NS, "llm"), llm, deleted=False)
     mine = pool_object(with_budgets({"name": "llm"}))
@@ -239,16 +245,7 @@ async def test_the_budget_status_waits_for_the_first_list_of_pools() -> None:
 async def test_a_budget_whose_pools_queue_on_two_redis_servers_is_not_ready() -> None:
     cluster = FakeCluster()
     llm = cluster.put(budget("llm", [OPENAI], shared_with=["team-b"]))
-    writes: list[dict[str, Any]] = []
-
-    async def patch_budget_status(namespace: str, name: str, status: dict[str, Any]
-                                  ) -> dict[str, Any]:
-        writes.append(status)
-        body = cluster.objects[(API, "AgentBudget", namespace, name)]
-        body["status"] = copy.deepcopy(status)
-        return copy.deepcopy(body)
-
-    cluster.patch_budget_status = patch_budget_status  # type: ignore[attr-defined]
+    writes = _record_status_writes(cluster)
     r = reconciler(cluster)
     writer = BudgetStatusWriter(cluster.as_kube(), r.store, lambda: True, queues=r.queues,
                                 clock=lambda: dt.datetime(2026, 12, 5, tzinfo=dt.UTC))
