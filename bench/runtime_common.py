@@ -25,7 +25,7 @@ SLOTS_PER_PROCESS = 8
 TOTAL_CONCURRENCY = PROCESSES * SLOTS_PER_PROCESS
 # One Redis database per system, so FLUSHDB between systems never touches DB 0 (tests).
 DB_NUMBERS = {"agentpool": 10, "celery": 11, "rq": 12, "arq": 13, "spawn": 14, "fork": 15,
-              "budget": 9}
+              "budget": 9, "floor": 8}
 
 
 class BenchError(RuntimeError):

@@ -37,7 +37,7 @@ from bench.runtime_throughput import TASK_DIVISOR, measure, warm_up
 # Independent callers submitting at once, at most (a late one still counts from its scheduled
 # time, so waiting for a free caller shows up as latency, not as a lower rate).
 SUBMITTERS = 16
-DEFAULT_SYSTEMS = ["agentpool", "celery", "rq", "arq"]
+DEFAULT_SYSTEMS = ["agentpool", "celery", "rq", "arq", "floor"]
 
 
 @dataclass

@@ -28,6 +28,8 @@ KINDS = ("noop", "heavy", "chaos")
 
 class System(ABC):
     name: str
+    # A blocking SDK (Celery, RQ, a plain redis client): its single submits run on threads.
+    blocking = False
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -41,6 +43,16 @@ class System(ABC):
     @abstractmethod
     async def submit(self, kind: str, args: Sequence[str]) -> list[str]:
         """Submit one task of `kind` per arg; returns the system's task ids, in order."""
+
+    async def submit_one(self, kind: str, arg: str) -> str:
+        """One task through the SDK's single-submit call (async SDKs)."""
+        [task_id] = await self.submit(kind, [arg])
+        return task_id
+
+    def submit_one_blocking(self, kind: str, arg: str) -> str:
+        """One task through the SDK's single-submit call, in the caller's thread (blocking
+        SDKs, which set `blocking`)."""
+        raise NotImplementedError(f"{self.name} has an async SDK: use submit_one")
 
     @abstractmethod
     def result_key(self, task_id: str) -> str:

@@ -56,6 +56,7 @@ def chaos(task: str) -> dict[str, str]:
 
 class CelerySystem(System):
     name = "celery"
+    blocking = True
 
     def start(self) -> None:
         configure(self.url)
@@ -76,6 +77,10 @@ class CelerySystem(System):
             result = task.apply_async(args=(arg,) if kind == "chaos" else ())
             ids.append(str(result.id))
         return ids
+
+    def submit_one_blocking(self, kind: str, arg: str) -> str:
+        [task_id] = self._submit(kind, [arg])  # one apply_async
+        return task_id
 
     def result_key(self, task_id: str) -> str:
         return f"celery-task-meta-{task_id}"

@@ -75,6 +75,7 @@ def main(argv: list[str]) -> int:
 
 class PerProcessSystem(System):
     mode = "spawn"
+    blocking = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -94,6 +95,10 @@ class PerProcessSystem(System):
         for start in range(0, len(items), 1000):
             self._conn.rpush(QUEUE, *items[start:start + 1000])
         return ids
+
+    def submit_one_blocking(self, kind: str, arg: str) -> str:
+        [task_id] = self._submit(kind, [arg])  # one RPUSH
+        return task_id
 
     def result_key(self, task_id: str) -> str:
         return RESULT + task_id

@@ -27,6 +27,11 @@ def _arq(url: str) -> System:
     return ArqSystem(url)
 
 
+def _floor(url: str) -> System:
+    from bench.peers.floor import FloorSystem
+    return FloorSystem(url)
+
+
 def _spawn(url: str) -> System:
     from bench.peers.per_process import SpawnSystem
     return SpawnSystem(url)
@@ -39,6 +44,6 @@ def _fork(url: str) -> System:
 
 # Imports are deferred so a missing peer library only breaks the benchmarks that use it.
 SYSTEMS: dict[str, Callable[[str], System]] = {
-    "agentpool": _agentpool, "celery": _celery, "rq": _rq, "arq": _arq, "spawn": _spawn,
-    "fork": _fork,
+    "agentpool": _agentpool, "celery": _celery, "rq": _rq, "arq": _arq, "floor": _floor,
+    "spawn": _spawn, "fork": _fork,
 }

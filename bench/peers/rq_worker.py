@@ -21,6 +21,7 @@ FUNCTIONS = {"noop": "bench.handlers.noop_value", "heavy": "bench.handlers.heavy
 
 class RQSystem(System):
     name = "rq"
+    blocking = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -45,6 +46,10 @@ class RQSystem(System):
                 jobs += self._queue.enqueue_many(data, pipeline=pipe)
                 pipe.execute()
         return [str(job.id) for job in jobs]
+
+    def submit_one_blocking(self, kind: str, arg: str) -> str:
+        job = self._queue.enqueue(FUNCTIONS[kind], *((arg,) if kind == "chaos" else ()))
+        return str(job.id)
 
     def result_key(self, task_id: str) -> str:
         return f"rq:results:{task_id}"
