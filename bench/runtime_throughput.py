@@ -52,6 +52,8 @@ class Throughput:
     rates: list[float] = field(default_factory=list)
     cpu_ms_per_task: list[float] = field(default_factory=list)
     redis_commands_per_task: list[float] = field(default_factory=list)
+    # The benchmark's own process: the SDK's submit calls and the result watcher.
+    client_cpu_ms_per_task: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -65,11 +67,14 @@ async def _redis_commands(client: Redis) -> int:
 
 async def measure_costs(system: System, watcher: ResultWatcher, tasks: int, within: float,
                         result: Throughput) -> None:
-    """One repetition, with what it cost: the system's CPU (its processes, not the benchmark)
-    and Redis commands per task (submission included; the benchmark's own checks excluded)."""
+    """One repetition, with what it cost: the system's CPU (its processes, not the benchmark),
+    Redis commands per task (submission included; the benchmark's own checks excluded), and
+    the client's CPU (this process, all threads: it shares the 2 cores with the system)."""
     async with Redis.from_url(system.url) as client:
         cpu, commands = system.cpu_seconds(), await _redis_commands(client)
+        client_cpu = time.process_time()
         result.rates.append(await measure(system, watcher, tasks, within, result.mode))
+        result.client_cpu_ms_per_task.append((time.process_time() - client_cpu) * 1000 / tasks)
         # Minus the watcher's EXISTS per task and this INFO call.
         used = await _redis_commands(client) - commands - tasks - 1
         result.cpu_ms_per_task.append((system.cpu_seconds() - cpu) * 1000 / tasks)
@@ -151,10 +156,12 @@ def report_mode(results: Sequence[Throughput]) -> str:
     rows = [[r.system, str(r.tasks), str(len(r.rates)),
              f"{r.median:,.0f} [{min(r.rates):,.0f}-{max(r.rates):,.0f}]",
              _ratio(ours, r.median), _share(r.median, floor),
-             f"{median(r.cpu_ms_per_task):.3f}", f"{median(r.redis_commands_per_task):.1f}"]
+             f"{median(r.cpu_ms_per_task):.3f}", f"{median(r.redis_commands_per_task):.1f}",
+             f"{median(r.client_cpu_ms_per_task):.3f}"]
             for r in results]
     text = table(["system", "tasks", "reps", "tasks/s median [min-max]", "agentpool / system",
-                  "system / floor", "CPU ms/task", "Redis commands/task"], rows)
+                  "system / floor", "CPU ms/task", "Redis commands/task",
+                  "client CPU ms/task"], rows)
     if floor and "agentpool" in rates:
         text += f"\n\nagentpool / floor: {_share(ours, floor)}"
     return text

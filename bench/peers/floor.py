@@ -20,7 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -35,9 +35,17 @@ RESULT = "result:"
 RESULT_TTL = 3600  # seconds, like the peers' result expiry
 BLOCK_MS = 1000
 CHUNK = 1000
+# Entries per XREADGROUP; default 8, the slots of a worker (set in the workers' environment).
+COUNT_ENV = "BENCH_FLOOR_COUNT"
 # No chaos task: the floor has no redelivery, so the crash benchmark leaves it out.
 HANDLERS: dict[bytes, Callable[[], Any]] = {b"noop": handlers.noop_value,
                                             b"heavy": handlers.heavy_value}
+# XREADGROUP's reply on a client without decode_responses: [(stream, [(id, fields)])].
+Reply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def consume(url: str, count: int = SLOTS_PER_PROCESS) -> None:
@@ -50,8 +58,8 @@ async def consume(url: str, count: int = SLOTS_PER_PROCESS) -> None:
             raise
     consumer = f"c{os.getpid()}"
     while True:
-        reply = await client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=count,
-                                        block=BLOCK_MS)
+        reply = cast(Reply, await client.xreadgroup(GROUP, consumer, {STREAM: ">"},
+                                                    count=count, block=BLOCK_MS))
         if not reply:
             continue
         entries = reply[0][1]
@@ -84,13 +92,13 @@ class FloorSystem(System):
     async def submit(self, kind: str, args: Sequence[str]) -> list[str]:
         client = self.client()
         if len(args) == 1:
-            return [(await client.xadd(STREAM, {"k": kind, "a": args[0]})).decode()]
+            return [_text(await client.xadd(STREAM, {"k": kind, "a": args[0]}))]
         ids: list[str] = []
         for start in range(0, len(args), CHUNK):
             pipe = client.pipeline(transaction=False)
             for arg in args[start:start + CHUNK]:
                 pipe.xadd(STREAM, {"k": kind, "a": arg})
-            ids += [entry_id.decode() for entry_id in await pipe.execute()]
+            ids += [_text(entry_id) for entry_id in await pipe.execute()]
         return ids
 
     def result_key(self, task_id: str) -> str:
@@ -103,4 +111,4 @@ class FloorSystem(System):
 
 
 if __name__ == "__main__":
-    asyncio.run(consume(sys.argv[1]))
+    asyncio.run(consume(sys.argv[1], int(os.environ.get(COUNT_ENV, SLOTS_PER_PROCESS))))

@@ -25,24 +25,31 @@ pytestmark = [
 ]
 
 
-def test_throughput_smoke_measures_every_system(services: ServiceSettings) -> None:
-    results = asyncio.run(
+def test_throughput_smoke_measures_every_system_in_both_submit_modes(
+        services: ServiceSettings) -> None:
+    outcome = asyncio.run(
         runtime_throughput.run(list(runtime_throughput.SYSTEMS), tasks=200, reps=1, within=60))
-    report = runtime_throughput.report(results)
+    report = runtime_throughput.report(outcome)
     print(report)
-    assert {r.system for r in results} == set(runtime_throughput.SYSTEMS)
-    assert all(r.median > 0 for r in results)
-    assert "agentpool / system" in report
+    assert "floor" in runtime_throughput.SYSTEMS
+    assert {(r.system, r.mode) for r in outcome.results} == {
+        (system, mode) for system in runtime_throughput.SYSTEMS for mode in ("batch", "single")}
+    assert all(r.median > 0 for r in outcome.results)
+    # A table per mode, each with AgentPool's ratio to every system and to the floor.
+    assert report.count("agentpool / system") == 2
+    assert report.count("agentpool / floor: ") == 2
+    assert "### submit: batch" in report and "### submit: single" in report
 
 
 def test_latency_smoke_reports_percentiles(services: ServiceSettings) -> None:
-    results = asyncio.run(runtime_latency.run(["agentpool", "celery"], [50], tasks=200,
-                                              max_seconds=5, rates=[40]))
+    results = asyncio.run(runtime_latency.run(["agentpool", "celery", "floor"], [50],
+                                              tasks=200, max_seconds=5, rates=[40]))
     report = runtime_latency.report(results)
     print(report)
     # Each system at half its own maximum, then both at the same offered load.
     assert [(r.system, r.load) for r in results] == [
-        ("agentpool", "50%"), ("agentpool", "40/s"), ("celery", "50%"), ("celery", "40/s")]
+        ("agentpool", "50%"), ("agentpool", "40/s"), ("celery", "50%"), ("celery", "40/s"),
+        ("floor", "50%"), ("floor", "40/s")]
     assert all(r.latencies and r.q(99) > 0 for r in results)
     assert "system p99 / agentpool p99" in report
     # AgentPool's results carry their timestamps: its latency is split into phases.
