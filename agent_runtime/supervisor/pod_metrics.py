@@ -35,6 +35,33 @@ DEAD_LETTER_REASONS = ("malformed", "unknown_handler", "max_deliveries", "perman
                        "retries_exhausted")
 
 
+class TaskSeries:
+    """One handler's task series, labelled once (see `RuntimeMetrics._series`)."""
+
+    def __init__(self, metrics: RuntimeMetrics, task_type: str) -> None:
+        self._metrics = metrics
+        self._task_type = task_type
+        self.received = metrics.received.labels(task_type)
+        self.retries = metrics.retries.labels(task_type)
+        self.queue_duration = metrics.queue_duration.labels(task_type)
+        self._processed: dict[str, Any] = {}
+        self._duration: dict[str, Any] = {}
+
+    def processed(self, outcome: str) -> Any:
+        child = self._processed.get(outcome)
+        if child is None:
+            child = self._processed[outcome] = self._metrics.processed.labels(
+                self._task_type, outcome)
+        return child
+
+    def duration(self, outcome: str) -> Any:
+        child = self._duration.get(outcome)
+        if child is None:
+            child = self._duration[outcome] = self._metrics.task_duration.labels(
+                self._task_type, outcome)
+        return child
+
+
 BUDGET_OUTCOMES = ("granted", "waited", "timed_out")
 BUDGET_LIMITS = ("requests_per_second", "requests_per_minute", "tokens_per_minute",
                  "concurrent_requests")
@@ -44,6 +71,7 @@ class RuntimeMetrics:
     def __init__(self, task_types: Iterable[str],
                  budgets: Iterable[BudgetKeyConfig] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._task_series: dict[str, TaskSeries] = {}
         r = self.registry
         self.received = Counter("agentpool_tasks_received", "Tasks a worker started executing.",
                                 ["task_type"], registry=r)
@@ -173,20 +201,29 @@ class RuntimeMetrics:
                     self.budget_limit.labels(*labels, limit).set(value)
 
     def task_started(self, task_type: str, queue_wait: float, trace: str = "") -> None:
-        self.received.labels(task_type).inc()
-        self.queue_duration.labels(task_type).observe(max(queue_wait, 0.0), exemplar(trace))
+        series = self._series(task_type)
+        series.received.inc()
+        series.queue_duration.observe(max(queue_wait, 0.0), exemplar(trace))
 
     def task_finished(self, task_type: str, outcome: str, duration: float, retried: bool,
                       dead_reason: str | None, finished_at: float, trace: str = "") -> None:
-        self.processed.labels(task_type, outcome).inc()
-        self.task_duration.labels(task_type, outcome).observe(max(duration, 0.0),
-                                                              exemplar(trace))
+        series = self._series(task_type)
+        series.processed(outcome).inc()
+        series.duration(outcome).observe(max(duration, 0.0), exemplar(trace))
         if retried:
-            self.retries.labels(task_type).inc()
+            series.retries.inc()
         if dead_reason:
             self.dead_lettered.labels(task_type, dead_reason).inc()
         if outcome == "success":
             self.last_success.set(finished_at)
+
+    def _series(self, task_type: str) -> TaskSeries:
+        # `labels()` validates and hashes its arguments on every call: a quarter of the
+        # supervisor's CPU under load went there. Handlers are few and fixed per pod.
+        series = self._task_series.get(task_type)
+        if series is None:
+            series = self._task_series[task_type] = TaskSeries(self, task_type)
+        return series
 
     def apply_worker_stats(self, deltas: Iterable[MetricDelta]) -> None:
         for delta in deltas:
