@@ -39,9 +39,10 @@ def receive(conn: Connection) -> list[Message] | None:
 # Task events (`messages.TASK_EVENTS`) wait this long for company: with tasks arriving one at
 # a time, a frame per task woke the worker (its timer) and the supervisor once more per task,
 # about half of the runtime's CPU at 200 tasks/s (bench/RESULTS.md). They only feed metrics
-# and the memory-trend attribution, which lag by at most this much; the supervisor learns that a handler started from the worker's
-# board (`board.py`), written before the handler's first line, so a handler that blocks the
-# loop is still killed at its deadline. Everything else goes out in the current iteration.
+# and the memory-trend attribution, which lag by at most this much; the supervisor learns that
+# a handler started from the worker's board (`board.py`), written before the handler's first
+# line, so a handler that blocks the loop is still killed at its deadline. Everything else
+# goes out in the current iteration.
 TASK_EVENT_DELAY_SECONDS = 0.1
 
 

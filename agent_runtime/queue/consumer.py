@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,12 @@ class Completion:
     entry_id: str
     envelope: TaskEnvelope | None
     result: TaskResult
+
+
+ReadPlan = Callable[[int], int]
+"""Given how many slots a batch of completions frees, how many new entries the worker wants
+read in the same round trip (0: none)."""
+Deliver = Callable[[list["Delivery"]], None]
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,14 @@ class TaskConsumer:
         self._cancel_checks = PerIteration[str, bool](self._check_cancelled)
         self._completions = PerIteration[Completion, None](self._complete_together)
         self._complete_sha: str | None = None
+        self._piggyback: tuple[ReadPlan, Deliver] | None = None
+
+    def read_with_completions(self, plan: ReadPlan, deliver: Deliver) -> None:
+        """Under load every slot is busy and the next read waits for completions: read in the
+        same round trip as them (one write and one reply per batch instead of two). `plan`
+        says how many entries to read for a batch; what is read goes to `deliver`, after the
+        completions are recorded and before their callers resume."""
+        self._piggyback = (plan, deliver)
 
     async def ensure_group(self) -> None:
         await ensure_group(self._redis, self.keys)
@@ -114,14 +128,7 @@ class TaskConsumer:
             return []
         if isinstance(requested, Exception):
             raise requested
-        may_be_cancelled = bool(requested)
-        deliveries = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                if fields is not None:
-                    deliveries.append(Delivery(entry_id, normalise_fields(fields), 1,
-                                               may_be_cancelled))
-        return deliveries
+        return _deliveries(reply, bool(requested))
 
     async def _delivery_counts(self, ids: Iterable[str]) -> dict[str, int]:
         wanted = sorted(ids, key=_id_key)
@@ -195,8 +202,15 @@ class TaskConsumer:
         # EVALSHA directly: redis-py's Script objects check SCRIPT EXISTS on every pipeline.
         if self._complete_sha is None:
             self._complete_sha = await self._redis.script_load(COMPLETE)
+        plan = self._piggyback
+        wanted = plan[0](len(batch)) if plan is not None else 0
         try:
-            unreplied = await self._redis.evalsha(self._complete_sha, len(keys), *keys, *args)
+            if plan is not None and wanted > 0:
+                unreplied = await self._complete_and_read(self._complete_sha, keys, args,
+                                                          wanted, plan[1])
+            else:
+                unreplied = await self._redis.evalsha(self._complete_sha, len(keys), *keys,
+                                                      *args)
         except NoScriptError:
             # Redis restarted (or SCRIPT FLUSH): load the script again and run once more.
             self._complete_sha = await self._redis.script_load(COMPLETE)
@@ -206,6 +220,24 @@ class TaskConsumer:
                         bytes_safe(str(task_id)))
         # An error reaches every task of the batch; each records again (harmless, see COMPLETE).
         return [None] * len(batch)
+
+    async def _complete_and_read(self, sha: str, keys: list[str], args: list[Any],
+                                 count: int, deliver: Deliver) -> Any:
+        """The completions' script, then a non-blocking read of `count` new entries and the
+        cancellation flag, in one round trip. The read's entries are delivered even when the
+        script failed (they are ours now); the script's error is raised after that."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+            pipe.xreadgroup(self.keys.group, self.consumer, {self.keys.stream: ">"},
+                            count=count)
+            pipe.exists(self.keys.cancel_requested)
+            unreplied, reply, requested = await pipe.execute(raise_on_error=False)
+        if not isinstance(reply, Exception) and not isinstance(requested, Exception):
+            deliver(_deliveries(reply, bool(requested)))
+        # A vanished group (NOGROUP) is the blocking read's to repair; nothing was read here.
+        if isinstance(unreplied, Exception):
+            raise unreplied
+        return unreplied
 
     async def retry(self, entry_id: str, envelope: TaskEnvelope, executions: int, error: str,
                     delay: float) -> None:
@@ -278,6 +310,17 @@ def _first_error(replies: list[Any], best_effort: Collection[int]) -> ResponseEr
                 and position not in best_effort):
             return reply
     return None
+
+
+def _deliveries(reply: Any, may_be_cancelled: bool) -> list[Delivery]:
+    """The entries of an XREADGROUP reply (an entry deleted meanwhile has no fields)."""
+    deliveries = []
+    for _stream, entries in reply or []:
+        for entry_id, fields in entries:
+            if fields is not None:
+                deliveries.append(Delivery(entry_id, normalise_fields(fields), 1,
+                                           may_be_cancelled))
+    return deliveries
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:

@@ -97,6 +97,11 @@ class Worker:
         # Suspects wait here until the worker is otherwise idle; `_solo` is the one running.
         self._suspects: collections.deque[Delivery] = collections.deque()
         self._solo: str | None = None
+        # Read together with completions (`_reads_with_completions`), waiting for the slots
+        # those completions free; ours in the stream, not yet on the board.
+        self._prefetched: collections.deque[Delivery] = collections.deque()
+        self._awaiting_slots = False
+        self._next_adopt = 0.0
         self._wake = asyncio.Event()
         self._draining = False
         self._drain_deadline = 0.0
@@ -159,6 +164,7 @@ class Worker:
         self.store = store
         self.queue = TaskConsumer(queue_redis, reader, self.config, self.consumer)
         await self.queue.ensure_group()
+        self.queue.read_with_completions(self._reads_with_completions, self._prefetch)
         self.executor = TaskExecutor(self.queue, registry, self.resources, store, self._send,
                                      self._become_unhealthy, self._board)
         if self._tracer is not None:  # last: what the warm-up allocated is the baseline
@@ -188,6 +194,10 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
+        """Slots for new reads: open ones not promised to entries already read."""
+        return self._open_slots() - len(self._prefetched)
+
+    def _open_slots(self) -> int:
         # A board slot held by a sync handler's thread that outlived its task is not free.
         return min(self.config.concurrency - len(self._running), len(self._free_slots))
 
@@ -197,7 +207,6 @@ class Worker:
         return not self._paused and self._board.leases_ok()
 
     async def _consume(self) -> None:
-        next_adopt = 0.0
         backoff = 0.1
         while not self._draining:
             if not self._may_start():
@@ -211,12 +220,22 @@ class Worker:
                 self._solo = suspect.entry_id
                 self._start([suspect])
                 continue
+            if self._prefetched:
+                ready = min(self._open_slots(), len(self._prefetched))
+                if ready > 0:
+                    self._take([self._prefetched.popleft() for _ in range(ready)])
+                else:
+                    await self._wait_for_change(0.5)
+                continue
             if self.free_slots <= 0:
+                self._awaiting_slots = True
                 await self._wait_for_change(0.5)
+                self._awaiting_slots = False
                 continue
             try:
-                if self._adopt_requested or time.monotonic() >= next_adopt:
-                    next_adopt = time.monotonic() + min(self.config.lease_seconds / 2, 5.0)
+                if self._adopt_requested or time.monotonic() >= self._next_adopt:
+                    self._next_adopt = (time.monotonic()
+                                        + min(self.config.lease_seconds / 2, 5.0))
                     wanted = self.free_slots
                     adopted = await self.queue.adopt_own(self._held(), wanted)
                     self._take(adopted)
@@ -236,7 +255,23 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
 
     def _held(self) -> set[str]:
-        return set(self._running) | {d.entry_id for d in self._suspects}
+        return (set(self._running) | {d.entry_id for d in self._suspects}
+                | {d.entry_id for d in self._prefetched})
+
+    def _reads_with_completions(self, freed: int) -> int:
+        """How many new entries to read in the round trip of completions that free `freed`
+        slots: that many, but only while this loop waits for slots with nothing else to do
+        first (otherwise its own read is on its way, or must wait)."""
+        if (not self._awaiting_slots or self._draining or not self._may_start()
+                or self._suspects or self._solo is not None or self._adopt_requested
+                or time.monotonic() >= self._next_adopt):
+            return 0
+        return freed
+
+    def _prefetch(self, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            self._prefetched.extend(deliveries)
+            self._wake.set()
 
     async def _wait_for_change(self, seconds: float) -> None:
         self._wake.clear()
@@ -316,7 +351,8 @@ class Worker:
         # so its entry stays pending until this process has exited and the supervisor moves it.
         stopped = [r for r in leftover if not r.thread_may_run]
         started = {r.entry_id for r in stopped if r.handler_started}
-        ids = [r.entry_id for r in stopped] + [d.entry_id for d in self._suspects]
+        ids = ([r.entry_id for r in stopped] + [d.entry_id for d in self._suspects]
+               + [d.entry_id for d in self._prefetched])
         if not ids:
             return
         for _ in range(20):
