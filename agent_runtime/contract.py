@@ -15,6 +15,7 @@ Pure: pydantic and the standard library only, no I/O, no environment reads (thos
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -211,6 +212,102 @@ def budget_waiting_key(prefix: str) -> str:
     Redis ms until which it counts). The metrics API reads it: a pool whose work waits on its
     budget, not on workers, is not scaled out."""
     return f"{prefix}:budget-waiting"
+
+
+BUDGET_WINDOW_MARGIN = 0.02
+"""Each budget window is widened by this share, for requests that leave their worker a little
+after their grant; the operator counts usage in the same widened windows."""
+
+
+@dataclass(frozen=True)
+class BudgetKeys:
+    """Redis key names of one budget key (id `namespace/budget/key`): the limiter writes them,
+    the operator reads them for the AgentBudget's status. Every name carries the key's hash
+    tag, so the limiter's multi-key scripts work on Redis Cluster; budget ids are Kubernetes
+    names, which never hold braces."""
+
+    prefix: str
+
+    @classmethod
+    def for_id(cls, budget_id: str) -> BudgetKeys:
+        if not budget_id or "{" in budget_id or "}" in budget_id:
+            raise ValueError(f"budget id {budget_id!r} must be non-empty and hold no braces")
+        return cls(prefix=f"agentpool:budget:{{{budget_id}}}")
+
+    @property
+    def requests(self) -> str:
+        """Sorted set: every granted request (score: grant time, Redis clock, ms)."""
+        return f"{self.prefix}:requests"
+
+    @property
+    def tokens(self) -> str:
+        """Sorted set: the grants that reserved tokens (score: grant time, ms)."""
+        return f"{self.prefix}:tokens"
+
+    @property
+    def token_counts(self) -> str:
+        """Hash: tokens per grant in `tokens` (estimate, then the settled count), and `_total`."""
+        return f"{self.prefix}:token-counts"
+
+    @property
+    def leases(self) -> str:
+        """Sorted set: requests in flight (score: when the lease ends, ms); an expired lease is a
+        permit whose worker died without giving it back."""
+        return f"{self.prefix}:leases"
+
+    @property
+    def freed(self) -> str:
+        """List: one element per released lease, for waiters blocked on concurrency (BLPOP)."""
+        return f"{self.prefix}:freed"
+
+    @property
+    def cooldown(self) -> str:
+        """Set for as long as the provider asked us to back off (429 with Retry-After)."""
+        return f"{self.prefix}:cooldown"
+
+    @property
+    def recovering(self) -> str:
+        """Set for one window after Redis lost grants it had made (a restart without them)."""
+        return f"{self.prefix}:recovering"
+
+    @property
+    def waiting(self) -> str:
+        """Sorted set of the tasks (of any pool) waiting for a permit of this key (member:
+        waiter id, score: Redis ms until which it counts), like the pool's board
+        (`budget_waiting_key`) but per key: the AgentBudget's status reads it."""
+        return f"{self.prefix}:waiting"
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (self.requests, self.tokens, self.token_counts, self.leases, self.freed,
+                self.cooldown, self.recovering, self.waiting)
+
+    @property
+    def usage_keys(self) -> list[str]:
+        """KEYS of `BUDGET_USAGE_SCRIPT`."""
+        return [self.requests, self.token_counts, self.leases, self.cooldown, self.waiting]
+
+
+# KEYS: `BudgetKeys.usage_keys`. ARGV: window margin per mille.
+# What a budget key holds now, in one step on Redis's clock: requests in the last second and
+# minute, tokens reserved in the last minute, leases in flight, ms of cool-down left, tasks
+# waiting for a permit. Here rather than with the limiter so the operator, which reports it in
+# the AgentBudget's status, reads the same windows the limiter grants by.
+BUDGET_USAGE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local margin = tonumber(ARGV[1])
+local second = 1000 + math.floor(1000 * margin / 1000)
+local minute = 60000 + math.floor(60000 * margin / 1000)
+return {
+  redis.call('ZCOUNT', KEYS[1], now - second + 1, '+inf'),
+  redis.call('ZCOUNT', KEYS[1], now - minute + 1, '+inf'),
+  tonumber(redis.call('HGET', KEYS[2], '_total') or '0'),
+  redis.call('ZCOUNT', KEYS[3], now + 1, '+inf'),
+  math.max(redis.call('PTTL', KEYS[4]), 0),
+  redis.call('ZCOUNT', KEYS[5], now + 1, '+inf'),
+}
+"""
 
 
 def memory_reports_key(prefix: str) -> str:

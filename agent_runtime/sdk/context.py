@@ -71,7 +71,8 @@ class WorkerResources:
                                     lease_seconds=2 * config.http_timeout_seconds)
             api_key = self.settings.secrets.budget_api_keys.get(name)
             self.budgets[name] = BudgetHandle(
-                key, limiter, WaitingBoard(self.redis, config.key_prefix), self.http,
+                key, limiter,
+                WaitingBoard(self.redis, config.key_prefix, budget_keys=limiter.keys), self.http,
                 api_key=api_key.get_secret_value() if api_key else None, stats=self.stats)
         return self.budgets[name]
 

@@ -16,6 +16,7 @@ import kopf
 from agent_runtime.queue.backlog import BacklogReader
 from agentpool_operator import login, logs, watches
 from agentpool_operator.budget_status import BudgetStatusWriter
+from agentpool_operator.budget_usage import BudgetUsageReader
 from agentpool_operator.budgets import BudgetId
 from agentpool_operator.certkeeper import CertKeeper
 from agentpool_operator.deletioncost import DeletionCostKeeper
@@ -112,9 +113,10 @@ def _exit_lost() -> None:
 async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
                   queue: WorkQueue[PoolKey], resyncer: Resyncer) -> None:
     """Reconcile until kopf stops (a signal): watches, work queue, resync and side jobs."""
+    usage = BudgetUsageReader()
     budget_queue: WorkQueue[BudgetId] = WorkQueue(
         BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once,
-                           queues=reconciler.queues), workers=1)
+                           queues=reconciler.queues, usage=usage), workers=1)
 
     registry = watches.build_registry(queue, resyncer, reconciler, budget_queue)
 
@@ -156,6 +158,7 @@ async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
         await queue.stop()
         await budget_queue.stop()
         await reader.close()
+        await usage.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from agentpool_operator.api import (
     set_condition,
 )
 from agentpool_operator.api.budget import MAX_LISTED_POOLS
+from agentpool_operator.budget_saturation import Saturation
 from agentpool_operator.builders.context import ResolvedBudgetKey
 
 BudgetId = tuple[str, str]
@@ -145,11 +146,13 @@ def _servers_of(pools: list[str], servers: Mapping[str, str]) -> dict[str, list[
 
 
 def budget_status(budget: Mapping[str, Any], pools: list[str], current: Mapping[str, Any],
-                  now: dt.datetime, servers: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  now: dt.datetime, servers: Mapping[str, str] | None = None,
+                  saturated: Saturation | None = None) -> dict[str, Any]:
     """The status an AgentBudget should have: its users and its Ready condition (whose
     lastTransitionTime moves only when it flips). `servers` maps a pool (`namespace/name`) to
     the Redis server it queues on (`host:port/db`, never credentials), where pods count the
-    budget: pools on two servers would each get the whole limit."""
+    budget: pools on two servers would each get the whole limit. `saturated` adds the keys'
+    saturation and the Saturated condition (`budget_saturation.py`)."""
     generation = int((budget.get("metadata") or {}).get("generation") or 0)
     spec = parse_budget(budget)
     if spec is None:
@@ -175,8 +178,10 @@ def budget_status(budget: Mapping[str, Any], pools: list[str], current: Mapping[
     except ValidationError:
         conditions = []
     conditions, _ = set_condition(conditions, ready)
+    if saturated is not None:
+        conditions, _ = set_condition(conditions, saturated.condition)
     return AgentBudgetStatus(
         observed_generation=generation, key_count=len(spec.keys) if spec else None,
-        pool_count=len(pools),
-        pools=pools[:MAX_LISTED_POOLS], conditions=conditions,
+        pool_count=len(pools), pools=pools[:MAX_LISTED_POOLS],
+        keys=saturated.keys if saturated is not None else None, conditions=conditions,
     ).to_json()

@@ -1,7 +1,8 @@
 """AgentBudgets against the real control plane and the operator: a pool referencing a budget
 gets its keys in the runtime config and its API key by secretKeyRef (never the value); a pool
 referencing a budget not shared with its namespace is Degraded until the budget's owner
-shares it; the budget's status lists the pools using it."""
+shares it; the budget's status lists the pools using it, and shows a key saturated while work
+waits on it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis import Redis
 
-from agent_runtime.contract import budget_api_key_env
+from agent_runtime.contract import BudgetKeys, budget_api_key_env
 from agentpool_dev.cluster import Cluster
 from tests.plugins.operator import OperatorProcess, Pools
 from tests.waiting import eventually
@@ -79,8 +81,10 @@ def test_a_pool_gets_its_budgets_keys_and_the_api_key_by_reference(
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert (ready["status"], ready["observedGeneration"]) == ("True", 1)
     listed = pools.cluster.kubectl("-n", pools.namespace, "get", "agb").stdout.split()
-    assert listed == ["NAME", "KEYS", "POOLS", "READY", "AGE", "llm", "2", "1", "True",
-                      listed[-1]]
+    assert listed[:10] == ["NAME", "KEYS", "POOLS", "READY", "SATURATED", "AGE", "llm", "2",
+                           "1", "True"]
+    # Nothing uses the key; Unknown while the pool's Redis (a placeholder URL) is not read.
+    assert listed[10] in ("False", "Unknown")
     # `kubectl get agentpool NAME` still finds the pool alone (no category shared with it).
     pools.cluster.kubectl("-n", pools.namespace, "get", "agentpool", "nu")
 
@@ -115,3 +119,38 @@ def test_a_missing_budget_is_reported_and_its_creation_fixes_the_pool(
     pools.cluster.kubectl("apply", "-f", "-",
                           input=json.dumps(budget("later", pools.namespace)))
     pools.wait_ready("omicron", timeout=30)
+
+
+def saturation(cluster: Cluster, namespace: str, name: str
+               ) -> tuple[str | None, dict[str, bool]]:
+    """The Saturated condition's status and each key's `saturated`."""
+    status = budget_status(cluster, namespace, name)
+    condition: dict[str, Any] = next((c for c in status.get("conditions") or []
+                      if c["type"] == "Saturated"), {})
+    return condition.get("status"), {k["name"]: k["saturated"] for k in status.get("keys") or []}
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_the_budget_status_shows_a_key_saturated_while_work_waits_on_it(
+        operator: OperatorProcess, pools: Pools, redis_url: str) -> None:
+    pools.secret("pi-redis", {"url": redis_url})
+    pools.cluster.kubectl("apply", "-f", "-", input=json.dumps(budget("waits", pools.namespace)))
+    pools.create("pi", with_secret=False, budgets=[{"name": "waits"}])
+    eventually(lambda: saturation(pools.cluster, pools.namespace, "waits") == (
+        "False", {"openai": False, "search": False}), timeout=90)
+    # What a pod's task waiting for a permit writes (no runtime runs on KWOK): its entry on
+    # the key's board, with a far-future deadline so no refresh is needed.
+    board = BudgetKeys.for_id(f"{pools.namespace}/waits/openai").waiting
+    with Redis.from_url(redis_url) as redis:
+        now_s, _ = redis.time()
+        redis.zadd(board, {"task-1": (int(now_s) + 600) * 1000})
+        try:
+            eventually(lambda: saturation(pools.cluster, pools.namespace, "waits") == (
+                "True", {"openai": True, "search": False}), timeout=90)
+            key = budget_status(pools.cluster, pools.namespace, "waits")["keys"][0]
+            assert (key["name"], key["reason"]) == ("openai", "TasksWaiting")
+        finally:
+            redis.delete(board)
+    eventually(lambda: saturation(pools.cluster, pools.namespace, "waits") == (
+        "False", {"openai": False, "search": False}), timeout=90)

@@ -54,7 +54,8 @@ def test_the_budget_crd_names_and_columns() -> None:
     (version,) = crd["spec"]["versions"]
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Keys", "Pools", "Ready", "Shared", "Age"]
+    assert list(columns) == ["Keys", "Pools", "Ready", "Saturated", "Shared", "Age"]
+    assert columns["Saturated"] == '.status.conditions[?(@.type=="Saturated")].status'
     spec = version["schema"]["openAPIV3Schema"]["properties"]
     assert "poolCount" in spec["status"]["properties"]
     keys = spec["spec"]["properties"]["keys"]

@@ -18,12 +18,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from agent_runtime.sdk.budget.keys import BudgetKeys
+from agent_runtime.contract import BUDGET_USAGE_SCRIPT, BUDGET_WINDOW_MARGIN, BudgetKeys
 from agent_runtime.sdk.budget.limits import Limits
-from agent_runtime.sdk.budget.scripts import ACQUIRE, COOL_DOWN, RELEASE, SETTLE, USAGE
+from agent_runtime.sdk.budget.scripts import ACQUIRE, COOL_DOWN, RELEASE, SETTLE
 
-DEFAULT_MARGIN = 0.02
-"""Each window is widened by this share, for requests that leave a little after their grant."""
+DEFAULT_MARGIN = BUDGET_WINDOW_MARGIN
 
 
 class BudgetError(Exception):
@@ -77,6 +76,8 @@ class Usage:
     tokens_last_minute: int
     in_flight: int
     cooldown_seconds: float
+    waiting: int = 0
+    """Tasks waiting for a permit of the key (its board, `BudgetKeys.waiting`)."""
 
 
 class BudgetLimiter:
@@ -96,7 +97,7 @@ class BudgetLimiter:
         self._settle_script = redis.register_script(SETTLE)
         self._release_script = redis.register_script(RELEASE)
         self._cool_down = redis.register_script(COOL_DOWN)
-        self._usage = redis.register_script(USAGE)
+        self._usage = redis.register_script(BUDGET_USAGE_SCRIPT)
         # This process's latest grant: if Redis no longer has it, Redis lost grants.
         self._last: tuple[str, int] | None = None
 
@@ -170,12 +171,10 @@ class BudgetLimiter:
 
     async def usage(self) -> Usage:
         keys = self.keys
-        reply: Any = await self._usage(
-            keys=[keys.requests, keys.token_counts, keys.leases, keys.cooldown],
-            args=[self._margin])
+        reply: Any = await self._usage(keys=keys.usage_keys, args=[self._margin])
         return Usage(requests_last_second=int(reply[0]), requests_last_minute=int(reply[1]),
                      tokens_last_minute=int(reply[2]), in_flight=int(reply[3]),
-                     cooldown_seconds=int(reply[4]) / 1000)
+                     cooldown_seconds=int(reply[4]) / 1000, waiting=int(reply[5]))
 
     async def _settle(self, permit_id: str, tokens: int) -> None:
         await self._settle_script(keys=[self.keys.token_counts], args=[permit_id, tokens])

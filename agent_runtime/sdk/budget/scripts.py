@@ -139,21 +139,3 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
 end
 return 0
 """
-
-# KEYS: requests, token counts, leases, cooldown. ARGV: margin per mille.
-# What the budget key holds now: requests in the last second and minute, tokens reserved in the
-# last minute, leases in flight, ms of cool-down left.
-USAGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local margin = tonumber(ARGV[1])
-local second = 1000 + math.floor(1000 * margin / 1000)
-local minute = 60000 + math.floor(60000 * margin / 1000)
-return {
-  redis.call('ZCOUNT', KEYS[1], now - second + 1, '+inf'),
-  redis.call('ZCOUNT', KEYS[1], now - minute + 1, '+inf'),
-  tonumber(redis.call('HGET', KEYS[2], '_total') or '0'),
-  redis.call('ZCOUNT', KEYS[3], now + 1, '+inf'),
-  math.max(redis.call('PTTL', KEYS[4]), 0),
-}
-"""

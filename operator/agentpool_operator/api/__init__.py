@@ -17,6 +17,7 @@ from agentpool_operator.api.budget import (
     AgentBudgetSpec,
     AgentBudgetStatus,
     BudgetKey,
+    BudgetKeyStatus,
     BudgetReference,
     BudgetSharing,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "AgentPoolStatus",
     "AutoscalingSpec",
     "BudgetKey",
+    "BudgetKeyStatus",
     "BudgetReference",
     "BudgetSharing",
     "CacheSpec",

@@ -14,9 +14,16 @@ operator parses live objects with `AgentBudgetSpec.model_validate(obj["spec"])`.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from agent_runtime import contract
 from agentpool_operator.api.common import (
@@ -27,7 +34,7 @@ from agentpool_operator.api.common import (
     cel,
     validations,
 )
-from agentpool_operator.api.conditions import Condition
+from agentpool_operator.api.conditions import REASON_PATTERN, Condition, rfc3339
 
 BUDGET_KIND = "AgentBudget"
 BUDGET_PLURAL = "agentbudgets"
@@ -125,6 +132,28 @@ class AgentBudgetSpec(ApiModel):
             (self.shared_with.namespaces or ()) if self.shared_with else ())
 
 
+class BudgetKeyStatus(ApiModel):
+    """Whether one key of the budget is saturated. Written only when `saturated` flips (the
+    operator looks every 30 s), so `reason` and `message` say why it last flipped."""
+
+    name: str = Field(min_length=1, max_length=contract.BUDGET_KEY_NAME_MAX_LENGTH)
+    """The key's name (`spec.keys[].name`)."""
+    saturated: bool
+    """True when its usage in the window is at 95 % or more of a limit, the provider asked to
+    back off (429, a shared cool-down), or tasks are waiting for a permit."""
+    since: dt.datetime
+    """When `saturated` last flipped (or the key was first seen)."""
+    reason: str = Field(min_length=1, max_length=128, pattern=REASON_PATTERN)
+    """Why, in CamelCase: CoolDown, RequestsPerSecond, RequestsPerMinute, TokensPerMinute,
+    ConcurrentRequests, TasksWaiting, or BelowLimits."""
+    message: str = Field(max_length=1024)
+    """The same, for humans (the limit that was reached, never a usage count that moves)."""
+
+    @field_serializer("since")
+    def _rfc3339(self, value: dt.datetime) -> str:
+        return rfc3339(value)
+
+
 class AgentBudgetStatus(ApiModel):
     """Observed state of an AgentBudget, written by the operator."""
 
@@ -138,11 +167,19 @@ class AgentBudgetStatus(ApiModel):
         default=None, max_length=MAX_LISTED_POOLS,
         json_schema_extra={"x-kubernetes-list-type": "set"})
     """The pools using the budget, as `namespace/name`, sorted (the first 256)."""
+    keys: list[BudgetKeyStatus] | None = Field(
+        default=None, max_length=MAX_BUDGET_KEYS,
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["name"]})
+    """Saturation per key, read from the Redis of the pools using the budget (empty while no
+    pool uses it)."""
     conditions: list[Condition] | None = Field(
         default=None, max_length=32,
         json_schema_extra={"x-kubernetes-list-type": "map",
                            "x-kubernetes-list-map-keys": ["type"]})
-    """Ready: the operator has read this generation of the budget and serves it."""
+    """Ready: the operator has read this generation of the budget and serves it.
+    Saturated: True while any key is saturated (`keys` says which), Unknown while the Redis
+    holding the budget's usage cannot be read."""
 
 
 class BudgetReference(ApiModel):

@@ -37,6 +37,9 @@ class ConditionType(StrEnum):
     """True while the pool is rolling out a change or scaling towards `spec.replicas`."""
     DEGRADED = "Degraded"
     """True when something needs a human: crash-looping pods, unreachable queue or database."""
+    SATURATED = "Saturated"
+    """AgentBudget: True while any of its keys is saturated (at ~95 % of a limit, cooling down
+    after a 429, or with tasks waiting for a permit); Unknown when its Redis cannot be read."""
 
 
 class Reason(StrEnum):
@@ -83,6 +86,16 @@ class Reason(StrEnum):
     BUDGET_SPLIT = "BudgetSplit"
     """AgentBudget not Ready: the pools using it queue on different Redis servers, where the
     budget's state lives, so each server would grant the whole limit."""
+    KEYS_SATURATED = "KeysSaturated"
+    """AgentBudget Saturated: at least one key is saturated (`status.keys` says which, why)."""
+    BELOW_LIMITS = "BelowLimits"
+    """AgentBudget Saturated is False (or a key is not saturated): below its limits."""
+    NOT_USED = "NotUsed"
+    """AgentBudget Saturated is False: no pool uses the budget, so nothing counts against it."""
+    USAGE_PENDING = "UsagePending"
+    """AgentBudget Saturated is Unknown: the queues of the pools using it are not known yet."""
+    REDIS_UNREACHABLE = "RedisUnreachable"
+    """AgentBudget Saturated is Unknown: the Redis holding the budget's usage cannot be read."""
 
 
 class Condition(ApiModel):

@@ -2,14 +2,15 @@
 the runtime's config and the API keys its environment (by reference only); a budget that is
 missing, not shared with the pool's namespace, or defining a key another one does, makes the
 pool Degraded with its own reason and creates nothing; a budget's change reconciles the pools
-naming it; the budget's status lists the pools using it, written only when it changes."""
+naming it; the budget's status lists the pools using it and its keys' saturation, written only
+when it changes."""
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,9 @@ import pytest
 
 from agent_runtime.contract import budget_api_key_env
 from agentpool_operator.api import AgentPoolSpec
+from agentpool_operator.budget_saturation import KeyReading, ServerReading
 from agentpool_operator.budget_status import BudgetStatusWriter
+from agentpool_operator.budget_usage import BudgetUsageReader
 from agentpool_operator.workqueue import Requeue
 from tests.unit.operator.fake_cluster import FakeCluster
 from tests.unit.operator.test_reconcile_steps import (
@@ -269,3 +272,79 @@ async def test_a_budget_whose_pools_queue_on_two_redis_servers_is_not_ready() ->
     assert f"redis-a.platform:6379/0: {NS}/echo" in ready["message"]
     assert "redis-b.team-b:6379/0: team-b/b" in ready["message"]
     assert "pw-" not in json.dumps(writes)  # server names only, never credentials
+
+
+class FakeUsage(BudgetUsageReader):
+    """What the budget's keys hold, as the test sets it; records the URLs read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: dict[str, KeyReading] = {}
+        self.error: str | None = None
+        self.urls: list[str] = []
+
+    async def read(self, url: str, key_ids: Mapping[str, str]) -> ServerReading:
+        self.urls.append(url)
+        assert key_ids == {"openai": f"{NS}/llm/openai"}  # the runtime's BudgetKeyConfig.id
+        return ServerReading("redis-a.platform:6379/0", dict(self.keys), error=self.error)
+
+
+async def test_the_budget_status_is_written_only_when_a_key_flips_saturated() -> None:
+    cluster = FakeCluster()
+    llm = cluster.put(budget("llm", [OPENAI]))
+    writes = _record_status_writes(cluster)
+    r = reconciler(cluster)
+    usage = FakeUsage()
+    now = [dt.datetime(2026, 12, 5, tzinfo=dt.UTC)]
+    writer = BudgetStatusWriter(cluster.as_kube(), r.store, lambda: True, queues=r.queues,
+                                clock=lambda: now[0], usage=usage)
+    r.store.budget_event((NS, "llm"), llm, deleted=False)
+    mine = pool_object(with_budgets({"name": "llm"}))
+    r.store.pool_event(POOL_KEY, mine, deleted=False)
+    r.queues.record(POOL_KEY, AgentPoolSpec.model_validate(mine["spec"]),
+                    "redis://:pw-a@redis-a.platform:6379/0")
+
+    async def look(**keys: KeyReading) -> dict[str, Any]:
+        usage.keys = keys
+        now[0] += dt.timedelta(seconds=30)
+        # A budget some pool uses is looked at again periodically.
+        with pytest.raises(Requeue) as requeue:
+            await writer((NS, "llm"))
+        assert requeue.value.delay == 30
+        r.store.budgets.put((NS, "llm"), cluster.objects[(API, "AgentBudget", NS, "llm")])
+        return {c["type"]: c for c in writes[-1]["conditions"]}
+
+    conditions = await look(openai=KeyReading(requests_last_minute=10))
+    assert (conditions["Saturated"]["status"], len(writes)) == ("False", 1)
+    assert writes[-1]["keys"][0]["saturated"] is False
+    # Usage moving below the limits: nothing written.
+    for used in (200, 300, 400):
+        await look(openai=KeyReading(requests_last_minute=used))
+    assert len(writes) == 1
+    # 95 % of 500 requests per minute: the key and the condition flip, once.
+    conditions = await look(openai=KeyReading(requests_last_minute=480))
+    assert len(writes) == 2
+    (key,) = writes[-1]["keys"]
+    assert (key["name"], key["saturated"], key["reason"]) == ("openai", True,
+                                                              "RequestsPerMinute")
+    assert (conditions["Saturated"]["status"], conditions["Ready"]["status"]) == ("True", "True")
+    # Still saturated, now waiting on a cool-down: nothing written.
+    await look(openai=KeyReading(cooldown_seconds=3, waiting=2))
+    assert len(writes) == 2
+    # Redis unreachable: Unknown, once, however many looks.
+    usage.error = "cannot read the budget's usage at redis redis-a.platform:6379/0: refused"
+    conditions = await look()
+    await look()
+    assert len(writes) == 3
+    assert (conditions["Saturated"]["status"], conditions["Saturated"]["reason"]) == (
+        "Unknown", "RedisUnreachable")
+    usage.error = None
+    await look()
+    assert len(writes) == 4
+    assert writes[-1]["keys"][0]["saturated"] is False
+    assert "pw-a" not in json.dumps(writes)
+    assert set(usage.urls) == {"redis://:pw-a@redis-a.platform:6379/0"}
+    # The pool going: no keys, not saturated, and no more looks.
+    r.store.pool_event(POOL_KEY, mine, deleted=True)
+    await writer((NS, "llm"))
+    assert (writes[-1]["keys"], writes[-1]["conditions"][-1]["reason"]) == ([], "NotUsed")
