@@ -26,7 +26,7 @@ import math
 import random
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from agent_runtime.errors import InvalidPayloadError, MalformedTaskError, PayloadTooLargeError
@@ -73,9 +73,14 @@ class TaskEnvelope:
     reply_to: str = ""
     idempotency_key: str = ""
     traceparent: str = ""
+    # The payload as `from_fields` decoded it to validate it: the worker's first read of
+    # `payload` takes it instead of decoding the text again; later reads decode a fresh copy.
+    _decoded: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def payload(self) -> Any:
+        if self._decoded:
+            return self._decoded.pop()
         return json.loads(self.payload_json)
 
     def to_fields(self) -> dict[str, str]:
@@ -95,7 +100,7 @@ class TaskEnvelope:
 
     def for_retry(self, error: str, executions: int) -> TaskEnvelope:
         """The envelope of the next entry of this task, after `executions` runs in all."""
-        return replace(self, retries=max(executions, self.retries + 1),
+        return replace(self, _decoded=[], retries=max(executions, self.retries + 1),
                        error=truncate_error(error)[:MAX_ERROR_CHARS])
 
     @classmethod
@@ -106,7 +111,7 @@ class TaskEnvelope:
         if missing:
             raise MalformedTaskError(f"malformed task: missing field(s) {', '.join(missing)}")
         try:
-            json.loads(fields["payload"])
+            payload = json.loads(fields["payload"])
         except ValueError as exc:
             raise MalformedTaskError(f"malformed task: payload is not JSON ({exc})") from exc
         except RecursionError:
@@ -131,6 +136,7 @@ class TaskEnvelope:
             reply_to=fields.get("reply", ""),
             idempotency_key=fields.get("idem", ""),
             traceparent=fields.get("trace", ""),
+            _decoded=[payload],
         )
 
 

@@ -272,6 +272,9 @@ def log_outcome(task_id: str, handler: str, attempt: int, duration: float,
     """The task's outcome line: ids, handler, attempt, duration and outcome, never the payload
     or the result; a handler's exception with its traceback. `status` is the recorded status,
     or `retrying` when the task runs again; `dead_letter_reason` when it was dead-lettered."""
+    level = logging.INFO if finished.outcome in ("success", "cancelled") else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
     status = finished.status or "retrying"
     fields: dict[str, Any] = {
         "event": "task_outcome", "task_id": task_id, "handler": handler, "attempt": attempt,
@@ -280,9 +283,6 @@ def log_outcome(task_id: str, handler: str, attempt: int, duration: float,
         fields["error"] = finished.error
     if finished.dead_reason:
         fields["dead_letter_reason"] = finished.dead_reason
-    level = logging.INFO if finished.outcome in ("success", "cancelled") else logging.WARNING
-    if not log.isEnabledFor(level):
-        return
     exc = finished.exception
     log.log(level, "task %s %s after %.3fs (handler %s, attempt %d, %s)", task_id,
             finished.outcome, duration, handler, attempt, status, extra=fields,

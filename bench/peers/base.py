@@ -103,6 +103,11 @@ class System(ABC):
         return env
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        # BENCH_SYSTEM_CPUS="1": the system's processes on those CPUs only (taskset), e.g. away
+        # from the load generator, to tell core contention from the system's own latency.
+        cpus = os.environ.get("BENCH_SYSTEM_CPUS")
+        if cpus:
+            argv = ["taskset", "-c", cpus, *argv]
         log = self.logdir / f"proc-{len(self.procs)}.log"
         with log.open("wb") as out:
             self.procs.append(subprocess.Popen(

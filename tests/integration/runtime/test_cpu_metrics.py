@@ -30,7 +30,9 @@ async def test_cpu_a_handler_spends_is_counted_for_its_worker_slot_and_its_pod(
     assert spent <= busy < spent + 1.0  # plus the warm-up and idling of both workers
     by_slot = slots()
     assert max(by_slot.values()) >= spent  # one slot did the work
-    pod = supervisor.metric("agentpool_pod_cpu_seconds_total")
+    # Sampled on the supervisor's ticks, like the slots' series: wait for the sample that
+    # includes the work, not the one that happened to be current.
+    pod = supervisor.metric_reaching("agentpool_pod_cpu_seconds_total", idle + spent, within=5)
     assert pod >= sum(by_slot.values())
     assert pod - idle >= spent
     assert supervisor.metric("process_cpu_seconds_total") > 0
