@@ -18,6 +18,7 @@ from agentpool_operator import login, logs, watches
 from agentpool_operator.budget_status import BudgetStatusWriter
 from agentpool_operator.budgets import BudgetId
 from agentpool_operator.certkeeper import CertKeeper
+from agentpool_operator.childwatch import watch_in_turn
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.instrumentation import OperatorMetrics
@@ -111,7 +112,8 @@ def _exit_lost() -> None:
 
 async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
                   queue: WorkQueue[PoolKey], resyncer: Resyncer) -> None:
-    """Reconcile until kopf stops (a signal): watches, work queue, resync and side jobs."""
+    """Reconcile until kopf stops (a signal): watches (kopf's and the children's), work
+    queue, resync and side jobs."""
     budget_queue: WorkQueue[BudgetId] = WorkQueue(
         BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once,
                            queues=reconciler.queues), workers=1)
@@ -124,7 +126,9 @@ async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
     watches.configure(kopf_settings)
     queue.start()
     budget_queue.start()
-    tasks = [asyncio.create_task(resyncer.run(), name="resync")]
+    tasks = [asyncio.create_task(resyncer.run(), name="resync"),
+             asyncio.create_task(watch_in_turn(watches.child_watchers(
+                 kube, queue, reconciler.store, settings.namespaces)), name="child-watches")]
     reader = BacklogReader(client_name="agentpool-operator")
     if settings.deletion_cost_seconds > 0:
         keeper = DeletionCostKeeper(kube, reconciler.queues, reader)
