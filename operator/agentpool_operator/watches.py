@@ -8,7 +8,8 @@ its children, the AgentPool status and Events); the children are `childwatch`'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import kopf
@@ -77,12 +78,14 @@ def _watch_budgets(registry: kopf.OperatorRegistry, queue: WorkQueue[PoolKey],
 
 
 def child_watchers(kube: Kube, queue: WorkQueue[PoolKey], store: PoolStore,
-                   namespaces: Sequence[str]) -> list[KindWatcher]:
+                   namespaces: Sequence[str], *,
+                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+                   ) -> list[KindWatcher]:
     """The watches of the children (`childwatch`, not kopf's: bounded memory at start-up):
     the Deployments first, then every other watched kind, in each namespace (or all)."""
     watched = [_deployments(queue, store)] + [
         _children(queue, store, api_version, kind) for api_version, kind, _ in WATCHED_KINDS]
-    return [KindWatcher(kube, kind, namespace)
+    return [KindWatcher(kube, kind, namespace, sleep=sleep)
             for kind in watched for namespace in namespaces or (None,)]
 
 
