@@ -67,12 +67,15 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return result
 
 
-def _lean(body: dict[str, Any]) -> dict[str, Any]:
-    """A watched body without its managedFields (often its largest part; nothing reads it),
-    dropped before the body travels any further."""
+def _as_watched(obj: Any, api_version: str, kind: str) -> dict[str, Any]:
+    """A listed or watched object as a dict, without its managedFields (often its largest
+    part; nothing reads it) from the start, and with its kind (a list's items lack it)."""
+    body = _as_dict(obj)
     meta = body.get("metadata")
     if isinstance(meta, dict):
         meta.pop("managedFields", None)
+    body.setdefault("apiVersion", api_version)
+    body.setdefault("kind", kind)
     return body
 
 
@@ -162,7 +165,7 @@ class Kube:
                     resource_for(api_version, kind), namespace=namespace or "*",
                     labels=dict(MANAGED_BY), chunk_size=chunk_size)
                 async for obj in listing:
-                    each(_lean(_as_dict(obj)))
+                    each(_as_watched(obj, api_version, kind))
                 return listing.resourceVersion
         except _NotFound as error:
             raise ApiFailure(f"{what}: 404 not found", code=404) from error
@@ -180,7 +183,7 @@ class Kube:
                         resource_for(api_version, kind), namespace=namespace or "*",
                         labels=dict(MANAGED_BY), resource_version=resource_version,
                         server_timeout=timeout_seconds):
-                    yield event_type, _lean(_as_dict(obj))
+                    yield event_type, _as_watched(obj, api_version, kind)
         except _NotFound as error:
             raise ApiFailure(f"{what}: 404 not found", code=404) from error
 
