@@ -18,7 +18,7 @@ from agentpool_operator import login, logs, watches
 from agentpool_operator.budget_status import BudgetStatusWriter
 from agentpool_operator.budgets import BudgetId
 from agentpool_operator.certkeeper import CertKeeper
-from agentpool_operator.childwatch import watch_in_turn
+from agentpool_operator.childwatch import start_in_turn
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.instrumentation import OperatorMetrics
@@ -126,9 +126,8 @@ async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
     watches.configure(kopf_settings)
     queue.start()
     budget_queue.start()
-    tasks = [asyncio.create_task(resyncer.run(), name="resync"),
-             asyncio.create_task(watch_in_turn(watches.child_watchers(
-                 kube, queue, reconciler.store, settings.namespaces)), name="child-watches")]
+    tasks = [asyncio.create_task(resyncer.run(), name="resync"), *start_in_turn(
+        watches.child_watchers(kube, queue, reconciler.store, settings.namespaces))]
     reader = BacklogReader(client_name="agentpool-operator")
     if settings.deletion_cost_seconds > 0:
         keeper = DeletionCostKeeper(kube, reconciler.queues, reader)

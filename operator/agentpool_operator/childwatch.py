@@ -85,7 +85,10 @@ class KindWatcher:
     def name(self) -> str:
         return f"{self._watched.kind} in {self._namespace or 'all namespaces'}"
 
-    async def run(self) -> None:
+    async def run(self, after: asyncio.Event | None = None) -> None:
+        """Watch until cancelled, starting once `after` is set."""
+        if after is not None:
+            await after.wait()
         failures = 0
         while True:
             if not self._watched.served():
@@ -157,10 +160,14 @@ def _backoff(failures: int) -> float:
     return float(min(2 ** (failures - 1), MAX_BACKOFF_SECONDS))
 
 
-async def watch_in_turn(watchers: Sequence[KindWatcher]) -> None:
-    """Run every watcher; each starts once the one before it has listed, so the start-up
-    lists never overlap (one chunk of bodies alive at a time)."""
-    async with asyncio.TaskGroup() as group:
-        for watcher in watchers:
-            group.create_task(watcher.run(), name=f"watch {watcher.name}")
-            await watcher.first_list_done.wait()
+def start_in_turn(watchers: Sequence[KindWatcher]) -> list[asyncio.Task[None]]:
+    """Start every watcher's task; each lists only once the one before it has listed, so the
+    start-up lists never overlap (one chunk of bodies alive at a time). All the tasks exist
+    from the start: kopf, once stopped, waits 5 s for any task created after it started."""
+    tasks = []
+    previous: asyncio.Event | None = None
+    for watcher in watchers:
+        tasks.append(asyncio.create_task(watcher.run(after=previous),
+                                         name=f"watch {watcher.name}"))
+        previous = watcher.first_list_done
+    return tasks

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from agentpool_operator.builders.kinds import CHILD_CRDS, KEDA_CRD
-from agentpool_operator.childwatch import KindWatcher, watch_in_turn
+from agentpool_operator.childwatch import KindWatcher, start_in_turn
 from agentpool_operator.errors import TransientError
 from agentpool_operator.store import PoolKey, PoolStore
 from agentpool_operator.watches import child_watchers
@@ -65,12 +65,13 @@ def operator() -> Operator:
 
 @asynccontextmanager
 async def watching(op: Operator) -> AsyncIterator[None]:
-    task = asyncio.create_task(watch_in_turn(op.watchers))
+    tasks = start_in_turn(op.watchers)
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_children_are_listed_a_chunk_at_a_time_then_changes_reach_the_queue_at_once(
