@@ -139,18 +139,14 @@ class Kube:
             return None
         return _as_dict(obj)
 
-    async def list_pools(self, namespace: str | None) -> list[dict[str, Any]]:
+    async def list_pools(self, namespace: str | None, each: Callable[[dict[str, Any]], None],
+                         *, chunk_size: int = 100) -> None:
+        """Every AgentPool (in one namespace or all), handed to `each` a chunk at a time: a
+        list of a thousand pools in one answer was the operator's memory peak."""
         with _calling("list agentpools"):
-            return [_as_dict(obj) async for obj in self._client.list(
-                AgentPoolResource, namespace=namespace or "*")]
-
-    async def list_children(self, api_version: str, kind: str, namespace: str | None
-                            ) -> list[dict[str, Any]]:
-        """Every object of a kind the operator manages (by label), in one namespace or all."""
-        with _calling(f"list {kind} in {namespace or 'all namespaces'}"):
-            return [_as_dict(obj) async for obj in self._client.list(
-                resource_for(api_version, kind), namespace=namespace or "*",
-                labels=dict(MANAGED_BY))]
+            async for obj in self._client.list(AgentPoolResource, namespace=namespace or "*",
+                                               chunk_size=chunk_size):
+                each(_as_watched(obj, f"{GROUP}/{VERSION}", KIND))
 
     async def list_managed(self, api_version: str, kind: str, namespace: str | None,
                            each: Callable[[dict[str, Any]], None], *, chunk_size: int) -> str:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from agentpool_operator.builders.kinds import CHILD_CRDS
 from agentpool_operator.errors import OperatorError
@@ -99,12 +100,15 @@ class Resyncer:
             [crd for crd in CHILD_CRDS if await self._kube.crd_exists(crd)])
         versions: dict[PoolKey, str] = {}
         listed_at = self._clock()
+
+        def listed(pool: dict[str, Any]) -> None:
+            meta = pool["metadata"]
+            key = (meta["namespace"], meta["name"])
+            versions[key] = meta.get("resourceVersion", "")
+            self._store.pools.put(key, pool)
+
         for namespace in self._settings.namespaces or (None,):
-            for pool in await self._kube.list_pools(namespace):
-                meta = pool["metadata"]
-                key = (meta["namespace"], meta["name"])
-                versions[key] = meta.get("resourceVersion", "")
-                self._store.pools.put(key, pool)
+            await self._kube.list_pools(namespace, listed)
         self.detector.listed(versions, self._clock())
         self.last_list = (listed_at, frozenset(versions))
         # A deletion the watch missed (e.g. while it reconnected) must not leave a pool behind.
