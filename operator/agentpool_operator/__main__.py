@@ -19,6 +19,7 @@ from agentpool_operator.budget_status import BudgetStatusWriter
 from agentpool_operator.budget_usage import BudgetUsageReader
 from agentpool_operator.budgets import BudgetId
 from agentpool_operator.certkeeper import CertKeeper
+from agentpool_operator.childwatch import start_in_turn
 from agentpool_operator.deletioncost import DeletionCostKeeper
 from agentpool_operator.health import build_app, serve
 from agentpool_operator.instrumentation import OperatorMetrics
@@ -112,7 +113,8 @@ def _exit_lost() -> None:
 
 async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
                   queue: WorkQueue[PoolKey], resyncer: Resyncer) -> None:
-    """Reconcile until kopf stops (a signal): watches, work queue, resync and side jobs."""
+    """Reconcile until kopf stops (a signal): watches (kopf's and the children's), work
+    queue, resync and side jobs."""
     usage = BudgetUsageReader()
     budget_queue: WorkQueue[BudgetId] = WorkQueue(
         BudgetStatusWriter(kube, reconciler.store, lambda: resyncer.listed_once,
@@ -126,7 +128,8 @@ async def operate(settings: Settings, kube: Kube, reconciler: Reconciler,
     watches.configure(kopf_settings)
     queue.start()
     budget_queue.start()
-    tasks = [asyncio.create_task(resyncer.run(), name="resync")]
+    tasks = [asyncio.create_task(resyncer.run(), name="resync"), *start_in_turn(
+        watches.child_watchers(kube, queue, reconciler.store, settings.namespaces))]
     reader = BacklogReader(client_name="agentpool-operator")
     if settings.deletion_cost_seconds > 0:
         keeper = DeletionCostKeeper(kube, reconciler.queues, reader)

@@ -132,6 +132,11 @@ class LatestObjects(Generic[K]):
         stored = self._objects.get(key)
         return None if stored is None else stored.uid
 
+    def version(self, key: K) -> int | None:
+        """The cached object's resourceVersion (None if absent or not a number)."""
+        stored = self._objects.get(key)
+        return None if stored is None else stored.version
+
     def watched(self, key: K) -> dict[str, Any] | None:
         """The cached body if a watch event (or a list) delivered this version of it."""
         return self.get(key) if key in self._watched else None

@@ -24,3 +24,7 @@ class ApiFailure(OperatorError):
     def __init__(self, message: str, *, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Expired(OperatorError):
+    """A watch's resourceVersion is too old (410 Gone): only a new list can continue it."""

@@ -12,7 +12,7 @@ import base64
 import contextlib
 import datetime as dt
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import httpx2 as httpx
@@ -27,7 +27,7 @@ from lightkube.types import PatchType
 
 from agentpool_operator.api import BUDGET_KIND, BUDGET_PLURAL, GROUP, KIND, PLURAL, VERSION
 from agentpool_operator.builders.kinds import CHILD_KINDS, ChildKind
-from agentpool_operator.errors import ApiFailure, TransientError
+from agentpool_operator.errors import ApiFailure, Expired, TransientError
 from agentpool_operator.leader import LeaseConflict, LeaseRecord
 
 FIELD_MANAGER = "agentpool-operator"
@@ -67,6 +67,18 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return result
 
 
+def _as_watched(obj: Any, api_version: str, kind: str) -> dict[str, Any]:
+    """A listed or watched object as a dict, without its managedFields (often its largest
+    part; nothing reads it) from the start, and with its kind (a list's items lack it)."""
+    body = _as_dict(obj)
+    meta = body.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    body.setdefault("apiVersion", api_version)
+    body.setdefault("kind", kind)
+    return body
+
+
 class _NotFound(Exception):
     """Internal: the object is absent; callers turn it into None, False or a no-op."""
 
@@ -80,10 +92,20 @@ def _calling(what: str) -> Iterator[None]:
         code = error.status.code or 0
         if code == 404:
             raise _NotFound(what) from error
+        if code == 410:
+            raise Expired(f"{what}: {error.status.message or error}") from error
         message = f"{what}: {code} {error.status.message or error}"
         if code in _TRANSIENT_CODES:
             raise TransientError(message) from error
         raise ApiFailure(message, code=code) from error
+    except httpx.HTTPStatusError as error:
+        # A watch's answer before its stream starts (lightkube raises httpx's own error).
+        code = error.response.status_code
+        if code == 404:
+            raise _NotFound(what) from error
+        if code == 410:
+            raise Expired(f"{what}: {code}") from error
+        raise TransientError(f"{what}: {code}") from error
     except httpx.HTTPError as error:
         raise TransientError(f"{what}: {error}") from error
 
@@ -117,18 +139,49 @@ class Kube:
             return None
         return _as_dict(obj)
 
-    async def list_pools(self, namespace: str | None) -> list[dict[str, Any]]:
+    async def list_pools(self, namespace: str | None, each: Callable[[dict[str, Any]], None],
+                         *, chunk_size: int = 100) -> None:
+        """Every AgentPool (in one namespace or all), handed to `each` a chunk at a time: a
+        list of a thousand pools in one answer was the operator's memory peak."""
         with _calling("list agentpools"):
-            return [_as_dict(obj) async for obj in self._client.list(
-                AgentPoolResource, namespace=namespace or "*")]
+            async for obj in self._client.list(AgentPoolResource, namespace=namespace or "*",
+                                               chunk_size=chunk_size):
+                each(_as_watched(obj, f"{GROUP}/{VERSION}", KIND))
 
-    async def list_children(self, api_version: str, kind: str, namespace: str | None
-                            ) -> list[dict[str, Any]]:
-        """Every object of a kind the operator manages (by label), in one namespace or all."""
-        with _calling(f"list {kind} in {namespace or 'all namespaces'}"):
-            return [_as_dict(obj) async for obj in self._client.list(
-                resource_for(api_version, kind), namespace=namespace or "*",
-                labels=dict(MANAGED_BY))]
+    async def list_managed(self, api_version: str, kind: str, namespace: str | None,
+                           each: Callable[[dict[str, Any]], None], *, chunk_size: int) -> str:
+        """List the objects of a kind the operator manages (by label) `chunk_size` at a time,
+        handing each to `each` before the next chunk is fetched, so no more than one chunk of
+        bodies is alive at once; the list's resourceVersion (to watch from). A missing kind
+        (its CRD gone) raises `ApiFailure` with code 404."""
+        what = f"list {kind} in {namespace or 'all namespaces'}"
+        try:
+            with _calling(what):
+                listing = self._client.list(
+                    resource_for(api_version, kind), namespace=namespace or "*",
+                    labels=dict(MANAGED_BY), chunk_size=chunk_size)
+                async for obj in listing:
+                    each(_as_watched(obj, api_version, kind))
+                return listing.resourceVersion
+        except _NotFound as error:
+            raise ApiFailure(f"{what}: 404 not found", code=404) from error
+
+    async def watch_managed(self, api_version: str, kind: str, namespace: str | None,
+                            resource_version: str, *, timeout_seconds: int
+                            ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """The changes to the managed objects of a kind after `resource_version`, as (event
+        type, body). Raises `Expired` when that version is too old (relist), `ApiFailure`
+        with code 404 when the kind is gone, `TransientError` on a broken connection."""
+        what = f"watch {kind} in {namespace or 'all namespaces'}"
+        try:
+            with _calling(what):
+                async for event_type, obj in self._client.watch(
+                        resource_for(api_version, kind), namespace=namespace or "*",
+                        labels=dict(MANAGED_BY), resource_version=resource_version,
+                        server_timeout=timeout_seconds):
+                    yield event_type, _as_watched(obj, api_version, kind)
+        except _NotFound as error:
+            raise ApiFailure(f"{what}: 404 not found", code=404) from error
 
     async def list_pods(self, namespace: str, selector: Mapping[str, str]
                         ) -> list[dict[str, Any]]:

@@ -4,11 +4,8 @@ Every `resync_seconds` the operator lists the AgentPools it watches and enqueues
 full reconcile (unless it had one within the period): a safety net for anything an event did
 not report (a referenced Secret's rotation, say). The children are watched, so such a
 reconcile compares against their cached bodies and reads nothing but the referenced Secrets.
-A watch that (re)listed may have missed deletions while it was disconnected (no event reports
-them); the next resync lists each such kind once and drops cached bodies the list lacks, so
-the cache is trusted again (until then, deleted children are repaired as before: at the latest
-by that resync). The same pool list checks
-the watch: when the API server has a newer resourceVersion of a pool than the watch has
+(A child watch that had to list again audits its own kind: `childwatch`.) The same pool list
+checks the watch: when the API server has a newer resourceVersion of a pool than the watch has
 delivered, for longer than `stall_seconds`, the watch is stalled and the liveness probe fails so
 Kubernetes restarts the operator (kopf's known "silent operator" case).
 """
@@ -103,15 +100,17 @@ class Resyncer:
             [crd for crd in CHILD_CRDS if await self._kube.crd_exists(crd)])
         versions: dict[PoolKey, str] = {}
         listed_at = self._clock()
+
+        def listed(pool: dict[str, Any]) -> None:
+            meta = pool["metadata"]
+            key = (meta["namespace"], meta["name"])
+            versions[key] = meta.get("resourceVersion", "")
+            self._store.pools.put(key, pool)
+
         for namespace in self._settings.namespaces or (None,):
-            for pool in await self._kube.list_pools(namespace):
-                meta = pool["metadata"]
-                key = (meta["namespace"], meta["name"])
-                versions[key] = meta.get("resourceVersion", "")
-                self._store.pools.put(key, pool)
+            await self._kube.list_pools(namespace, listed)
         self.detector.listed(versions, self._clock())
         self.last_list = (listed_at, frozenset(versions))
-        await self._audit_relisted()
         # A deletion the watch missed (e.g. while it reconnected) must not leave a pool behind.
         for key in self._store.pools.keys() - versions.keys():
             self._store.pools.drop(key)
@@ -124,20 +123,3 @@ class Resyncer:
             self._queue.add(key)
         self.listed_once = True
         self._on_resync()
-
-    async def _audit_relisted(self) -> None:
-        """List each child kind a watch (re)listed since the last audit; reconcile the pools
-        whose cached children turn out gone or different."""
-        kinds, self._store.relisted = self._store.relisted, set()
-        owners: set[PoolKey] = set()
-        try:
-            for api_version, kind in sorted(kinds):
-                listed: list[dict[str, Any]] = []
-                for namespace in self._settings.namespaces or (None,):
-                    listed += await self._kube.list_children(api_version, kind, namespace)
-                owners |= self._store.audit(api_version, kind, listed)
-                kinds = kinds - {(api_version, kind)}
-        finally:
-            self._store.relisted |= kinds  # not audited (a failed list): next time
-            for key in owners:
-                self._queue.add(key)

@@ -1,7 +1,8 @@
 """What the operator has observed of the cluster: the watched bodies, and which pools they
 say need a full reconcile.
 
-Fed by the kopf handlers (watch events) and the resync (lists); read by the reconcile. No
+Fed by the watches (kopf's of the pools and budgets, `childwatch`'s of the children: events and
+lists) and the resync (lists); read by the reconcile. No
 requests are made here. Bodies are kept as compact JSON (`cache.LatestObjects`), Secrets as
 digests of their values. A body only our own write returned is kept unconfirmed until the
 watch echoes it; absence is never trusted (a child the watch has not delivered is read).
@@ -9,7 +10,7 @@ watch echoes it; absence is never trusted (a child the watch has not delivered i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +42,6 @@ class PoolStore:
     reason), for the operator's `agentpool_operator_autoscaler_condition`."""
     served_crds: frozenset[str] = frozenset()
     """The CRDs of optional child kinds the cluster serves (checked by the resync)."""
-    relisted: set[tuple[str, str]] = field(default_factory=set)
-    """Child kinds (api version, kind) a watch listed since the last audit. A deletion while
-    a watch reconnects has no event; the resync lists those kinds once to drop such bodies."""
     budgets: LatestObjects[BudgetId] = field(default_factory=LatestObjects)
     """Latest watched AgentBudgets (a referenced budget the watch lacks is read with a GET)."""
     _needs_full: set[PoolKey] = field(default_factory=set)
@@ -135,11 +133,9 @@ class PoolStore:
         its watch event needs no reconcile."""
         self._own_status_versions[key] = written["metadata"].get("resourceVersion", "")
 
-    def deployment_event(self, key: PoolKey, deployment: dict[str, Any], deleted: bool,
-                         listing: bool = False) -> None:
-        """Note a watched version of a pool's Deployment (the caller enqueues the pool)."""
-        if listing:
-            self.relisted.add(DEPLOYMENT)
+    def deployment_event(self, key: PoolKey, deployment: dict[str, Any], deleted: bool) -> None:
+        """Note a watched (or listed) version of a pool's Deployment (the caller enqueues the
+        pool)."""
         if deleted:
             self.deployments.drop(key, deployment)
             # Often the garbage collector following the pool's deletion: read the pool itself
@@ -155,8 +151,6 @@ class PoolStore:
         if the change needs one (`event_type` None: a watch's (re)list)."""
         meta = child.get("metadata") or {}
         key = (api_version, kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        if event_type is None:
-            self.relisted.add((api_version, kind))
         pool_key = self.owning_pool(meta)
         if kind == "HorizontalPodAutoscaler" and pool_key is not None:
             self._note_autoscaler(pool_key, child, event_type == "DELETED")
@@ -192,53 +186,37 @@ class PoolStore:
         self.autoscalers[key] = {c["type"]: (c.get("status", ""), c.get("reason") or "")
                                  for c in conditions if c.get("type")}
 
-    def audit(self, api_version: str, kind: str, listed: Sequence[dict[str, Any]]
-              ) -> set[PoolKey]:
-        """A fresh list of a watched kind: drop cached bodies it lacks (deleted while the watch
-        was reconnecting), note the listed ones; the pools that need a full reconcile."""
+    def audit(self, api_version: str, kind: str, listed: Collection[tuple[str, str]],
+              version: str) -> set[PoolKey]:
+        """A (re)list of a watched kind ended: it showed the objects `listed` ((namespace,
+        name)) as of resourceVersion `version`, each already noted through `child_event` or
+        `deployment_event`. Drop the cached bodies it lacked (deleted while no watch ran, so
+        no event reported it); the pools that need a full reconcile."""
+        as_of = int(version) if version.isdigit() else None
+
+        def stale(cached: int | None) -> bool:
+            # A body newer than the list (our own write's answer since) is not the list's to
+            # judge.
+            return as_of is None or cached is None or cached <= as_of
+
+        owners: set[PoolKey] = set()
         if (api_version, kind) == DEPLOYMENT:
-            owners = self._audit_deployments(listed)
+            for pool_key in self.deployments:  # cached by pool key, named after the pool
+                if pool_key not in listed and stale(self.deployments.version(pool_key)):
+                    self.deployments.drop(pool_key)
+                    owners.add(pool_key)
         else:
-            owners = self._audit_children(api_version, kind, listed)
+            for key in self.children:
+                if key[:2] != (api_version, kind) or key[2:] in listed:
+                    continue
+                if stale(self.children.version(key)):
+                    cached = self.children.get(key) or {}
+                    self.children.drop(key)
+                    owner = self.owning_pool(cached.get("metadata") or {})
+                    if owner is not None:
+                        owners.add(owner)
         for pool_key in owners:
             self.request_full(pool_key)
-        return owners
-
-    def _audit_deployments(self, listed: Sequence[dict[str, Any]]) -> set[PoolKey]:
-        # Only cached keys are looked at: one whose deletion event arrived while the list was
-        # on its way must not come back from the (older) list.
-        owners: set[PoolKey] = set()
-        seen: dict[PoolKey, dict[str, Any]] = {}
-        for deployment in listed:
-            pool_key = self.owning_pool(deployment.get("metadata") or {})
-            if pool_key is not None:
-                seen[pool_key] = deployment
-        for pool_key in self.deployments:
-            if pool_key in seen:
-                self.deployments.put(pool_key, seen[pool_key])
-            else:
-                self.deployments.drop(pool_key)
-                owners.add(pool_key)
-        return owners
-
-    def _audit_children(self, api_version: str, kind: str, listed: Sequence[dict[str, Any]]
-                        ) -> set[PoolKey]:
-        owners: set[PoolKey] = set()
-        by_key: dict[ChildKey, dict[str, Any]] = {}
-        for child in listed:
-            meta = child.get("metadata") or {}
-            by_key[(api_version, kind, meta["namespace"], meta["name"])] = child
-        of_kind = [key for key in self.children if key[:2] == (api_version, kind)]
-        for key in of_kind:
-            cached = self.children.get(key) or {}
-            if key not in by_key:
-                # Gone, or created after the list was taken: a GET will tell.
-                self.children.drop(key)
-            elif not self.children.put(key, by_key[key]) or same_content(by_key[key], cached):
-                continue
-            pool_key = self.owning_pool(cached.get("metadata") or {})
-            if pool_key is not None:
-                owners.add(pool_key)
         return owners
 
     def owning_pool(self, meta: dict[str, Any]) -> PoolKey | None:

@@ -1,27 +1,30 @@
-"""kopf wiring only: watch events become work-queue keys; nothing else happens here.
+"""Watch wiring only: watch events become store notes and work-queue keys; nothing else
+happens here.
 
-Only raw event handlers are used: they keep no state in the objects (no finalizers, no
-annotations, no status fields of kopf's own), so the operator's only writes are its children,
-the AgentPool status and Events.
+The pools and budgets are kopf's (raw event handlers only: they keep no state in the objects,
+no finalizers, annotations or status fields of kopf's own, so the operator's only writes are
+its children, the AgentPool status and Events); the children are `childwatch`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import kopf
 
-from agentpool_operator import k8s
 from agentpool_operator.api import API_VERSION, BUDGET_PLURAL, GROUP, KIND, PLURAL, VERSION
 from agentpool_operator.budgets import BudgetId
-from agentpool_operator.builders.kinds import WATCHED_KINDS
+from agentpool_operator.builders.kinds import DEPLOYMENT, WATCHED_KINDS, crd_of
+from agentpool_operator.childwatch import KindWatcher, WatchedKind
 from agentpool_operator.diffbase import NoDiffBase
+from agentpool_operator.k8s import Kube
 from agentpool_operator.reconcile import Reconciler
 from agentpool_operator.resync import Resyncer
 from agentpool_operator.store import PoolKey, PoolStore
 from agentpool_operator.workqueue import WorkQueue
 
-MANAGED_BY = ",".join(f"{k}={v}" for k, v in k8s.MANAGED_BY.items())
 LIST_CHUNK_SIZE = 100
 WORKER_IDLE_SECONDS = 0.05
 
@@ -50,18 +53,7 @@ def build_registry(queue: WorkQueue[PoolKey], resyncer: Resyncer, reconciler: Re
         if wanted:
             queue.add(key)
 
-    @kopf.on.event("apps", "v1", "deployments", registry=registry)
-    async def deployment_changed(**kwargs: Any) -> None:
-        for owner in kwargs["meta"].get("ownerReferences") or []:
-            if owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
-                key = (kwargs["namespace"], owner["name"])
-                store.deployment_event(key, kwargs["event"]["object"],
-                                            kwargs["type"] == "DELETED", kwargs["type"] is None)
-                queue.add(key)
-
     _watch_budgets(registry, queue, store, budget_queue)
-    for api_version, kind, plural in WATCHED_KINDS:
-        _watch_child(registry, queue, store, api_version, kind, plural)
     return registry
 
 
@@ -85,24 +77,54 @@ def _watch_budgets(registry: kopf.OperatorRegistry, queue: WorkQueue[PoolKey],
         _recheck_budgets(store, budget_queue)
 
 
-def _group_version(api_version: str) -> tuple[str, str]:
-    group, _, version = api_version.rpartition("/")
-    return group, version
+def child_watchers(kube: Kube, queue: WorkQueue[PoolKey], store: PoolStore,
+                   namespaces: Sequence[str], *,
+                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+                   ) -> list[KindWatcher]:
+    """The watches of the children (`childwatch`, not kopf's: bounded memory at start-up):
+    the Deployments first, then every other watched kind, in each namespace (or all)."""
+    watched = [_deployments(queue, store)] + [
+        _children(queue, store, api_version, kind) for api_version, kind, _ in WATCHED_KINDS]
+    return [KindWatcher(kube, kind, namespace, sleep=sleep)
+            for kind in watched for namespace in namespaces or (None,)]
 
 
-def _watch_child(registry: kopf.OperatorRegistry, queue: WorkQueue[PoolKey],
-                 store: PoolStore, api_version: str, kind: str, plural: str) -> None:
+def _deployments(queue: WorkQueue[PoolKey], store: PoolStore) -> WatchedKind:
+    """A Deployment's every change (its status carries the pods' state) refreshes its pool."""
+    def handle(event_type: str | None, deployment: dict[str, Any]) -> None:
+        meta = deployment.get("metadata") or {}
+        for owner in meta.get("ownerReferences") or []:
+            if owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
+                key = (str(meta.get("namespace") or ""), str(owner["name"]))
+                store.deployment_event(key, deployment, event_type == "DELETED")
+                queue.add(key)
+
+    return WatchedKind(*DEPLOYMENT, handle=handle, relisted=_audit(queue, store, *DEPLOYMENT))
+
+
+def _children(queue: WorkQueue[PoolKey], store: PoolStore, api_version: str, kind: str
+              ) -> WatchedKind:
     """A deleted or edited child puts its pool on the queue at once; status updates and the
-    echoes of our own writes do not. kopf watches a CRD-backed kind only while its CRD exists.
-    Nothing here logs a body: a Secret's would carry its values."""
-    group, version = _group_version(api_version)
-
-    @kopf.on.event(group, version, plural, id=f"{plural}_changed", registry=registry)
-    async def child_changed(**kwargs: Any) -> None:
-        key = store.child_event(api_version, kind, kwargs["event"]["object"],
-                                     kwargs["type"])
+    echoes of our own writes do not. A CRD-backed kind is watched only while its CRD is
+    served. Nothing here logs a body: a Secret's would carry its values."""
+    def handle(event_type: str | None, child: dict[str, Any]) -> None:
+        key = store.child_event(api_version, kind, child, event_type)
         if key is not None:
             queue.add(key)
+
+    crd = crd_of(api_version, kind)
+    return WatchedKind(api_version, kind, handle=handle,
+                       relisted=_audit(queue, store, api_version, kind),
+                       served=lambda: crd is None or crd in store.served_crds)
+
+
+def _audit(queue: WorkQueue[PoolKey], store: PoolStore, api_version: str, kind: str
+           ) -> Callable[[set[tuple[str, str]], str], None]:
+    """After a (re)list: reconcile the pools whose cached children it showed gone."""
+    def relisted(listed: set[tuple[str, str]], version: str) -> None:
+        for key in store.audit(api_version, kind, listed, version):
+            queue.add(key)
+    return relisted
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -112,18 +134,11 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False
     # No change handlers, so no diffs: kopf would deep-copy every watched body to build them.
     settings.persistence.diffbase_storage = NoDiffBase()
-    # Only watch the children we own, filtered by the API server, not in memory: in particular
-    # only our own Secrets ever reach the operator.
-    settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
-    for api_version, _, plural in WATCHED_KINDS:
-        settings.watching.label_selectors[(*_group_version(api_version), plural)] = MANAGED_BY
     settings.watching.server_timeout = 300
-    # Memory at a (re)start with thousands of children: kopf lists each kind in one response
-    # by default and gives every listed object a worker that holds its last body (with
-    # managedFields) for `idle_timeout` after handling it, 5 s by default. Our handlers keep no
-    # per-object state and take microseconds, so a worker may go as soon as it is idle; lists
-    # come in chunks, and workers handle one chunk while the next is on its way. The start-up
-    # peak at 1,000 pools still varies from run to run (114-218 MiB, bench/RESULTS.md run 7).
+    # The pools at a (re)start: kopf gives every listed object a worker that holds its last
+    # body for `idle_timeout` after handling it, 5 s by default. Our handlers keep no
+    # per-object state and take microseconds, so a worker may go as soon as it is idle, and
+    # lists come in chunks. (The children, thousands at 1,000 pools, are `childwatch`'s.)
     settings.watching.chunk_size = LIST_CHUNK_SIZE
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     settings.networking.request_timeout = 60

@@ -111,3 +111,10 @@ RECREATABLE_KINDS = frozenset((c.api_version, c.kind) for c in CHILD_KINDS if c.
 
 CHILD_CRDS = tuple(dict.fromkeys(c.crd for c in CHILD_KINDS if c.crd is not None))
 """CRDs some children need; the resync checks which the cluster serves."""
+
+
+def crd_of(api_version: str, kind: str) -> str | None:
+    """The CRD a watched kind needs to exist, None when it always does (a Secret is watched
+    for every pool, though KEDA's Secret needs KEDA's CRD)."""
+    crds = {c.crd for c in CHILD_KINDS if (c.api_version, c.kind) == (api_version, kind)}
+    return None if None in crds else min(c for c in crds if c is not None)

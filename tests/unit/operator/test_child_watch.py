@@ -68,37 +68,41 @@ def test_children_of_an_earlier_pool_of_that_name_are_left_to_the_garbage_collec
     assert r.pools.get(("ns", "p")) is not None
 
 
-def test_a_listing_marks_the_kind_for_an_audit_and_new_bodies_wait_for_the_resync() -> None:
+def test_a_listed_child_new_to_us_is_kept_and_waits_for_the_resync() -> None:
     r = reconciler()
     assert r.child_event("v1", "ConfigMap", child("ConfigMap", "3"), None) is None
-    assert r.relisted == {("v1", "ConfigMap")}
     assert r.children.watched(("v1", "ConfigMap", "ns", "p")) is not None
 
 
-def test_an_audit_drops_what_the_list_lacks_and_reconciles_its_pool() -> None:
+def test_a_relist_reconciles_the_pools_of_edited_and_vanished_children() -> None:
     r = reconciler()
     r.children.put(("v1", "Service", "ns", "p"), child("Service", "10"))
     r.children.put(("v1", "ConfigMap", "ns", "p"), child("ConfigMap", "10", data={"a": "1"}))
-    assert r.audit("v1", "Service", []) == {("ns", "p")}
+    # The Service was deleted while no watch ran: the list lacks it.
+    assert r.audit("v1", "Service", set(), "20") == {("ns", "p")}
     assert r.children.get(("v1", "Service", "ns", "p")) is None
+    assert r.take_full(("ns", "p"))
     # Listed and unchanged: nothing to do; listed and edited: reconcile.
-    assert r.audit("v1", "ConfigMap", [child("ConfigMap", "10", data={"a": "1"})]) == set()
-    assert r.audit("v1", "ConfigMap", [child("ConfigMap", "11", data={"a": "2"})]) == {
-        ("ns", "p")}
+    assert r.child_event("v1", "ConfigMap", child("ConfigMap", "10", data={"a": "1"}),
+                         None) is None
+    assert r.audit("v1", "ConfigMap", {("ns", "p")}, "20") == set()
+    assert r.child_event("v1", "ConfigMap", child("ConfigMap", "21", data={"a": "2"}),
+                         None) == ("ns", "p")
 
 
-def test_an_audit_does_not_bring_back_what_a_deletion_event_already_dropped() -> None:
+def test_a_relist_keeps_what_our_own_writes_made_after_it() -> None:
     r = reconciler()
-    assert r.audit("v1", "Service", [child("Service", "10")]) == set()
-    assert r.children.get(("v1", "Service", "ns", "p")) is None
+    r.children.put(("v1", "Service", "ns", "p"), child("Service", "30"), watched=False)
+    assert r.audit("v1", "Service", set(), "20") == set()
+    assert r.children.get(("v1", "Service", "ns", "p")) is not None
 
 
-def test_an_audit_of_deployments_keys_them_by_pool() -> None:
+def test_a_relist_of_deployments_keys_them_by_pool() -> None:
     r = reconciler()
     deployment = {**child("Deployment", "10"), "apiVersion": "apps/v1"}
     r.deployments.put(("ns", "p"), deployment)
-    assert r.audit("apps/v1", "Deployment", [deployment]) == set()
-    assert r.audit("apps/v1", "Deployment", []) == {("ns", "p")}
+    assert r.audit("apps/v1", "Deployment", {("ns", "p")}, "20") == set()
+    assert r.audit("apps/v1", "Deployment", set(), "20") == {("ns", "p")}
     assert r.deployments.get(("ns", "p")) is None
 
 
