@@ -266,6 +266,11 @@ class Worker:
                 or self._suspects or self._solo is not None or self._adopt_requested
                 or time.monotonic() >= self._next_adopt):
             return 0
+        if self._max_tasks is not None:
+            # Not beyond the task budget: what is read now would be handed back at the
+            # recycle, and run later than the work queued behind it.
+            return max(0, min(freed, self._max_tasks - self._finished_tasks
+                              - len(self._running)))
         return freed
 
     def _prefetch(self, deliveries: list[Delivery]) -> None:
