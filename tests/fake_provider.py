@@ -4,12 +4,17 @@ Requests per second and minute (sliding windows of arrival times), tokens per mi
 request is charged the `tokens` its JSON body reserves, then what it `used`), and concurrent
 requests; anything beyond them is answered 429 with a Retry-After, and counted. Every accepted
 request's arrival is kept, so a test can check every window afterwards.
+
+The provider serves from its own thread and event loop, as a remote provider would: in the
+test's loop, its arrival times were delayed by whatever the test's callers were doing (a 429
+now and then from that skew alone, beyond the limiter's 2 % margin, on a loaded machine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,6 +44,8 @@ class FakeProvider:
     _charges: deque[tuple[float, list[int]]] = field(default_factory=deque)
     url: str = ""
     _runner: web.AppRunner | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
 
     def _window_count(self, now: float, span: float) -> int:
         return sum(1 for at in reversed(self.accepted[-5000:]) if at > now - span)
@@ -85,6 +92,16 @@ class FakeProvider:
         return web.json_response({"usage": {"total_tokens": used}})
 
     async def start(self) -> str:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="fake-provider",
+                                        daemon=True)
+        self._thread.start()
+        self.url = await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._serve(), loop))
+        return self.url
+
+    async def _serve(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/complete", self._complete)
         self._runner = web.AppRunner(app, access_log=None)
@@ -92,12 +109,19 @@ class FakeProvider:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/v1/complete"
-        return self.url
+        return f"http://127.0.0.1:{port}/v1/complete"
 
     async def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
         if self._runner is not None:
-            await self._runner.cleanup()
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop))
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 10)
+        loop.close()
+        self._loop = self._thread = None
 
     def most_in_any_window(self, span: float) -> int:
         times = sorted(self.accepted)
