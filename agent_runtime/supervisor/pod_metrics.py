@@ -44,23 +44,17 @@ class TaskSeries:
         self.received = metrics.received.labels(task_type)
         self.retries = metrics.retries.labels(task_type)
         self.queue_duration = metrics.queue_duration.labels(task_type)
-        self._processed: dict[str, Any] = {}
-        self._duration: dict[str, Any] = {}
+        self._by_outcome: dict[str, tuple[Any, Any]] = {}
 
-    def processed(self, outcome: str) -> Any:
-        child = self._processed.get(outcome)
-        if child is None:
-            child = self._processed[outcome] = self._metrics.processed.labels(
-                self._task_type, outcome)
-        return child
-
-    def duration(self, outcome: str) -> Any:
-        child = self._duration.get(outcome)
-        if child is None:
-            child = self._duration[outcome] = self._metrics.task_duration.labels(
-                self._task_type, outcome)
-        return child
-
+    def by_outcome(self, outcome: str) -> tuple[Any, Any]:
+        """The (processed counter, duration histogram) children of one outcome."""
+        children = self._by_outcome.get(outcome)
+        if children is None:
+            metrics, task_type = self._metrics, self._task_type
+            children = self._by_outcome[outcome] = (
+                metrics.processed.labels(task_type, outcome),
+                metrics.task_duration.labels(task_type, outcome))
+        return children
 
 BUDGET_OUTCOMES = ("granted", "waited", "timed_out")
 BUDGET_LIMITS = ("requests_per_second", "requests_per_minute", "tokens_per_minute",
@@ -208,8 +202,9 @@ class RuntimeMetrics:
     def task_finished(self, task_type: str, outcome: str, duration: float, retried: bool,
                       dead_reason: str | None, finished_at: float, trace: str = "") -> None:
         series = self._series(task_type)
-        series.processed(outcome).inc()
-        series.duration(outcome).observe(max(duration, 0.0), exemplar(trace))
+        processed, durations = series.by_outcome(outcome)
+        processed.inc()
+        durations.observe(max(duration, 0.0), exemplar(trace))
         if retried:
             series.retries.inc()
         if dead_reason:
