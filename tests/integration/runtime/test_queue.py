@@ -203,6 +203,44 @@ async def test_completion_records_result_and_acknowledges_even_after_a_script_fl
     assert await redis.xlen(queue.keys.stream) == 0
 
 
+async def test_completions_carry_the_next_read_when_the_worker_asks_for_it(
+        redis: Redis, runtime_pool: RuntimePool) -> None:
+    queue = _queue(redis, runtime_pool, "pod0-x-0.1")
+    await queue.ensure_group()
+    ids = await _add(redis, runtime_pool, 5)
+    first = await queue.read_new(2, 100)
+    asked: list[int] = []
+    delivered: list[list[str]] = []
+
+    def plan(freed: int) -> int:
+        asked.append(freed)
+        return freed
+
+    queue.read_with_completions(plan, lambda got: delivered.append([d.entry_id for d in got]))
+
+    def done(n: int) -> TaskResult:
+        return TaskResult(task_id=first[n].fields["id"], status="succeeded",
+                          handler="default", result={"n": n})
+
+    await asyncio.gather(*(queue.complete(first[n].entry_id, None, done(n)) for n in (0, 1)))
+
+    # One batch of two completions asked for two entries, and the same round trip read
+    # them: delivered before the completions' callers resumed.
+    assert asked == [2]
+    assert delivered == [ids[2:4]]
+    stored = [await redis.get(queue.keys.result(done(n).task_id)) for n in (0, 1)]
+    assert [TaskResult.from_json(s or "").result for s in stored] == [{"n": 0}, {"n": 1}]
+    pending = await redis.xpending_range(queue.keys.stream, queue.keys.group, "-", "+", 10)
+    assert [row["message_id"] for row in pending] == ids[2:4]  # read, now ours
+
+    # A plan of 0 (the worker may not take more) reads nothing.
+    queue.read_with_completions(lambda freed: 0, lambda got: delivered.append(["unexpected"]))
+    await queue.complete(ids[2], None, TaskResult(task_id="task-2", status="succeeded",
+                                                  handler="default"))
+    assert delivered == [ids[2:4]]
+    assert [d.entry_id for d in await queue.read_new(10, 100)] == ids[4:]
+
+
 async def test_reads_skip_the_cancellation_check_only_while_no_cancellation_was_requested(
         runtime_pool: RuntimePool, redis: Redis, task_client: TaskClient) -> None:
     queue = _queue(redis, runtime_pool, "w")
