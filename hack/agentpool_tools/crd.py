@@ -202,7 +202,7 @@ class CrdSource:
     spec_model: type[BaseModel]
     status_model: type[BaseModel]
     printer_columns: tuple[dict[str, Any], ...]
-    root_rules: tuple[dict[str, str], ...] = ()
+    root_rules: tuple[dict[str, Any], ...] = ()
     subresources: Mapping[str, Any] = field(default_factory=lambda: {"status": {}})
 
     @property
@@ -239,12 +239,17 @@ def openapi_schema(source: CrdSource | None = None) -> Schema:
     return schema
 
 
-_POOL_NAME_RULES: tuple[dict[str, str], ...] = ({
-    "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+# Checked when a pool is created, never again: a name cannot change, and a root rule is
+# evaluated on every write, status included, so a pool stored under an older, laxer CRD could
+# otherwise never be told (in its status) why it is not built.
+_POOL_NAME_RULES: tuple[dict[str, Any], ...] = ({
+    "rule": f"oldSelf.hasValue() || self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+    "optionalOldSelf": True,
     "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it is "
     "used in label values and in the names of the objects the operator creates",
 }, {
-    "rule": f"self.metadata.name.matches('{contract.POOL_NAME_PATTERN}')",
+    "rule": f"oldSelf.hasValue() || self.metadata.name.matches('{contract.POOL_NAME_PATTERN}')",
+    "optionalOldSelf": True,
     "message": "metadata.name must be lowercase letters, digits and '-', start with a "
     "letter and end with a letter or digit (no dots): it names the pool's Service, "
     "an RFC 1035 label",

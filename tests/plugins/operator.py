@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -90,6 +91,17 @@ class OperatorProcess:
         eventually(lambda: self.metric("agentpool_operator_resyncs_total") >= target
                    and self.metric("agentpool_operator_workqueue_depth") == 0,
                    timeout=timeout, interval=0.2)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The operator process stopped (SIGSTOP) for the block: it sees what happened
+        meanwhile only when it resumes, as after a long pause or a slow start."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()
