@@ -30,6 +30,7 @@ from agentpool_operator.instrumentation import OperatorMetrics
 from agentpool_operator.k8s import Kube
 from agentpool_operator.outcomes import Blocked, Refused
 from agentpool_operator.plan import InvalidSpec, plan_children
+from agentpool_operator.pod_checks import PodChecks
 from agentpool_operator.queues import QueueRegistry
 from agentpool_operator.status import Observation, Problem, crash_looping, deployment_problems
 from agentpool_operator.status_writer import StatusWriter
@@ -51,6 +52,7 @@ class Reconciler:
     applier: Applier
     status: StatusWriter
     queues: QueueRegistry = field(default_factory=QueueRegistry)
+    pod_checks: PodChecks = field(default_factory=PodChecks)
     """Each pool's queue as last read (for deletion costs and the metrics API's directory)."""
     _verified: dict[PoolKey, Verified] = field(default_factory=dict)
     _last_full: dict[PoolKey, float] = field(default_factory=dict)
@@ -74,6 +76,7 @@ class Reconciler:
         self._last_full.pop(key, None)
         self.applier.forget(key)
         self.status.forget(key)
+        self.pod_checks.forget(key)
         self.queues.forget(key)
 
     async def __call__(self, key: PoolKey) -> None:
@@ -216,18 +219,27 @@ class Reconciler:
                                   blocking=True)) from None
 
     async def _observe(self, pool: dict[str, Any], observation: Observation) -> None:
-        """Status from the Deployment (and its pods when some are unavailable)."""
+        """Status from the Deployment, and from its pods when some have been unavailable
+        long enough to be worth a look (`pod_checks.py`); requeued for the next look."""
         deployment = observation.deployment
         observation.problems.extend(deployment_problems(deployment))
         unavailable = int(((deployment or {}).get("status") or {}).get("unavailableReplicas") or 0)
-        if unavailable:
-            meta = pool["metadata"]
+        meta = pool["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if not unavailable:
+            self.pod_checks.all_available(key)
+            await self.status.write(pool, observation)
+            return
+        next_look = self.pod_checks.due_in(key)
+        if next_look <= 0:
             pods = await self.kube.list_pods(meta["namespace"],
                                              builders.selector_labels(meta["name"]))
-            looping = crash_looping(pods)
-            if looping is not None:
-                observation.problems.append(looping)
+            next_look = self.pod_checks.looked(key, crash_looping(pods))
+        looping = self.pod_checks.last_found(key)
+        if looping is not None:
+            observation.problems.append(looping)
         await self.status.write(pool, observation)
+        raise Requeue(next_look, "pods unavailable: looking at them again")
 
     async def _read_secrets(self, namespace: str, spec: AgentPoolSpec) -> SecretValues:
         async def value(ref_path: str, secret: str, key: str) -> str:

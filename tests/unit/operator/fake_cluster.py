@@ -39,6 +39,8 @@ class FakeCluster:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     """(type, reason, message) of every posted Event."""
     crds: set[str] = field(default_factory=set)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    """What `list_pods` returns."""
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def as_kube(self) -> Kube:
@@ -86,7 +88,7 @@ class FakeCluster:
 
     async def list_pods(self, namespace: str, selector: Any) -> list[dict[str, Any]]:
         self.requests.append(("list", "Pod", namespace))
-        return []
+        return copy.deepcopy(self.pods)
 
     async def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]
                                 ) -> dict[str, Any] | None:
