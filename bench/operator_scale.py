@@ -144,8 +144,20 @@ class OperatorRun:
         return 0
 
     def writes(self) -> int:
-        return sum(1 for e in self.cluster.audit_events()
-                   if e.get("user", {}).get("username") == OPERATOR_USER)
+        return sum(self.writes_by_kind().values())
+
+    def writes_by_kind(self) -> dict[str, int]:
+        """The operator's write requests so far by verb and resource[/subresource]."""
+        counts: dict[str, int] = {}
+        for event in self.cluster.audit_events():
+            if event.get("user", {}).get("username") != OPERATOR_USER:
+                continue
+            ref = event.get("objectRef") or {}
+            what = ref.get("resource", "") + (f"/{ref['subresource']}"
+                                              if ref.get("subresource") else "")
+            name = f"{event.get('verb', '')} {what}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def stop(self) -> None:
         terminate(self.process, timeout=30)
@@ -183,9 +195,12 @@ def measure_operator(cluster: cluster_mod.Cluster, run: OperatorRun, pools: int,
     items = [{"apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
               "metadata": {"name": f"p{i:04d}", "namespace": namespace}, "spec": _pool_spec()}
              for i in range(pools)]
+    writes_before, reads_before = run.writes_by_kind(), read_requests(cluster)
     started = time.monotonic()
     _apply(cluster, items)
     converged = _wait_all(cluster, namespace, "agentpools", pools, started, timeout)
+    _print_convergence_requests(pools, writes_before, run.writes_by_kind(), reads_before,
+                                read_requests(cluster))
     time.sleep(5)  # let the last rollout status updates land before counting
     before, reads_before = run.writes(), read_requests(cluster)
     time.sleep(steady_seconds)
@@ -198,6 +213,24 @@ def measure_operator(cluster: cluster_mod.Cluster, run: OperatorRun, pools: int,
         gets_per_minute=sum(v for (verb, _), v in reads.items() if verb == "GET"),
         lists_per_minute=sum(v for (verb, _), v in reads.items() if verb == "LIST"),
         reads_by_resource=reads)
+
+
+def _print_convergence_requests(pools: int, writes_before: dict[str, int],
+                                writes_after: dict[str, int],
+                                reads_before: dict[tuple[str, str], float],
+                                reads_after: dict[tuple[str, str], float]) -> None:
+    """Requests per pool until every pool was Ready: the operator's writes (its identity, from
+    the audit log) and the reads of the kinds it reads (every client's: while pools converge,
+    only the operator lists pods or reads Secrets; the benchmark's own polling lists
+    AgentPools)."""
+    writes = {k: (v - writes_before.get(k, 0)) / pools for k, v in writes_after.items()
+              if v > writes_before.get(k, 0)}
+    reads = {f"{verb} {resource}": (v - reads_before.get((verb, resource), 0.0)) / pools
+             for (verb, resource), v in reads_after.items()
+             if v > reads_before.get((verb, resource), 0.0)}
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted({**writes, **reads}.items()))
+    print(f"{pools} pools, requests per pool while converging: writes "
+          f"{sum(writes.values()):.2f} ({shown})", file=sys.stderr)
 
 
 def run(pool_counts: list[int], steady_seconds: float, timeout: float) -> list[Result]:

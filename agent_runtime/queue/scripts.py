@@ -13,17 +13,21 @@ from __future__ import annotations
 # Records finished tasks and acknowledges their entries in one step: one command and one reply
 # for all the tasks a worker finished in one event-loop iteration, where MULTI/EXEC costs eight
 # replies per task and a pipeline one per task (parsing them was a third of a busy worker's
-# CPU). Like EXEC it does not roll back; an XACK without the group (Redis lost it) is not an
-# error. Running it again is harmless: the same result is stored, the entry is already gone.
-# A reply key holding another type is skipped (the result is stored and the entry acknowledged
-# all the same; the client still finds the result by reading it): the ids of those tasks are
-# returned, so the worker can say so.
+# CPU). The entries are acknowledged, deleted and their last errors dropped with one command
+# each for the whole batch (in chunks, within Lua's limit on unpacked values), not per task:
+# Redis shares the machine's cores with the workers. Like EXEC it does not roll back; an XACK
+# without the group (Redis lost it) is not an error. Running it again is harmless: the same
+# result is stored, the entry is already gone. A reply key holding another type is skipped
+# (the result is stored and the entry acknowledged all the same; the client still finds the
+# result by reading it): the ids of those tasks are returned, so the worker can say so.
 COMPLETE = """
 local k = 2
 local unreplied = {}
+local ids = {}
+local last_errors = {}
 for a = 4, #ARGV, 4 do
   redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', tonumber(ARGV[2]))
-  local last_error = KEYS[k + 1]
+  last_errors[#last_errors + 1] = KEYS[k + 1]
   k = k + 2
   if ARGV[a + 3] == '1' then
     local pushed = redis.pcall('RPUSH', KEYS[k], ARGV[a + 2])
@@ -34,12 +38,16 @@ for a = 4, #ARGV, 4 do
     end
     k = k + 1
   end
-  local acked = redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[a])
+  ids[#ids + 1] = ARGV[a]
+end
+for first = 1, #ids, 1000 do
+  local last = math.min(first + 999, #ids)
+  local acked = redis.pcall('XACK', KEYS[1], ARGV[1], unpack(ids, first, last))
   if type(acked) == 'table' and acked.err and not string.find(acked.err, 'NOGROUP', 1, true) then
     return acked
   end
-  redis.call('XDEL', KEYS[1], ARGV[a])
-  redis.call('DEL', last_error)
+  redis.call('XDEL', KEYS[1], unpack(ids, first, last))
+  redis.call('DEL', unpack(last_errors, first, last))
 end
 return unreplied
 """
