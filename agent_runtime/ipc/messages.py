@@ -154,6 +154,9 @@ class TaskDone:
     dead: str | None  # why it was dead-lettered, if it was
     at: float  # Unix time
     trace: str = ""  # the task's trace id when tracing is on: an exemplar
+    # The task's queue wait when its TaskStarted was never sent: it started and finished
+    # within one frame, and this message stands for both (`pipe.Outbox`).
+    wait: float | None = None
 
 
 @_message("dead")
@@ -302,6 +305,7 @@ _DECODERS: dict[str, Decoder] = {
                                                   (_text, _integer, _integer))),
     "bool": _flag,
     "str | None": _optional(_text),
+    "float | None": _optional(_number),
     "tuple[RunningEntry, ...]": _rows(_record(RunningEntry, (_text, _text, _text, _number))),
     "tuple[MetricDelta, ...]": _rows(_record(MetricDelta, (_text, _text, _labels, _number))),
     "DbPoolSizes | None": _optional(_record(DbPoolSizes, (_integer, _integer, _integer))),

@@ -282,11 +282,7 @@ class Supervisor:
                 handle.running[message.entry] = message.running
                 self.metrics.task_started(message.handler, message.wait, message.trace)
             case TaskDone():
-                handle.running.pop(message.entry, None)
-                handle.trend.task_done(message.handler, message.duration, message.at)
-                self.metrics.task_finished(message.handler, message.outcome, message.duration,
-                                           message.retried, message.dead, message.at,
-                                           message.trace)
+                self._task_done(handle, message)
             case DeadLettered():
                 self.metrics.dead_lettered.labels(message.handler, message.reason).inc()
             case Ready():
@@ -305,6 +301,14 @@ class Supervisor:
                 if handle.pending_report is not None:
                     add_allocations(handle.pending_report, message)
                     self._publish_memory_report(handle)
+
+    def _task_done(self, handle: WorkerHandle, message: TaskDone) -> None:
+        if message.wait is not None:  # its TaskStarted was folded into it
+            self.metrics.task_started(message.handler, message.wait, message.trace)
+        handle.running.pop(message.entry, None)
+        handle.trend.task_done(message.handler, message.duration, message.at)
+        self.metrics.task_finished(message.handler, message.outcome, message.duration,
+                                   message.retried, message.dead, message.at, message.trace)
 
     # -- decisions --------------------------------------------------------------------------
 

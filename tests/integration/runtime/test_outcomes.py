@@ -4,6 +4,7 @@ and what the SDK promises about cancellation, idempotency keys and payload size.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -129,3 +130,22 @@ async def test_payload_limit_is_enforced_before_queueing(
     fits = {"blob": "x" * (limit - len('{"blob":""}'))}
     await task_client.submit(fits)
     assert await redis_client.xlen(runtime_pool.config.stream_key) == 1
+
+
+async def test_every_task_is_counted_once_as_received_and_once_as_processed(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor,
+        task_client: TaskClient) -> None:
+    # Quick tasks start and end within one frame to the supervisor (their start is folded into
+    # their end); slow ones outlast the frame's wait, so their start goes on its own.
+    supervisor = start_supervisor(runtime_pool)
+    quick = await task_client.submit_many([{"n": n} for n in range(40)])
+    slow = await task_client.submit_many([{"n": n, "sleep": 0.4} for n in range(4)])
+    results = await task_client.wait_many(quick + slow, max_wait=30)
+    assert {r.status for r in results.values()} == {"succeeded"}
+
+    for name in ("agentpool_tasks_received_total", "agentpool_tasks_processed_total",
+                 "agentpool_task_queue_duration_seconds_count",
+                 "agentpool_task_duration_seconds_count"):
+        assert supervisor.metric_reaching(name, 44, task_type="default") == 44, name
+    await asyncio.sleep(1)  # counted once: nothing more arrives later
+    assert supervisor.metric("agentpool_tasks_received_total", task_type="default") == 44

@@ -49,6 +49,8 @@ ONE_OF_EACH: list[Message] = [
              retried=False, dead="retries_exhausted", at=102.0),
     TaskDone(entry="2-0", task="t2", handler="default", outcome="success", duration=0.1,
              retried=False, dead=None, at=102.5),
+    TaskDone(entry="3-0", task="t3", handler="default", outcome="success", duration=0.1,
+             retried=False, dead=None, at=102.5, trace="ab" * 16, wait=0.125),
     DeadLettered(handler="unknown", reason="malformed"),
     Retiring("max_tasks"),
     Unhealthy("sync handler slow ignored its 1s timeout"),
@@ -148,4 +150,25 @@ async def test_outbox_without_delay_sends_each_iterations_messages_in_one_frame(
     outbox.put(started)
     outbox.put(done)
     await asyncio.sleep(0)
-    assert pipe.receive(theirs) == [started, done]
+    # A task that started and ended within the frame is its TaskDone alone, with the wait.
+    assert pipe.receive(theirs) == [dataclasses.replace(done, wait=0.0)]
+
+
+async def test_outbox_folds_a_start_into_its_end_only_within_one_frame() -> None:
+    ours, theirs = multiprocessing.Pipe()
+    outbox = pipe.Outbox(ours, lambda: None, delay=0.05)
+    first = TaskStarted(entry="1-0", task="t", handler="h", wait=0.5, at=1.0)
+    second = TaskStarted(entry="2-0", task="u", handler="h", wait=0.25, at=1.0)
+    first_done = TaskDone(entry="1-0", task="t", handler="h", outcome="success",
+                          duration=0.1, retried=False, dead=None, at=1.1)
+    for message in (first, second, first_done):
+        outbox.put(message)
+    outbox.flush()
+    # The running task's start stays as it was, in its place; the finished one's is folded.
+    assert pipe.receive(theirs) == [second, dataclasses.replace(first_done, wait=0.5)]
+
+    second_done = TaskDone(entry="2-0", task="u", handler="h", outcome="success",
+                           duration=0.2, retried=False, dead=None, at=1.2)
+    outbox.put(second_done)
+    outbox.flush()
+    assert pipe.receive(theirs) == [second_done]  # its start already went: no wait again
