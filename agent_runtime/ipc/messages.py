@@ -323,11 +323,14 @@ def _field_decoders(cls: type[Any]) -> tuple[tuple[str, ...], tuple[Decoder, ...
 _LAYOUT = {kind: _field_decoders(cls) for kind, cls in _KINDS.items()}
 
 
+_FRAME_ENCODER = json.JSONEncoder(separators=(",", ":"))  # once: json.dumps makes one per call
+
+
 def encode(messages: Sequence[Message]) -> bytes:
     """One frame carrying `messages`, in order."""
     rows = [[message.KIND, *(getattr(message, name) for name in _LAYOUT[message.KIND][0])]
             for message in messages]
-    return json.dumps(rows, separators=(",", ":")).encode("utf-8")
+    return _FRAME_ENCODER.encode(rows).encode("utf-8")
 
 
 def decode(frame: bytes) -> list[Message]:

@@ -42,10 +42,15 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+# Built once: json.dumps with any option builds a new encoder on every call.
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_RESULT_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def encode_payload(payload: Any, limit: int) -> str:
     """Encode a payload as compact JSON, enforcing the pool's size limit with a clear error."""
     try:
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _PAYLOAD_ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidPayloadError(f"task payload is not JSON-serialisable: {exc}") from exc
     size = len(text.encode("utf-8"))
@@ -162,7 +167,7 @@ class TaskResult:
 
     def to_json(self) -> str:
         # vars(), not asdict(): asdict deep-copies the handler's result before encoding it.
-        return json.dumps(vars(self), separators=(",", ":"), default=str)
+        return _RESULT_ENCODER.encode(vars(self))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TaskResult:
