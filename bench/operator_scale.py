@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -24,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from agentpool_dev import cluster as cluster_mod
 from agentpool_dev.paths import REPO_ROOT
@@ -102,6 +105,28 @@ def _wait_all(cluster: cluster_mod.Cluster, namespace: str, kind: str, count: in
     return time.monotonic() - started
 
 
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def control_plane_cpu() -> dict[str, float]:
+    """CPU seconds used so far by this machine's control-plane processes, by name."""
+    used: dict[str, float] = {}
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        name = next((n for n in CONTROL_PLANE if (process.info["name"] or "").startswith(n)),
+                    None)
+        if name is not None and process.info["cpu_times"] is not None:
+            times = process.info["cpu_times"]
+            used[name] = used.get(name, 0.0) + times.user + times.system
+    return used
+
+
+def _print_cpu(what: str, before: dict[str, float], seconds: float) -> None:
+    after = control_plane_cpu()
+    shown = ", ".join(f"{name} {after.get(name, 0.0) - before.get(name, 0.0):.1f}"
+                      for name in CONTROL_PLANE)
+    print(f"{what}: control-plane CPU s in {seconds:.1f} s: {shown}", file=sys.stderr)
+
+
 def measure_floor(cluster: cluster_mod.Cluster, pools: int, timeout: float) -> float:
     namespace = f"floor-{pools}"
     cluster.kubectl("create", "namespace", namespace)
@@ -114,9 +139,12 @@ def measure_floor(cluster: cluster_mod.Cluster, pools: int, timeout: float) -> f
             manifest = json.loads(json.dumps(manifest))
             manifest["metadata"].pop("ownerReferences", None)  # no owner exists here
             items.append(manifest)
+    cpu = control_plane_cpu()
     started = time.monotonic()
     _apply(cluster, items)
-    return _wait_all(cluster, namespace, "deployments", pools, started, timeout)
+    seconds = _wait_all(cluster, namespace, "deployments", pools, started, timeout)
+    _print_cpu(f"{pools} pools, floor", cpu, seconds)
+    return seconds
 
 
 class OperatorRun:
@@ -142,6 +170,11 @@ class OperatorRun:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         return 0
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU the operator process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def writes(self) -> int:
         return sum(self.writes_by_kind().values())
@@ -196,9 +229,13 @@ def measure_operator(cluster: cluster_mod.Cluster, run: OperatorRun, pools: int,
               "metadata": {"name": f"p{i:04d}", "namespace": namespace}, "spec": _pool_spec()}
              for i in range(pools)]
     writes_before, reads_before = run.writes_by_kind(), read_requests(cluster)
+    cpu_before, cluster_cpu = run.cpu_seconds(), control_plane_cpu()
     started = time.monotonic()
     _apply(cluster, items)
     converged = _wait_all(cluster, namespace, "agentpools", pools, started, timeout)
+    print(f"{pools} pools, operator CPU while converging: {run.cpu_seconds() - cpu_before:.1f} s "
+          f"in {converged:.1f} s", file=sys.stderr)
+    _print_cpu(f"{pools} pools, operator", cluster_cpu, converged)
     _print_convergence_requests(pools, writes_before, run.writes_by_kind(), reads_before,
                                 read_requests(cluster))
     time.sleep(5)  # let the last rollout status updates land before counting
