@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -125,8 +126,11 @@ class Heartbeat:
     draining: bool
 
 
+# The two messages made for every task are not frozen: a frozen dataclass's __init__ sets
+# each field through object.__setattr__, five times slower, and these are never mutated
+# except by the worker's outbox folding a start into its end (`pipe.Outbox`).
 @_message("start")
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class TaskStarted:
     KIND: ClassVar[str]
     entry: str
@@ -142,7 +146,7 @@ class TaskStarted:
 
 
 @_message("done")
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class TaskDone:
     KIND: ClassVar[str]
     entry: str
@@ -323,13 +327,23 @@ def _field_decoders(cls: type[Any]) -> tuple[tuple[str, ...], tuple[Decoder, ...
 _LAYOUT = {kind: _field_decoders(cls) for kind, cls in _KINDS.items()}
 
 
+def _field_values(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A message's field values as a tuple: one C call for two fields or more (attrgetter
+    returns a bare value for one, and needs at least one)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    return lambda message: tuple(getattr(message, name) for name in names)
+
+
+_FIELDS = {kind: _field_values(names) for kind, (names, _) in _LAYOUT.items()}
+
+
 _FRAME_ENCODER = json.JSONEncoder(separators=(",", ":"))  # once: json.dumps makes one per call
 
 
 def encode(messages: Sequence[Message]) -> bytes:
     """One frame carrying `messages`, in order."""
-    rows = [[message.KIND, *(getattr(message, name) for name in _LAYOUT[message.KIND][0])]
-            for message in messages]
+    rows = [[message.KIND, *_FIELDS[message.KIND](message)] for message in messages]
     return _FRAME_ENCODER.encode(rows).encode("utf-8")
 
 

@@ -8,7 +8,6 @@ every message of one event-loop iteration (see `Outbox`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import cast
@@ -88,7 +87,7 @@ class Outbox:
             if index is not None:
                 started = cast(TaskStarted, self._queued[index])
                 self._queued[index] = None
-                message = dataclasses.replace(done, wait=started.wait)
+                done.wait = started.wait
         self._queued.append(message)
         if self._soon is not None:
             return
