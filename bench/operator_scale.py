@@ -280,6 +280,7 @@ def run(pool_counts: list[int], steady_seconds: float, timeout: float) -> list[R
             cluster.kubectl("wait", "--for=condition=Established", "--timeout=120s",
                             "crd/agentpools.agentpool.dev", timeout=150)
             for pools in pool_counts:
+                load_before = os.getloadavg()[0]
                 floor = measure_floor(cluster, pools, timeout)
                 operator = OperatorRun(cluster, Path(tmp) / f"operator-{pools}.log")
                 try:
@@ -288,6 +289,8 @@ def run(pool_counts: list[int], steady_seconds: float, timeout: float) -> list[R
                     rss = operator.peak_rss()
                 finally:
                     operator.stop()
+                print(f"{pools} pools, 1-minute load average: {load_before:.2f} before the "
+                      f"floor, {os.getloadavg()[0]:.2f} after the operator", file=sys.stderr)
                 print(f"{pools} pools, steady-state reads/min by (verb, resource): "
                       f"{sorted(steady.reads_by_resource.items())}", file=sys.stderr)
                 results.append(Result(pools, floor, converged, rss, steady.writes_per_minute,
