@@ -52,8 +52,9 @@ class Reconciler:
     applier: Applier
     status: StatusWriter
     queues: QueueRegistry = field(default_factory=QueueRegistry)
-    pod_checks: PodChecks = field(default_factory=PodChecks)
     """Each pool's queue as last read (for deletion costs and the metrics API's directory)."""
+    pod_checks: PodChecks = field(default_factory=PodChecks)
+    """When each pool with unavailable pods is looked at for crash loops, and what was found."""
     _verified: dict[PoolKey, Verified] = field(default_factory=dict)
     _last_full: dict[PoolKey, float] = field(default_factory=dict)
     _secret_reads: RecentReads[tuple[str, str], dict[str, str] | None] = field(
