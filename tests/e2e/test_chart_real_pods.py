@@ -81,8 +81,13 @@ def _running(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for pod in pods:
         statuses = pod["status"].get("containerStatuses") or []
         if statuses and all(s["ready"] and "running" in s["state"] for s in statuses):
-            found[pod["metadata"]["labels"]["app.kubernetes.io/component"]] = pod
+            found[_component(pod)] = pod
     return found
+
+
+def _component(pod: dict[str, Any]) -> str:
+    component: str = pod["metadata"]["labels"]["app.kubernetes.io/component"]
+    return component
 
 
 def _reader_token(cluster: Cluster, namespace: str) -> str:
@@ -188,13 +193,18 @@ def test_the_chart_runs_the_operator_and_metrics_api_as_real_pods(
         assert code == 401
 
         # helm upgrade rolls the operator's pod; the new one reconciles too.
+        # (Two replicas: the old ones may still be terminating, and ready, when --wait returns.)
+        before = {p["metadata"]["uid"] for p in _pods(cluster, namespace, release)}
         _helm(helm, "upgrade", release, namespace, _values(logLevel="DEBUG"))
-        before = pods["operator"]["metadata"]["uid"]
 
         def rolled() -> dict[str, dict[str, Any]] | None:
-            found = _running(_pods(cluster, namespace, release))
-            uid = found.get("operator", {}).get("metadata", {}).get("uid")
-            return found if uid not in (None, before) else None
+            live = [p for p in _pods(cluster, namespace, release)
+                    if not p["metadata"].get("deletionTimestamp")]
+            operators = [p for p in live if _component(p) == "operator"]
+            if not operators or any(p["metadata"]["uid"] in before for p in operators):
+                return None
+            found = _running(live)
+            return found if "operator" in found else None
 
         upgraded = eventually(rolled, timeout=120)
         assert "--log-level=DEBUG" in upgraded["operator"]["spec"]["containers"][0]["args"]
