@@ -1,4 +1,5 @@
-"""A fake LLM provider on loopback that enforces its limits exactly, as a real one would.
+"""A fake LLM provider on loopback (or the cluster bridge, for real pods) that enforces its
+limits exactly, as a real one would.
 
 Requests per second and minute (sliding windows of arrival times), tokens per minute (each
 request is charged the `tokens` its JSON body reserves, then what it `used`), and concurrent
@@ -34,6 +35,8 @@ class ProviderLimits:
 class FakeProvider:
     limits: ProviderLimits
     latency_seconds: float = 0.0
+    host: str = "127.0.0.1"
+    """Where it listens: loopback, or the cluster bridge's address for real pods."""
     accepted: list[float] = field(default_factory=list)
     """Arrival time (monotonic) of every accepted request."""
     throttled: int = 0
@@ -41,6 +44,8 @@ class FakeProvider:
     """Arrival time (monotonic) of every request answered 429."""
     in_flight: int = 0
     most_in_flight: int = 0
+    in_flight_from: dict[str, int] = field(default_factory=dict)
+    """Requests in flight per caller's address (a pod's IP)."""
     _charges: deque[tuple[float, list[int]]] = field(default_factory=deque)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -81,13 +86,16 @@ class FakeProvider:
         self.accepted.append(now)
         charge = [tokens]
         self._charges.append((now, charge))
+        caller = request.remote or ""
         self.in_flight += 1
+        self.in_flight_from[caller] = self.in_flight_from.get(caller, 0) + 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if self.latency_seconds:
                 await asyncio.sleep(self.latency_seconds)
         finally:
             self.in_flight -= 1
+            self.in_flight_from[caller] -= 1
         charge[0] = used
         return web.json_response({"usage": {"total_tokens": used}})
 
@@ -106,10 +114,10 @@ class FakeProvider:
         app.router.add_post("/v1/complete", self._complete)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}/v1/complete"
+        return f"http://{self.host}:{port}/v1/complete"
 
     async def stop(self) -> None:
         loop, thread = self._loop, self._thread

@@ -83,6 +83,16 @@ def pids(name: str) -> list[int]:
     return sorted(set(_procs(top))) if top.exists() else []
 
 
+def below(name: str, leaf: str) -> str | None:
+    """The path (relative, like `name`) of the cgroup called `leaf` somewhere below `name`:
+    a container's cgroup, named by its ID, below its node's. None if there is none."""
+    top = _tracker(name)
+    for path in top.rglob(leaf) if top.exists() else ():
+        if path.is_dir():
+            return str(path.relative_to(_tracker("")))
+    return None
+
+
 def kill_all(name: str, timeout: float = 15.0) -> None:
     """SIGKILL everything in the subtree until it stays empty (forks may race the first pass)."""
     deadline = time.monotonic() + timeout
