@@ -112,8 +112,8 @@ async def test_three_real_pods_of_two_pools_share_one_budget_within_the_provider
     configs = [_pool(pools, pod_services, handler_image, "tenant-a", "provider", 2),
                _pool(pools, pod_services, handler_image, "tenant-b", "provider", 1)]
     # Work waits on the budget, not on workers, even when one pool is left alone with its
-    # tasks: the one-pod pool's 8 slots can call faster than the whole limit (with 4, a slot's
-    # round, the 0.2 s call and its overhead, took longer than 4 grants: 14.3/s, not 14.7).
+    # tasks. The first window's burst, 5 calls at a time, repeats in every window after it:
+    # with 4 slots, the one-pod pool alone filled only 4 of each 5 (14.3/s, not 14.7).
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(
             await TaskClient.connect(pod_services.redis_url, config)) for config in configs]
