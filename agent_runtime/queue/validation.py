@@ -66,6 +66,8 @@ def _is_text(value: str) -> bool:
 
 def _check_text(fields: Mapping[str, str]) -> None:
     for name, value in fields.items():
+        if name.isascii() and value.isascii():  # O(1) in CPython; ASCII is valid UTF-8
+            continue
         if not _is_text(name):
             raise MalformedTaskError(f"malformed task: {_field_name(name)} is not valid UTF-8")
         raw = raw_bytes(value)
@@ -81,7 +83,8 @@ def _check_text(fields: Mapping[str, str]) -> None:
 def _check_sizes(fields: Mapping[str, str], limits: EntryLimits) -> None:
     other = 0
     for name, value in fields.items():
-        size = len(raw_bytes(value))
+        # An ASCII string's length is its size in bytes (the common case: no encoding).
+        size = len(value) if value.isascii() else len(raw_bytes(value))
         if name in KEY_FIELDS and size > MAX_KEY_FIELD_BYTES:
             raise MalformedTaskError(f"malformed task: field {name!r} is {size} bytes, above "
                                      f"the limit of {MAX_KEY_FIELD_BYTES}")
@@ -91,7 +94,7 @@ def _check_sizes(fields: Mapping[str, str], limits: EntryLimits) -> None:
                 f"{limits.max_payload_bytes} bytes (written to the stream without the SDK's "
                 "check)")
         if name != "payload" and name not in KEY_FIELDS:
-            other += size + len(raw_bytes(name))
+            other += size + (len(name) if name.isascii() else len(raw_bytes(name)))
     if other > MAX_OTHER_FIELDS_BYTES:
         raise MalformedTaskError(f"malformed task: fields other than the payload total {other} "
                                  f"bytes, above the limit of {MAX_OTHER_FIELDS_BYTES}")
@@ -102,7 +105,7 @@ def decode_entry(fields: Mapping[str, str], limits: EntryLimits) -> TaskEnvelope
     worker must not run."""
     _check_text(fields)
     _check_sizes(fields, limits)
-    envelope = TaskEnvelope.from_fields(fields)
+    envelope = TaskEnvelope.from_text(fields)
     if envelope.reply_to and not envelope.reply_to.startswith(limits.reply_prefix):
         raise MalformedTaskError(
             f"malformed task: reply key {envelope.reply_to!r} is not one of this pool's reply "
