@@ -51,6 +51,10 @@ def test_a_good_entry_decodes() -> None:
     (good(id=b"\xff"), "field 'id' is not valid UTF-8"),
     (as_redis_decodes({b"\xfe": b"x", b"id": b"t"}), "field name b'\\xfe' is not valid UTF-8"),
     (good(payload=b"1" * 101), "payload is 101 bytes, above the pool's limit of 100 bytes"),
+    # Limits count bytes, not characters: 52 characters of valid UTF-8 are 102 bytes.
+    (good(payload='"{}"'.format("é" * 50).encode()),
+     "payload is 102 bytes, above the pool's limit of 100 bytes"),
+    (good(id="é".encode() * 513), "field 'id' is 1026 bytes, above the limit of 1024"),
     (good(id=b"i" * 1025), "field 'id' is 1025 bytes, above the limit of 1024"),
     (good(junk=b"j" * 70_000), "fields other than the payload total 70027 bytes"),
     (good(payload=b"[" * 60 + b"]" * 40), "payload is not JSON"),
