@@ -43,6 +43,8 @@ class Completion:
     entry_id: str
     envelope: TaskEnvelope | None
     result: TaskResult
+    result_json: str | None = None
+    """`result.result` already encoded (`envelope.encode_value`), or None."""
 
 
 ReadPlan = Callable[[int], int]
@@ -184,10 +186,11 @@ class TaskConsumer:
         return str(value) if value else ""
 
     async def complete(self, entry_id: str, envelope: TaskEnvelope | None,
-                       result: TaskResult) -> None:
+                       result: TaskResult, result_json: str | None = None) -> None:
         """Record the final result and acknowledge, atomically. Completions made in the same
-        event-loop iteration share one script call (one command, one reply)."""
-        await self._completions(Completion(entry_id, envelope, result))
+        event-loop iteration share one script call (one command, one reply). `result_json`:
+        the handler's value already encoded, so it is not encoded twice."""
+        await self._completions(Completion(entry_id, envelope, result, result_json))
 
     async def _complete_together(self, batch: list[Completion]) -> list[None]:
         keys: list[str] = [self.keys.stream]
@@ -198,7 +201,9 @@ class TaskConsumer:
             keys += [self.keys.result(task_id), self.keys.last_error(task_id)]
             if reply_to:
                 keys.append(reply_to)
-            args += [done.entry_id, done.result.to_json(), task_id, "1" if reply_to else "0"]
+            text = (done.result.to_json() if done.result_json is None
+                    else done.result.to_json_with(done.result_json))
+            args += [done.entry_id, text, task_id, "1" if reply_to else "0"]
         # EVALSHA directly: redis-py's Script objects check SCRIPT EXISTS on every pipeline.
         if self._complete_sha is None:
             self._complete_sha = await self._redis.script_load(COMPLETE)

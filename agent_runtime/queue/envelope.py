@@ -45,6 +45,14 @@ def new_task_id() -> str:
 # Built once: json.dumps with any option builds a new encoder on every call.
 _PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _RESULT_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+# A handler's return value: strict (no `default`), so a value that cannot be stored fails its
+# task; the text is then spliced into the result's JSON instead of being encoded again.
+_VALUE_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def encode_value(value: Any) -> str:
+    """A handler's return value as JSON; TypeError or ValueError when it cannot be."""
+    return _VALUE_ENCODER.encode(value)
 
 
 def encode_payload(payload: Any, limit: int) -> str:
@@ -179,6 +187,12 @@ class TaskResult:
     def to_json(self) -> str:
         # vars(), not asdict(): asdict deep-copies the handler's result before encoding it.
         return _RESULT_ENCODER.encode(vars(self))
+
+    def to_json_with(self, result_json: str) -> str:
+        """`to_json` when `result` is already encoded as `result_json` (`encode_value`)."""
+        fields = dict(vars(self))
+        del fields["result"]
+        return f'{_RESULT_ENCODER.encode(fields)[:-1]},"result":{result_json}}}'
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TaskResult:

@@ -13,7 +13,6 @@ task); only the drain deadline interrupts it, and then the entry is handed back 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -33,6 +32,7 @@ from agent_runtime.queue.envelope import (
     TaskEnvelope,
     TaskResult,
     TaskStatus,
+    encode_value,
     execution_number,
     retry_delay,
     truncate_error,
@@ -74,6 +74,7 @@ class Finished:
     outcome: str  # success | failure | timeout | cancelled
     status: TaskStatus | None  # final status, None when the task will run again
     value: Any = None
+    value_json: str | None = None  # `value` encoded (once: the check that it can be stored)
     error: str | None = None
     dead_reason: str | None = None
     exception: BaseException | None = None  # what the handler raised, for its traceback
@@ -153,8 +154,8 @@ class TaskExecutor:
         try:
             async with asyncio.timeout(timeout) as deadline:
                 value = await handler(payload, ctx, thread.append)
-            json.dumps(value)  # the result must be storable; fail the task here if not
-            return Finished("success", "succeeded", value=value)
+            # The result must be storable: fail the task here if not.
+            return Finished("success", "succeeded", value=value, value_json=encode_value(value))
         except TimeoutError:
             if not deadline.expired():
                 return self._failure("TimeoutError raised by the handler", can_retry)
@@ -231,7 +232,8 @@ class TaskExecutor:
                 delivery.entry_id, copy, finished.error or "", envelope, final))
         else:
             final = result
-            await durably(lambda: self._queue.complete(delivery.entry_id, envelope, final))
+            await durably(lambda: self._queue.complete(delivery.entry_id, envelope, final,
+                                                       finished.value_json))
         self._notify(TaskDone(entry=delivery.entry_id, task=envelope.task_id,
                               handler=handler.name, outcome=finished.outcome,
                               duration=now - started, retried=finished.status is None,

@@ -177,7 +177,7 @@ def runtime_pool(tmp_path: Path) -> Iterator[RuntimePool]:
                   for name in ("hang", "leak", "fail", "permanent", "sleepy", "sync_sleep",
                                "orphan", "segfault", "flaky", "block_at_once",
                                "crash_twice_then_fail", "exclusive", "sync_exclusive",
-                               "budgeted", "traced", "introspect", "burn")},
+                               "budgeted", "traced", "introspect", "burn", "unstorable")},
         workers=2, concurrency=4, task_timeout_seconds=10, hang_grace_seconds=1,
         heartbeat_interval_seconds=0.5, lease_seconds=10, retry_backoff_seconds=0.2,
         retry_backoff_max_seconds=1, drain_grace_seconds=5, metrics_host="127.0.0.1",

@@ -297,3 +297,10 @@ async def burn(payload: dict[str, Any], ctx: TaskContext) -> float:
     while time.process_time() - start < float(payload["seconds"]):
         pass
     return time.process_time() - start
+
+
+async def unstorable(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """Returns what JSON cannot hold (a set), or, with `big`, a large storable result."""
+    if payload.get("big"):
+        return {"text": "é" * int(payload["big"]), "n": 1}
+    return {"tags": {"a", "b"}}

@@ -84,6 +84,24 @@ async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
                                       outcome="failure") == 3
 
 
+async def test_a_result_json_cannot_hold_fails_its_task_and_a_large_one_is_stored_whole(
+        runtime_pool: RuntimePool, start_supervisor: StartSupervisor,
+        task_client: TaskClient) -> None:
+    runtime_pool.update(max_deliveries=1)
+    start_supervisor(runtime_pool)
+    bad = await task_client.submit({}, handler="unstorable")
+    big = await task_client.submit({"big": 100_000}, handler="unstorable")
+
+    results = await task_client.wait_many([bad, big], max_wait=30)
+
+    assert results[bad].status == "failed"
+    assert "TypeError: Object of type set is not JSON serializable" in (results[bad].error or "")
+    assert results[big].status == "succeeded"
+    assert results[big].result == {"text": "é" * 100_000, "n": 1}
+    assert (results[big].task_id, results[big].handler, results[big].attempts) == (
+        big, "unstorable", 1)
+
+
 async def test_cancel_a_running_and_a_queued_task(
         runtime_pool: RuntimePool, start_supervisor: StartSupervisor, task_client: TaskClient,
         redis_client: Redis) -> None:

@@ -11,6 +11,7 @@ from agent_runtime.queue.envelope import (
     TaskEnvelope,
     TaskResult,
     encode_payload,
+    encode_value,
     execution_number,
     peek_task_id,
     retry_delay,
@@ -94,5 +95,9 @@ def test_execution_number_counts_earlier_runs_and_started_deliveries() -> None:
 def test_result_round_trips_and_rejects_unknown_status() -> None:
     result = TaskResult("t", "succeeded", "default", result={"a": [1]}, attempts=1)
     assert TaskResult.from_json(result.to_json()) == result
+    # The worker's path: the handler's value encoded once, then spliced in.
+    assert TaskResult.from_json(result.to_json_with(encode_value(result.result))) == result
+    with pytest.raises(TypeError):
+        encode_value({"a": {1, 2}})
     with pytest.raises(ValueError, match="unknown task status"):
         TaskResult.from_json('{"task_id": "t", "status": "running", "handler": "h"}')
