@@ -207,7 +207,6 @@ class TaskExecutor:
                       attempt: int, started: float, finished: Finished,
                       trace_id: str = "") -> None:
         now = time.time()
-        events: list[Event] = [(envelope.task_id, "started", started, {"attempt": attempt})]
         result = None
         if finished.status is not None:
             result = TaskResult(
@@ -215,11 +214,14 @@ class TaskExecutor:
                 result=finished.value, error=finished.error, attempts=attempt,
                 enqueued_at=envelope.enqueued_at, started_at=started, finished_at=now,
                 worker=self._queue.consumer)
-            final_event = "dead_lettered" if finished.dead_reason else finished.status
-            events.append((envelope.task_id, final_event, now, {"error": finished.error}))
-        else:
-            events.append((envelope.task_id, "retry_scheduled", now, {"error": finished.error}))
-        await self._store_in_db(result, events)
+        if self._store is not None:  # the task's events are only kept in the database
+            if finished.status is None:
+                final_event = "retry_scheduled"
+            else:
+                final_event = "dead_lettered" if finished.dead_reason else finished.status
+            await self._store_in_db(result, [
+                (envelope.task_id, "started", started, {"attempt": attempt}),
+                (envelope.task_id, final_event, now, {"error": finished.error})])
         if result is None:
             delay = retry_delay(attempt - 1, self._config.retry_backoff_seconds,
                                 self._config.retry_backoff_max_seconds, random.Random())
