@@ -126,11 +126,7 @@ class TaskEnvelope:
     @classmethod
     def from_fields(cls, raw: Mapping[Any, Any]) -> TaskEnvelope:
         """Decode a stream entry; raises MalformedTaskError saying what is wrong."""
-        return cls.from_text(normalise_fields(raw))
-
-    @classmethod
-    def from_text(cls, fields: Mapping[str, str]) -> TaskEnvelope:
-        """`from_fields` of an entry whose names and values are already text."""
+        fields = normalise_fields(raw)
         missing = [name for name in _REQUIRED if not fields.get(name)]
         if missing:
             raise MalformedTaskError(f"malformed task: missing field(s) {', '.join(missing)}")

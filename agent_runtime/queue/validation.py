@@ -105,7 +105,7 @@ def decode_entry(fields: Mapping[str, str], limits: EntryLimits) -> TaskEnvelope
     worker must not run."""
     _check_text(fields)
     _check_sizes(fields, limits)
-    envelope = TaskEnvelope.from_text(fields)
+    envelope = TaskEnvelope.from_fields(fields)
     if envelope.reply_to and not envelope.reply_to.startswith(limits.reply_prefix):
         raise MalformedTaskError(
             f"malformed task: reply key {envelope.reply_to!r} is not one of this pool's reply "
