@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
 
 RPS = 15
 CONCURRENT = 5
+RETRY_AFTER_SECONDS = 1.0  # the fake provider's answer to a call over its per-second limit
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,17 @@ def _ready_pods(pools: Pools, name: str) -> list[dict[str, Any]]:
                     for c in p["status"].get("conditions") or [])]
 
 
+def _covered(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds of [start, end] inside any of `spans`."""
+    covered, reached = 0.0, start
+    for low, high in sorted(spans):
+        low, high = max(low, reached), min(high, end)
+        if high > low:
+            covered += high - low
+            reached = high
+    return covered
+
+
 def _kill_runtime(cluster: Cluster, pod: dict[str, Any]) -> None:
     """SIGKILL every process of the pod's runtime container (supervisor and workers), as the
     kernel's OOM killer or a lost node would: nothing is released on the way out."""
@@ -133,8 +145,13 @@ async def test_three_real_pods_of_two_pools_share_one_budget_within_the_provider
     assert provider.most_in_flight <= CONCURRENT
     assert provider.throttled <= 0.01 * 120, provider.throttled
     # After the first window's burst, the rate while work waited: at least 95 % of the limit.
+    # The second a 429 (at most 1 %, allowed above) told the whole fleet to back off is not
+    # budget it could use: on a loaded machine a late call now and then meets one.
     times = sorted(provider.accepted)
-    steady = (len(times) - RPS) / (times[-1] - times[RPS - 1])
+    start, end = times[RPS - 1], times[-1]
+    backed_off = _covered([(at, at + RETRY_AFTER_SECONDS) for at in provider.refused],
+                          start, end)
+    steady = (len(times) - RPS) / (end - start - backed_off)
     print(f"fleet of 3 real pods: {steady:.2f}/s of {RPS}/s, {provider.throttled} x 429, "
           f"at most {provider.most_in_flight} in flight")
     assert steady >= 0.95 * RPS, f"{steady:.1f}/s of {RPS}/s"
